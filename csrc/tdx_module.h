@@ -1,0 +1,110 @@
+/*
+ * tdx_module.h - the TDX module model: platform, one TD, guest physical memory and the MR leaves.
+ *
+ * Layer 1 (C core). Facts: shared/reference/tdx-abi.md §4 (cited per function). Every function here
+ * is callable without the GIL and never blocks: contention is reported as TDX_OPERAND_BUSY, as the
+ * module does (ref §4.8). Thread-safe: any number of threads may call the leaves at once.
+ */
+#ifndef TDX_MODULE_H
+#define TDX_MODULE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "tdx_abi.h"
+
+/* Page states of guest physical memory (one per 4 KiB GFN). A GPA reaches a page only when the page is
+ * mapped and the GPA's SHARED bit matches the page's mapping: private pages through the private alias,
+ * shared pages through the shared alias (ref §4.3 step 3b). */
+typedef enum {
+    TDXM_PAGE_UNMAPPED = 0, /* no EPT entry: an access is an EPT-violation TD exit */
+    TDXM_PAGE_PRIVATE = 1,  /* mapped in the private (secure) EPT */
+    TDXM_PAGE_SHARED = 2,   /* mapped in the shared EPT */
+    TDXM_PAGE_PENDING = 3,  /* private but not yet accepted: #VE, or an EPT-violation exit when
+                               ATTRIBUTES.SEPT_VE_DISABLE (bit 28) is set (ref §4.3 step 3b) */
+} tdxm_page_state;
+
+/* How a TDCALL ended: with a status in RAX, or without one because the CPU left the TD (ref §4.3 3b). */
+typedef enum {
+    TDXM_EXIT_NONE = 0,          /* RAX holds the status */
+    TDXM_EXIT_EPT_VIOLATION = 1, /* TD exit to the VMM; RAX not written */
+    TDXM_EXIT_VE = 2,            /* #VE injected into the guest; RAX not written */
+} tdxm_exit_kind;
+
+typedef struct {
+    uint64_t rax;      /* the 64-bit status when exit == TDXM_EXIT_NONE */
+    int exit;          /* tdxm_exit_kind */
+    uint64_t exit_gpa; /* the faulting GPA when exit != TDXM_EXIT_NONE */
+} tdxm_result;
+
+/* Everything a module is built from. The Python layer (tdxmodel.config) builds these bytes once, so the
+ * C core and the pure-Python reference start from identical inputs. */
+typedef struct {
+    int version_minor;                      /* 0: TDX 1.0, 5: TDX 1.5 */
+    uint8_t cpusvn[TDX_CPUSVN_LEN];
+    uint8_t tee_tcb_info[TDX_TEE_TCB_INFO_LEN]; /* as it appears at TDREPORT 256..494 */
+    uint8_t tdinfo[TDX_TDINFO_LEN];             /* as it appears at TDREPORT 512..1023 */
+    uint8_t mac_key[TDX_MAC_KEY_LEN];
+    int servtd_bound;                       /* 1.5: REPORTTYPE.VERSION = 1 when a service TD is bound */
+    size_t memory_pages;                    /* guest physical memory size in 4 KiB pages */
+} tdxm_config;
+
+typedef struct tdxm_module tdxm_module;
+
+/* Debug counters (ref: style.md lesson 5). All are monotonic; balance = acquired - released. */
+typedef struct {
+    uint64_t rtmr_shared_acquired, rtmr_shared_released;
+    uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;
+    uint64_t rtmr_busy;       /* lock attempts that answered TDX_OPERAND_BUSY */
+    uint64_t reports, extends, verifies;
+} tdxm_counters;
+
+/* Lifecycle. tdxm_create returns NULL only when memory cannot be allocated. */
+tdxm_module *tdxm_create(const tdxm_config *cfg);
+void tdxm_destroy(tdxm_module *m);
+
+/* Guest physical memory (host side). gpa may carry the SHARED bit, which is ignored here.
+ * Return 0, or -TDXM_EINVAL when the range is outside guest memory or misaligned. */
+int tdxm_set_page_state(tdxm_module *m, uint64_t gpa, size_t npages, int state);
+int tdxm_page_state(const tdxm_module *m, uint64_t gpa);           /* -TDXM_EINVAL if out of range */
+uint8_t *tdxm_host_ptr(tdxm_module *m, uint64_t gpa, size_t len);  /* NULL if out of range */
+size_t tdxm_memory_pages(const tdxm_module *m);
+
+/* The leaves, exactly as ref §4.3 (REPORT), §4.6 (RTMR.EXTEND), §4.7 (VERIFYREPORT) order their checks.
+ * tdxm_tdcall dispatches on RAX as ref §4.1 describes for the module's version. */
+tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8);
+tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8);
+tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx);
+tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx);
+
+/* The same leaves on host buffers instead of GPAs: the address checks are skipped, everything after
+ * them (R8/index checks, lock, build, MAC) is identical. Used by the convenience API and the batch path.
+ * tdxm_report_direct writes out[1024] only on TDX_SUCCESS. */
+uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportdata, uint64_t subtype);
+uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48);
+uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
+
+/* Batch: n reports, reportdata[i*64], out[i*1024], status[i]. Each report takes the RTMR lock shared,
+ * exactly as one leaf call does. Returns the number of reports that succeeded. */
+size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
+                         size_t n);
+
+/* State inspection (a consistent snapshot taken under the RTMR lock's writer exclusion). */
+void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN]);
+void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN]);
+void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN]);
+int tdxm_version_minor(const tdxm_module *m);
+
+/* The RTMR lock itself (ref §4.8): REPORT takes it shared, EXTEND exclusive, neither waits.
+ * Exposed so that tests and the driver model can hold it. Returns TDX_SUCCESS or
+ * TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR. */
+uint64_t tdxm_rtmr_lock_try(tdxm_module *m, int exclusive);
+void tdxm_rtmr_unlock(tdxm_module *m, int exclusive);
+
+void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out);
+
+/* Floors measured in the same benchmark run (issue 5): one HMAC-SHA-256 over 224 bytes with a
+ * precomputed key state, and one SHA-384 over 512 bytes, each repeated n times. */
+void tdxm_floor_hmac224(const uint8_t key[TDX_MAC_KEY_LEN], size_t n, uint8_t out[TDX_MAC_LEN]);
+void tdxm_floor_sha384_512(size_t n, uint8_t out[TDX_SHA384_LEN]);
+
+#endif /* TDX_MODULE_H */

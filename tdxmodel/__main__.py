@@ -1,0 +1,5 @@
+import sys
+
+from tdxmodel.cli import main
+
+sys.exit(main())

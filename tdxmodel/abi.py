@@ -1,0 +1,252 @@
+"""The one source of truth for every ABI constant tdxmodel uses.
+
+Layer 0. Everything else derives from the tables below:
+
+* ``csrc/tdx_abi.h`` and ``tdxmodel/_core/tdx_abi.pxd`` are generated from them by
+  ``python -m tdxmodel._gen_abi`` (``tests/test_abi_drift.py`` fails when they drift);
+* the numpy dtype of a TDREPORT (``tdxmodel.report.TDREPORT_DTYPE``) is built from ``TDREPORT_FIELDS``;
+* the z3 constants in ``proofs/`` are built from ``CONSTANTS`` at import.
+
+Every entry cites the section of ``shared/reference/tdx-abi.md`` ("ref §N") it comes from. Where the
+reference marks a fact uncertain, the entry says which reading we picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+
+@dataclass(frozen=True)
+class Const:
+    name: str
+    value: int
+    group: str
+    ref: str
+    doc: str
+
+
+def _c(name: str, value: int, group: str, ref: str, doc: str) -> Const:
+    return Const(name, value, group, ref, doc)
+
+
+CONSTANTS: List[Const] = [
+    # --- TDCALL leaves (RAX on entry) -------------------------------------------------------
+    _c("TDG_VP_VMCALL", 0, "leaf", "ref §0", "TDCALL leaf TDG.VP.VMCALL"),
+    _c("TDG_MR_RTMR_EXTEND", 2, "leaf", "ref §0, §4.6", "TDCALL leaf TDG.MR.RTMR.EXTEND"),
+    _c("TDG_MR_REPORT", 4, "leaf", "ref §0, §4.3", "TDCALL leaf TDG.MR.REPORT"),
+    _c("TDG_MR_VERIFYREPORT", 22, "leaf", "ref §0, §4.7", "TDCALL leaf TDG.MR.VERIFYREPORT (TDX 1.5+)"),
+    # --- 64-bit TDX module statuses (RAX on exit) -------------------------------------------
+    _c("TDX_SUCCESS", 0x0000000000000000, "status", "ref §4.2", "success"),
+    _c("TDX_OPERAND_INVALID", 0xC000010000000000, "status", "ref §4.2", "operand invalid; low 32 bits carry the operand id"),
+    _c("TDX_OPERAND_ADDR_RANGE_ERROR", 0xC000010100000000, "status", "ref §4.2", "not returned by the MR leaves"),
+    _c("TDX_OPERAND_BUSY", 0x8000020000000000, "status", "ref §4.2", "operand busy; low 32 bits carry the operand id"),
+    _c("TDX_OPERAND_BUSY_HOST_PRIORITY", 0x8000020400000000, "status", "ref §4.2, §4.8",
+       "1.5 host-priority busy; converted to OPERAND_BUSY before the guest sees it"),
+    _c("TDX_INVALID_CPUSVN", 0xC000100000000000, "status", "ref §4.2, §4.7", "VERIFYREPORT: report CPUSVN newer than the platform's"),
+    _c("TDX_INVALID_REPORTMACSTRUCT", 0xC000100100000000, "status", "ref §4.2, §4.7", "VERIFYREPORT: MAC does not verify"),
+    _c("TDX_STATUS_CLASS_MASK", 0xFFFFFFFF00000000, "status", "ref §4.1", "bits 63:32: the status class"),
+    _c("TDX_STATUS_OPERAND_MASK", 0x00000000FFFFFFFF, "status", "ref §4.1", "bits 31:0: operand id / details L2"),
+    # --- operand ids -------------------------------------------------------------------------
+    _c("TDX_OPERAND_ID_RAX", 0, "operand", "ref §4.2", "operand id RAX"),
+    _c("TDX_OPERAND_ID_RCX", 1, "operand", "ref §4.2", "operand id RCX"),
+    _c("TDX_OPERAND_ID_RDX", 2, "operand", "ref §4.2", "operand id RDX"),
+    _c("TDX_OPERAND_ID_R8", 8, "operand", "ref §4.2", "operand id R8"),
+    _c("TDX_OPERAND_ID_RTMR", 0xA8, "operand", "ref §4.2", "operand id of the RTMR lock (168)"),
+    # --- the Linux spelling of the status classes (compared with status >> 32) ---------------
+    _c("LINUX_TDCALL_INVALID_OPERAND", 0xC0000100, "linux", "ref §0, §2.4, §2.5", "status >> 32 of OPERAND_INVALID"),
+    _c("LINUX_TDCALL_OPERAND_BUSY", 0x80000200, "linux", "ref §0, §2.5", "status >> 32 of OPERAND_BUSY"),
+    _c("LINUX_V4_STATUS_MASK", 0xFFFFFFFF00000000, "linux", "ref §2.2",
+       "v4 tdx_mcall_tdreport returns the status ANDed with this"),
+    # --- sizes and alignments ---------------------------------------------------------------
+    _c("TDX_PAGE_SIZE", 4096, "size", "ref §4.3", "guest page size"),
+    _c("TDX_REPORT_LEN", 1024, "size", "ref §0, §4.4", "TDREPORT_STRUCT size"),
+    _c("TDX_REPORT_ALIGN", 1024, "size", "ref §4.3", "TDG.MR.REPORT output (RCX) alignment"),
+    _c("TDX_REPORTDATA_LEN", 64, "size", "ref §0, §4.4", "REPORTDATA size"),
+    _c("TDX_REPORTDATA_ALIGN", 64, "size", "ref §4.3", "TDG.MR.REPORT REPORTDATA (RDX) alignment"),
+    _c("TDX_EXTEND_DATA_LEN", 48, "size", "ref §0, §4.6", "RTMR extend data size"),
+    _c("TDX_EXTEND_ALIGN", 64, "size", "ref §4.6", "TDG.MR.RTMR.EXTEND data (RCX) alignment"),
+    _c("TDX_REPORTMACSTRUCT_LEN", 256, "size", "ref §4.4, §4.7", "REPORTMACSTRUCT size"),
+    _c("TDX_VERIFY_ALIGN", 256, "size", "ref §4.7", "TDG.MR.VERIFYREPORT input (RCX) alignment"),
+    _c("TDX_MAC_COVERED_LEN", 224, "size", "ref §4.5",
+       "design choice (not ground truth): the MAC covers REPORTMACSTRUCT bytes 0..223"),
+    _c("TDX_MAC_LEN", 32, "size", "ref §4.4, §4.5", "MAC size; HMAC-SHA-256 in tdxmodel (design choice)"),
+    _c("TDX_MAC_KEY_LEN", 32, "size", "ref §4.5", "per-emulated-platform MAC key size (design choice)"),
+    _c("TDX_TEE_TCB_INFO_LEN", 239, "size", "ref §4.4, §4.5",
+       "TEE_TCB_INFO bytes covered by TEE_TCB_INFO_HASH: 239 (settled by the hardware report, testdata/README.md)"),
+    _c("TDX_TDINFO_LEN", 512, "size", "ref §4.4", "TDINFO_STRUCT size"),
+    _c("TDX_SHA384_LEN", 48, "size", "ref §4.5", "SHA-384 digest size (measurements, RTMRs, hashes)"),
+    _c("TDX_CPUSVN_LEN", 16, "size", "ref §4.4", "CPUSVN size"),
+    _c("TDX_NUM_RTMRS", 4, "size", "ref §4.6", "RTMR indices 0..3"),
+    # --- guest physical addresses -----------------------------------------------------------
+    _c("TDX_GPAW", 48, "gpa", "ref §4.3",
+       "guest physical address width; the reference names GPAW 48 and 52, tdxmodel picks 48"),
+    _c("TDX_GPA_SHARED_BIT", 1 << 47, "gpa", "ref §4.3",
+       "the SHARED bit is the top GPA bit (GPAW-1 = 47 with our choice of GPAW 48)"),
+    _c("TDX_GPA_INVALID_MASK", 0xFFFF000000000000, "gpa", "ref §4.3",
+       "bits above MAX_PA (63:48 with GPAW 48): a GPA with any of them set is invalid"),
+    # --- REPORTTYPE ---------------------------------------------------------------------------
+    _c("TDX_REPORTTYPE_TYPE", 0x81, "report", "ref §4.3, §4.4", "REPORTTYPE.TYPE for TDX"),
+    _c("TDX_REPORTTYPE_SUBTYPE", 0, "report", "ref §4.3", "REPORTTYPE.SUBTYPE"),
+    _c("TDX_TCB_VALID_1_0", 0x1FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID without TEE_TCB_SVN2"),
+    _c("TDX_TCB_VALID_1_5", 0x301FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5)"),
+    # --- TDREPORT offsets (see also TDREPORT_FIELDS) -----------------------------------------
+    _c("TDR_OFF_REPORTTYPE", 0, "offset", "ref §4.4", "REPORTTYPE"),
+    _c("TDR_OFF_CPUSVN", 16, "offset", "ref §4.4", "CPUSVN"),
+    _c("TDR_OFF_TEE_TCB_INFO_HASH", 32, "offset", "ref §4.4", "TEE_TCB_INFO_HASH"),
+    _c("TDR_OFF_TEE_INFO_HASH", 80, "offset", "ref §4.4", "TEE_INFO_HASH"),
+    _c("TDR_OFF_REPORTDATA", 128, "offset", "ref §4.4", "REPORTDATA"),
+    _c("TDR_OFF_MAC", 224, "offset", "ref §4.4", "MAC"),
+    _c("TDR_OFF_TEE_TCB_INFO", 256, "offset", "ref §4.4", "TEE_TCB_INFO"),
+    _c("TDR_OFF_TCB_VALID", 256, "offset", "ref §4.4", "TEE_TCB_INFO.VALID"),
+    _c("TDR_OFF_TEE_TCB_SVN", 264, "offset", "ref §4.4", "TEE_TCB_INFO.TEE_TCB_SVN"),
+    _c("TDR_OFF_MRSEAM", 280, "offset", "ref §4.4", "TEE_TCB_INFO.MRSEAM"),
+    _c("TDR_OFF_MRSIGNERSEAM", 328, "offset", "ref §4.4", "TEE_TCB_INFO.MRSIGNERSEAM"),
+    _c("TDR_OFF_SEAM_ATTRIBUTES", 376, "offset", "ref §4.4", "TEE_TCB_INFO.ATTRIBUTES"),
+    _c("TDR_OFF_TEE_TCB_SVN2", 384, "offset", "ref §4.4", "TEE_TCB_INFO.TEE_TCB_SVN2 (1.5)"),
+    _c("TDR_OFF_TCB_RESERVED", 495, "offset", "ref §4.4", "17 reserved bytes covered by no hash and no MAC"),
+    _c("TDR_OFF_TDINFO", 512, "offset", "ref §4.4", "TDINFO_STRUCT"),
+    _c("TDR_OFF_ATTRIBUTES", 512, "offset", "ref §4.4", "TDINFO.ATTRIBUTES"),
+    _c("TDR_OFF_XFAM", 520, "offset", "ref §4.4", "TDINFO.XFAM"),
+    _c("TDR_OFF_MRTD", 528, "offset", "ref §4.4", "TDINFO.MRTD"),
+    _c("TDR_OFF_MRCONFIGID", 576, "offset", "ref §4.4", "TDINFO.MRCONFIGID"),
+    _c("TDR_OFF_MROWNER", 624, "offset", "ref §4.4", "TDINFO.MROWNER"),
+    _c("TDR_OFF_MROWNERCONFIG", 672, "offset", "ref §4.4", "TDINFO.MROWNERCONFIG"),
+    _c("TDR_OFF_RTMR0", 720, "offset", "ref §4.4", "TDINFO.RTMR0 (RTMRi at 720 + 48*i)"),
+    _c("TDR_OFF_SERVTD_HASH", 912, "offset", "ref §4.4", "TDINFO.SERVTD_HASH (1.5)"),
+    # --- x86-64 errno values ---------------------------------------------------------------
+    _c("EPERM", 1, "errno", "ref §0", "errno"),
+    _c("ENOENT", 2, "errno", "Linux asm-generic/errno-base.h", "errno: open() of a node the driver does not have"),
+    _c("EINTR", 4, "errno", "ref §0", "errno"),
+    _c("EIO", 5, "errno", "ref §0", "errno"),
+    _c("ENXIO", 6, "errno", "ref §0", "errno"),
+    _c("EBADF", 9, "errno", "Linux asm-generic/errno-base.h", "errno: fd not open"),
+    _c("ENOMEM", 12, "errno", "ref §0", "errno"),
+    _c("EFAULT", 14, "errno", "ref §0", "errno"),
+    _c("EBUSY", 16, "errno", "ref §0", "errno"),
+    _c("ENODEV", 19, "errno", "ref §0", "errno"),
+    _c("EINVAL", 22, "errno", "ref §0", "errno"),
+    _c("ENOTTY", 25, "errno", "ref §0", "errno"),
+    _c("EFBIG", 27, "errno", "ref §0", "errno"),
+    _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
+    # --- ioctl numbers ---------------------------------------------------------------------
+    _c("TDX_CMD_GET_TDREPORT", 0xC0085401, "ioctl", "ref §1, §2.2", "v4 (2022-04): _IOWR('T', 0x01, __u64)"),
+    _c("TDX_CMD_GET_REPORT0", 0xC4405401, "ioctl", "ref §1, §2.4", "v6.2+: _IOWR('T', 1, struct tdx_report_req)"),
+    _c("TDX_REPORT_REQ_LEN", 1088, "ioctl", "ref §2.4", "sizeof(struct tdx_report_req)"),
+    _c("TDX_REPORT_REQ_OFF_REPORTDATA", 0, "ioctl", "ref §2.4", "tdx_report_req.reportdata"),
+    _c("TDX_REPORT_REQ_OFF_TDREPORT", 64, "ioctl", "ref §2.4", "tdx_report_req.tdreport"),
+    _c("IOC_NRSHIFT", 0, "ioctl", "ref §1", "ioctl number bits 7:0"),
+    _c("IOC_TYPESHIFT", 8, "ioctl", "ref §1", "ioctl type bits 15:8"),
+    _c("IOC_SIZESHIFT", 16, "ioctl", "ref §1", "ioctl size bits 29:16"),
+    _c("IOC_DIRSHIFT", 30, "ioctl", "ref §1", "ioctl direction bits 31:30"),
+    _c("IOC_SIZEMASK", 0x3FFF, "ioctl", "ref §1", "14-bit size field"),
+    _c("IOC_WRITE", 1, "ioctl", "ref §1", "direction: user -> kernel"),
+    _c("IOC_READ", 2, "ioctl", "ref §1", "direction: kernel -> user"),
+    # --- kernel model -------------------------------------------------------------------------
+    _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
+       "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
+    _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+]
+
+#: name -> value, and the names as module attributes (``abi.TDX_SUCCESS``).
+VALUES: Dict[str, int] = {c.name: c.value for c in CONSTANTS}
+globals().update(VALUES)
+
+#: TDREPORT fields: (name, offset, size, ref). Reserved runs are named ``reserved_<offset>``.
+TDREPORT_FIELDS: List[Tuple[str, int, int, str]] = [
+    ("report_type", 0, 4, "ref §4.4"),
+    ("reserved_4", 4, 12, "ref §4.4"),
+    ("cpusvn", 16, 16, "ref §4.4"),
+    ("tee_tcb_info_hash", 32, 48, "ref §4.4, §4.5"),
+    ("tee_info_hash", 80, 48, "ref §4.4, §4.5"),
+    ("reportdata", 128, 64, "ref §4.4"),
+    ("reserved_192", 192, 32, "ref §4.4"),
+    ("mac", 224, 32, "ref §4.4, §4.5"),
+    ("tcb_valid", 256, 8, "ref §4.4"),
+    ("tee_tcb_svn", 264, 16, "ref §4.4"),
+    ("mrseam", 280, 48, "ref §4.4"),
+    ("mrsignerseam", 328, 48, "ref §4.4"),
+    ("seam_attributes", 376, 8, "ref §4.4"),
+    ("tee_tcb_svn2", 384, 16, "ref §4.4"),
+    ("reserved_400", 400, 95, "ref §4.4"),
+    ("reserved_495", 495, 17, "ref §4.4"),
+    ("attributes", 512, 8, "ref §4.4"),
+    ("xfam", 520, 8, "ref §4.4"),
+    ("mrtd", 528, 48, "ref §4.4"),
+    ("mrconfigid", 576, 48, "ref §4.4"),
+    ("mrowner", 624, 48, "ref §4.4"),
+    ("mrownerconfig", 672, 48, "ref §4.4"),
+    ("rtmr0", 720, 48, "ref §4.4"),
+    ("rtmr1", 768, 48, "ref §4.4"),
+    ("rtmr2", 816, 48, "ref §4.4"),
+    ("rtmr3", 864, 48, "ref §4.4"),
+    ("servtd_hash", 912, 48, "ref §4.4"),
+    ("reserved_960", 960, 64, "ref §4.4"),
+]
+
+#: Driver generations, by the names the CLI and API use (ref §2.2, §2.4, §2.5).
+DRIVERS: Tuple[str, ...] = ("v4-2022-04", "v6.2", "v6.16")
+
+#: Device node of each generation (ref §1).
+DEVICE_PATHS: Dict[str, str] = {
+    "v4-2022-04": "/dev/tdx-attest",
+    "v6.2": "/dev/tdx_guest",
+    "v6.16": "/dev/tdx_guest",
+}
+
+#: 6.16 measurement files (ref §2.5): name -> (TDREPORT offset, writable).
+MEASUREMENT_DIRS: Tuple[str, ...] = (
+    "/sys/devices/virtual/misc/tdx_guest/measurements",
+    "/sys/class/misc/tdx_guest/measurements",
+)
+MEASUREMENTS: Dict[str, Tuple[int, bool]] = {
+    "mrtd:sha384": (528, False),
+    "mrconfigid": (576, False),
+    "mrowner": (624, False),
+    "mrownerconfig": (672, False),
+    "rtmr0:sha384": (720, True),
+    "rtmr1:sha384": (768, True),
+    "rtmr2:sha384": (816, True),
+    "rtmr3:sha384": (864, True),
+}
+
+#: Fault-injection capabilities and the kernel defaults of their knobs (ref §7).
+FAULT_CAPABILITIES: Tuple[str, ...] = ("failslab", "fail_page_alloc", "fail_usercopy")
+FAULT_DEFAULTS: Dict[str, int] = {
+    "probability": 0,   # percent; 0: nothing fails
+    "interval": 1,
+    "times": 1,         # -1: unlimited
+    "space": 0,
+    "verbose": 2,
+}
+#: ignore-gfp-wait defaults to Y for failslab and fail_page_alloc (ref §7: all this driver's
+#: allocations sleep, so they are never failed until it is set to N); fail_page_alloc min-order 1.
+FAULT_IGNORE_GFP_WAIT_DEFAULT: Dict[str, bool] = {"failslab": True, "fail_page_alloc": True}
+FAULT_PAGE_MIN_ORDER_DEFAULT = 1
+
+
+def ioc(direction: int, type_: int, nr: int, size: int) -> int:
+    """_IOC(dir, type, nr, size) as ref §1 lays the bits out."""
+    if not 0 <= size <= VALUES["IOC_SIZEMASK"]:
+        raise ValueError(f"ioctl size {size} does not fit in 14 bits")
+    return ((direction << VALUES["IOC_DIRSHIFT"]) | (size << VALUES["IOC_SIZESHIFT"])
+            | (type_ << VALUES["IOC_TYPESHIFT"]) | (nr << VALUES["IOC_NRSHIFT"]))
+
+
+def ioc_size(cmd: int) -> int:
+    """The 14-bit size encoded in an ioctl number (ref §1): nothing checks it against the buffer."""
+    return (cmd >> VALUES["IOC_SIZESHIFT"]) & VALUES["IOC_SIZEMASK"]
+
+
+def ioc_dir(cmd: int) -> int:
+    return (cmd >> VALUES["IOC_DIRSHIFT"]) & 3
+
+
+def status_class(status: int) -> int:
+    """Bits 63:32 of a TDX status: what Linux compares after ``status >> 32`` (ref §2.4)."""
+    return (status >> 32) & 0xFFFFFFFF
+
+
+def status_operand(status: int) -> int:
+    """Bits 31:0 of a TDX status: the operand id for OPERAND_INVALID / OPERAND_BUSY (ref §4.1)."""
+    return status & 0xFFFFFFFF

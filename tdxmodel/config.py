@@ -1,0 +1,213 @@
+"""What an emulated platform and TD are made of (layer 0: pure data, no behaviour).
+
+``ModuleConfig`` holds every input of the TDX module model. It builds the exact bytes both backends
+start from (TEE_TCB_INFO, TDINFO, the MAC key), so the C core and the pure-Python reference cannot
+disagree about them. A config comes from keyword arguments, a dict, or a TOML file
+(``ModuleConfig.from_toml``); byte fields are hex strings there.
+
+Default measurements (documented in README.md): MRTD = SHA-384(b"tdxmodel default MRTD"), RTMRs and the
+owner fields zero, ATTRIBUTES = SEPT_VE_DISABLE (bit 28), XFAM = 0xE7, TDX module 1.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from tdxmodel import abi
+
+SHA384 = abi.TDX_SHA384_LEN
+
+#: TDX module versions the model knows (ref §4): "1.0" and "1.5".
+VERSIONS = ("1.0", "1.5")
+
+ATTRIBUTES_DEBUG = 1 << 0            # ref §4.4
+ATTRIBUTES_SEPT_VE_DISABLE = 1 << 28  # ref §4.4 (and §4.3 step 3b: pending pages exit instead of #VE)
+
+
+def _zero48() -> bytes:
+    return bytes(SHA384)
+
+
+def _default_mrtd() -> bytes:
+    return hashlib.sha384(b"tdxmodel default MRTD").digest()
+
+
+def _default_mrseam() -> bytes:
+    return hashlib.sha384(b"tdxmodel default MRSEAM").digest()
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed; the message names the field."""
+
+
+@dataclass
+class ModuleConfig:
+    # --- platform (TEE_TCB_INFO, CPUSVN, MAC key) ---
+    version: str = "1.5"
+    seed: Optional[int] = None          # derives the MAC key reproducibly; None + mac_key None: random
+    mac_key: Optional[bytes] = None     # 32 bytes; overrides seed
+    cpusvn: bytes = bytes([1, 2] + [0] * 14)
+    tee_tcb_svn: bytes = bytes([3, 0, 1] + [0] * 13)
+    mrseam: bytes = field(default_factory=_default_mrseam)
+    mrsignerseam: bytes = field(default_factory=_zero48)  # 0 for Intel modules (ref §4.4)
+    seam_attributes: int = 0
+    tee_tcb_svn2: bytes = bytes(16)     # 1.5 only (ref §4.4)
+    # --- TD (TDINFO) ---
+    attributes: int = ATTRIBUTES_SEPT_VE_DISABLE
+    xfam: int = 0xE7
+    mrtd: bytes = field(default_factory=_default_mrtd)
+    mrconfigid: bytes = field(default_factory=_zero48)
+    mrowner: bytes = field(default_factory=_zero48)
+    mrownerconfig: bytes = field(default_factory=_zero48)
+    rtmr: Tuple[bytes, bytes, bytes, bytes] = field(default_factory=lambda: (_zero48(),) * 4)
+    servtd_hash: bytes = field(default_factory=_zero48)  # 1.5 only; nonzero = a service TD is bound
+
+    _BYTE_FIELDS = {"mac_key": 32, "cpusvn": 16, "tee_tcb_svn": 16, "mrseam": 48, "mrsignerseam": 48,
+                    "tee_tcb_svn2": 16, "mrtd": 48, "mrconfigid": 48, "mrowner": 48,
+                    "mrownerconfig": 48, "servtd_hash": 48}
+    _INT_FIELDS = {"seam_attributes": 64, "attributes": 64, "xfam": 64}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        if self.version not in VERSIONS:
+            raise ConfigError(f"version must be one of {', '.join(VERSIONS)}, not {self.version!r}")
+        for name, size in self._BYTE_FIELDS.items():
+            value = getattr(self, name)
+            if value is None and name == "mac_key":
+                continue
+            if isinstance(value, str):
+                value = _hex(name, value)
+                setattr(self, name, value)
+            if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+                raise ConfigError(f"{name} must be {size} bytes")
+            setattr(self, name, bytes(value))
+        for name, bits in self._INT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = int(value, 0)
+                setattr(self, name, value)
+            if not isinstance(value, int) or not 0 <= value < (1 << bits):
+                raise ConfigError(f"{name} must be an integer in [0, 2**{bits})")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError("seed must be a non-negative integer")
+        rtmr = tuple(_hex("rtmr", r) if isinstance(r, str) else r for r in self.rtmr)
+        if len(rtmr) != abi.TDX_NUM_RTMRS or any(len(r) != SHA384 for r in rtmr):
+            raise ConfigError("rtmr must be 4 values of 48 bytes")
+        self.rtmr = tuple(bytes(r) for r in rtmr)  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ derived bytes
+    @property
+    def version_minor(self) -> int:
+        return 0 if self.version == "1.0" else 5
+
+    @property
+    def servtd_bound(self) -> bool:
+        """1.5: REPORTTYPE.VERSION is 1 when a service TD is bound (ref §4.3); we take a nonzero
+        SERVTD_HASH to mean one is."""
+        return self.version == "1.5" and any(self.servtd_hash)
+
+    def resolved_mac_key(self) -> bytes:
+        """The platform MAC key (ref §4.5 design choice): given, derived from the seed, or random."""
+        if self.mac_key is not None:
+            return self.mac_key
+        if self.seed is not None:
+            return hashlib.sha256(b"tdxmodel platform mac key\0" + self.seed.to_bytes(8, "little")).digest()
+        key = os.urandom(abi.TDX_MAC_KEY_LEN)
+        self.mac_key = key  # one platform, one key: later calls must agree
+        return key
+
+    def tee_tcb_info(self) -> bytes:
+        """TEE_TCB_INFO as it appears at TDREPORT 256..494 (239 bytes, ref §4.4)."""
+        b = bytearray(abi.TDX_TEE_TCB_INFO_LEN)
+        valid = abi.TDX_TCB_VALID_1_5 if self.version == "1.5" else abi.TDX_TCB_VALID_1_0
+        base = abi.TDR_OFF_TEE_TCB_INFO
+        b[0:8] = valid.to_bytes(8, "little")
+        b[abi.TDR_OFF_TEE_TCB_SVN - base:][:16] = self.tee_tcb_svn
+        b[abi.TDR_OFF_MRSEAM - base:][:48] = self.mrseam
+        b[abi.TDR_OFF_MRSIGNERSEAM - base:][:48] = self.mrsignerseam
+        b[abi.TDR_OFF_SEAM_ATTRIBUTES - base:][:8] = self.seam_attributes.to_bytes(8, "little")
+        if self.version == "1.5":
+            b[abi.TDR_OFF_TEE_TCB_SVN2 - base:][:16] = self.tee_tcb_svn2
+        return bytes(b[: abi.TDX_TEE_TCB_INFO_LEN])
+
+    def tdinfo(self) -> bytes:
+        """TDINFO_STRUCT as it appears at TDREPORT 512..1023 (512 bytes, ref §4.4)."""
+        b = bytearray(abi.TDX_TDINFO_LEN)
+        base = abi.TDR_OFF_TDINFO
+
+        def put(off: int, data: bytes) -> None:
+            b[off - base: off - base + len(data)] = data
+
+        put(abi.TDR_OFF_ATTRIBUTES, self.attributes.to_bytes(8, "little"))
+        put(abi.TDR_OFF_XFAM, self.xfam.to_bytes(8, "little"))
+        put(abi.TDR_OFF_MRTD, self.mrtd)
+        put(abi.TDR_OFF_MRCONFIGID, self.mrconfigid)
+        put(abi.TDR_OFF_MROWNER, self.mrowner)
+        put(abi.TDR_OFF_MROWNERCONFIG, self.mrownerconfig)
+        for i, r in enumerate(self.rtmr):
+            put(abi.TDR_OFF_RTMR0 + SHA384 * i, r)
+        if self.version == "1.5":
+            put(abi.TDR_OFF_SERVTD_HASH, self.servtd_hash)
+        return bytes(b)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON/TOML-friendly: bytes as hex, the resolved MAC key included."""
+        d: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "mac_key":
+                v = self.resolved_mac_key()
+            if isinstance(v, bytes):
+                v = v.hex()
+            elif f.name == "rtmr":
+                v = [r.hex() for r in v]
+            if v is not None:
+                d[f.name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModuleConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        kw = dict(d)
+        if "rtmr" in kw:
+            kw["rtmr"] = tuple(kw["rtmr"])
+        return cls(**kw)
+
+    @classmethod
+    def from_toml(cls, path: "os.PathLike[str] | str") -> "ModuleConfig":
+        """Read a TOML file: top-level keys are the field names; a [platform] and a [td] table are
+        also accepted and merged."""
+        p = pathlib.Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        merged: Dict[str, Any] = {}
+        for k, v in data.items():
+            if k in ("platform", "td") and isinstance(v, dict):
+                merged.update(v)
+            else:
+                merged[k] = v
+        return cls.from_dict(merged)
+
+
+def _hex(name: str, text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{name}: not a hex string") from None
