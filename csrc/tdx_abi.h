@@ -87,6 +87,7 @@
 #define TDXM_ENXIO 6 /* errno (ref §0) */
 #define TDXM_EBADF 9 /* errno: fd not open (Linux asm-generic/errno-base.h) */
 #define TDXM_ENOMEM 12 /* errno (ref §0) */
+#define TDXM_EACCES 13 /* errno: opening a read-only (0444) sysfs measurement file for writing (Linux asm-generic/errno-base.h) */
 #define TDXM_EFAULT 14 /* errno (ref §0) */
 #define TDXM_EBUSY 16 /* errno (ref §0) */
 #define TDXM_ENODEV 19 /* errno (ref §0) */

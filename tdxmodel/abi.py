@@ -122,6 +122,8 @@ CONSTANTS: List[Const] = [
     _c("ENXIO", 6, "errno", "ref §0", "errno"),
     _c("EBADF", 9, "errno", "Linux asm-generic/errno-base.h", "errno: fd not open"),
     _c("ENOMEM", 12, "errno", "ref §0", "errno"),
+    _c("EACCES", 13, "errno", "Linux asm-generic/errno-base.h",
+       "errno: opening a read-only (0444) sysfs measurement file for writing"),
     _c("EFAULT", 14, "errno", "ref §0", "errno"),
     _c("EBUSY", 16, "errno", "ref §0", "errno"),
     _c("ENODEV", 19, "errno", "ref §0", "errno"),

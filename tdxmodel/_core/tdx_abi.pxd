@@ -76,6 +76,7 @@ cdef extern from "tdx_abi.h":
     int TDXM_ENXIO  # ref §0
     int TDXM_EBADF  # Linux asm-generic/errno-base.h
     int TDXM_ENOMEM  # ref §0
+    int TDXM_EACCES  # Linux asm-generic/errno-base.h
     int TDXM_EFAULT  # ref §0
     int TDXM_EBUSY  # ref §0
     int TDXM_ENODEV  # ref §0
