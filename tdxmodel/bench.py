@@ -1,0 +1,661 @@
+"""Throughput workloads (issue 5), shared by ``tdxmodel bench`` and ``benchmarks/`` (layer 3).
+
+Every workload runs against a backend chosen by name (``"core"`` or ``"reference"``) through
+``tdxmodel._backend``, so the Cython core and the pure-Python reference are measured by the same code.
+
+What is measured, and how:
+
+* **floors**: HMAC-SHA-256 over 224 bytes with a precomputed key, and SHA-384 over 512 bytes, in a C
+  loop (``tdxmodel._core._ext._floor_hmac224`` / ``_floor_sha384_512``, module-core's OpenSSL
+  helpers). A TDREPORT needs at least one such HMAC (ref §4.5: the MAC covers bytes 0..223), so the
+  batch API cannot beat ``mac_floor_per_s`` by much; beating it means the caches work.
+* **batch**: ``Module.report_batch`` on a (rows, 64) array, one thread.
+* **call latency**: one GET_REPORT ioctl through ``Process.ioctl`` (the syscall-like Python API), each
+  call timed alone with ``time.perf_counter_ns``; the timer's own cost (the median of empty
+  intervals) is subtracted.
+* **scaling**: 1..N caller threads, each running ``Module.report_batch`` chunks for a fixed time,
+  while a fraction ``extend_ratio`` of all calls are RTMR extends issued by the callers. On v6.16 the
+  extends go through the measurement file ``rtmrN:sha384`` (so they take ``mr_lock``, ref §2.5); on
+  v6.2 / v4 the driver has no extend, so they go to the module leaf directly, as a concurrent
+  extender outside the driver (ref §4.8). A report that meets the held lock gets
+  ``TDX_OPERAND_BUSY|RTMR`` (ref §4.3 row 5), counted in ``busy_rate``.
+* **ioctl scaling**: the same with callers issuing GET_REPORT ioctls one at a time through the Python
+  API (bounded by the GIL for the Python part of each call).
+
+``DriverCaller`` and ``ioctl_batch`` drive the ioctl path of any backend with a per-call fault
+schedule (``fail_nth``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tdxmodel import _backend, abi, errors
+from tdxmodel.config import ModuleConfig
+
+PAGE = abi.TDX_PAGE_SIZE
+#: User address where DriverCaller maps its request buffer (any page-aligned address works).
+REQUEST_BUFFER_ADDR = 0x7F00_0000_0000 & ~(PAGE - 1)
+#: The RTMR the workloads extend (any of 0..3 behaves the same for locking, ref §4.8).
+EXTEND_INDEX = 2
+#: Rows per report_batch call in the scaling workload: big enough that the Python part of a call is
+#: small next to the nogil loop, small enough to interleave with extends.
+SCALING_CHUNK = 128
+BUSY_RTMR = abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
+
+Progress = Optional[Callable[[str], None]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver path
+# ---------------------------------------------------------------------------------------------
+
+def _request_layout(driver: str) -> Tuple[int, int, int]:
+    """(ioctl cmd, REPORTDATA offset, TDREPORT offset) in the user buffer (ref §2.2, §2.4)."""
+    if driver == "v4-2022-04":
+        # One in-place buffer: REPORTDATA in bytes 0..63, the TDREPORT written over 0..1023.
+        return abi.TDX_CMD_GET_TDREPORT, 0, 0
+    return abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORT_REQ_OFF_TDREPORT
+
+
+def measurement_path(index: int) -> str:
+    """The 6.16 measurement file of RTMR ``index`` (ref §2.5)."""
+    if not 0 <= index < abi.TDX_NUM_RTMRS:
+        raise ValueError(f"RTMR index must be 0..{abi.TDX_NUM_RTMRS - 1}, got {index}")
+    return f"{abi.MEASUREMENT_DIRS[0]}/rtmr{index}:sha384"
+
+
+class DriverCaller:
+    """DriverCaller(kernel) -- one emulated process with the device open and a request buffer mapped.
+
+    ``get_report`` / ``ioctl_batch`` issue the driver's GET_REPORT ioctl (``TDX_CMD_GET_TDREPORT`` on
+    v4, ``TDX_CMD_GET_REPORT0`` otherwise); ``extend`` writes a 6.16 measurement file. Each returns the
+    syscall result (0 / bytes written, or -errno) rather than raising, because workloads count errnos.
+    One DriverCaller belongs to one thread at a time (a process's fail-nth is per task, ref §7).
+    """
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.driver: str = kernel.driver
+        self.process = kernel.process()
+        self.cmd, self.reportdata_off, self.tdreport_off = _request_layout(self.driver)
+        self.buffer = REQUEST_BUFFER_ADDR
+        # 1088 bytes of tdx_report_req, plus a page for the 48-byte extend data.
+        self.extend_addr = self.buffer + PAGE
+        self.process.mmap(self.buffer, 2 * PAGE, "rw")
+        self.fd = errors.check_ret(self.process.open(kernel.device_path), f"open {kernel.device_path}")
+        self._measurement_fds: Dict[int, int] = {}
+
+    def close(self) -> None:
+        for fd in self._measurement_fds.values():
+            self.process.close(fd)
+        self._measurement_fds.clear()
+        if self.fd >= 0:
+            self.process.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "DriverCaller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def put_reportdata(self, reportdata) -> None:
+        data = bytes(reportdata)
+        if len(data) > abi.TDX_REPORTDATA_LEN:
+            raise ValueError(f"reportdata is {len(data)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
+        self.process.poke(self.buffer + self.reportdata_off, data.ljust(abi.TDX_REPORTDATA_LEN, b"\0"))
+
+    def ioctl(self) -> int:
+        """ioctl() -> int: one GET_REPORT ioctl on the buffer as it stands (0 or -errno)."""
+        return self.process.ioctl(self.fd, self.cmd, self.buffer)
+
+    def read_report(self) -> bytes:
+        return self.process.peek(self.buffer + self.tdreport_off, abi.TDX_REPORT_LEN)
+
+    def get_report(self, reportdata=b"") -> Tuple[int, Optional[bytes]]:
+        """get_report(reportdata: bytes = b"") -> (ret, report or None)"""
+        self.put_reportdata(reportdata)
+        ret = self.ioctl()
+        return ret, (self.read_report() if ret == 0 else None)
+
+    def _measurement_fd(self, index: int) -> int:
+        fd = self._measurement_fds.get(index)
+        if fd is None:
+            if self.driver != "v6.16":
+                raise ValueError(f"driver {self.driver} has no measurement files (ref §2.5: v6.16+)")
+            fd = errors.check_ret(self.process.open(measurement_path(index), os.O_RDWR),
+                                  f"open {measurement_path(index)}")
+            self._measurement_fds[index] = fd
+        return fd
+
+    def extend(self, index: int, data: bytes) -> int:
+        """extend(index: int, data: bytes) -> int: write 48 bytes to ``rtmr<index>:sha384`` (v6.16):
+        48 or -errno (ref §2.5)."""
+        if len(data) != abi.MEASUREMENT_LEN:
+            raise ValueError(f"data is {len(data)} bytes; a measurement write takes {abi.MEASUREMENT_LEN}")
+        fd = self._measurement_fd(index)
+        self.process.poke(self.extend_addr, bytes(data))
+        return self.process.pwrite(fd, self.extend_addr, abi.MEASUREMENT_LEN, 0)
+
+    def read_measurement(self, index: int) -> Tuple[int, Optional[bytes]]:
+        """read_measurement(index: int) -> (ret, 48 bytes or None): ``pread`` of ``rtmr<index>:sha384``."""
+        fd = self._measurement_fd(index)
+        ret = self.process.pread(fd, self.extend_addr, abi.MEASUREMENT_LEN, 0)
+        return ret, (self.process.peek(self.extend_addr, abi.MEASUREMENT_LEN) if ret == abi.MEASUREMENT_LEN else None)
+
+    def ioctl_batch(self, reportdata, fail_nth=None) -> Tuple[np.ndarray, np.ndarray]:
+        """ioctl_batch(reportdata: uint8[N, 64], fail_nth: None | int[N]) -> (int64[N], uint8[N, 1024])
+
+        One GET_REPORT ioctl per row. ``fail_nth[i] > 0`` arms the process's fail-nth (ref §7) for
+        row i's call only; 0 leaves it unarmed. ``rets[i]`` is the ioctl result; ``reports[i]`` the
+        TDREPORT when ``rets[i] == 0``, else zeros.
+        """
+        rows = check_reportdata(reportdata)
+        n = rows.shape[0]
+        schedule = None
+        if fail_nth is not None:
+            schedule = np.asarray(fail_nth)
+            if schedule.shape != (n,) or schedule.dtype.kind not in "iu":
+                raise ValueError(f"fail_nth must be an integer array of shape ({n},), got "
+                                 f"{schedule.shape} {schedule.dtype}")
+            if n and schedule.min() < 0:
+                raise ValueError("fail_nth values must be >= 0")
+        rets = np.zeros(n, dtype=np.int64)
+        reports = np.zeros((n, abi.TDX_REPORT_LEN), dtype=np.uint8)
+        process, fd, cmd, buf = self.process, self.fd, self.cmd, self.buffer
+        rd_addr, tr_addr = buf + self.reportdata_off, buf + self.tdreport_off
+        for i in range(n):
+            process.poke(rd_addr, rows[i].tobytes())
+            if schedule is not None and schedule[i]:
+                process.fail_nth = int(schedule[i])
+            ret = process.ioctl(fd, cmd, buf)
+            if schedule is not None and schedule[i]:
+                process.fail_nth = 0  # disarm if the call ran out of points before the n-th
+            rets[i] = ret
+            if ret == 0:
+                reports[i] = np.frombuffer(process.peek(tr_addr, abi.TDX_REPORT_LEN), dtype=np.uint8)
+        return rets, reports
+
+
+def ioctl_batch(caller: DriverCaller, reportdata, fail_nth=None) -> Tuple[np.ndarray, np.ndarray]:
+    """ioctl_batch(caller, reportdata: uint8[N, 64], fail_nth=None) -> (rets, reports); see
+    ``DriverCaller.ioctl_batch``."""
+    return caller.ioctl_batch(reportdata, fail_nth)
+
+
+def check_reportdata(reportdata) -> np.ndarray:
+    if not isinstance(reportdata, np.ndarray):
+        raise TypeError("reportdata must be a numpy array of shape (N, 64) and dtype uint8")
+    if reportdata.dtype != np.uint8 or reportdata.ndim != 2 or reportdata.shape[1] != abi.TDX_REPORTDATA_LEN:
+        raise ValueError(f"reportdata must have shape (N, 64) and dtype uint8, got {reportdata.shape} "
+                         f"{reportdata.dtype}")
+    return np.ascontiguousarray(reportdata)
+
+
+def has_kernel(backend_name: str) -> bool:
+    return hasattr(_backend.load(backend_name), "Kernel")
+
+
+def make_module(backend_name: str, seed: int = 1):
+    return _backend.load(backend_name).Module(ModuleConfig(seed=seed))
+
+
+def make_kernel(backend_name: str, driver: str, seed: int = 1):
+    if driver not in abi.DRIVERS:
+        raise ValueError(f"unknown driver {driver!r}; choose one of {', '.join(abi.DRIVERS)}")
+    be = _backend.load(backend_name)
+    if not hasattr(be, "Kernel"):
+        raise ValueError(f"the {backend_name} backend has no Kernel yet (driver path unavailable)")
+    return be.Kernel(be.Module(ModuleConfig(seed=seed)), driver, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Floors
+# ---------------------------------------------------------------------------------------------
+
+def _core_ext():
+    try:
+        from tdxmodel._core import _ext
+    except ImportError:
+        return None
+    return _ext
+
+
+def floor_functions() -> Tuple[Optional[Callable], Optional[Callable]]:
+    """(hmac224(key, n), sha384_512(n)) from the core, or None each when not built."""
+    ext = _core_ext()
+    return (getattr(ext, "_floor_hmac224", None), getattr(ext, "_floor_sha384_512", None))
+
+
+def _rate_of_c_loop(fn: Callable[[int], object], seconds: float) -> float:
+    """Operations per second of ``fn(n)`` (a C loop of n operations), run for about ``seconds``."""
+    n = 1000
+    while True:  # grow n until one call takes >= 20 ms, so the Python call cost vanishes
+        t0 = time.perf_counter()
+        fn(n)
+        dt = time.perf_counter() - t0
+        if dt >= 0.02 or n >= 1 << 26:
+            break
+        n *= 4
+    best = n / dt
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn(n)
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def measure_floors(seconds: float) -> Dict[str, object]:
+    """mac_floor_per_s and sha384_floor_per_s (one thread). Best-of-runs rates: a floor is what the
+    machine can do, so noise from other processes should not lower it."""
+    hmac224, sha384 = floor_functions()
+    key = bytes(range(abi.TDX_MAC_KEY_LEN))
+    out: Dict[str, object] = {}
+    if hmac224 is not None and sha384 is not None:
+        out["mac_floor_per_s"] = _rate_of_c_loop(lambda n: hmac224(key, n), seconds / 2)
+        out["sha384_floor_per_s"] = _rate_of_c_loop(sha384, seconds / 2)
+        out["floor_source"] = "openssl-c-loop"
+    else:
+        # No compiled floor: Python's hmac/hashlib (per-call Python cost included; a lower floor).
+        mac = hmac.new(key, digestmod=hashlib.sha256)
+        data224, data512 = bytes(abi.TDX_MAC_COVERED_LEN), bytes(abi.TDX_TDINFO_LEN)
+
+        def py_hmac(n):
+            for _ in range(n):
+                m = mac.copy()
+                m.update(data224)
+                m.digest()
+
+        def py_sha(n):
+            for _ in range(n):
+                hashlib.sha384(data512).digest()
+
+        out["mac_floor_per_s"] = _rate_of_c_loop(py_hmac, seconds / 2)
+        out["sha384_floor_per_s"] = _rate_of_c_loop(py_sha, seconds / 2)
+        out["floor_source"] = "python-hashlib"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch and call latency
+# ---------------------------------------------------------------------------------------------
+
+def random_reportdata(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(rows, abi.TDX_REPORTDATA_LEN), dtype=np.uint8)
+
+
+def measure_batch(module, seconds: float, rows: int = 4096) -> float:
+    """Reports per second of ``module.report_batch`` on ``rows`` rows, one thread (best run)."""
+    data = random_reportdata(rows)
+    reports, statuses = module.report_batch(data)  # warm up, and check it did the work
+    if statuses.any():
+        raise RuntimeError(f"report_batch failed: status 0x{int(statuses.max()):016X}")
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        module.report_batch(data)
+        best = max(best, rows / (time.perf_counter() - t0))
+        if time.perf_counter() >= deadline:
+            return best
+
+
+def _timer_overhead_ns(samples: int = 20001) -> int:
+    pc = time.perf_counter_ns
+    gaps = []
+    for _ in range(samples):
+        t0 = pc()
+        t1 = pc()
+        gaps.append(t1 - t0)
+    return int(statistics.median(gaps))
+
+
+def measure_call_latency(backend_name: str, driver: str, seconds: float,
+                         max_calls: int = 200_000) -> Dict[str, float]:
+    """Median and p99 (microseconds) of one GET_REPORT ioctl through ``Process.ioctl``."""
+    kernel = make_kernel(backend_name, driver)
+    with DriverCaller(kernel) as caller:
+        caller.put_reportdata(bytes(range(64)))
+        ret = caller.ioctl()
+        if ret != 0:
+            raise RuntimeError(f"{backend_name} {driver}: GET_REPORT ioctl failed with {ret}")
+        ioctl, fd, cmd, arg = caller.process.ioctl, caller.fd, caller.cmd, caller.buffer
+        pc = time.perf_counter_ns
+        times: List[int] = []
+        deadline = pc() + int(seconds * 1e9)
+        while len(times) < max_calls:
+            t0 = pc()
+            ioctl(fd, cmd, arg)
+            t1 = pc()
+            times.append(t1 - t0)
+            if t1 >= deadline:
+                break
+    overhead = _timer_overhead_ns()
+    times.sort()
+    n = len(times)
+    median = max(times[n // 2] - overhead, 0) / 1000.0
+    p99 = max(times[min(n - 1, (n * 99) // 100)] - overhead, 0) / 1000.0
+    return {"median_us": median, "p99_us": p99, "samples": n, "timer_overhead_us": overhead / 1000.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent callers
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _CallerStats:
+    reports: int = 0
+    busy: int = 0
+    extends: int = 0
+    extend_busy: int = 0
+    other_errors: Dict[int, int] = field(default_factory=dict)
+
+
+class _Extender:
+    """Issues one RTMR extend the way the driver under test allows (see the module docstring)."""
+
+    def __init__(self, kernel, module, driver: str) -> None:
+        self.via_driver = driver == "v6.16" and kernel is not None
+        self.caller = DriverCaller(kernel) if self.via_driver else None
+        self.module = module
+        self.data = hashlib.sha384(b"tdxmodel bench extend").digest()
+
+    def extend(self) -> bool:
+        """One extend; True on success, False when it met the held RTMR lock (BUSY / -EBUSY)."""
+        if self.via_driver:
+            ret = self.caller.extend(EXTEND_INDEX, self.data)
+            if ret == abi.MEASUREMENT_LEN:
+                return True
+            if ret == -abi.EBUSY:
+                return False
+            raise errors.errno_exception(-ret, f"write {measurement_path(EXTEND_INDEX)}")
+        try:
+            self.module.extend(EXTEND_INDEX, self.data)
+        except errors.OperandBusy:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.caller is not None:
+            self.caller.close()
+
+
+def _busy_errnos(driver: str) -> Tuple[int, ...]:
+    """The ioctl results a module BUSY turns into (ref §2.2: v4 -EIO; §2.4: v6.2 -EIO; §2.5: v6.16
+    -EBUSY)."""
+    return (-errors.status_errno(BUSY_RTMR, driver),)
+
+
+def _run_callers(callers: int, seconds: float, make_worker: Callable[[int], Callable[[], None]]) -> float:
+    """Run ``callers`` threads, each calling its worker in a loop for ``seconds``; the elapsed time."""
+    workers = [make_worker(i) for i in range(callers)]
+    stop = threading.Event()
+    start = threading.Barrier(callers + 1)
+    failures: List[BaseException] = []
+
+    def loop(work):
+        try:
+            start.wait()
+            while not stop.is_set():
+                work()
+        except BaseException as e:  # noqa: BLE001 - reported in the main thread
+            failures.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if failures:
+        raise failures[0]
+    return elapsed
+
+
+def measure_batch_scaling(backend_name: str, driver: str, callers: int, seconds: float,
+                          extend_ratio: float, chunk: int = SCALING_CHUNK) -> Dict[str, object]:
+    """``callers`` threads running ``report_batch(chunk rows)`` on one TD, plus extends making up
+    ``extend_ratio`` of all calls. Returns calls/s (reports + extends) and the BUSY counts."""
+    be = _backend.load(backend_name)
+    kernel = make_kernel(backend_name, driver) if has_kernel(backend_name) else None
+    module = kernel.module if kernel is not None else be.Module(ModuleConfig(seed=1))
+    data = random_reportdata(chunk)
+    stats = [_CallerStats() for _ in range(callers)]
+    extenders = [_Extender(kernel, module, driver) if extend_ratio > 0 else None for _ in range(callers)]
+    # Extends owed per chunk so that extends / (reports + extends) == extend_ratio.
+    per_chunk = chunk * extend_ratio / (1.0 - extend_ratio) if extend_ratio > 0 else 0.0
+
+    def make_worker(i):
+        st, ext = stats[i], extenders[i]
+        owed = [0.0]
+
+        def work():
+            _, statuses = module.report_batch(data)
+            st.reports += chunk
+            busy = int(np.count_nonzero(statuses == BUSY_RTMR))
+            st.busy += busy
+            if busy != int(np.count_nonzero(statuses)):
+                bad = int(statuses[(statuses != 0) & (statuses != BUSY_RTMR)][0])
+                raise RuntimeError(f"report_batch status 0x{bad:016X}")
+            if ext is not None:
+                owed[0] += per_chunk
+                while owed[0] >= 1.0:
+                    owed[0] -= 1.0
+                    st.extends += 1
+                    if not ext.extend():
+                        st.extend_busy += 1
+        return work
+
+    try:
+        elapsed = _run_callers(callers, seconds, make_worker)
+    finally:
+        for e in extenders:
+            if e is not None:
+                e.close()
+    return _summarise(stats, elapsed)
+
+
+def measure_ioctl_scaling(backend_name: str, driver: str, callers: int, seconds: float,
+                          extend_ratio: float, chunk: int = 64) -> Dict[str, object]:
+    """``callers`` threads each issuing GET_REPORT ioctls one at a time through ``Process.ioctl``
+    (one process per thread), plus extends making up ``extend_ratio`` of all calls."""
+    kernel = make_kernel(backend_name, driver)
+    module = kernel.module
+    stats = [_CallerStats() for _ in range(callers)]
+    drivers = [DriverCaller(kernel) for _ in range(callers)]
+    extenders = [_Extender(kernel, module, driver) if extend_ratio > 0 else None for _ in range(callers)]
+    per_chunk = chunk * extend_ratio / (1.0 - extend_ratio) if extend_ratio > 0 else 0.0
+    busy_rets = _busy_errnos(driver)
+
+    def make_worker(i):
+        st, ext, dc = stats[i], extenders[i], drivers[i]
+        ioctl, fd, cmd, arg = dc.process.ioctl, dc.fd, dc.cmd, dc.buffer
+        dc.put_reportdata(bytes(64))
+        owed = [0.0]
+
+        def work():
+            for _ in range(chunk):
+                ret = ioctl(fd, cmd, arg)
+                if ret:
+                    if ret in busy_rets:
+                        st.busy += 1
+                    else:
+                        st.other_errors[ret] = st.other_errors.get(ret, 0) + 1
+            st.reports += chunk
+            if ext is not None:
+                owed[0] += per_chunk
+                while owed[0] >= 1.0:
+                    owed[0] -= 1.0
+                    st.extends += 1
+                    if not ext.extend():
+                        st.extend_busy += 1
+        return work
+
+    try:
+        elapsed = _run_callers(callers, seconds, make_worker)
+    finally:
+        for d in drivers:
+            d.close()
+        for e in extenders:
+            if e is not None:
+                e.close()
+    out = _summarise(stats, elapsed)
+    errs: Dict[int, int] = {}
+    for st in stats:
+        for k, v in st.other_errors.items():
+            errs[k] = errs.get(k, 0) + v
+    if errs:
+        raise RuntimeError(f"unexpected ioctl results under load: {errs}")
+    return out
+
+
+def _summarise(stats: Sequence[_CallerStats], elapsed: float) -> Dict[str, object]:
+    reports = sum(s.reports for s in stats)
+    extends = sum(s.extends for s in stats)
+    busy = sum(s.busy for s in stats)
+    return {"calls_per_s": (reports + extends) / elapsed, "reports": reports, "extends": extends,
+            "busy": busy, "extend_busy": sum(s.extend_busy for s in stats),
+            "busy_rate": busy / reports if reports else 0.0, "seconds": elapsed}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole `tdxmodel bench` run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class BenchOptions:
+    callers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    seconds: float = 0.5
+    extend_ratio: float = 0.0
+    driver: str = "v6.16"
+
+    def validate(self) -> None:
+        if isinstance(self.callers, bool) or not isinstance(self.callers, int) or not 1 <= self.callers <= 256:
+            raise ValueError(f"--callers must be an integer in 1..256, got {self.callers!r}")
+        if not (isinstance(self.seconds, (int, float)) and 0 < self.seconds <= 3600):
+            raise ValueError(f"--seconds must be in (0, 3600], got {self.seconds!r}")
+        if not (isinstance(self.extend_ratio, (int, float)) and 0 <= self.extend_ratio < 1):
+            raise ValueError(f"--extend-ratio must be in [0, 1), got {self.extend_ratio!r}")
+        if self.driver not in abi.DRIVERS:
+            raise ValueError(f"--driver must be one of {', '.join(abi.DRIVERS)}, got {self.driver!r}")
+
+
+def machine_info() -> Dict[str, object]:
+    import platform
+    import ssl
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION}
+
+
+def run(options: BenchOptions, progress: Progress = None) -> Dict[str, object]:
+    """Run every workload of ``tdxmodel bench``; the JSON object it prints (keys are a contract)."""
+    options.validate()
+    say = progress or (lambda msg: None)
+    s = options.seconds
+    core = _backend.core_available()
+    main = "core" if core else "reference"
+    result: Dict[str, object] = {"backend": main, "driver": options.driver, "callers": options.callers,
+                                 "seconds": s, "extend_ratio": options.extend_ratio,
+                                 "machine": machine_info()}
+
+    say("floors (HMAC-SHA-256 over 224 B, SHA-384 over 512 B)")
+    result.update(measure_floors(s))
+
+    say(f"batch API ({main}, one thread)")
+    result["batch_reports_per_s"] = measure_batch(make_module(main), s)
+
+    say(f"one GET_REPORT ioctl ({main}, {options.driver})")
+    lat = measure_call_latency(main, options.driver, s)
+    result["call_median_us"], result["call_p99_us"] = lat["median_us"], lat["p99_us"]
+    result["call_samples"] = lat["samples"]
+    result["timer_overhead_us"] = lat["timer_overhead_us"]
+
+    say(f"one GET_REPORT ioctl (reference, {options.driver})")
+    ref = measure_call_latency("reference", options.driver, s, max_calls=20_000)
+    result["reference_call_median_us"] = ref["median_us"]
+    result["reference_call_p99_us"] = ref["p99_us"]
+
+    scaling: Dict[str, float] = {}
+    ioctl_scaling: Dict[str, float] = {}
+    busy = reports = ioctl_busy = ioctl_reports = 0
+    for n in range(1, options.callers + 1):
+        say(f"{n} caller(s): batch API, extend ratio {options.extend_ratio}")
+        r = measure_batch_scaling(main, options.driver, n, s, options.extend_ratio)
+        scaling[str(n)] = r["calls_per_s"]
+        busy += r["busy"]
+        reports += r["reports"]
+        say(f"{n} caller(s): ioctl through the Python API, extend ratio {options.extend_ratio}")
+        r = measure_ioctl_scaling(main, options.driver, n, s, options.extend_ratio)
+        ioctl_scaling[str(n)] = r["calls_per_s"]
+        ioctl_busy += r["busy"]
+        ioctl_reports += r["reports"]
+    result["scaling"] = scaling
+    result["ioctl_scaling"] = ioctl_scaling
+    result["busy_rate"] = busy / reports if reports else 0.0
+    result["ioctl_busy_rate"] = ioctl_busy / ioctl_reports if ioctl_reports else 0.0
+
+    # The issue's targets, as ratios from this one run.
+    result["ratios"] = {
+        "batch_over_mac_floor": result["batch_reports_per_s"] / result["mac_floor_per_s"],
+        "reference_over_core_call": (result["reference_call_median_us"] / result["call_median_us"]
+                                     if result["call_median_us"] > 0 else None),
+        "scaling_2_over_1": scaling["2"] / scaling["1"] if "2" in scaling else None,
+    }
+    return result
+
+
+def format_table(result: Dict[str, object]) -> str:
+    """The human-readable report of ``run``."""
+    m = result["machine"]
+    lines = [f"tdxmodel bench: backend {result['backend']}, driver {result['driver']}, "
+             f"{result['callers']} caller(s), {result['seconds']} s per workload, "
+             f"extend ratio {result['extend_ratio']}",
+             f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}; {m['openssl']}", ""]
+    rows = [
+        ("HMAC-SHA-256 224 B floor", f"{result['mac_floor_per_s']:,.0f} /s", result["floor_source"]),
+        ("SHA-384 512 B floor", f"{result['sha384_floor_per_s']:,.0f} /s", result["floor_source"]),
+        ("batch API, 1 thread", f"{result['batch_reports_per_s']:,.0f} reports/s",
+         f"{result['ratios']['batch_over_mac_floor']:.2f} x MAC floor"),
+        ("GET_REPORT ioctl median", f"{result['call_median_us']:.3f} us", f"p99 {result['call_p99_us']:.3f} us"),
+        ("reference ioctl median", f"{result['reference_call_median_us']:.1f} us",
+         (f"{result['ratios']['reference_over_core_call']:.0f} x the core"
+          if result["ratios"]["reference_over_core_call"] else "")),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines += [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    lines += ["", f"{'callers':>7}  {'batch API calls/s':>18}  {'x 1 caller':>10}  "
+                  f"{'ioctl calls/s':>14}  {'x 1 caller':>10}"]
+    s1 = result["scaling"]["1"]
+    i1 = result["ioctl_scaling"]["1"]
+    for k, v in result["scaling"].items():
+        iv = result["ioctl_scaling"][k]
+        lines.append(f"{k:>7}  {v:>18,.0f}  {v / s1:>10.2f}  {iv:>14,.0f}  {iv / i1:>10.2f}")
+    lines += ["", f"busy rate (reports meeting TDX_OPERAND_BUSY): batch {result['busy_rate']:.4f}, "
+                  f"ioctl {result['ioctl_busy_rate']:.4f}"]
+    return "\n".join(lines)
