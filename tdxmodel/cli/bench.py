@@ -69,13 +69,13 @@ def register(subparsers) -> None:
 
 
 def _check_plot_possible(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CliError(f"--plot: directory {directory} does not exist")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install 'tdxmodel[plot]'") from None
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CliError(f"--plot: directory {directory} does not exist")
 
 
 def write_plot(result: dict, path: str) -> None:

@@ -1,0 +1,118 @@
+"""Concurrent callers: 1..N threads on one TD, with and without a concurrent RTMR extender.
+
+Question: do Python threads scale across cores? The leaves and the ioctl path release the GIL, so a
+fixed amount of work split over 2 threads should take about half as long on 2 cores (issue 5 target
+for the batch API: >= 1.7x one caller). The extender hammers TDG.MR.RTMR.EXTEND on the module leaf,
+outside any driver (ref §4.8), so some reports meet BUSY|RTMR; their count is kept in extra_info.
+"""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+CALLER_COUNTS = tuple(range(1, max(2, os.cpu_count() or 1) + 1))
+from tdxmodel import abi, bench, errors
+
+TOTAL_REPORTS = 8192
+CHUNK = 128
+TOTAL_IOCTLS = 4096
+
+
+def run_split(callers, work, extender=None):
+    """Run ``work(i)`` on ``callers`` threads at once (and ``extender(stop)`` beside them)."""
+    stop = threading.Event()
+    failures = []
+
+    def guard(fn, *args):
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001
+            failures.append(e)
+
+    threads = [threading.Thread(target=guard, args=(work, i)) for i in range(callers)]
+    ext = threading.Thread(target=guard, args=(extender, stop)) if extender else None
+    if ext:
+        ext.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    if ext:
+        ext.join()
+    if failures:
+        raise failures[0]
+
+
+def module_extender(module, counts):
+    def extender(stop):
+        data = bytes(48)
+        while not stop.is_set():
+            try:
+                module.extend(bench.EXTEND_INDEX, data)
+                counts["extends"] += 1
+            except errors.OperandBusy:
+                counts["extend_busy"] += 1
+    return extender
+
+
+@pytest.mark.parametrize("extender", ["no-extender", "extender"])
+@pytest.mark.parametrize("callers", CALLER_COUNTS)
+def test_batch_api_threads(benchmark, backend_name, callers, extender):
+    benchmark.group = f"concurrent batch API, {TOTAL_REPORTS} reports, {extender}"
+    benchmark.extra_info["callers"] = callers
+    module = bench.make_module(backend_name)
+    total = TOTAL_REPORTS if backend_name == "core" else TOTAL_REPORTS // 16
+    per_thread = total // callers
+    data = bench.random_reportdata(CHUNK)
+    busy = np.zeros(callers, dtype=np.int64)
+    counts = {"extends": 0, "extend_busy": 0}
+
+    def work(i):
+        for _ in range(per_thread // CHUNK):
+            _, statuses = module.report_batch(data)
+            busy[i] += int(np.count_nonzero(statuses == bench.BUSY_RTMR))
+            assert not (statuses[statuses != bench.BUSY_RTMR]).any()
+
+    benchmark.pedantic(run_split, args=(callers, work, module_extender(module, counts) if extender == "extender"
+                                        else None), rounds=3, iterations=1)
+    benchmark.extra_info["busy_reports"] = int(busy.sum())
+    benchmark.extra_info.update(counts)
+
+
+@pytest.mark.parametrize("extender", ["no-extender", "extender"])
+@pytest.mark.parametrize("callers", CALLER_COUNTS)
+def test_ioctl_threads_v62(benchmark, backend_name, callers, extender):
+    """GET_REPORT0 ioctls one at a time through the Python API, one process per thread; on v6.2 a
+    module BUSY turns into -EIO (ref §2.4)."""
+    benchmark.group = f"concurrent ioctl v6.2, {TOTAL_IOCTLS} calls, {extender}"
+    benchmark.extra_info["callers"] = callers
+    kernel = bench.make_kernel(backend_name, "v6.2")
+    total = TOTAL_IOCTLS if backend_name == "core" else TOTAL_IOCTLS // 16
+    per_thread = total // callers
+    callers_ = [bench.DriverCaller(kernel) for _ in range(callers)]
+    results = [dict() for _ in range(callers)]
+    counts = {"extends": 0, "extend_busy": 0}
+
+    def work(i):
+        c, res = callers_[i], results[i]
+        ioctl, fd, cmd, arg = c.process.ioctl, c.fd, c.cmd, c.buffer
+        for _ in range(per_thread):
+            ret = ioctl(fd, cmd, arg)
+            res[ret] = res.get(ret, 0) + 1
+
+    try:
+        benchmark.pedantic(run_split, args=(callers, work, module_extender(kernel.module, counts)
+                                            if extender == "extender" else None), rounds=3, iterations=1)
+    finally:
+        for c in callers_:
+            c.close()
+    merged = {}
+    for res in results:
+        for k, v in res.items():
+            merged[k] = merged.get(k, 0) + v
+    assert set(merged) <= {0, -abi.EIO}, merged
+    benchmark.extra_info["eio_from_busy"] = merged.get(-abi.EIO, 0)
+    benchmark.extra_info.update(counts)

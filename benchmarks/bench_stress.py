@@ -1,0 +1,34 @@
+"""The correctness-under-load check of tests/test_stress.py at a large size, timed.
+
+Question: do the RTMR lock (module) and mr_lock (6.16 driver) keep their semantics under many more
+interleavings than CI can afford, and what does checked concurrent traffic cost?
+"""
+
+from tdxmodel import abi, bench
+
+THREADS = 4
+OPS = {"core": 5000, "reference": 1000}
+
+
+def test_stress_module_leaves(benchmark, backend_name):
+    benchmark.group = "stress (large)"
+    module = bench.make_module(backend_name)
+    log = benchmark.pedantic(bench.stress_module, args=(module,),
+                             kwargs={"threads": THREADS, "ops_per_thread": OPS[backend_name]},
+                             rounds=1, iterations=1)
+    final = [module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+    assert bench.check_stress(log, final, module.mac_key) == []
+    benchmark.extra_info.update(extends=len(log.extends), reports=len(log.reports),
+                                report_busy=log.report_busy, extend_busy=log.extend_busy)
+
+
+def test_stress_v616_driver(benchmark, backend_name):
+    benchmark.group = "stress (large)"
+    kernel = bench.make_kernel(backend_name, "v6.16")
+    log = benchmark.pedantic(bench.stress_driver, args=(kernel,),
+                             kwargs={"threads": THREADS, "ops_per_thread": OPS[backend_name] // 2},
+                             rounds=1, iterations=1)
+    assert log.errnos == {}
+    final = [kernel.module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+    assert bench.check_stress(log, final, kernel.module.mac_key) == []
+    benchmark.extra_info.update(extends=len(log.extends), reports=len(log.reports), reads=len(log.reads))

@@ -1,0 +1,132 @@
+"""`tdxmodel bench` (issue 5): flags, JSON keys and exit codes are a contract.
+
+These check what the command reports and how it fails, never how fast anything is (speed is measured
+by benchmarks/, not by timed tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from tdxmodel import abi, bench
+from tdxmodel.cli import main
+
+FAST = ["--seconds", "0.05"]
+CONTRACT_KEYS = {"batch_reports_per_s", "mac_floor_per_s", "call_median_us", "call_p99_us",
+                 "reference_call_median_us", "scaling", "busy_rate"}
+
+
+def run_cli(capsys, *argv):
+    code = main(["bench", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--callers", "0"], "--callers"),
+    (["--callers", "two"], "--callers"),
+    (["--seconds", "-1"], "--seconds"),
+    (["--seconds", "nan"], "--seconds"),
+    (["--extend-ratio", "1"], "--extend-ratio"),
+    (["--extend-ratio", "-0.1"], "--extend-ratio"),
+    (["--driver", "v5.0"], "--driver"),
+    (["--frobnicate"], "unrecognized"),
+])
+def test_bad_flag_values_exit_2_with_one_line(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err
+
+
+def test_json_has_the_contract_keys(capsys):
+    code, out, _ = run_cli(capsys, "--json", "--callers", "2", "--driver", "v6.2", *FAST)
+    assert code == 0
+    result = json.loads(out)
+    assert CONTRACT_KEYS <= set(result)
+    assert set(result["scaling"]) == {"1", "2"}
+    assert all(v > 0 for v in result["scaling"].values())
+    for key in ("batch_reports_per_s", "mac_floor_per_s", "reference_call_median_us"):
+        assert result[key] > 0, key
+    assert 0 <= result["call_median_us"] <= result["call_p99_us"]
+    # No extends were asked for, so no report can have met the held RTMR lock (ref §4.8).
+    assert result["busy_rate"] == 0.0
+    assert result["driver"] == "v6.2" and result["callers"] == 2
+
+
+def test_extend_ratio_runs_extends_and_reports_busy_as_a_fraction(capsys):
+    code, out, _ = run_cli(capsys, "--json", "--callers", "2", "--extend-ratio", "0.5", *FAST)
+    assert code == 0
+    result = json.loads(out)
+    assert result["driver"] == "v6.16" and result["extend_ratio"] == 0.5
+    assert 0.0 <= result["busy_rate"] <= 1.0
+    assert 0.0 <= result["ioctl_busy_rate"] <= 1.0
+
+
+def test_table_is_readable(capsys):
+    code, out, _ = run_cli(capsys, "--callers", "1", "--driver", "v4-2022-04", *FAST)
+    assert code == 0
+    assert "GET_REPORT ioctl median" in out and "HMAC-SHA-256 224 B floor" in out
+    assert "callers" in out and "v4-2022-04" in out
+
+
+def test_plot(capsys, tmp_path):
+    target = tmp_path / "scaling.png"
+    if importlib.util.find_spec("matplotlib") is None:
+        code, out, err = run_cli(capsys, "--plot", str(target), *FAST)
+        assert code == 2 and "matplotlib" in err and len(err.strip().splitlines()) == 1
+        assert not target.exists()
+    else:
+        code, out, err = run_cli(capsys, "--plot", str(target), "--callers", "2", *FAST)
+        assert code == 0
+        assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_into_a_missing_directory_is_refused_before_measuring(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "--plot", str(tmp_path / "no" / "such.png"), *FAST)
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the driver-path batch the benchmarks use --------------------------------------------------------
+
+@pytest.mark.parametrize("driver", abi.DRIVERS)
+def test_ioctl_batch_returns_each_rows_report(backend, make_kernel, driver):
+    kernel = make_kernel(driver)
+    data = bench.random_reportdata(5, seed=3)
+    with bench.DriverCaller(kernel) as caller:
+        rets, reports = caller.ioctl_batch(data)
+    assert rets.tolist() == [0] * 5
+    assert np.array_equal(reports[:, abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + 64], data)
+    for row in reports:  # each is a genuine report of this platform (ref §4.7)
+        assert kernel.module.verify(row.tobytes()) == abi.TDX_SUCCESS
+
+
+def test_ioctl_batch_fail_nth_schedule(backend, make_kernel):
+    kernel = make_kernel("v6.2")
+    kernel.fault("failslab").ignore_gfp_wait = False  # ref §7: else GFP_KERNEL allocations never fail
+    schedule = np.array([0, 1, 0, 3, 2, 0])
+    with bench.DriverCaller(kernel) as caller:
+        rets, reports = caller.ioctl_batch(bench.random_reportdata(6), schedule)
+        assert caller.process.fail_nth == 0
+    # v6.2 points in order (CONTRACT.md): reportdata:kmalloc, tdreport:kzalloc, then the copy-in
+    # (fail_usercopy): ref §2.4 rows 1-3.
+    assert rets.tolist() == [0, -abi.ENOMEM, 0, -abi.EFAULT, -abi.ENOMEM, 0]
+    assert not reports[rets != 0].any()
+
+
+def test_ioctl_batch_rejects_bad_arguments(backend, make_kernel):
+    kernel = make_kernel("v6.2")
+    with bench.DriverCaller(kernel) as caller:
+        with pytest.raises(ValueError, match="reportdata"):
+            caller.ioctl_batch(np.zeros((2, 63), dtype=np.uint8))
+        with pytest.raises(TypeError, match="reportdata"):
+            caller.ioctl_batch([[0] * 64])
+        with pytest.raises(ValueError, match="fail_nth"):
+            caller.ioctl_batch(np.zeros((2, 64), dtype=np.uint8), fail_nth=np.zeros(3, dtype=np.int64))
+        with pytest.raises(ValueError, match="fail_nth"):
+            caller.ioctl_batch(np.zeros((2, 64), dtype=np.uint8), fail_nth=np.array([0, -1]))
