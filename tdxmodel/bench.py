@@ -577,8 +577,7 @@ def run(options: BenchOptions, progress: Progress = None) -> Dict[str, object]:
     options.validate()
     say = progress or (lambda msg: None)
     s = options.seconds
-    core = _backend.core_available()
-    main = "core" if core else "reference"
+    main = _backend.default_name()  # TDXMODEL_BACKEND, else the core when built
     result: Dict[str, object] = {"backend": main, "driver": options.driver, "callers": options.callers,
                                  "seconds": s, "extend_ratio": options.extend_ratio,
                                  "machine": machine_info()}
