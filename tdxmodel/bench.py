@@ -51,6 +51,8 @@ EXTEND_INDEX = 2
 #: small next to the nogil loop, small enough to interleave with extends.
 SCALING_CHUNK = 128
 BUSY_RTMR = abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
+#: Windows per scaling point (the best one counts).
+WINDOWS = 3
 
 Progress = Optional[Callable[[str], None]]
 
@@ -602,17 +604,21 @@ def run(options: BenchOptions, progress: Progress = None) -> Dict[str, object]:
     scaling: Dict[str, float] = {}
     ioctl_scaling: Dict[str, float] = {}
     busy = reports = ioctl_busy = ioctl_reports = 0
+    # Each point is the best of WINDOWS windows: the machine is shared, and a throughput figure
+    # should show what the code can do, not what a neighbour's compile left of the cores.
     for n in range(1, options.callers + 1):
         say(f"{n} caller(s): batch API, extend ratio {options.extend_ratio}")
-        r = measure_batch_scaling(main, options.driver, n, s, options.extend_ratio)
-        scaling[str(n)] = r["calls_per_s"]
-        busy += r["busy"]
-        reports += r["reports"]
+        runs = [measure_batch_scaling(main, options.driver, n, s / WINDOWS, options.extend_ratio)
+                for _ in range(WINDOWS)]
+        scaling[str(n)] = max(r["calls_per_s"] for r in runs)
+        busy += sum(r["busy"] for r in runs)
+        reports += sum(r["reports"] for r in runs)
         say(f"{n} caller(s): ioctl through the Python API, extend ratio {options.extend_ratio}")
-        r = measure_ioctl_scaling(main, options.driver, n, s, options.extend_ratio)
-        ioctl_scaling[str(n)] = r["calls_per_s"]
-        ioctl_busy += r["busy"]
-        ioctl_reports += r["reports"]
+        runs = [measure_ioctl_scaling(main, options.driver, n, s / WINDOWS, options.extend_ratio)
+                for _ in range(WINDOWS)]
+        ioctl_scaling[str(n)] = max(r["calls_per_s"] for r in runs)
+        ioctl_busy += sum(r["busy"] for r in runs)
+        ioctl_reports += sum(r["reports"] for r in runs)
     result["scaling"] = scaling
     result["ioctl_scaling"] = ioctl_scaling
     result["busy_rate"] = busy / reports if reports else 0.0
