@@ -7,7 +7,6 @@
 #include <string.h>
 
 #define PAGE TDX_PAGE_SIZE
-#define MT_N 624
 
 /* ---- names ---------------------------------------------------------------------------------------- */
 
@@ -77,8 +76,7 @@ struct gk_kernel {
     pthread_mutex_t fault_lock;
     gk_fault_attr attr[GK_NUM_CAPS];
     _Atomic int armed[GK_NUM_CAPS];
-    uint32_t mt[MT_N];
-    int mti;
+    uint64_t rng[GK_NUM_CAPS];
 
     /* forced TDCALL results */
     pthread_mutex_t force_lock;
@@ -87,67 +85,13 @@ struct gk_kernel {
     int forced_leaf;
 };
 
-/* MT19937 exactly as CPython's _randommodule.c seeds and runs it (see the header for why). */
-static void mt_init_genrand(gk_kernel *k, uint32_t s)
+/* SplitMix64 (state += golden gamma, two xor-shift-multiply rounds): see gk_kernel_create. */
+static uint32_t splitmix_below_100(uint64_t *state)
 {
-    k->mt[0] = s;
-    for (int i = 1; i < MT_N; i++)
-        k->mt[i] = 1812433253U * (k->mt[i - 1] ^ (k->mt[i - 1] >> 30)) + (uint32_t)i;
-    k->mti = MT_N;
-}
-
-static void mt_init_by_array(gk_kernel *k, const uint32_t *key, size_t len)
-{
-    mt_init_genrand(k, 19650218U);
-    size_t i = 1, j = 0, n = MT_N > len ? MT_N : len;
-    for (; n; n--) {
-        k->mt[i] = (k->mt[i] ^ ((k->mt[i - 1] ^ (k->mt[i - 1] >> 30)) * 1664525U)) + key[j] + (uint32_t)j;
-        i++, j++;
-        if (i >= MT_N) { k->mt[0] = k->mt[MT_N - 1]; i = 1; }
-        if (j >= len) j = 0;
-    }
-    for (n = MT_N - 1; n; n--) {
-        k->mt[i] = (k->mt[i] ^ ((k->mt[i - 1] ^ (k->mt[i - 1] >> 30)) * 1566083941U)) - (uint32_t)i;
-        i++;
-        if (i >= MT_N) { k->mt[0] = k->mt[MT_N - 1]; i = 1; }
-    }
-    k->mt[0] = 0x80000000U;
-}
-
-static uint32_t mt_next(gk_kernel *k)
-{
-    static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
-    uint32_t y;
-    if (k->mti >= MT_N) {
-        int kk;
-        for (kk = 0; kk < MT_N - 397; kk++) {
-            y = (k->mt[kk] & 0x80000000U) | (k->mt[kk + 1] & 0x7fffffffU);
-            k->mt[kk] = k->mt[kk + 397] ^ (y >> 1) ^ mag01[y & 1U];
-        }
-        for (; kk < MT_N - 1; kk++) {
-            y = (k->mt[kk] & 0x80000000U) | (k->mt[kk + 1] & 0x7fffffffU);
-            k->mt[kk] = k->mt[kk + (397 - MT_N)] ^ (y >> 1) ^ mag01[y & 1U];
-        }
-        y = (k->mt[MT_N - 1] & 0x80000000U) | (k->mt[0] & 0x7fffffffU);
-        k->mt[MT_N - 1] = k->mt[396] ^ (y >> 1) ^ mag01[y & 1U];
-        k->mti = 0;
-    }
-    y = k->mt[k->mti++];
-    y ^= (y >> 11);
-    y ^= (y << 7) & 0x9d2c5680U;
-    y ^= (y << 15) & 0xefc60000U;
-    y ^= (y >> 18);
-    return y;
-}
-
-/* random.Random.randrange(100): rejection sampling on getrandbits(7). */
-static uint32_t mt_below_100(gk_kernel *k)
-{
-    uint32_t r;
-    do
-        r = mt_next(k) >> (32 - 7);
-    while (r >= 100);
-    return r;
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return (uint32_t)((z ^ (z >> 31)) % 100);
 }
 
 void gk_fault_attr_defaults(int cap, gk_fault_attr *out)
@@ -164,7 +108,7 @@ void gk_fault_attr_defaults(int cap, gk_fault_attr *out)
     out->task_filter = 0;
 }
 
-gk_kernel *gk_kernel_create(tdxm_module *m, const uint32_t *seed_key, size_t seed_words)
+gk_kernel *gk_kernel_create(tdxm_module *m, uint64_t seed)
 {
     gk_kernel *k = calloc(1, sizeof *k);
     if (!k)
@@ -191,12 +135,10 @@ gk_kernel *gk_kernel_create(tdxm_module *m, const uint32_t *seed_key, size_t see
     pthread_mutex_init(&k->alloc_lock, NULL);
     pthread_mutex_init(&k->fault_lock, NULL);
     pthread_mutex_init(&k->force_lock, NULL);
-    for (int c = 0; c < GK_NUM_CAPS; c++)
+    for (int c = 0; c < GK_NUM_CAPS; c++) {
         gk_fault_attr_defaults(c, &k->attr[c]);
-    static const uint32_t zero_key[1] = {0};
-    if (!seed_key || !seed_words)
-        seed_key = zero_key, seed_words = 1;
-    mt_init_by_array(k, seed_key, seed_words);
+        k->rng[c] = seed + (uint64_t)c;
+    }
     return k;
 fail:
     free(k->free_bits);
@@ -323,7 +265,7 @@ static int should_fail_attr(gk_ctx *c, int cap, int64_t size)
         if (a->count % (uint64_t)a->interval)
             goto no;
     }
-    if ((uint32_t)a->probability <= mt_below_100(k))
+    if ((uint32_t)a->probability <= splitmix_below_100(&k->rng[cap]))
         goto no; /* 8 */
 fail:
     if (a->times != -1 && a->times > 0)
@@ -425,7 +367,7 @@ static int64_t pages_get_locked(gk_kernel *k, int order, int kind)
 void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
 {
     gk_kernel *k = c->k;
-    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
+    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)PAGE << order, order))
         return NULL;
     if (order < 0 || order > GK_MAX_ORDER)
         return NULL;
@@ -484,12 +426,19 @@ static int slab_refill_locked(gk_kernel *k, int cls)
 void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
 {
     gk_kernel *k = c->k;
-    if (gk_should_fail(c, point, GK_FAILSLAB, (int64_t)size, 0))
+    int cls = slab_class(size ? size : 1);
+    /* a misaligned object needs room for the offset and the same natural alignment: the next
+     * power-of-two class of at least twice the size */
+    if (cls >= 0 && (flags & GK_MISALIGN)) {
+        uint32_t want = 2 * slab_sizes[cls];
+        for (cls = 0; cls < NCLASSES && (slab_sizes[cls] < want || (slab_sizes[cls] & (slab_sizes[cls] - 1))); cls++)
+            ;
+        if (cls == NCLASSES)
+            cls = -1;
+    }
+    /* the space budget counts the cache's object size, as failslab passes s->object_size */
+    if (gk_should_fail(c, point, GK_FAILSLAB, cls >= 0 ? (int64_t)slab_sizes[cls] : (int64_t)size, 0))
         return NULL;
-    if (size == 0)
-        return NULL;
-    /* a misaligned object needs 8 more bytes: take the next class up so `size` bytes still fit */
-    int cls = slab_class((flags & GK_MISALIGN) ? size + 8 : size);
     if (cls < 0)
         return NULL;
     pthread_mutex_lock(&k->alloc_lock);
@@ -596,8 +545,10 @@ static int64_t vma_find(const gk_mm *mm, uint64_t pn)
 
 static int range_ok(uint64_t addr, uint64_t len)
 {
-    return addr % PAGE == 0 && len > 0 && addr < GK_TASK_SIZE && len <= GK_TASK_SIZE - addr;
+    return addr % PAGE == 0 && len > 0 && len - 1 <= UINT64_MAX - addr; /* addr + len <= 2**64 */
 }
+
+static uint64_t pages_of(uint64_t len) { return len / PAGE + (len % PAGE != 0); }
 
 static int insert_vma(gk_mm *mm, size_t at, const gk_vma *v)
 {
@@ -619,7 +570,7 @@ int gk_mm_map(gk_mm *mm, uint64_t addr, uint64_t len, int prot)
 {
     if (!range_ok(addr, len) || (prot & ~(GK_PROT_READ | GK_PROT_WRITE)))
         return -TDXM_EINVAL;
-    uint64_t start = addr / PAGE, npages = (len + PAGE - 1) / PAGE;
+    uint64_t start = addr / PAGE, npages = pages_of(len);
     if (npages > GK_MAX_MAP_PAGES)
         return -TDXM_EINVAL;
     gk_vma v = {start, npages, prot, calloc(npages, sizeof(uint8_t *))};
@@ -663,7 +614,7 @@ int gk_mm_protect(gk_mm *mm, uint64_t addr, uint64_t len, int prot)
 {
     if (!range_ok(addr, len) || (prot & ~(GK_PROT_READ | GK_PROT_WRITE)))
         return -TDXM_EINVAL;
-    uint64_t start = addr / PAGE, end = start + (len + PAGE - 1) / PAGE;
+    uint64_t start = addr / PAGE, end = start + pages_of(len);
     pthread_rwlock_wrlock(&mm->lock);
     int rc = 0;
     /* every page must be mapped (Linux: -ENOMEM), checked before anything changes */
@@ -689,7 +640,7 @@ int gk_mm_unmap(gk_mm *mm, uint64_t addr, uint64_t len)
 {
     if (!range_ok(addr, len))
         return -TDXM_EINVAL;
-    uint64_t start = addr / PAGE, end = start + (len + PAGE - 1) / PAGE;
+    uint64_t start = addr / PAGE, end = start + pages_of(len);
     pthread_rwlock_wrlock(&mm->lock);
     int rc;
     if ((rc = split_at(mm, start)) || (rc = split_at(mm, end)))
@@ -720,8 +671,8 @@ static size_t walk(gk_mm *mm, uint64_t uaddr, size_t n, int need, chunk_fn fn, v
     int64_t vi = -1;
     while (done < n) {
         uint64_t a = uaddr + done;
-        if (a < uaddr || a >= GK_TASK_SIZE)
-            break; /* wrapped or beyond user space: access_ok fails */
+        if (a < uaddr)
+            break; /* wrapped past 2**64 */
         uint64_t pn = a / PAGE;
         if (vi < 0 || pn < mm->vmas[vi].start || pn >= mm->vmas[vi].start + mm->vmas[vi].npages)
             vi = vma_find(mm, pn);
@@ -795,6 +746,14 @@ int gk_mm_peek(gk_mm *mm, uint64_t addr, void *dst, size_t n)
     }
     pthread_rwlock_unlock(&mm->lock);
     return rc;
+}
+
+int gk_mm_mapped(gk_mm *mm, uint64_t addr, uint64_t n)
+{
+    pthread_rwlock_rdlock(&mm->lock);
+    int ok = walk(mm, addr, (size_t)n, 0, noop_chunk, NULL) == 0;
+    pthread_rwlock_unlock(&mm->lock);
+    return ok;
 }
 
 size_t gk_copy_from_user(gk_ctx *c, int point, void *dst, uint64_t uaddr, size_t n)

@@ -98,10 +98,9 @@ typedef struct {
 /* Create the kernel over module m: marks pages GK_FIRST_PAGE.. private (tdxm_set_page_state) and
  * takes them for the allocator. NULL when out of host memory. A module with no page past
  * GK_FIRST_PAGE yields a kernel whose every allocation fails (-ENOMEM). */
-/* The random draw (ref §7 step 8) is CPython's: MT19937 seeded as random.Random(seed) seeds it (the key
- * is |seed| as little-endian 32-bit words, [0] for 0), each draw randrange(100); so the reference
- * backend, which uses random.Random(seed), draws the same numbers. */
-gk_kernel *gk_kernel_create(tdxm_module *m, const uint32_t *seed_key, size_t seed_words);
+/* The random draw (ref §7 step 8) is specified so both backends draw the same numbers: SplitMix64, one
+ * state per capability starting at (seed + capability index) mod 2**64, a draw is next() % 100. */
+gk_kernel *gk_kernel_create(tdxm_module *m, uint64_t seed);
 void gk_kernel_destroy(gk_kernel *k);
 tdxm_module *gk_kernel_module(gk_kernel *k);
 void gk_get_counters(gk_kernel *k, gk_counters *out);
@@ -136,14 +135,13 @@ uint64_t gk_pa(gk_kernel *k, const void *ptr);
 
 /* ---- user address spaces ----------------------------------------------------------------------------- */
 enum { GK_PROT_NONE = 0, GK_PROT_READ = 1, GK_PROT_WRITE = 2 };
-/* Highest user address + 1 (x86-64 TASK_SIZE with 4-level paging). */
-#define GK_TASK_SIZE 0x00007FFFFFFFF000ULL
 /* Largest single mapping, so the per-page table stays small (a model limit, documented in CONTRACT). */
 #define GK_MAX_MAP_PAGES (1ULL << 20)
 
 gk_mm *gk_mm_create(void);
 void gk_mm_destroy(gk_mm *mm);
-/* 0, or -TDXM_EINVAL (misaligned, empty, too large, beyond GK_TASK_SIZE, overlap, bad prot), or
+/* Addresses span the whole 64-bit space (as the reference's do).
+ * 0, or -TDXM_EINVAL (misaligned, empty, too large, past 2**64, overlap, bad prot), or
  * -TDXM_ENOMEM (mprotect of a range with an unmapped page; host out of memory). */
 int gk_mm_map(gk_mm *mm, uint64_t addr, uint64_t len, int prot);
 int gk_mm_protect(gk_mm *mm, uint64_t addr, uint64_t len, int prot);
@@ -151,6 +149,8 @@ int gk_mm_unmap(gk_mm *mm, uint64_t addr, uint64_t len);
 /* Host-side access ignoring protection: 0, or -TDXM_EFAULT if any byte is unmapped (nothing copied). */
 int gk_mm_poke(gk_mm *mm, uint64_t addr, const void *src, size_t n);
 int gk_mm_peek(gk_mm *mm, uint64_t addr, void *dst, size_t n);
+/* 1 if every byte of [addr, addr+n) is mapped (any protection), else 0. */
+int gk_mm_mapped(gk_mm *mm, uint64_t addr, uint64_t n);
 
 /* Linux semantics: return the number of bytes NOT copied; copy byte-exactly up to the first byte whose
  * page is unmapped or lacks the permission; copy_from_user zero-fills the uncopied tail of dst. An

@@ -32,7 +32,13 @@ struct td_process {
     gk_trace_entry trace[GK_TRACE_MAX];
     _Atomic int partial_armed;
     size_t partial_at;
+    int exit_kind;      /* of the last syscall's TD exit, if any */
+    uint64_t exit_gpa;
 };
+
+/* Per-call TD-exit record: kernel_tdcall fills it; the syscall entry copies it into the process. */
+static __thread int call_exit_kind;
+static __thread uint64_t call_exit_gpa;
 
 /* ---- small helpers ------------------------------------------------------------------------------- */
 
@@ -45,14 +51,28 @@ static void ctx_init(gk_ctx *c, td_process *p)
     c->ntrace = 0;
     c->partial_armed = &p->partial_armed;
     c->partial_at = p->partial_at;
+    call_exit_kind = TDXM_EXIT_NONE;
 }
 
-static void ctx_finish(gk_ctx *c, td_process *p)
+static long ctx_finish(gk_ctx *c, td_process *p, long ret)
 {
+    if (call_exit_kind != TDXM_EXIT_NONE) {
+        p->exit_kind = call_exit_kind;
+        p->exit_gpa = call_exit_gpa;
+        call_exit_kind = TDXM_EXIT_NONE;
+        ret = TD_RET_TD_EXIT;
+    }
     pthread_mutex_lock(&p->trace_lock);
     p->ntrace = c->ntrace;
     memcpy(p->trace, c->trace, c->ntrace * sizeof c->trace[0]);
     pthread_mutex_unlock(&p->trace_lock);
+    return ret;
+}
+
+int td_last_exit(td_process *p, uint64_t *gpa)
+{
+    *gpa = p->exit_gpa;
+    return p->exit_kind;
 }
 
 /* TDCALL as the kernel issues it: a forced result (CONTRACT force_tdcall) never reaches the module.
@@ -65,8 +85,11 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
         return forced;
     tdxm_result r = (leaf == TDG_MR_REPORT) ? tdxm_mr_report(tk->m, rcx, rdx, 0)
                                             : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
-    if (r.exit != TDXM_EXIT_NONE)
-        return TDX_OPERAND_ADDR_RANGE_ERROR;
+    if (r.exit != TDXM_EXIT_NONE) {
+        call_exit_kind = r.exit;
+        call_exit_gpa = r.exit_gpa;
+        return TDX_OPERAND_ADDR_RANGE_ERROR; /* any nonzero: the caller cleans up, then sees the exit */
+    }
     return r.rax;
 }
 
@@ -160,6 +183,10 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
      * long into user bytes 0..7 and return -EIO, whatever put_user returned */
     uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
     uint64_t wrapper = status & LINUX_V4_STATUS_MASK;
+    if (call_exit_kind != TDXM_EXIT_NONE) { /* no status at all: nothing to put_user */
+        ret = -TDXM_EIO;
+        goto free_both;
+    }
     if (wrapper) {
         (void)gk_put_user_u64(c, GK_PT_STATUS_PUT_USER, arg, wrapper);
         ret = -TDXM_EIO;
@@ -257,19 +284,19 @@ unlock: /* 5 */
 
 /* Measurement read (ref §2.5 "Read", sysfs rules): offset >= 48 reads nothing, count is clipped; a LIVE
  * register with a stale cache is refreshed first by a REPORT using whatever sits at buf+128. */
-static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, uint64_t count,
+static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                              int64_t offset)
 {
     td_kernel *tk = p->tk;
     if (offset >= MEASUREMENT_LEN || count == 0)
         return 0;
-    if (count > (uint64_t)(MEASUREMENT_LEN - offset))
-        count = (uint64_t)(MEASUREMENT_LEN - offset);
-    if (node->writable && atomic_load(&tk->mr_stale)) {
+    if (count > MEASUREMENT_LEN - offset)
+        count = MEASUREMENT_LEN - offset;
+    if (node->writable) { /* LIVE: the staleness check and the refresh run under mr_lock */
         long ret = mr_lock_interruptible(tk, &p->task);
         if (ret)
             return ret;
-        if (atomic_load(&tk->mr_stale)) { /* another reader may have refreshed it meanwhile */
+        if (atomic_load(&tk->mr_stale)) {
             ret = report_locked_v6_16(tk);
             if (!ret)
                 atomic_store(&tk->mr_stale, 0);
@@ -285,19 +312,18 @@ static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint
     return (long)count;
 }
 
-/* Measurement write (ref §2.5 "Write"): sysfs has already copied the bytes in; then offset != 0 or
- * count != 48 -> -EINVAL; else tdx_do_extend: lock, copy the 48 B to buf+128, leaf 2 with
- * RCX = pa(buf+128), RDX = index; success marks the cache stale. */
-static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, uint64_t count,
+/* Measurement write (ref §2.5 "Write"): offset != 0 or count != 48 -> -EINVAL; the 48 bytes are copied
+ * in (sysfs does that before the driver runs); then tdx_do_extend: lock, copy them to buf+128, leaf 2
+ * with RCX = pa(buf+128), RDX = index; success marks the cache stale. */
+static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                               int64_t offset)
 {
     td_kernel *tk = p->tk;
-    uint8_t data[TDX_PAGE_SIZE];
-    size_t len = count > TDX_PAGE_SIZE ? TDX_PAGE_SIZE : (size_t)count; /* kernfs copies at most a page */
-    if (len && gk_copy_from_user(c, GK_PT_MEASUREMENT_COPY_FROM_USER, data, addr, len))
-        return -TDXM_EFAULT;
     if (offset != 0 || count != MEASUREMENT_LEN)
         return -TDXM_EINVAL;
+    uint8_t data[MEASUREMENT_LEN];
+    if (gk_copy_from_user(c, GK_PT_MEASUREMENT_COPY_FROM_USER, data, addr, MEASUREMENT_LEN))
+        return -TDXM_EFAULT;
     uint64_t index = (node->tdr_offset - TDR_OFF_RTMR0) / TDX_SHA384_LEN;
     long ret = mr_lock_interruptible(tk, &p->task);
     if (ret)
@@ -317,11 +343,11 @@ static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uin
 
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
-td_kernel *td_kernel_create(tdxm_module *m, int driver, const uint32_t *seed_key, size_t seed_words,
-                            const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
-                            int misaligned_report_buf, int *err)
+td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
+                            int misaligned_report_buf, int *err, uint64_t *init_status)
 {
     *err = -TDXM_ENOMEM;
+    *init_status = TDX_SUCCESS;
     if (driver < 0 || driver >= TD_NUM_DRIVERS) {
         *err = -TDXM_EINVAL;
         return NULL;
@@ -331,7 +357,7 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, const uint32_t *seed_key
         return NULL;
     tk->m = m;
     tk->driver = driver;
-    tk->gk = gk_kernel_create(m, seed_key, seed_words);
+    tk->gk = gk_kernel_create(m, seed);
     tk->nodes = calloc(nnodes ? nnodes : 1, sizeof *tk->nodes);
     if (!tk->gk || !tk->nodes)
         goto fail;
@@ -353,7 +379,13 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, const uint32_t *seed_key
             *err = -TDXM_ENOMEM;
             goto fail;
         }
-        long ret = report_locked_v6_16(tk);
+        call_exit_kind = TDXM_EXIT_NONE;
+        mr_trylock(tk); /* tdx_do_report takes mr_lock; nobody else can hold it yet */
+        *init_status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
+                                     gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
+        mr_unlock(tk);
+        long ret = *init_status ? errno_v6_16(*init_status) : 0;
+        call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
         if (ret) {
             *err = (int)ret;
             gk_kfree(tk->gk, tk->report_buf);
@@ -379,8 +411,8 @@ void td_kernel_destroy(td_kernel *tk)
 {
     if (!tk)
         return;
-    if (tk->report_buf)
-        gk_kfree(tk->gk, tk->report_buf);
+    /* module exit frees the report buffer; nothing reads the allocator afterwards, so the guest
+     * memory (which may already be gone) is not touched here */
     for (size_t i = 0; i < tk->nnodes; i++)
         free((void *)tk->nodes[i].path);
     free(tk->nodes);
@@ -461,7 +493,7 @@ int td_open(td_process *p, const char *path, int accmode)
 {
     clear_trace(p);
     td_kernel *tk = p->tk;
-    if (accmode < 0 || accmode > 2)
+    if (accmode < 0 || accmode > 3)
         return -TDXM_EINVAL;
     for (size_t i = 0; i < tk->nnodes; i++) {
         const td_node *node = &tk->nodes[i];
@@ -518,11 +550,10 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
         ret = ioctl_v6_2(p, &c, cmd, arg);
     else
         ret = ioctl_v6_16(p, &c, cmd, arg);
-    ctx_finish(&c, p);
-    return ret;
+    return ctx_finish(&c, p, ret);
 }
 
-long td_pread(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t offset)
+long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
     int accmode;
     const td_node *node = fd_node(p, fd, &accmode);
@@ -531,15 +562,14 @@ long td_pread(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t offs
     long ret;
     if (!node || accmode == 1)
         ret = -TDXM_EBADF;
-    else if (node->kind != TD_NODE_MEASUREMENT || offset < 0)
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
         ret = -TDXM_EINVAL;
     else
         ret = read_measurement(p, &c, node, addr, count, offset);
-    ctx_finish(&c, p);
-    return ret;
+    return ctx_finish(&c, p, ret);
 }
 
-long td_pwrite(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t offset)
+long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
     int accmode;
     const td_node *node = fd_node(p, fd, &accmode);
@@ -548,10 +578,9 @@ long td_pwrite(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t off
     long ret;
     if (!node || accmode == 0)
         ret = -TDXM_EBADF;
-    else if (node->kind != TD_NODE_MEASUREMENT || offset < 0)
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
         ret = -TDXM_EINVAL;
     else
         ret = write_measurement(p, &c, node, addr, count, offset);
-    ctx_finish(&c, p);
-    return ret;
+    return ctx_finish(&c, p, ret);
 }

@@ -34,11 +34,10 @@ typedef struct td_process td_process;
  * (point report_buf:kzalloc) and issue one REPORT with zero REPORTDATA, ref §2.5 "Init order").
  * init_fail_nth arms fail-nth for init; because the fault knobs cannot be set before the kernel
  * exists, an armed init fail-nth bypasses the capability filters (ignore-gfp-wait), as the documented
- * sweep would set them. Returns NULL with *err = -errno on a failed init (nothing left allocated), or
- * -TDXM_ENOMEM when the host is out of memory. */
-td_kernel *td_kernel_create(tdxm_module *m, int driver, const uint32_t *seed_key, size_t seed_words,
-                            const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
-                            int misaligned_report_buf, int *err);
+ * sweep would set them. Returns NULL with *err = -errno on a failed init (nothing left allocated; a
+ * failed init REPORT leaves its status in *init_status), or -TDXM_ENOMEM when the host is out of memory. */
+td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
+                            int misaligned_report_buf, int *err, uint64_t *init_status);
 void td_kernel_destroy(td_kernel *tk);
 gk_kernel *td_kernel_gk(td_kernel *tk);
 int td_kernel_driver(td_kernel *tk);
@@ -58,11 +57,18 @@ void td_fault_user_copy(td_process *p, int armed, size_t at);
 /* The points the last syscall passed; returns the count (<= GK_TRACE_MAX). */
 unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX]);
 
-/* accmode: 0 O_RDONLY, 1 O_WRONLY, 2 O_RDWR. fd >= 3, or -ENOENT / -EACCES / -EMFILE. */
+/* A TDCALL the kernel issued ended in a TD exit (only possible when the host unmapped the kernel's own
+ * pages): the syscall cleans up as on an error and returns TD_RET_TD_EXIT; td_last_exit() tells the
+ * kind (tdxm_exit_kind) and GPA, and the Cython layer raises tdxmodel.errors.EptViolation / #VE. */
+#define TD_RET_TD_EXIT (-4096L)
+int td_last_exit(td_process *p, uint64_t *gpa);
+
+/* accmode: flags & O_ACCMODE (0 read, 1 write, 2 both; 3 is kept and allows both, as Linux stores it).
+ * fd >= 3, or -ENOENT / -EACCES / -EMFILE. count < 0 or offset < 0 -> -EINVAL (after -EBADF). */
 int td_open(td_process *p, const char *path, int accmode);
 int td_close(td_process *p, int fd);
 long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg);
-long td_pread(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t offset);
-long td_pwrite(td_process *p, int fd, uint64_t addr, uint64_t count, int64_t offset);
+long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset);
+long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset);
 
 #endif /* TDX_DRIVER_H */
