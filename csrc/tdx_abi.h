@@ -100,6 +100,10 @@
 #define TDXM_ENODEV 19 /* errno (ref §0) */
 #define TDXM_EINVAL 22 /* errno (ref §0) */
 #define TDXM_ENOTTY 25 /* errno (ref §0) */
+#define TDXM_EMFILE 24 /* errno: open() past the per-process descriptor limit (RLIMIT_NOFILE soft default 1024) (Linux asm-generic/errno-base.h) */
+/* --- kernel --- */
+#define FD_LIMIT 1024 /* descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it (Linux RLIMIT_NOFILE soft default) */
+/* --- errno --- */
 #define TDXM_EFBIG 27 /* errno (ref §0) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 /* --- ioctl --- */

@@ -138,6 +138,10 @@ CONSTANTS: List[Const] = [
     _c("ENODEV", 19, "errno", "ref §0", "errno"),
     _c("EINVAL", 22, "errno", "ref §0", "errno"),
     _c("ENOTTY", 25, "errno", "ref §0", "errno"),
+    _c("EMFILE", 24, "errno", "Linux asm-generic/errno-base.h",
+       "errno: open() past the per-process descriptor limit (RLIMIT_NOFILE soft default 1024)"),
+    _c("FD_LIMIT", 1024, "kernel", "Linux RLIMIT_NOFILE soft default",
+       "descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it"),
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     # --- ioctl numbers ---------------------------------------------------------------------

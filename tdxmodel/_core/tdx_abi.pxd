@@ -88,6 +88,8 @@ cdef extern from "tdx_abi.h":
     int TDXM_ENODEV  # ref §0
     int TDXM_EINVAL  # ref §0
     int TDXM_ENOTTY  # ref §0
+    int TDXM_EMFILE  # Linux asm-generic/errno-base.h
+    int FD_LIMIT  # Linux RLIMIT_NOFILE soft default
     int TDXM_EFBIG  # ref §0
     int TDXM_ETIMEDOUT  # ref §0
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2
