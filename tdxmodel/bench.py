@@ -170,8 +170,12 @@ class DriverCaller:
             if schedule.shape != (n,) or schedule.dtype.kind not in "iu":
                 raise ValueError(f"fail_nth must be an integer array of shape ({n},), got "
                                  f"{schedule.shape} {schedule.dtype}")
-            if n and schedule.min() < 0:
-                raise ValueError("fail_nth values must be >= 0")
+            if n and (schedule.min() < 0 or schedule.max() > 0x7FFFFFFF):
+                raise ValueError("fail_nth values must be in 0..2**31-1")
+        native = _native_ioctl_batch(self.process)
+        if native is not None:  # the core: one nogil C loop (csrc/tdx_batch.c)
+            return native(self.process, self.fd, self.cmd, self.buffer, self.reportdata_off,
+                          self.tdreport_off, rows, schedule)
         rets = np.zeros(n, dtype=np.int64)
         reports = np.zeros((n, abi.TDX_REPORT_LEN), dtype=np.uint8)
         process, fd, cmd, buf = self.process, self.fd, self.cmd, self.buffer
@@ -182,11 +186,20 @@ class DriverCaller:
                 process.fail_nth = int(schedule[i])
             ret = process.ioctl(fd, cmd, buf)
             if schedule is not None and schedule[i]:
-                process.fail_nth = 0  # disarm if the call ran out of points before the n-th
+                process.fail_nth = 0  # a schedule entry is for its own row only
             rets[i] = ret
             if ret == 0:
                 reports[i] = np.frombuffer(process.peek(tr_addr, abi.TDX_REPORT_LEN), dtype=np.uint8)
         return rets, reports
+
+
+def _native_ioctl_batch(process) -> Optional[Callable]:
+    """The core's nogil driver-path batch when ``process`` is a core Process, else None."""
+    ext = _core_ext()
+    fn = getattr(ext, "_ioctl_batch", None) if ext is not None else None
+    if fn is None or not isinstance(process, ext.Process):
+        return None
+    return fn
 
 
 def ioctl_batch(caller: DriverCaller, reportdata, fail_nth=None) -> Tuple[np.ndarray, np.ndarray]:
