@@ -49,7 +49,7 @@ def test_json_has_the_contract_keys(capsys):
     assert code == 0
     result = json.loads(out)
     assert CONTRACT_KEYS <= set(result)
-    assert set(result["scaling"]) == {"1", "2"}
+    assert set(result["scaling"]) == set(result["ioctl_scaling"]) == set(result["ioctl_batch_scaling"]) == {"1", "2"}
     assert all(v > 0 for v in result["scaling"].values())
     for key in ("batch_reports_per_s", "mac_floor_per_s", "reference_call_median_us"):
         assert result[key] > 0, key

@@ -87,6 +87,7 @@ def write_plot(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(callers, list(result["scaling"].values()), marker="o", label="batch API (report_batch)")
     ax.plot(callers, list(result["ioctl_scaling"].values()), marker="s", label="GET_REPORT ioctl via Python")
+    ax.plot(callers, list(result["ioctl_batch_scaling"].values()), marker="^", label="driver-path ioctl_batch")
     ax.set_xlabel("caller threads")
     ax.set_ylabel("calls per second")
     ax.set_xticks(callers)
@@ -105,7 +106,7 @@ def run(args) -> int:
         _check_plot_possible(args.plot)  # fail before the measurements, not after
     options = bench.BenchOptions(callers=args.callers, seconds=args.seconds,
                                  extend_ratio=args.extend_ratio, driver=args.driver)
-    estimate = options.seconds * (4 + 2 * options.callers)
+    estimate = options.seconds * (4 + 3 * options.callers)
 
     def progress(message: str) -> None:
         if estimate >= 2:
