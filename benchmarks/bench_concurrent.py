@@ -116,3 +116,39 @@ def test_ioctl_threads_v62(benchmark, backend_name, callers, extender):
     assert set(merged) <= {0, -abi.EIO}, merged
     benchmark.extra_info["eio_from_busy"] = merged.get(-abi.EIO, 0)
     benchmark.extra_info.update(counts)
+
+
+@pytest.mark.parametrize("extender", ["no-extender", "extender"])
+@pytest.mark.parametrize("callers", CALLER_COUNTS)
+@pytest.mark.parametrize("drv", ["v6.2", "v6.16"])
+def test_ioctl_batch_threads(benchmark, backend_name, drv, callers, extender):
+    """The driver-path batch (``DriverCaller.ioctl_batch``: one nogil C loop per call on the core), one
+    process per thread. v6.2 takes no lock (ref §2.4); v6.16 serialises every REPORT on mr_lock
+    (ref §2.5), so it cannot scale by design. A module BUSY from the extender gives -EIO on v6.2 and
+    -EBUSY on v6.16."""
+    benchmark.group = f"concurrent driver ioctl_batch {drv}, {TOTAL_IOCTLS} calls, {extender}"
+    benchmark.extra_info["callers"] = callers
+    kernel = bench.make_kernel(backend_name, drv)
+    total = TOTAL_IOCTLS if backend_name == "core" else TOTAL_IOCTLS // 16
+    per_thread = total // callers
+    chunk = 64
+    callers_ = [bench.DriverCaller(kernel) for _ in range(callers)]
+    data = bench.random_reportdata(chunk)
+    failed = [[] for _ in range(callers)]
+    counts = {"extends": 0, "extend_busy": 0}
+
+    def work(i):
+        for _ in range(max(1, per_thread // chunk)):
+            rets, _ = callers_[i].ioctl_batch(data)
+            failed[i].extend(rets[rets != 0].tolist())
+
+    try:
+        benchmark.pedantic(run_split, args=(callers, work, module_extender(kernel.module, counts)
+                                            if extender == "extender" else None), rounds=3, iterations=1)
+    finally:
+        for c in callers_:
+            c.close()
+    busy_ret = -(abi.EIO if drv == "v6.2" else abi.EBUSY)
+    assert all(r == busy_ret for f in failed for r in f)
+    benchmark.extra_info["busy_rets"] = sum(len(f) for f in failed)
+    benchmark.extra_info.update(counts)
