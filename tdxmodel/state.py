@@ -140,8 +140,11 @@ class StateStore:
         return self._config_of(self._read())
 
     def generation(self) -> int:
-        """generation() -> int: changes on every write (one read of state.json, no lock)."""
-        return self._read()["generation"]
+        """generation() -> int: changes on every write (one read of state.json, no lock; a corrupt
+        state raises here too, so a poller learns of it)."""
+        doc = self._read()
+        self._config_of(doc)
+        return doc["generation"]
 
     def update(self, fn: Callable[[ModuleConfig], ModuleConfig]) -> ModuleConfig:
         """update(fn: ModuleConfig -> ModuleConfig) -> ModuleConfig: locked read-modify-write."""
