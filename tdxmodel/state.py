@@ -349,9 +349,14 @@ def replay_events(events: List[Dict[str, Any]], initial: Optional[List[bytes]] =
     StateError at the first record whose logged value the replay does not reproduce."""
     rtmr = list(initial) if initial is not None else [bytes(abi.TDX_SHA384_LEN)] * abi.TDX_NUM_RTMRS
     for n, ev in enumerate(events):
-        i = ev["rtmr"]
-        rtmr[i] = hashlib.sha384(rtmr[i] + bytes.fromhex(ev["data"])).digest()
-        if rtmr[i].hex() != ev["value"]:
+        try:
+            i, data, value = ev["rtmr"], bytes.fromhex(ev["data"]), ev["value"]
+            if not 0 <= i < abi.TDX_NUM_RTMRS or len(data) != abi.TDX_EXTEND_DATA_LEN:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise StateError(f"extend log record {n} is malformed: {_one_line(ev)[:80]}") from None
+        rtmr[i] = hashlib.sha384(rtmr[i] + data).digest()
+        if rtmr[i].hex() != value:
             raise StateError(f"extend log record {n} (generation {ev.get('generation')}): replay gives "
-                             f"{rtmr[i].hex()[:16]}..., the log says {ev['value'][:16]}...")
+                             f"{rtmr[i].hex()[:16]}..., the log says {str(value)[:16]}...")
     return rtmr

@@ -161,6 +161,8 @@ def bad_inputs(tmp_path):
         (["show", tmp_path / "long.bin"], "long.bin: more than 1024 bytes"),
         (["show", tmp_path / "adir"], "adir: is a directory"),
         (["show"], "required: FILE"),
+        (["report", "--out", tmp_path / "no-such-dir" / "r.bin"], "r.bin: cannot write"),
+        (["report", "--out", tmp_path / "adir"], "adir: cannot write"),
         (["frobnicate"], "invalid choice"),
     ]
 
@@ -174,6 +176,7 @@ def test_bad_input_exits_2_with_one_line(cli, tmp_path, capsys):
         _, err = capsys.readouterr()
         assert code == 2, argv
         assert err.startswith("tdxmodel") and err.count("\n") == 1 and message in err, (argv, err)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
 def test_corrupt_state_exits_2_naming_the_file(cli, tmp_path):

@@ -222,6 +222,8 @@ def test_replay_detects_a_log_that_does_not_chain(store):
     events[0]["data"] = (b"\x02" * 48).hex()
     with pytest.raises(StateError, match="record 0"):
         replay_events(events)
+    with pytest.raises(StateError, match="record 1 is malformed"):
+        replay_events(store.events() + [{"rtmr": 7, "data": "00" * 48, "value": ""}])
 
 
 # ------------------------------------------------------------------ concurrency
