@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tdxmodel import abi
@@ -146,10 +147,13 @@ def summary(report: TdReport) -> str:
 
 
 def _print_report(report: TdReport, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(summary(report))
+    text = json.dumps(report.to_json(), indent=2) if as_json else summary(report)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # `tdxmodel show FILE | head`: the reader left, which is not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ------------------------------------------------------------------ commands
