@@ -346,3 +346,34 @@ def test_batch_reports_racing_extends_are_never_torn(make_module, backend):
             assert report[224:256] == hmac.new(m.mac_key, report[:224], hashlib.sha256).digest()
             assert report[abi.TDR_OFF_RTMR0:abi.TDR_OFF_RTMR0 + 48] in prefixes
     assert m.counters()["rtmr_busy"] == batch_busy + len(ext_busy)
+
+
+def test_state_snapshots_are_never_torn(make_module):
+    """rtmr()/tdinfo() read while another thread extends always show an RTMR value the extends
+    produced, never a half-written one (the snapshot does not take the RTMR lock)."""
+    m = make_module()
+    stop = threading.Event()
+    done = []
+    snapshots = []
+
+    def extender():
+        k = 0
+        while not stop.is_set() and k < 3000:
+            data = hashlib.sha384(b"%d" % k).digest()
+            k += 1
+            m.extend(0, data)  # the only lock user: never BUSY
+            done.append(data)
+        stop.set()
+
+    t = threading.Thread(target=extender)
+    t.start()
+    try:
+        while not stop.is_set():
+            snapshots.append(m.tdinfo()[abi.TDR_OFF_RTMR0 - abi.TDR_OFF_TDINFO:][:48])
+            snapshots.append(m.rtmr(0))
+    finally:
+        stop.set()
+        t.join(60)
+    prefixes = _prefix_values(done)
+    assert all(s in prefixes for s in snapshots)
+    assert m.rtmr(0) == _chain(bytes(48), done)
