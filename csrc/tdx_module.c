@@ -335,6 +335,7 @@ tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t 
     tdxm_result r;
     uint64_t status;
 
+    COUNT(m, reports);
     if (rcx % TDX_REPORT_ALIGN)                                   /* step 1 */
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
     if (rdx % TDX_REPORTDATA_ALIGN)                               /* step 2 */
@@ -362,7 +363,6 @@ tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t 
     }
     memcpy(out_host, report, TDX_REPORT_LEN);                     /* step 9: the only write */
     rtmr_unlock_shared(m);
-    COUNT(m, reports);
     return status_result(TDX_SUCCESS);
 }
 
@@ -371,6 +371,7 @@ uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportd
     uint8_t reportdata_copy[TDX_REPORTDATA_LEN];
     uint64_t status;
 
+    COUNT(m, reports);
     if (subtype != 0)                                             /* step 4 */
         return operand_invalid(TDX_OPERAND_ID_R8);
     status = rtmr_lock_shared(m);                                 /* step 5 */
@@ -380,7 +381,6 @@ uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportd
     memcpy(reportdata_copy, reportdata, TDX_REPORTDATA_LEN);
     build_report(m, reportdata_copy, out);                        /* nothing can fail after the lock */
     rtmr_unlock_shared(m);
-    COUNT(m, reports);
     return TDX_SUCCESS;
 }
 
@@ -400,7 +400,8 @@ size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out
  * TDG.MR.RTMR.EXTEND (leaf 2, ref §4.6)
  * ------------------------------------------------------------------------------------------------ */
 
-uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48)
+/* Steps 3-5 of ref §4.6, shared by the GPA and the host-buffer forms. */
+static uint64_t extend_tail(tdxm_module *m, uint64_t index, const uint8_t *data48)
 {
     uint8_t data[TDX_EXTEND_DATA_LEN];
     uint8_t rtmr[TDX_SHA384_LEN];
@@ -417,8 +418,13 @@ uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data4
     tdxc_sha384_2(current, TDX_SHA384_LEN, data, TDX_EXTEND_DATA_LEN, rtmr); /* step 5, ref §4.5 */
     store_rtmr(m, (unsigned)index, rtmr);
     rtmr_unlock_exclusive(m);
-    COUNT(m, extends);
     return TDX_SUCCESS;
+}
+
+uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48)
+{
+    COUNT(m, extends);
+    return extend_tail(m, index, data48);
 }
 
 tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
@@ -426,6 +432,7 @@ tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
     const uint8_t *data;
     tdxm_result r;
 
+    COUNT(m, extends);
     if (rcx % TDX_EXTEND_ALIGN)                                   /* step 1 */
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
     if (rcx & (TDX_GPA_INVALID_MASK | TDX_GPA_SHARED_BIT))        /* step 2: private only */
@@ -433,7 +440,7 @@ tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
     data = gpa_walk(m, rcx, &r);
     if (data == NULL)
         return r;
-    return status_result(tdxm_extend_direct(m, rdx, data));
+    return status_result(extend_tail(m, rdx, data));
 }
 
 void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
@@ -459,15 +466,13 @@ void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA38
  * TDG.MR.VERIFYREPORT (leaf 22, ref §4.7)
  * ------------------------------------------------------------------------------------------------ */
 
-uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct)
+/* The CPU's part of ref §4.7, shared by the GPA and the host-buffer forms. */
+static uint64_t verify_tail(const tdxm_module *m, const uint8_t *reportmacstruct)
 {
     uint8_t rms[TDX_REPORTMACSTRUCT_LEN];
     uint8_t mac[TDX_MAC_LEN];
 
-    if (m->version_minor == 0)             /* TDX 1.0 has no leaf 22 (ref §4.7) */
-        return operand_invalid(TDX_OPERAND_ID_RAX);
     memcpy(rms, reportmacstruct, sizeof rms);
-    COUNT(m, verifies);
     /* The CPU's check order is not public (ref §4.7); tdxmodel checks the MAC first, then CPUSVN. */
     tdxc_hmac(&m->mac, rms, TDX_MAC_COVERED_LEN, mac);
     if (tdxc_mac_differs(mac, rms + TDR_OFF_MAC))
@@ -479,6 +484,14 @@ uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct)
     return TDX_SUCCESS;
 }
 
+uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct)
+{
+    if (m->version_minor == 0)             /* TDX 1.0 has no leaf 22 (ref §4.7) */
+        return operand_invalid(TDX_OPERAND_ID_RAX);
+    COUNT(m, verifies);
+    return verify_tail(m, reportmacstruct);
+}
+
 tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 {
     const uint8_t *rms;
@@ -486,12 +499,13 @@ tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 
     if (m->version_minor == 0)
         return status_result(operand_invalid(TDX_OPERAND_ID_RAX));
+    COUNT(m, verifies);
     if (rcx % TDX_VERIFY_ALIGN || (rcx & (TDX_GPA_INVALID_MASK | TDX_GPA_SHARED_BIT)))
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
     rms = gpa_walk(m, rcx, &r);
     if (rms == NULL)
         return r;
-    return status_result(tdxm_verify_direct(m, rms));
+    return status_result(verify_tail(m, rms));
 }
 
 /* ------------------------------------------------------------------------------------------------

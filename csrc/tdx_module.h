@@ -50,7 +50,9 @@ typedef struct {
 
 typedef struct tdxm_module tdxm_module;
 
-/* Debug counters (ref: style.md lesson 5). All are monotonic; balance = acquired - released. */
+/* Debug counters (ref: style.md lesson 5). All are monotonic; balance = acquired - released.
+ * reports/extends/verifies count leaf invocations (GPA and host-buffer forms, whatever their status;
+ * a 1.0 VERIFYREPORT, which does not exist there, is not counted), as the reference model does. */
 typedef struct {
     uint64_t rtmr_shared_acquired, rtmr_shared_released;
     uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;

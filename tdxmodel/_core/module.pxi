@@ -10,8 +10,6 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from tdxmodel._core.tdx_module cimport *
 
-import operator as _operator
-
 import numpy as _np
 
 from tdxmodel import abi as _abi
@@ -21,16 +19,14 @@ from tdxmodel.config import ModuleConfig as _ModuleConfig
 #: Page-state names, indexed by the C enum tdxm_page_state.
 _PAGE_STATES = ("unmapped", "private", "shared", "pending")
 _U64_MAX = (1 << 64) - 1
-#: Guest memory must lie below the SHARED bit (GPAW 48, ref §4.3).
-_MAX_MEMORY_PAGES = _abi.TDX_GPA_SHARED_BIT // _abi.TDX_PAGE_SIZE
+#: Guest memory size limit, the same as the reference model's (1 GiB; far below the SHARED bit).
+_MAX_MEMORY_PAGES = 1 << 18
 
 
 cdef uint64_t _u64(object value, str name) except *:
     """_u64(value: int, name: str) -> uint64_t: a 64-bit register value, or TypeError/ValueError."""
-    try:
-        value = _operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 0 or value > _U64_MAX:
         raise ValueError(f"{name} must be in [0, 2**64-1], got {value}")
     return value
@@ -38,10 +34,8 @@ cdef uint64_t _u64(object value, str name) except *:
 
 cdef object _count(object value, str name, object maximum):
     """_count(value: int, name: str, maximum: int) -> int in [0, maximum], or TypeError/ValueError."""
-    try:
-        value = _operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 0 or value > maximum:
         raise ValueError(f"{name} must be in [0, {maximum}], got {value}")
     return value
@@ -98,10 +92,10 @@ cdef class Module:
         cfg.servtd_bound = 1 if config.servtd_bound else 0
         cfg.memory_pages = pages
         # ModuleConfig validated the sizes; check anyway, since C copies sizeof(field) bytes.
-        for name, value, size in (("cpusvn", config.cpusvn, sizeof(cfg.cpusvn)),
-                                  ("tee_tcb_info", config.tee_tcb_info(), sizeof(cfg.tee_tcb_info)),
-                                  ("tdinfo", config.tdinfo(), sizeof(cfg.tdinfo)),
-                                  ("mac_key", config.resolved_mac_key(), sizeof(cfg.mac_key))):
+        for name, value, size in (("cpusvn", config.cpusvn, <Py_ssize_t>sizeof(cfg.cpusvn)),
+                                  ("tee_tcb_info", config.tee_tcb_info(), <Py_ssize_t>sizeof(cfg.tee_tcb_info)),
+                                  ("tdinfo", config.tdinfo(), <Py_ssize_t>sizeof(cfg.tdinfo)),
+                                  ("mac_key", config.resolved_mac_key(), <Py_ssize_t>sizeof(cfg.mac_key))):
             if len(value) != size:
                 raise ValueError(f"config {name} must be {size} bytes, got {len(value)}")
         field = config.cpusvn
@@ -248,12 +242,13 @@ cdef class Module:
         """
         cdef tdxm_module *m = self._live()
         cdef bytes rd = _as_bytes(reportdata, "reportdata")
-        cdef uint64_t sub = _u64(subtype, "subtype")
+        cdef uint64_t sub
         cdef uint8_t rdbuf[SIZEOF_REPORTDATA]
         cdef uint8_t out[SIZEOF_REPORT]
         cdef uint64_t status
         if len(rd) > _abi.TDX_REPORTDATA_LEN:
             raise ValueError(f"reportdata must be at most {_abi.TDX_REPORTDATA_LEN} bytes, got {len(rd)}")
+        sub = _u64(subtype, "subtype")
         memset(rdbuf, 0, sizeof(rdbuf))
         memcpy(rdbuf, <const char *>rd, len(rd))
         with nogil:
