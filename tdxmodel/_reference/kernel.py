@@ -33,7 +33,7 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from tdxmodel import abi, errors
+from tdxmodel import abi
 from tdxmodel._reference import drivers as _drivers
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
