@@ -172,6 +172,14 @@ def test_cli_json(capsys):
         assert {"leaked", "user_changed", "description"} <= set(case)
 
 
+def test_progress_goes_to_stderr(capsys):
+    report = campaign.stderr_progress(min_seconds=0)
+    for i in range(1, 4):
+        report(i, 3)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "campaign: 3/3 cases" in captured.err
+
+
 def run_cli(argv):
     try:
         return main(argv)
