@@ -15,8 +15,8 @@ from typing import List, Optional
 
 #: Modules providing subcommands, in help order.
 SUBCOMMAND_MODULES: List[str] = [
-    "campaign",
     "td",  # report, extend, verify, show
+    "campaign",
 ]
 
 
