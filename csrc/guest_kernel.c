@@ -66,7 +66,12 @@ struct gk_kernel {
     uint64_t *free_bits; /* bit set = page free */
     uint8_t *page_kind;
     uint8_t *page_info;  /* PG_HEAD: order; PG_SLAB: class */
-    uint64_t slab_free[NCLASSES]; /* freelist: byte offset + 1 of the first free object, 0 = empty */
+    /* per class, a stack of free object offsets kept outside guest memory, so kfree leaves the
+     * object's bytes as they were (a freed report stays visible, as in the reference) */
+    struct {
+        uint64_t *off;
+        size_t n, cap, total; /* total: objects in all slabs of the class */
+    } slab_free[NCLASSES];
 
     /* debug counters */
     _Atomic uint64_t allocs, frees, resident, slab_allocs, page_allocs;
@@ -152,6 +157,8 @@ void gk_kernel_destroy(gk_kernel *k)
 {
     if (!k)
         return;
+    for (int i = 0; i < NCLASSES; i++)
+        free(k->slab_free[i].off);
     pthread_mutex_destroy(&k->alloc_lock);
     pthread_mutex_destroy(&k->fault_lock);
     pthread_mutex_destroy(&k->force_lock);
@@ -408,18 +415,26 @@ void gk_free_pages(gk_kernel *k, void *ptr, int order)
 
 static int slab_refill_locked(gk_kernel *k, int cls)
 {
+    uint32_t size = slab_sizes[cls];
+    size_t nobj = PAGE / size;
+    /* room for every object of every slab first, so kfree never needs to grow the stack and a host
+     * realloc failure changes nothing */
+    size_t need = k->slab_free[cls].total + nobj;
+    if (k->slab_free[cls].cap < need) {
+        uint64_t *grown = realloc(k->slab_free[cls].off, need * sizeof *grown);
+        if (!grown)
+            return -1;
+        k->slab_free[cls].off = grown;
+        k->slab_free[cls].cap = need;
+    }
     int64_t page = pages_get_locked(k, 0, PG_SLAB);
     if (page < 0)
         return -1;
     k->page_info[page] = (uint8_t)cls;
-    uint32_t size = slab_sizes[cls];
     size_t base = (size_t)page * PAGE;
-    size_t nobj = PAGE / size;
-    for (size_t i = nobj; i-- > 0;) {
-        uint64_t link = k->slab_free[cls];
-        memcpy(k->mem + base + i * size, &link, sizeof link);
-        k->slab_free[cls] = base + i * size + 1;
-    }
+    for (size_t i = nobj; i-- > 0;) /* lowest address on top */
+        k->slab_free[cls].off[k->slab_free[cls].n++] = base + i * size;
+    k->slab_free[cls].total += nobj;
     return 0;
 }
 
@@ -442,14 +457,11 @@ void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
     if (cls < 0)
         return NULL;
     pthread_mutex_lock(&k->alloc_lock);
-    if (!k->slab_free[cls] && slab_refill_locked(k, cls) != 0) {
+    if (!k->slab_free[cls].n && slab_refill_locked(k, cls) != 0) {
         pthread_mutex_unlock(&k->alloc_lock);
         return NULL;
     }
-    size_t off = k->slab_free[cls] - 1;
-    uint64_t next;
-    memcpy(&next, k->mem + off, sizeof next);
-    k->slab_free[cls] = next;
+    size_t off = (size_t)k->slab_free[cls].off[--k->slab_free[cls].n];
     pthread_mutex_unlock(&k->alloc_lock);
     uint8_t *p = k->mem + off;
     memset(p, (flags & GK_ZERO) ? 0 : SLAB_POISON_INUSE, slab_sizes[cls]);
@@ -470,9 +482,7 @@ void gk_kfree(gk_kernel *k, void *ptr)
     uint32_t size = slab_sizes[cls];
     size_t obj = page * PAGE + ((off % PAGE) / size) * size; /* round a misaligned pointer down */
     pthread_mutex_lock(&k->alloc_lock);
-    uint64_t link = k->slab_free[cls];
-    memcpy(k->mem + obj, &link, sizeof link);
-    k->slab_free[cls] = obj + 1;
+    k->slab_free[cls].off[k->slab_free[cls].n++] = obj; /* room reserved at refill */
     pthread_mutex_unlock(&k->alloc_lock);
     atomic_fetch_add_explicit(&k->frees, 1, memory_order_relaxed);
 }

@@ -20,6 +20,7 @@ struct td_kernel {
     uint8_t *report_buf;   /* kzalloc(1024) at init, freed at exit */
     _Atomic int mr_lock;   /* 0 free, 1 held */
     _Atomic int mr_stale;  /* the tsm-mr cache of the LIVE registers is stale */
+    _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
 };
 
 struct td_process {
@@ -143,11 +144,19 @@ static int mr_lock_interruptible(td_kernel *tk, gk_task *task)
     }
 }
 
-int td_mr_lock_try(td_kernel *tk) { return mr_trylock(tk); }
+int td_mr_lock_try(td_kernel *tk)
+{
+    if (!mr_trylock(tk))
+        return 0;
+    atomic_store(&tk->mr_outside_hold, 1);
+    return 1;
+}
 
+/* Releases only the outside hold: never a hold a driver call in another thread owns. */
 int td_mr_lock_release(td_kernel *tk)
 {
-    if (atomic_load(&tk->mr_lock) != 1)
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(&tk->mr_outside_hold, &expected, 0))
         return -TDXM_EINVAL;
     mr_unlock(tk);
     return 0;

@@ -42,7 +42,7 @@ void td_kernel_destroy(td_kernel *tk);
 gk_kernel *td_kernel_gk(td_kernel *tk);
 int td_kernel_driver(td_kernel *tk);
 void td_force_misaligned(td_kernel *tk, int target);
-/* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when not held. */
+/* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when no outside hold. */
 int td_mr_lock_try(td_kernel *tk);
 int td_mr_lock_release(td_kernel *tk);
 /* The injection points of `driver` in the order the driver reaches them; returns how many. */

@@ -99,6 +99,7 @@ def test_mmap_maps_zero_filled_pages_and_poke_ignores_protection(make_kernel):
 @pytest.mark.parametrize("args", [
     (REQ + 1, PAGE, "rw"),   # not page-aligned
     (REQ, 0, "rw"),          # empty
+    (REQ, -PAGE, "rw"),      # negative length
     (REQ, PAGE, "x"),        # no such protection
     (-PAGE, PAGE, "rw"),     # negative address
     ((1 << 64) - PAGE, 2 * PAGE, "rw"),  # beyond the address space
@@ -127,6 +128,17 @@ def test_unmapped_host_access_is_a_value_error(make_kernel):
     p.munmap(REQ, PAGE)
     with pytest.raises(ValueError):
         p.peek(REQ, 1)
+
+
+def test_negative_sizes_are_value_errors(make_kernel):
+    p = make_kernel("v6.2").process()
+    p.mmap(REQ, PAGE, "rw")
+    with pytest.raises(ValueError, match="n"):
+        p.peek(REQ, -1)
+    with pytest.raises(ValueError, match="length"):
+        p.munmap(REQ, -PAGE)
+    with pytest.raises(ValueError, match="length"):
+        p.mprotect(REQ, -1, "r")
 
 
 def test_wrong_types_are_type_errors(make_kernel):
@@ -197,6 +209,23 @@ def _kernel_memory(k):
     return m.read_memory(KERNEL_FIRST_PAGE * PAGE, (m.memory_pages - KERNEL_FIRST_PAGE) * PAGE)
 
 
+# A freed object's first bytes may hold the allocator's free-list link (SLUB keeps it inside free
+# objects too), so freed buffers are recognised by their content after the first LINK bytes.
+LINK = 8
+
+
+def find_freed(mem, content, align):
+    """GPA offsets (from the kernel's first page) of naturally aligned objects ending in content[LINK:]."""
+    hits, start = [], 0
+    while True:
+        at = mem.find(content[LINK:], start)
+        if at < 0:
+            return hits
+        if (at - LINK) % align == 0:
+            hits.append(at - LINK)
+        start = at + 1
+
+
 @pytest.mark.parametrize("driver, align", [("v4-2022-04", PAGE), ("v6.2", abi.TDX_REPORT_LEN)])
 def test_report_buffers_are_naturally_aligned(make_kernel, driver, align):
     """The module wrote the report into the kernel's buffer by GPA: get_zeroed_page is page-aligned,
@@ -206,10 +235,8 @@ def test_report_buffers_are_naturally_aligned(make_kernel, driver, align):
     assert p.ioctl(fd, report_cmd(driver), REQ) == 0
     report = p.peek(REQ + report_offset(driver), abi.TDX_REPORT_LEN)
     mem = _kernel_memory(k)
-    where = mem.find(report)
-    assert where >= 0 and (KERNEL_FIRST_PAGE * PAGE + where) % align == 0
-    rd = mem.find(bytes(range(64)))  # the kmalloc(64) REPORTDATA copy
-    assert rd >= 0 and rd % abi.TDX_REPORTDATA_LEN == 0
+    assert find_freed(mem, report, align)                       # KERNEL_FIRST_PAGE * PAGE is aligned
+    assert find_freed(mem, bytes(range(64)), abi.TDX_REPORTDATA_LEN)  # the kmalloc(64) REPORTDATA
 
 
 def test_kmalloc_is_poisoned_not_zeroed(make_kernel):
@@ -222,8 +249,7 @@ def test_kmalloc_is_poisoned_not_zeroed(make_kernel):
     before = p.peek(REQ, 2 * PAGE)
     assert p.ioctl(fd, abi.TDX_CMD_GET_REPORT0, REQ) == -abi.ENOMEM
     poison = bytes([abi.SLAB_POISON_INUSE]) * abi.TDX_REPORTDATA_LEN
-    where = _kernel_memory(k).find(poison)
-    assert where >= 0 and where % abi.TDX_REPORTDATA_LEN == 0
+    assert find_freed(_kernel_memory(k), poison, abi.TDX_REPORTDATA_LEN)
     assert p.peek(REQ, 2 * PAGE) == before
     balanced(k)
 

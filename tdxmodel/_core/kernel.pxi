@@ -332,7 +332,7 @@ cdef class Kernel:
         """mr_lock_release() -> None: release a hold taken with mr_lock_try (ValueError if not held)."""
         self._check_mr_lock()
         if td_mr_lock_release(self._live()) != 0:
-            raise ValueError("mr_lock is not held")
+            raise ValueError("mr_lock is not held by mr_lock_try")
 
     cdef _check_mr_lock(self):
         if self._driver != "v6.16":

@@ -33,7 +33,7 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from tdxmodel import abi, errors
+from tdxmodel import abi
 from tdxmodel._reference import drivers as _drivers
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -265,6 +265,7 @@ class Kernel:
         self._faults = {cap: FaultAttr(cap, rng_seed, self._fault_lock) for cap in abi.FAULT_CAPABILITIES}
         self._forced: Optional[Tuple[int, Optional[int], int]] = None  # (status, leaf, remaining)
         self._misaligned: Optional[str] = None
+        self._mr_outside_holds = False
         self._counters = dict(allocs=0, frees=0, slab_allocs=0, page_allocs=0, locks_taken=0,
                               locks_released=0)
         self._resident = 0
@@ -349,13 +350,15 @@ class Kernel:
         if not lock.acquire(blocking=False):
             return False
         self._count_lock(+1)
+        self._mr_outside_holds = True
         return True
 
     def mr_lock_release(self) -> None:
         """mr_lock_release() -> None: release a hold taken with mr_lock_try (ValueError if not held)."""
         lock = self._mr_lock_or_raise()
-        if not lock.locked():
-            raise ValueError("mr_lock is not held")
+        if not self._mr_outside_holds:  # never release a hold a driver call owns
+            raise ValueError("mr_lock is not held by mr_lock_try")
+        self._mr_outside_holds = False
         self.mutex_unlock(lock)
 
     def counters(self) -> Dict[str, int]:
@@ -437,9 +440,11 @@ class Kernel:
 
         A slab object (kzalloc with ``zero``); None when failslab fails it (ref §7)."""
         extra = MISALIGN_OFFSET if misaligned else 0
-        size_class = next(c for c in SLAB_CLASSES if c >= size)
-        if extra:  # same natural alignment, room for the offset: the next power of two up
-            size_class = next(c for c in SLAB_CLASSES if c >= 2 * size_class and c & (c - 1) == 0)
+        size_class = next((c for c in SLAB_CLASSES if c >= size), None)
+        if extra and size_class is not None:  # room for the offset, same alignment: a power of two up
+            size_class = next((c for c in SLAB_CLASSES if c >= 2 * size_class and c & (c - 1) == 0), None)
+        if size_class is None or size <= 0:
+            raise ValueError(f"kmalloc: size {size} is outside the slab classes of this model")
         if self.inject(task, point, "failslab", size_class):
             return None
         with self._lock:
