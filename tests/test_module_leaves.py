@@ -547,3 +547,25 @@ def test_counters_count_leaf_invocations(guest):
     assert c["rtmr_shared_acquired"] == c["rtmr_shared_released"] == 3
     assert c["rtmr_exclusive_acquired"] == c["rtmr_exclusive_released"] == 1
     assert c["rtmr_busy"] == 0
+
+
+def test_report_batch_rejects_non_contiguous_input(make_module):
+    import numpy as np
+    m = make_module()
+    strided = np.zeros((4, 128), dtype=np.uint8)[:, ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        m.report_batch(strided)
+
+
+def test_set_rtmr_waiting_is_not_counted_busy(make_module):
+    import threading
+    m = make_module()
+    assert m.rtmr_lock_try(False) == 0
+    t = threading.Thread(target=m.set_rtmr, args=(1, b"\x07" * 48))
+    t.start()
+    t.join(0.05)
+    assert t.is_alive()  # waits while a shared holder exists
+    m.rtmr_unlock(False)
+    t.join(5)
+    assert not t.is_alive() and m.rtmr(1) == b"\x07" * 48
+    assert m.counters()["rtmr_busy"] == 0
