@@ -574,7 +574,7 @@ class BenchOptions:
     callers: int = field(default_factory=lambda: os.cpu_count() or 1)
     seconds: float = 0.5
     extend_ratio: float = 0.0
-    driver: str = "v6.16"
+    driver: str = "v6.2"
 
     def validate(self) -> None:
         if isinstance(self.callers, bool) or not isinstance(self.callers, int) or not 1 <= self.callers <= 256:
