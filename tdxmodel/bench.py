@@ -431,8 +431,10 @@ def _run_callers(callers: int, seconds: float,
         try:
             start.wait()
             c0 = time.thread_time()
-            while not stop.is_set():
+            while True:  # at least one unit of work, however short the window
                 work()
+                if stop.is_set():
+                    break
             cpu[i] = time.thread_time() - c0
         except BaseException as e:  # noqa: BLE001 - reported in the main thread
             failures.append(e)
@@ -675,7 +677,7 @@ def run(options: BenchOptions, progress: Progress = None) -> Dict[str, object]:
         "batch_over_mac_floor": result["batch_reports_per_s"] / result["mac_floor_per_s"],
         "reference_over_core_call": (result["reference_call_median_us"] / result["call_median_us"]
                                      if result["call_median_us"] > 0 else None),
-        "scaling_2_over_1": scaling["2"] / scaling["1"] if "2" in scaling else None,
+        "scaling_2_over_1": scaling["2"] / scaling["1"] if "2" in scaling and scaling["1"] else None,
     }
     return result
 
@@ -706,9 +708,9 @@ def format_table(result: Dict[str, object]) -> str:
               f"{'driver ioctl_batch':>20}"]
     series = [result["scaling"], result["ioctl_scaling"], result["ioctl_batch_scaling"]]
     for k in result["scaling"]:
-        cells = [f"{d[k]:>11,.0f} ({d[k] / d['1']:4.2f})" for d in series]
+        cells = [f"{d[k]:>11,.0f} ({d[k] / d['1'] if d['1'] else 0:4.2f})" for d in series]
         lines.append(f"{k:>7}  {cells[0]:>20}  {result['scaling_parallelism'][k]:>5.2f}  "
-                     f"{result['scaling_cpu_efficiency'][k]:>4.2f}  {cells[1]:>20}  {cells[2]:>20}")
+                     f"{result['scaling_cpu_efficiency'].get(k, 0.0):>4.2f}  {cells[1]:>20}  {cells[2]:>20}")
     lines += ["", f"busy rate (reports meeting TDX_OPERAND_BUSY): batch {result['busy_rate']:.4f}, "
                   f"ioctl {result['ioctl_busy_rate']:.4f}"]
     return "\n".join(lines)
