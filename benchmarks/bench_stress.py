@@ -22,6 +22,19 @@ def test_stress_module_leaves(benchmark, backend_name):
                                 report_busy=log.report_busy, extend_busy=log.extend_busy)
 
 
+def test_stress_module_extenders_per_rtmr(benchmark, backend_name):
+    benchmark.group = "stress (large)"
+    module = bench.make_module(backend_name)
+    ops = OPS[backend_name] // 2
+    log = benchmark.pedantic(bench.stress_module_per_index, args=(module,),
+                             kwargs={"reporters": 2, "ops_per_thread": ops}, rounds=1, iterations=1)
+    final = [module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+    assert [len(e) for e in log.extends] == [ops] * abi.TDX_NUM_RTMRS
+    assert bench.check_stress_per_index(log, final) == []
+    benchmark.extra_info.update(reports=len(log.reports), report_busy=log.report_busy,
+                                extend_busy=log.extend_busy)
+
+
 def test_stress_v616_driver(benchmark, backend_name):
     benchmark.group = "stress (large)"
     kernel = bench.make_kernel(backend_name, "v6.16")

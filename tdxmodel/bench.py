@@ -923,3 +923,80 @@ def check_stress(log: StressLog, final: Sequence[bytes], mac_key: Optional[bytes
             problems.append(f"read {n} (thread {t}) of RTMR{index} shows "
                             f"{'no prefix' if seen is None else f'prefix {seen}'}, bounds [{lo}, {hi}]")
     return problems
+
+
+@dataclass
+class PerIndexLog:
+    """What ``stress_module_per_index`` observed: per RTMR, its owner thread's successful extends in
+    program order (= lock order, one writer per RTMR), and the REPORTs with per-RTMR bounds."""
+
+    initial: Tuple[bytes, ...]
+    extends: List[List[bytes]]
+    reports: List[Tuple[int, Tuple[int, ...], Tuple[int, ...], bytes, bytes]] = field(default_factory=list)
+    report_busy: int = 0
+    extend_busy: int = 0
+
+
+def stress_module_per_index(module, reporters: int = 2, ops_per_thread: int = 200) -> PerIndexLog:
+    """Extenders contending with each other for real: one extender thread per RTMR (4), each extending
+    only its own RTMR with no lock of ours around the leaf, plus ``reporters`` threads calling REPORT.
+    Two extenders meet on the module's exclusive RTMR lock (BUSY|RTMR, ref §4.6 row 4, retried), so
+    this checks the lock under writer-writer contention, which ``stress_module`` serialises away."""
+    n = abi.TDX_NUM_RTMRS
+    log = PerIndexLog(initial=tuple(module.rtmr(i) for i in range(n)), extends=[[] for _ in range(n)])
+    counts_lock = threading.Lock()
+
+    def op(t: int, seq: int, _is_extend: bool, _index: int) -> None:
+        if t < n:  # extender of RTMR t: retry on BUSY so every extend it issues lands
+            data = _extend_data(t, seq)
+            while True:
+                try:
+                    module.extend(t, data)
+                    break
+                except errors.OperandBusy:
+                    with counts_lock:
+                        log.extend_busy += 1
+            log.extends[t].append(data)
+            return
+        reportdata = hashlib.sha512(f"report {t} {seq}".encode()).digest()
+        lo = tuple(len(e) for e in log.extends)
+        try:
+            report = module.report(reportdata)
+        except errors.OperandBusy:
+            with counts_lock:
+                log.report_busy += 1
+            return
+        hi = tuple(len(e) + 1 for e in log.extends)
+        log.reports.append((t, lo, hi, reportdata, report))
+
+    _stress_threads(n + reporters, ops_per_thread, 0.0, op)
+    return log
+
+
+def check_stress_per_index(log: PerIndexLog, final: Sequence[bytes]) -> List[str]:
+    """Violations of: final RTMR[i] = the replay of its owner's extends (no lost update); every
+    REPORT's RTMR[i] = that replay after j_i extends with lo_i <= j_i <= hi_i (no torn or stale
+    value); TEE_INFO_HASH = SHA-384(TDINFO) in every REPORT (ref §4.5)."""
+    hs = abi.TDX_SHA384_LEN
+    problems: List[str] = []
+    chains = []
+    for i, datas in enumerate(log.extends):
+        chain = [log.initial[i]]
+        for d in datas:
+            chain.append(hashlib.sha384(chain[-1] + d).digest())
+        chains.append({v: j for j, v in enumerate(chain)})
+        if final[i] != chain[-1]:
+            problems.append(f"final RTMR{i} differs from the replay of its {len(datas)} extends")
+    for n, (t, lo, hi, reportdata, report) in enumerate(log.reports):
+        for i in range(abi.TDX_NUM_RTMRS):
+            value = report[RTMRS_OFF + hs * i:RTMRS_OFF + hs * (i + 1)]
+            j = chains[i].get(value)
+            if j is None or not lo[i] <= j <= hi[i]:
+                problems.append(f"report {n} (thread {t}): RTMR{i} shows "
+                                f"{'no prefix' if j is None else f'prefix {j}'}, bounds [{lo[i]}, {hi[i]}]")
+        tdinfo = report[abi.TDR_OFF_TDINFO:abi.TDX_REPORT_LEN]
+        if report[abi.TDR_OFF_TEE_INFO_HASH:abi.TDR_OFF_TEE_INFO_HASH + hs] != hashlib.sha384(tdinfo).digest():
+            problems.append(f"report {n} (thread {t}): TEE_INFO_HASH does not match its TDINFO (torn)")
+        if report[abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + abi.TDX_REPORTDATA_LEN] != reportdata:
+            problems.append(f"report {n} (thread {t}): REPORTDATA is not the caller's")
+    return problems

@@ -35,6 +35,20 @@ def test_module_leaves_under_threads(backend, make_module):
     assert c["rtmr_shared_acquired"] == len(log.reports)
 
 
+def test_module_extenders_contending_per_rtmr(backend, make_module):
+    # One extender per RTMR with no lock of ours: extenders meet each other on the exclusive RTMR lock
+    # (ref §4.6 row 4) and retry; every extend must land exactly once, in its owner's order.
+    module = make_module()
+    ops = OPS[backend.BACKEND_NAME]
+    log = bench.stress_module_per_index(module, reporters=2, ops_per_thread=ops)
+    assert [len(e) for e in log.extends] == [ops] * abi.TDX_NUM_RTMRS
+    assert log.reports
+    assert bench.check_stress_per_index(log, final_rtmrs(module)) == []
+    c = module.counters()
+    assert c["rtmr_busy"] == log.report_busy + log.extend_busy
+    assert c["rtmr_exclusive_acquired"] == ops * abi.TDX_NUM_RTMRS
+
+
 def test_v616_driver_path_under_threads(backend, make_kernel):
     kernel = make_kernel("v6.16")
     log = bench.stress_driver(kernel, threads=THREADS, ops_per_thread=OPS[backend.BACKEND_NAME],
@@ -97,6 +111,14 @@ def test_checker_catches_a_bad_mac(backend, make_module):
     forged[abi.TDR_OFF_MAC] ^= 0x80
     log.reports[0] = (t, lo, hi, rd, bytes(forged))
     assert [p for p in bench.check_stress(log, final_rtmrs(module), module.mac_key) if "MAC" in p]
+
+
+def test_per_index_checker_catches_a_lost_extend(backend, make_module):
+    module = make_module()
+    log = bench.stress_module_per_index(module, reporters=1, ops_per_thread=20)
+    log.extends[2].pop(5)  # one extend of RTMR2 "lost" from the replay
+    problems = bench.check_stress_per_index(log, final_rtmrs(module))
+    assert any("final RTMR2" in p for p in problems)
 
 
 def test_checker_catches_a_stale_report(backend, make_module):
