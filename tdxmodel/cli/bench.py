@@ -93,6 +93,7 @@ def write_plot(result: dict, path: str) -> None:
     ax.set_xlabel("caller threads")
     ax.set_ylabel("calls per second")
     ax.set_xticks(callers)
+    ax.set_ylim(bottom=0)
     ax.set_title(f"tdxmodel {result['backend']}, {result['driver']}, extend ratio {result['extend_ratio']}")
     ax.grid(True, alpha=0.3)
     ax.legend()
