@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 
 from tdxmodel import abi, bench
 
