@@ -160,39 +160,57 @@ class DriverCaller:
     def ioctl_batch(self, reportdata, fail_nth=None) -> Tuple[np.ndarray, np.ndarray]:
         """ioctl_batch(reportdata: uint8[N, 64], fail_nth: None | int[N]) -> (int64[N], uint8[N, 1024])
 
-        One GET_REPORT ioctl per row. ``fail_nth[i] > 0`` arms the process's fail-nth (ref §7) for
-        row i's call only; 0 leaves it unarmed. ``rets[i]`` is the ioctl result; ``reports[i]`` the
-        TDREPORT when ``rets[i] == 0``, else zeros.
-        """
-        rows = check_reportdata(reportdata)
-        n = rows.shape[0]
-        schedule = None
-        if fail_nth is not None:
-            schedule = np.asarray(fail_nth)
-            if schedule.shape != (n,) or schedule.dtype.kind not in "iu":
-                raise ValueError(f"fail_nth must be an integer array of shape ({n},), got "
-                                 f"{schedule.shape} {schedule.dtype}")
-            if n and (schedule.min() < 0 or schedule.max() > 0x7FFFFFFF):
-                raise ValueError("fail_nth values must be in 0..2**31-1")
-        native = _native_ioctl_batch(self.process)
-        if native is not None:  # the core: one nogil C loop (csrc/tdx_batch.c)
-            return native(self.process, self.fd, self.cmd, self.buffer, self.reportdata_off,
-                          self.tdreport_off, rows, schedule)
-        rets = np.zeros(n, dtype=np.int64)
-        reports = np.zeros((n, abi.TDX_REPORT_LEN), dtype=np.uint8)
-        process, fd, cmd, buf = self.process, self.fd, self.cmd, self.buffer
-        rd_addr, tr_addr = buf + self.reportdata_off, buf + self.tdreport_off
-        for i in range(n):
-            process.poke(rd_addr, rows[i].tobytes())
-            if schedule is not None and schedule[i]:
-                process.fail_nth = int(schedule[i])
-            ret = process.ioctl(fd, cmd, buf)
-            if schedule is not None and schedule[i]:
-                process.fail_nth = 0  # a schedule entry is for its own row only
-            rets[i] = ret
-            if ret == 0:
-                reports[i] = np.frombuffer(process.peek(tr_addr, abi.TDX_REPORT_LEN), dtype=np.uint8)
-        return rets, reports
+        ``ioctl_batch`` on this caller's process, device fd, command and request buffer."""
+        return ioctl_batch(self.process, self.fd, reportdata, fail_nth, cmd=self.cmd, buffer=self.buffer)
+
+
+def ioctl_batch(process, fd: int, reportdata, fail_nth=None, *, cmd: int = abi.TDX_CMD_GET_REPORT0,
+                buffer: int = REQUEST_BUFFER_ADDR) -> Tuple[np.ndarray, np.ndarray]:
+    """ioctl_batch(process, fd: int, reportdata: uint8[N, 64], fail_nth: None | int[N], *, cmd: int = TDX_CMD_GET_REPORT0, buffer: int) -> (int64[N], uint8[N, 1024])
+
+    The driver-path batch: one ``ioctl(fd, cmd, buffer)`` per row of ``reportdata``. ``buffer`` is a
+    user address the process has mapped writable for the request: ``struct tdx_report_req`` (1088
+    bytes: REPORTDATA at 0, TDREPORT at 64, ref §2.4), or for v4's ``TDX_CMD_GET_TDREPORT`` one
+    in-place 1024-byte buffer (ref §2.2). Before row i's call its REPORTDATA is written there and, when
+    ``fail_nth[i] > 0``, the process's fail-nth is armed with it (ref §7) for that call only (disarmed
+    after it, fired or not); 0 leaves it unarmed. ``rets[i]`` is the ioctl's result (0 or -errno);
+    ``reports[i]`` the TDREPORT read back when ``rets[i] == 0``, else zeros.
+
+    On the core this is one C loop with the GIL released (csrc/tdx_batch.c); on the reference, the same
+    steps through ``Process.poke`` / ``ioctl`` / ``peek``. A TD exit raises as ``Process.ioctl`` does.
+    """
+    rows = check_reportdata(reportdata)
+    n = rows.shape[0]
+    schedule = None
+    if fail_nth is not None:
+        schedule = np.asarray(fail_nth)
+        if schedule.shape != (n,) or schedule.dtype.kind not in "iu":
+            raise ValueError(f"fail_nth must be an integer array of shape ({n},), got "
+                             f"{schedule.shape} {schedule.dtype}")
+        if n and (schedule.min() < 0 or schedule.max() > 0x7FFFFFFF):
+            raise ValueError("fail_nth values must be in 0..2**31-1")
+    if cmd == abi.TDX_CMD_GET_TDREPORT:
+        reportdata_off = tdreport_off = 0
+    else:
+        reportdata_off, tdreport_off = abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORT_REQ_OFF_TDREPORT
+    native = _native_ioctl_batch(process)
+    if native is not None:  # the core: one nogil C loop (csrc/tdx_batch.c)
+        return native(process, fd, cmd, buffer, reportdata_off, tdreport_off, rows, schedule)
+    rets = np.zeros(n, dtype=np.int64)
+    reports = np.zeros((n, abi.TDX_REPORT_LEN), dtype=np.uint8)
+    rd_addr, tr_addr = buffer + reportdata_off, buffer + tdreport_off
+    for i in range(n):
+        process.poke(rd_addr, rows[i].tobytes())
+        armed = schedule is not None and schedule[i] != 0
+        if armed:
+            process.fail_nth = int(schedule[i])
+        ret = process.ioctl(fd, cmd, buffer)
+        if armed:
+            process.fail_nth = 0  # a schedule entry is for its own row only
+        rets[i] = ret
+        if ret == 0:
+            reports[i] = np.frombuffer(process.peek(tr_addr, abi.TDX_REPORT_LEN), dtype=np.uint8)
+    return rets, reports
 
 
 def _native_ioctl_batch(process) -> Optional[Callable]:
@@ -202,12 +220,6 @@ def _native_ioctl_batch(process) -> Optional[Callable]:
     if fn is None or not isinstance(process, ext.Process):
         return None
     return fn
-
-
-def ioctl_batch(caller: DriverCaller, reportdata, fail_nth=None) -> Tuple[np.ndarray, np.ndarray]:
-    """ioctl_batch(caller, reportdata: uint8[N, 64], fail_nth=None) -> (rets, reports); see
-    ``DriverCaller.ioctl_batch``."""
-    return caller.ioctl_batch(reportdata, fail_nth)
 
 
 def check_reportdata(reportdata) -> np.ndarray:

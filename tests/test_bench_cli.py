@@ -163,3 +163,22 @@ def test_ioctl_batch_core_equals_reference(driver):
     assert outcomes[0][0] == outcomes[1][0]
     assert 0 in outcomes[0][0] and any(r < 0 for r in outcomes[0][0])
     assert np.array_equal(outcomes[0][1], outcomes[1][1])
+
+
+def test_ioctl_batch_on_a_plain_process(backend, make_kernel):
+    # The module-level form on any process: the caller maps the request buffer and opens the node.
+    kernel = make_kernel("v4-2022-04")
+    process = kernel.process()
+    buffer = 0x200000
+    process.mmap(buffer, 4096, "rw")
+    fd = process.open(kernel.device_path)
+    assert fd >= 3
+    data = bench.random_reportdata(3, seed=1)
+    rets, reports = bench.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=buffer)
+    assert rets.tolist() == [0, 0, 0]
+    # v4 writes the TDREPORT over the same buffer (ref §2.2): the last one is still there.
+    assert process.peek(buffer, abi.TDX_REPORT_LEN) == reports[2].tobytes()
+    assert np.array_equal(reports[:, 128:192], data)
+    with pytest.raises(ValueError):
+        bench.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=0x900000)  # unmapped
+    assert process.close(fd) == 0
