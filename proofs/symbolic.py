@@ -167,7 +167,8 @@ class UserWrite:
 
 @dataclass
 class PointVisit:
-    """An injectable point (ref §7) the path passes: reached when ``reached``, failed when ``failed``."""
+    """An injectable point (ref §7) the path passes: reached when ``reached``; ``failed`` when fault
+    injection fails it (a genuine user-memory fault is not an injection, as in ``last_trace``)."""
 
     name: str
     capability: str
@@ -291,7 +292,7 @@ class Path:
         """``copy_from_user(dst + dst_off, arg + user_off, n)``: bytes not copied. The uncopied tail
         of the destination is zero-filled (ref §7)."""
         copied = self._copied(point, n)
-        reached = self._point(point, "fail_usercopy", copied != n)
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
         old = dst.content
 
         def content(j, old=old, reached=reached, copied=copied):
@@ -306,7 +307,7 @@ class Path:
         """``copy_to_user(arg + user_off, src + src_off, n)``: bytes not copied; a genuine fault leaves
         the prefix before the faulting byte written (ref §7)."""
         copied = self._copied(point, n)
-        reached = self._point(point, "fail_usercopy", copied != n)
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
         snapshot = src.content
         self.user_writes.append(UserWrite(f"{src.name}:copy_to_user", reached, user_off, copied, n,
                                           lambda k, s=snapshot: s(k + src_off)))
@@ -316,7 +317,7 @@ class Path:
     def put_user_status(self, user_off: int, size: int, *, point: str) -> z3.BoolRef:
         """``put_user(status, (long __user *)(arg + user_off))``: all or nothing; True on a fault."""
         faulted = z3.Or(self.inj.fails(point), z3.ULT(self.inj.limit(point), size))
-        reached = self._point(point, "fail_usercopy", faulted)
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
         count = z3.If(faulted, z3.BitVecVal(0, self.off_bits), z3.BitVecVal(size, self.off_bits))
         self.user_writes.append(UserWrite("status:put_user", reached, user_off, count, size,
                                           lambda k: Prov.of(Kind.TDCALL_STATUS, k)))
