@@ -109,7 +109,7 @@ def report_statuses(width: int = REG_BITS) -> List[z3.BitVecRef]:
 
 
 # ---------------------------------------------------------------------------- theorem 6
-def operand_checks_claim(width: int = REG_BITS):
+def operand_checks_claim(width: int = REG_BITS, report_leaf=None, extend_leaf=None):
     """Theorem operand_checks (ref §4.3 steps 1-9, §4.6 steps 1-5), for every 64-bit RCX, RDX, R8:
 
     TDG.MR.REPORT returns OPERAND_INVALID with operand RCX exactly when RCX is not 1024-aligned
@@ -120,10 +120,13 @@ def operand_checks_claim(width: int = REG_BITS):
     (status >> 32 == TDCALL_INVALID_OPERAND) recognises every such status.
     TDG.MR.RTMR.EXTEND likewise: operand RCX exactly when RCX is not 64-aligned, invalid or shared;
     otherwise RDX exactly when RDX >= 4 (after a successful walk); the RTMR changes only on SUCCESS.
-    Returns (claim, variables)."""
+    Returns (claim, variables). ``report_leaf`` / ``extend_leaf`` replace the encodings (expected_sat
+    uses this to show a wrong check order is caught)."""
+    report_leaf = report_leaf or tdg_mr_report
+    extend_leaf = extend_leaf or tdg_mr_rtmr_extend
     rcx, rdx, r8 = z3.BitVecs("rcx rdx r8", width)
     rdx_ept_ok, rcx_ept_ok, lock_free = z3.Bools("rdx_ept_ok rcx_ept_ok rtmr_lock_free")
-    rep = tdg_mr_report(rcx, rdx, r8, rdx_ept_ok=rdx_ept_ok, rcx_ept_ok=rcx_ept_ok, rtmr_lock_free=lock_free)
+    rep = report_leaf(rcx, rdx, r8, rdx_ept_ok=rdx_ept_ok, rcx_ept_ok=rcx_ept_ok, rtmr_lock_free=lock_free)
 
     # The statement, written with URem (arithmetic) where the encoding uses masks (bit tests).
     def not_aligned(reg, name):
@@ -154,7 +157,7 @@ def operand_checks_claim(width: int = REG_BITS):
 
     ext_rcx, ext_rdx = z3.BitVecs("extend_rcx extend_rdx", width)
     ext_ept_ok, ext_lock_free = z3.Bools("extend_rcx_ept_ok extend_rtmr_lock_free")
-    ext = tdg_mr_rtmr_extend(ext_rcx, ext_rdx, rcx_ept_ok=ext_ept_ok, rtmr_lock_free=ext_lock_free)
+    ext = extend_leaf(ext_rcx, ext_rdx, rcx_ept_ok=ext_ept_ok, rtmr_lock_free=ext_lock_free)
     ext_rcx_bad = z3.Or(not_aligned(ext_rcx, "TDX_EXTEND_ALIGN"), invalid_gpa(ext_rcx),
                         z3.Extract(zabi._abi.TDX_GPAW - 1, zabi._abi.TDX_GPAW - 1, ext_rcx) == 1)
     ext_rdx_bad = z3.And(z3.Not(ext_rcx_bad), ext_ept_ok,

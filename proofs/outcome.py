@@ -114,14 +114,17 @@ def _pattern(n: int) -> bytes:
 KernelFactory = Callable[[str], object]
 
 
-def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: KernelFactory) -> Observed:
+def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: KernelFactory,
+        concurrent_extend: bool = False) -> Observed:
     """run(backend, spec, injection, make_kernel) -> Observed: the case on the emulator (Process API).
 
     Realisation of each injection kind (ref §7): an allocation or user-copy point failing -> fail-nth
     with the documented sweep settings (ignore-gfp-wait N, min-order 0); a read limit -> the caller's
     buffer placed so that its byte sits at a page boundary before an unmapped page; a write limit ->
     ``fault_user_copy("partial_to_user", at)``; put_user's limit -> the first page read-only; a TDCALL
-    status -> ``force_tdcall``; mr_lock interrupted -> the lock held elsewhere and a signal pending."""
+    status -> ``force_tdcall``; mr_lock interrupted -> the lock held elsewhere and a signal pending.
+    ``concurrent_extend``: another vCPU's TDG.MR.RTMR.EXTEND is in flight during the call (the module's
+    RTMR lock held exclusively, ref §4.8), instead of a forced status."""
     kernel = make_kernel(spec.name)
     proc = kernel.process()
     read_limit = injection.limits.get("reportdata:copy_from_user")
@@ -141,12 +144,16 @@ def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: Ke
     write_limit = injection.limits.get("tdreport:copy_to_user")
     if write_limit is not None and write_limit < abi.TDX_REPORT_LEN:
         proc.fault_user_copy("partial_to_user", at=write_limit)
-    if injection.tdcall_status != abi.TDX_SUCCESS:
+    if injection.tdcall_status != abi.TDX_SUCCESS and not concurrent_extend:
         kernel.force_tdcall(injection.tdcall_status, leaf=abi.TDG_MR_REPORT)
     fd = proc.open(kernel.device_path)
     if fd < 0:
         raise RuntimeError(f"open({kernel.device_path}) returned {fd}")
-    held = False
+    held = extending = False
+    if concurrent_extend:
+        extending = kernel.module.rtmr_lock_try(True) == abi.TDX_SUCCESS
+        if not extending:
+            raise RuntimeError("could not take the module's RTMR lock for the concurrent extend")
     if injection.lock_interrupted:
         held = kernel.mr_lock_try()
         proc.signal_pending = True
@@ -162,6 +169,8 @@ def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: Ke
         proc.signal_pending = False
         if held:
             kernel.mr_lock_release()
+        if extending:
+            kernel.module.rtmr_unlock(True)
     trace = [tuple(t) for t in proc.last_trace()]
     c = kernel.counters()
     leaked = c["outstanding"] != c["resident"] or c["locks_held"] != 0

@@ -205,6 +205,7 @@ class Path:
         #: The TDREPORT the module produced in this call, once a TDCALL is encoded.
         self.report: Optional[Content] = None
         self.report_status: Optional[z3.BitVecRef] = None
+        self.report_reached: z3.BoolRef = z3.BoolVal(False)
 
     # ------------------------------------------------------------------ control flow
     @property

@@ -181,8 +181,8 @@ def theorem_serialisation(spec: DriverSpec) -> Obligation:
     an RTMR EXTEND (6.16: issued by the driver under mr_lock; earlier versions: a concurrent extender,
     there being no lock), the REPORT never meets OPERAND_BUSY|RTMR (so never returns the errno BUSY
     maps to)."""
-    claim, variables = serialisation_claim(spec.has_mr_lock, spec.status_to_ret)
-    return Obligation(claim, (), variables)
+    claim, both_done, variables = serialisation_claim(spec.has_mr_lock, spec.status_to_ret)
+    return Obligation(claim, (both_done,), variables)
 
 
 BUILDERS: Dict[str, Callable[[DriverSpec], Obligation]] = {
