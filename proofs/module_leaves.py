@@ -8,8 +8,8 @@ for every 64-bit RCX/RDX/R8, every EPT outcome and every lock state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
 import z3
 
@@ -22,6 +22,7 @@ class LeafResult:
     status: z3.BitVecRef     # RAX on exit (meaningless when exited)
     exited: z3.BoolRef       # no status: TD exit to the VMM or #VE (ref §4.3 step 3b)
     written: z3.BoolRef      # the output (TDREPORT / RTMR) was written
+    rows: List[Tuple[str, z3.BoolRef]] = field(default_factory=list)   # (row, "this row decided")
 
 
 class _Checks:
@@ -32,16 +33,23 @@ class _Checks:
         self.done = z3.BoolVal(False)
         self.exited = z3.BoolVal(False)
         self.status = z3.BitVecVal(0, width)
+        self.rows: List[Tuple[str, z3.BoolRef]] = []
 
-    def fail_if(self, cond: z3.BoolRef, status: z3.BitVecRef) -> None:
+    def fail_if(self, cond: z3.BoolRef, status: z3.BitVecRef, row: str = "") -> None:
         hit = z3.And(z3.Not(self.done), cond)
+        self.rows.append((row, hit))
         self.status = z3.If(hit, status, self.status)
         self.done = z3.Or(self.done, hit)
 
-    def exit_if(self, cond: z3.BoolRef) -> None:
+    def exit_if(self, cond: z3.BoolRef, row: str = "") -> None:
         hit = z3.And(z3.Not(self.done), cond)
+        self.rows.append((row, hit))
         self.exited = z3.Or(self.exited, hit)
         self.done = z3.Or(self.done, hit)
+
+    def result(self, last_row: str) -> LeafResult:
+        written = z3.Not(self.done)
+        return LeafResult(self.status, self.exited, written, self.rows + [(last_row, written)])
 
 
 def _misaligned(reg: z3.BitVecRef, align_name: str) -> z3.BoolRef:
@@ -69,17 +77,16 @@ def tdg_mr_report(rcx: z3.BitVecRef, rdx: z3.BitVecRef, r8: z3.BitVecRef, *, rdx
     c = _Checks(w)
     invalid_rcx = _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RCX", w)
     invalid_rdx = _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RDX", w)
-    c.fail_if(_misaligned(rcx, "TDX_REPORT_ALIGN"), invalid_rcx)                     # 1
-    c.fail_if(_misaligned(rdx, "TDX_REPORTDATA_ALIGN"), invalid_rdx)                 # 2
-    c.fail_if(_gpa_invalid(rdx), invalid_rdx)                                        # 3
-    c.exit_if(z3.Not(rdx_ept_ok))                                                    # 3b
-    c.fail_if(r8 != 0, _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_R8", w))  # 4
-    c.fail_if(z3.Not(rtmr_lock_free), _with_operand("TDX_OPERAND_BUSY", "TDX_OPERAND_ID_RTMR", w))  # 5
+    c.fail_if(_misaligned(rcx, "TDX_REPORT_ALIGN"), invalid_rcx, "1")
+    c.fail_if(_misaligned(rdx, "TDX_REPORTDATA_ALIGN"), invalid_rdx, "2")
+    c.fail_if(_gpa_invalid(rdx), invalid_rdx, "3")
+    c.exit_if(z3.Not(rdx_ept_ok), "3b")
+    c.fail_if(r8 != 0, _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_R8", w), "4")
+    c.fail_if(z3.Not(rtmr_lock_free), _with_operand("TDX_OPERAND_BUSY", "TDX_OPERAND_ID_RTMR", w), "5")
     # 6 (re-execution after an interrupt) and 7 (the CPU builds the report) are invisible here.
-    c.fail_if(_gpa_invalid(rcx), invalid_rcx)                                        # 8
-    c.exit_if(z3.Not(rcx_ept_ok))                                                    # 8 (EPT as in 3b)
-    written = z3.Not(c.done)                                                         # 9: copy 1024 B
-    return LeafResult(c.status, c.exited, written)
+    c.fail_if(_gpa_invalid(rcx), invalid_rcx, "8")
+    c.exit_if(z3.Not(rcx_ept_ok), "8 (EPT as in 3b)")
+    return c.result("9: copy 1024 B")
 
 
 def tdg_mr_rtmr_extend(rcx: z3.BitVecRef, rdx: z3.BitVecRef, *, rcx_ept_ok: z3.BoolRef,
@@ -88,14 +95,13 @@ def tdg_mr_rtmr_extend(rcx: z3.BitVecRef, rdx: z3.BitVecRef, *, rcx_ept_ok: z3.B
     w = rcx.size()
     c = _Checks(w)
     invalid_rcx = _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RCX", w)
-    c.fail_if(_misaligned(rcx, "TDX_EXTEND_ALIGN"), invalid_rcx)                     # 1
-    c.fail_if(z3.Or(_gpa_invalid(rcx), _shared(rcx)), invalid_rcx)                   # 2 (private only)
-    c.exit_if(z3.Not(rcx_ept_ok))                                                    # 2 (EPT problems)
-    c.fail_if(z3.UGE(rdx, zabi.bv("TDX_NUM_RTMRS", w)),
-              _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RDX", w))         # 3 (full 64-bit)
-    c.fail_if(z3.Not(rtmr_lock_free), _with_operand("TDX_OPERAND_BUSY", "TDX_OPERAND_ID_RTMR", w))  # 4
-    written = z3.Not(c.done)                                                         # 5: extend RTMR[idx]
-    return LeafResult(c.status, c.exited, written)
+    c.fail_if(_misaligned(rcx, "TDX_EXTEND_ALIGN"), invalid_rcx, "1")
+    c.fail_if(z3.Or(_gpa_invalid(rcx), _shared(rcx)), invalid_rcx, "2 (private only)")
+    c.exit_if(z3.Not(rcx_ept_ok), "2 (EPT problems)")
+    c.fail_if(z3.UGE(rdx, zabi.bv("TDX_NUM_RTMRS", w)),       # full 64-bit compare
+              _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RDX", w), "3")
+    c.fail_if(z3.Not(rtmr_lock_free), _with_operand("TDX_OPERAND_BUSY", "TDX_OPERAND_ID_RTMR", w), "4")
+    return c.result("5: extend RTMR[idx]")
 
 
 def report_statuses(width: int = REG_BITS) -> List[z3.BitVecRef]:

@@ -84,7 +84,7 @@ def _report_r8_before_rdx(rcx, rdx, r8, *, rdx_ept_ok, rcx_ept_ok, rtmr_lock_fre
     c.fail_if(z3.Not(rtmr_lock_free), _with_operand("TDX_OPERAND_BUSY", "TDX_OPERAND_ID_RTMR", w))
     c.fail_if(_gpa_invalid(rcx), _with_operand("TDX_OPERAND_INVALID", "TDX_OPERAND_ID_RCX", w))
     c.exit_if(z3.Not(rcx_ept_ok))
-    return module_leaves.LeafResult(c.status, c.exited, z3.Not(c.done))
+    return c.result("9")
 
 
 def _operand_obligation(report_leaf) -> Obligation:
