@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import z3
 
+from proofs import v4_2022_04
 from proofs.drivers import DRIVERS
 from proofs.outcome import materialise, predict
 from proofs.symbolic import ConcreteInjection
@@ -24,13 +25,26 @@ _STATUS = {("success", None): abi.TDX_SUCCESS,
            ("busy", None): abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR}
 
 
+def _regions(driver: str):
+    """(read region, write region) of the request as the campaign schema defines them: the REPORTDATA
+    copy-in and the TDREPORT copy-out, each (offset from arg, length) (ref §2.2, §2.4)."""
+    spec = DRIVERS[driver]
+    return ((abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORTDATA_LEN),
+            (spec.tdreport_user_off, abi.TDX_REPORT_LEN))
+
+
+def _position(at: str, length: int) -> int:
+    """The campaign schema's POSITION names: region offset of the first faulting byte."""
+    return {"first_byte": 0, "middle": length // 2, "last_byte": length - 1, "page_boundary": length}[at]
+
+
 def _copies(driver: str):
     """The user accesses of the ioctl: point -> (offset from arg, length, permission)."""
-    _cmd, _req, (read_off, read_len), (write_off, write_len) = campaign._layout(driver)
+    (read_off, read_len), (write_off, write_len) = _regions(driver)
     out = {"reportdata:copy_from_user": (read_off, read_len, "read"),
            "tdreport:copy_to_user": (write_off, write_len, "write")}
     if driver == "v4-2022-04":
-        out["status:put_user"] = (0, 8, "write")    # ref §2.2 row 4: a long at user offset 0
+        out["status:put_user"] = (0, v4_2022_04.STATUS_WORD_LEN, "write")   # ref §2.2 row 4
     return out
 
 
@@ -40,9 +54,9 @@ def injection_of(driver: str, spec: Dict[str, Any]) -> ConcreteInjection:
     limits: Dict[str, int] = {}
     uf = spec["user_fault"]
     if uf is not None:
-        _cmd, _req, read_region, write_region = campaign._layout(driver)
+        read_region, write_region = _regions(driver)
         region_off, region_len = read_region if uf["access"] == "read" else write_region
-        first_bad = region_off + campaign._position_offset(uf["at"], region_len)  # from arg; later pages too
+        first_bad = region_off + _position(uf["at"], region_len)  # from arg; later pages lose it too
         for point, (start, length, access) in _copies(driver).items():
             if access == uf["access"] and start + length > first_bad:
                 limits[point] = max(0, first_bad - start)
@@ -73,8 +87,8 @@ def _runs(after: List[int], before: bytes) -> List[Dict[str, Any]]:
 
 def caller_buffer(driver: str) -> bytes:
     """The request as run_case fills it: the selftest's REPORTDATA 0..63 (ref §3), FILLER elsewhere."""
-    _cmd, req_len, (read_off, read_len), _w = campaign._layout(driver)
-    buf = bytearray([campaign.FILLER]) * req_len
+    (read_off, read_len), _write = _regions(driver)
+    buf = bytearray([campaign.FILLER]) * DRIVERS[driver].user_len
     buf[read_off:read_off + read_len] = bytes(range(read_len))
     return bytes(buf)
 

@@ -10,7 +10,7 @@ from proofs.theorems import BUILDERS
 pytestmark = pytest.mark.proof
 
 
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[f"{m.name} [{m.theorem}]" for m in MUTANTS])
 def test_wrong_encoding_is_caught(mutant):
     v = check(mutant.obligation())
     assert v.result == COUNTEREXAMPLE, f"{mutant.name} ({mutant.anchor}) not caught by {mutant.theorem}: {v}"

@@ -42,7 +42,8 @@ def _v62_variant(name: str, body: Callable[[Path], None]) -> DriverSpec:
 
 
 def _v62_body(*, free_on_copy_fault: bool = True, check_copy_in: bool = True,
-              copy_before_status: bool = False) -> Callable[[Path], None]:
+              copy_before_status: bool = False, check_copy_out: bool = True,
+              status_to_user: bool = False) -> Callable[[Path], None]:
     def body(p: Path) -> None:
         w = p.inj.reg_bits
         reportdata = p.alloc("reportdata", 64, point="reportdata:kmalloc", capability="failslab", zeroed=False)
@@ -57,8 +58,13 @@ def _v62_body(*, free_on_copy_fault: bool = True, check_copy_in: bool = True,
         if copy_before_status:   # cf. v4 3/3 GetQuote: "copied back before the status is checked" (ref §2.2)
             p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")
         p.assign_ret(ret)
+        if status_to_user:       # v4's uapi promise carried over: the status back at arg+0
+            with p.when(ret != 0):
+                p.put_user_status(0, 8, point="status:put_user")
         p.goto_if(ret != 0)
-        if not copy_before_status:
+        if not copy_before_status and not check_copy_out:
+            p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")   # result dropped
+        elif not copy_before_status:
             not_copied = p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")
             if free_on_copy_fault:
                 with p.when(not_copied != 0):
@@ -102,6 +108,15 @@ MUTANTS: List[Mutant] = [
     Mutant("v6.2 copies out before checking the status", "no_disclosure",
            "ref §2.2 v4 3/3 GetQuote: 'the buffer is copied back before the status is checked'",
            lambda: BUILDERS["no_disclosure"](_v62_variant("early copy", _v62_body(copy_before_status=True)))),
+    Mutant("v6.2 copy_to_user result ignored", "errno_contract",
+           "ref §2.4 row 5: a faulting copy-out is -EFAULT; returning 0 claims a TDREPORT that did not arrive",
+           lambda: BUILDERS["errno_contract"](_v62_variant("unchecked out", _v62_body(check_copy_out=False)))),
+    Mutant("v6.2 copy_to_user result ignored", "no_silent_loss",
+           "ref §7: a partial copy-out leaves a prefix; unreported, the caller trusts a torn TDREPORT",
+           lambda: BUILDERS["no_silent_loss"](_v62_variant("unchecked out", _v62_body(check_copy_out=False)))),
+    Mutant("v6.2 writing the status back (v4's uapi promise)", "no_silent_loss",
+           "ref §2.4 row 4: 'user untouched'; v4 wrote bytes 0..7 (ref §2.2 row 4), 6.2 documents no such write",
+           lambda: BUILDERS["no_silent_loss"](_v62_variant("status out", _v62_body(status_to_user=True)))),
     Mutant("v6.16 with the v6.15 errno table (no OPERAND_BUSY row)", "status_mapping",
            "style.md lesson 11: 'an errno table without OPERAND_BUSY'; ref §2.5 table",
            lambda: BUILDERS["status_mapping"](dataclasses.replace(v6_16.DRIVER,
