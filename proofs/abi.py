@@ -47,6 +47,23 @@ def operand_status(status_name: str, operand_name: str, width: int = REG_BITS) -
     return bv(status_name, width) | bv(operand_name, width)
 
 
+_CLASS_MASK = _abi.VALUES["TDX_STATUS_CLASS_MASK"]
+#: Where a status's class starts: Linux compares ``status >> 32`` (ref §2.4), the lowest bit of
+#: TDX_STATUS_CLASS_MASK (bits 63:32, ref §4.1).
+STATUS_CLASS_SHIFT = (_CLASS_MASK & -_CLASS_MASK).bit_length() - 1
+
+
+def status_class(status: z3.BitVecRef) -> z3.BitVecRef:
+    """status_class(status: BitVec) -> BitVec: ``status >> 32`` as Linux writes it - a logical shift
+    (LShR), never the arithmetic ``>>`` that would smear bit 63 (style.md lesson 10)."""
+    return z3.LShR(status, STATUS_CLASS_SHIFT)
+
+
+def status_operand(status: z3.BitVecRef) -> z3.BitVecRef:
+    """status_operand(status: BitVec) -> BitVec[32]: bits 31:0, the operand id (ref §4.1)."""
+    return z3.Extract(STATUS_CLASS_SHIFT - 1, 0, status)
+
+
 #: Every ABI constant as a 64-bit z3 value, by name (checked against the table in test_abi.py).
 Z3_CONSTANTS: Dict[str, z3.BitVecRef] = {c.name: bv(c.name) for c in _abi.CONSTANTS}
 globals().update(Z3_CONSTANTS)

@@ -8,9 +8,7 @@ caller's memory); ``differences(expected, record)`` lists any disagreement.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
-
-import z3
+from typing import Any, Dict, List
 
 from proofs import v4_2022_04
 from proofs.drivers import DRIVERS

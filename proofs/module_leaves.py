@@ -143,8 +143,8 @@ def operand_checks_claim(width: int = REG_BITS, report_leaf=None, extend_leaf=No
                       z3.BitVecVal(1 << zabi._abi.TDX_GPAW, width))
 
     def with_operand(status, operand):
-        return z3.And(z3.LShR(status, 32) == zabi.bv("LINUX_TDCALL_INVALID_OPERAND", width),
-                      z3.Extract(31, 0, status) == zabi.bv(operand, 32))
+        return z3.And(zabi.status_class(status) == zabi.bv("LINUX_TDCALL_INVALID_OPERAND", width),
+                      zabi.status_operand(status) == zabi.bv(operand, zabi.STATUS_CLASS_SHIFT))
 
     rcx_bad = not_aligned(rcx, "TDX_REPORT_ALIGN")
     rdx_bad = z3.Or(not_aligned(rdx, "TDX_REPORTDATA_ALIGN"), invalid_gpa(rdx))

@@ -10,8 +10,8 @@ difference; the conformance tests and ``python -m proofs --replay`` require none
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 import z3
 

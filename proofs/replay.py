@@ -16,7 +16,7 @@ import z3
 from proofs.drivers import DRIVERS
 from proofs.engine import COUNTEREXAMPLE
 from proofs.interleave import STEPS
-from proofs.outcome import Observed, Predicted, changed_offsets, compare, predict, run, signed
+from proofs.outcome import Observed, Predicted, changed_offsets, compare, predict, run
 from proofs.runner import Result, prove
 from proofs.spec import DriverSpec
 from proofs.symbolic import ConcreteInjection, Injection, Kind
@@ -26,8 +26,10 @@ from tdxmodel.config import ModuleConfig
 PATH_THEOREMS = ("no_leak", "errno_contract", "no_silent_loss", "no_disclosure")
 
 
-def injection_from_counterexample(spec: DriverSpec, cex: Dict[str, object]) -> Tuple[ConcreteInjection, List[str]]:
-    """(concrete case, points it passes) for a driver-path counterexample."""
+def injection_from_counterexample(spec: DriverSpec,
+                                  cex: Dict[str, object]) -> Tuple[ConcreteInjection, List[str], bool]:
+    """(concrete case, points it passes, whether it reaches the TDCALL) for a driver-path
+    counterexample."""
     inj = Injection()
     p = spec.ioctl(inj)
     pins = []
@@ -48,7 +50,7 @@ def injection_from_counterexample(spec: DriverSpec, cex: Dict[str, object]) -> T
     concrete = ConcreteInjection(cmd=int(cex["cmd"]), tdcall_status=status,
                                  failed_point=failed[0] if failed else None, limits=limits,
                                  lock_interrupted=bool(cex.get("mr_lock_interrupted", False)))
-    return concrete, [v.name for v in reached]
+    return concrete, [v.name for v in reached], tdcall_reached
 
 
 def prune(spec: DriverSpec, cex: Optional[Dict[str, object]]) -> Optional[Dict[str, object]]:
@@ -60,8 +62,7 @@ def prune(spec: DriverSpec, cex: Optional[Dict[str, object]]) -> Optional[Dict[s
         return {"schedule": schedule, **rest}
     if cex is None or "cmd" not in cex:
         return cex
-    concrete, reached = injection_from_counterexample(spec, cex)
-    tdcall_reached = concrete.tdcall_status == cex["tdcall_status"] and _tdcall_reached(spec, concrete)
+    _concrete, reached, tdcall_reached = injection_from_counterexample(spec, cex)
     keep = {}
     for k, v in cex.items():
         if k.startswith(("fail[", "limit[")) and k[k.index("[") + 1:-1] not in reached:
@@ -73,12 +74,6 @@ def prune(spec: DriverSpec, cex: Optional[Dict[str, object]]) -> Optional[Dict[s
         keep[k] = v
     return keep
 
-
-def _tdcall_reached(spec: DriverSpec, concrete: ConcreteInjection) -> bool:
-    try:
-        return any(True for _ in [predict(spec, concrete)]) and concrete.cmd == abi.VALUES[spec.report_cmd]
-    except ValueError:
-        return False
 
 
 def describe_runs(provenance_or_obs) -> str:
@@ -124,7 +119,7 @@ def replay(theorem: str, driver: str, backends: Sequence[str] = (),
     concurrent = False
     claim_ret: Optional[int] = None
     if theorem in PATH_THEOREMS:
-        concrete, _reached = injection_from_counterexample(spec, cex)
+        concrete, _reached, _tdcall = injection_from_counterexample(spec, cex)
     elif theorem == "serialisation":
         # A's TDCALL meets an EXTEND in flight on another vCPU (the counterexample's schedule).
         concrete = ConcreteInjection(cmd=cmd, tdcall_status=int(cex["report_status"]))

@@ -8,7 +8,7 @@ the reference documents for it (errno set, documented writes, the reference's st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import z3
 

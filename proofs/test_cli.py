@@ -37,8 +37,8 @@ def test_replay_shows_the_same_outcome(capsys):
     assert "z3      : ret=0" in out and "reference: ret=0" in out and "replayed" in out
 
 
-@pytest.mark.parametrize("argv", [["--driver", "v5"], ["--replay", "no_leak"], ["--replay", "nonsense", "--driver", "v6.2"],
-                                  ["--timeout-ms", "0"]])
+@pytest.mark.parametrize("argv", [["--driver", "v5"], ["--replay", "no_leak"],
+                                  ["--replay", "nonsense", "--driver", "v6.2"], ["--timeout-ms", "0"]])
 def test_bad_arguments_exit_2_with_one_line(argv):
     p = subprocess.run([sys.executable, "-m", "proofs", *argv], capture_output=True, text=True)
     assert p.returncode == 2 and p.stdout == ""

@@ -65,7 +65,6 @@ def test_counterexample_replays_on_emulator(backend, make_kernel, theorem, drive
 def test_conformance_check_detects_a_drifted_encoding(backend, make_kernel):
     # The v6.2 variant that copies out before checking the status (expected_sat) predicts zeroed
     # bytes in the caller's buffer on a BUSY status; the emulator leaves the buffer alone.
-    import dataclasses
     from proofs.expected_sat.mutants import _v62_body, _v62_variant
     drifted = _v62_variant("early copy", _v62_body(copy_before_status=True))
     injection = SPACE["v6.2"][f"status 0x{abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR:016x}"]

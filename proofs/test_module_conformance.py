@@ -86,7 +86,8 @@ def test_every_row_has_witnesses():
 
 
 @pytest.mark.parametrize("row,status,regs", REPORT_CASES,
-                         ids=[f"row{w}:rcx={r[0]:#x},rdx={r[1]:#x},r8={r[2]:#x},free={r[3]}" for w, s, r in REPORT_CASES])
+                         ids=[f"row{w}:rcx={r[0]:#x},rdx={r[1]:#x},r8={r[2]:#x},free={r[3]}"
+                              for w, s, r in REPORT_CASES])
 def test_mr_report_matches_encoding(make_module, row, status, regs):
     rcx, rdx, r8, lock_free = regs
     m = _module(make_module)

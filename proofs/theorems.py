@@ -123,7 +123,7 @@ def reference_mapping(spec: DriverSpec, status: z3.BitVecRef) -> z3.BitVecRef:
     w = status.size()
     ret = zabi.neg_errno(spec.reference_default, w)
     for cls, err in reversed(spec.reference_table):
-        ret = z3.If(z3.LShR(status, 32) == zabi.bv(cls, w), zabi.neg_errno(err, w), ret)
+        ret = z3.If(zabi.status_class(status) == zabi.bv(cls, w), zabi.neg_errno(err, w), ret)
     return z3.If(spec.reference_failing(status), ret, z3.BitVecVal(0, w))
 
 
@@ -133,7 +133,7 @@ def emulator_mapping(driver: str, status: z3.BitVecRef) -> z3.BitVecRef:
     table, default = _errors.ERRNO_PROFILES[driver]
     ret = -z3.BitVecVal(default, w)
     for cls, err in table.items():
-        ret = z3.If(z3.LShR(status, 32) == cls, -z3.BitVecVal(err, w), ret)
+        ret = z3.If(zabi.status_class(status) == cls, -z3.BitVecVal(err, w), ret)
     return z3.If(status == 0, z3.BitVecVal(0, w), ret)
 
 
@@ -144,7 +144,7 @@ def theorem_status_mapping(spec: DriverSpec, width: int = zabi.REG_BITS) -> Obli
     produce (SUCCESS, or a nonzero class in bits 63:32, ref §4.1)."""
     status = z3.BitVec("status", width)
     code = spec.status_to_ret(status)
-    in_module_domain = z3.Or(status == 0, z3.LShR(status, 32) != 0)
+    in_module_domain = z3.Or(status == 0, zabi.status_class(status) != 0)
     claim = z3.And(code == reference_mapping(spec, status),
                    z3.Or([code == v for v in _documented_returns(spec, width)]),
                    z3.Implies(in_module_domain, code == emulator_mapping(spec.name, status)))
@@ -172,7 +172,7 @@ def theorem_operand_checks(spec: DriverSpec, width: int = zabi.REG_BITS) -> Obli
                          rcx_ept_ok=z3.BoolVal(True), rtmr_lock_free=lock_free)
     variables["driver_report_status"] = leaf.status
     driver_claim = z3.Implies(z3.And(facts),
-                              z3.LShR(leaf.status, 32) != zabi.bv("LINUX_TDCALL_INVALID_OPERAND", width))
+                              zabi.status_class(leaf.status) != zabi.bv("LINUX_TDCALL_INVALID_OPERAND", width))
     return Obligation(z3.And(module_claim, driver_claim), (), variables)
 
 

@@ -21,7 +21,7 @@ REPORTDATA_IN_BUF = A.TDR_OFF_REPORTDATA      # REPORTDATA is copied to tdx_repo
 def tdx_mcall_get_report0(status: z3.BitVecRef) -> z3.BitVecRef:
     """tdx_mcall_get_report0 / tdx_mcall_extend_rtmr mapping since 9026983cd740 (ref §2.5 table)."""
     w = status.size()
-    cls = z3.LShR(status, 32)
+    cls = zabi.status_class(status)
     return z3.If(status == 0, z3.BitVecVal(0, w),
                  z3.If(cls == zabi.bv("LINUX_TDCALL_INVALID_OPERAND", w), zabi.neg_errno("ENXIO", w),
                        z3.If(cls == zabi.bv("LINUX_TDCALL_OPERAND_BUSY", w), zabi.neg_errno("EBUSY", w),

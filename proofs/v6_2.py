@@ -10,7 +10,7 @@ from __future__ import annotations
 import z3
 
 from proofs import abi as zabi
-from proofs.abi import CMD_BITS, REG_BITS
+from proofs.abi import CMD_BITS
 from proofs.module_leaves import report_statuses
 from proofs.spec import DriverSpec
 from proofs.symbolic import Injection, Path
@@ -24,7 +24,7 @@ def tdx_mcall_get_report0(status: z3.BitVecRef) -> z3.BitVecRef:
     """tdx_mcall_get_report0 status mapping (ref §2.4 row 4): the class is compared after ``>> 32``."""
     w = status.size()
     return z3.If(status == 0, z3.BitVecVal(0, w),
-                 z3.If(z3.LShR(status, 32) == zabi.bv("LINUX_TDCALL_INVALID_OPERAND", w),
+                 z3.If(zabi.status_class(status) == zabi.bv("LINUX_TDCALL_INVALID_OPERAND", w),
                        zabi.neg_errno("EINVAL", w), zabi.neg_errno("EIO", w)))
 
 

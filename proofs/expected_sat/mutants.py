@@ -22,6 +22,7 @@ from proofs.symbolic import Injection, Path
 from proofs.theorems import BUILDERS
 
 A = zabi._abi
+REQ_RD, REQ_TDR = A.TDX_REPORT_REQ_OFF_REPORTDATA, A.TDX_REPORT_REQ_OFF_TDREPORT
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,29 @@ def _v62_body(*, free_on_copy_fault: bool = True, check_copy_in: bool = True,
               status_to_user: bool = False) -> Callable[[Path], None]:
     def body(p: Path) -> None:
         w = p.inj.reg_bits
-        reportdata = p.alloc("reportdata", 64, point="reportdata:kmalloc", capability="failslab", zeroed=False)
+        reportdata = p.alloc("reportdata", A.TDX_REPORTDATA_LEN, point="reportdata:kmalloc",
+                             capability="failslab", zeroed=False)
         p.return_if(z3.Not(reportdata.ok), zabi.neg_errno("ENOMEM", w))
-        tdreport = p.alloc("tdreport", 1024, point="tdreport:kzalloc", capability="failslab", zeroed=True)
+        tdreport = p.alloc("tdreport", A.TDX_REPORT_LEN, point="tdreport:kzalloc",
+                           capability="failslab", zeroed=True)
         p.goto_if(z3.Not(tdreport.ok), zabi.neg_errno("ENOMEM", w))
-        not_copied = p.copy_from_user(reportdata, 0, 0, 64, point="reportdata:copy_from_user")
+        not_copied = p.copy_from_user(reportdata, 0, REQ_RD, A.TDX_REPORTDATA_LEN,
+                                      point="reportdata:copy_from_user")
         if check_copy_in:
             p.goto_if(not_copied != 0, zabi.neg_errno("EFAULT", w))
         status = p.tdcall_mr_report(tdreport, 0, reportdata, 0, report_statuses(w))
         ret = v6_2.tdx_mcall_get_report0(status)
         if copy_before_status:   # cf. v4 3/3 GetQuote: "copied back before the status is checked" (ref §2.2)
-            p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")
+            p.copy_to_user(REQ_TDR, tdreport, 0, A.TDX_REPORT_LEN, point="tdreport:copy_to_user")
         p.assign_ret(ret)
         if status_to_user:       # v4's uapi promise carried over: the status back at arg+0
             with p.when(ret != 0):
-                p.put_user_status(0, 8, point="status:put_user")
+                p.put_user_status(0, v4_2022_04.STATUS_WORD_LEN, point="status:put_user")
         p.goto_if(ret != 0)
         if not copy_before_status and not check_copy_out:
-            p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")   # result dropped
+            p.copy_to_user(REQ_TDR, tdreport, 0, A.TDX_REPORT_LEN, point="tdreport:copy_to_user")   # result dropped
         elif not copy_before_status:
-            not_copied = p.copy_to_user(64, tdreport, 0, 1024, point="tdreport:copy_to_user")
+            not_copied = p.copy_to_user(REQ_TDR, tdreport, 0, A.TDX_REPORT_LEN, point="tdreport:copy_to_user")
             if free_on_copy_fault:
                 with p.when(not_copied != 0):
                     p.assign_ret(zabi.neg_errno("EFAULT", w))
@@ -137,12 +141,14 @@ def _v4_fixed_ioctl(inj: Injection) -> Path:
     p = Path(inj, "v4 fixed")
     w = inj.reg_bits
     p.return_if(inj.cmd != zabi.bv("TDX_CMD_GET_TDREPORT", CMD_BITS), zabi.neg_errno("ENOTTY", w))
-    reportdata = p.alloc("reportdata", 64, point="reportdata:kmalloc", capability="failslab", zeroed=False)
+    reportdata = p.alloc("reportdata", A.TDX_REPORTDATA_LEN, point="reportdata:kmalloc",
+                         capability="failslab", zeroed=False)
     p.return_if(z3.Not(reportdata.ok), zabi.neg_errno("ENOMEM", w))
     tdreport = p.alloc("tdreport", A.TDX_PAGE_SIZE, point="tdreport:get_zeroed_page",
                        capability="fail_page_alloc", zeroed=True)
     p.goto_if(z3.Not(tdreport.ok), zabi.neg_errno("ENOMEM", w))
-    not_copied = p.copy_from_user(reportdata, 0, 0, 64, point="reportdata:copy_from_user")
+    not_copied = p.copy_from_user(reportdata, 0, 0, A.TDX_REPORTDATA_LEN,
+                                  point="reportdata:copy_from_user")
     p.goto_if(not_copied != 0, zabi.neg_errno("EFAULT", w))
     status = p.tdcall_mr_report(tdreport, 0, reportdata, 0, report_statuses(w))
     ret = v4_2022_04.tdx_mcall_tdreport(status)
