@@ -23,6 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _format_value(key: str, value: object) -> str:
+    if key.startswith("user_kind_at_") and isinstance(value, int):
+        from proofs.symbolic import Kind
+        return f"{key}={Kind(value).name}"
     if isinstance(value, bool) or not isinstance(value, int):
         return f"{key}={value}"
     if value < 0 or key in ("i", "j", "ret") or key.endswith("ret") or key.startswith(("user_", "limit[")):
