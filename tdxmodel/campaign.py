@@ -39,6 +39,10 @@ Case specification (a dict; every key always present)::
 Case record (``run_case``'s result; the spec's keys plus)::
 
     backend, driver     str
+    arg                 int   the user address passed to the ioctl
+    status              int   the 64-bit status the REPORT TDCALL was made to return (0: success;
+                              not issued at all when an earlier step failed)
+    user_fault_offset   int | null   the region offset k of the first faulting user byte
     ret                 int   0 or -errno, as the ioctl returned it
     outcome             str   "0" or "-E..." (the class the summary counts)
     leaked              int   outstanding allocations after the call beyond the documented resident
@@ -289,7 +293,9 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
 
     record = dict(spec)
     record.update({
-        "backend": backend.BACKEND_NAME, "driver": driver, "ret": ret, "outcome": _outcome_name(ret),
+        "backend": backend.BACKEND_NAME, "driver": driver, "arg": arg, "status": status,
+        "user_fault_offset": None if uf is None else _position_offset(uf["at"], region_len),
+        "ret": ret, "outcome": _outcome_name(ret),
         "leaked": counters["outstanding"] - counters["resident"], "locks_held": counters["locks_held"],
         "fail_nth_fired": fired, "trace": [list(t) for t in trace], "user_changed": changed,
         "changed": runs, "foreign_bytes": foreign, "tdreport_complete": complete,

@@ -134,6 +134,19 @@ def test_v4_defects_are_visible(results):
         assert by_id["user_fault:write:first_byte@busy"]["ret"] == -abi.EIO
 
 
+def test_records_name_the_realised_injection(results):
+    for backend in backend_names():
+        by_id = {r["id"]: r for r in results[(backend, "v6.2")]["cases"]}
+        assert by_id["tdcall:operand_invalid:RDX"]["status"] == abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RDX
+        assert by_id["tdcall:busy"]["status"] == abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
+        assert by_id["tdcall:success"]["status"] == abi.TDX_SUCCESS
+        assert by_id["user_fault:write:middle"]["user_fault_offset"] == abi.TDX_REPORT_LEN // 2
+        assert by_id["user_fault:read:page_boundary"]["user_fault_offset"] == abi.TDX_REPORTDATA_LEN
+        assert by_id["tdcall:success"]["user_fault_offset"] is None
+        # the changed runs are offsets from arg: a genuine copy-out fault at 512 wrote 64..575
+        assert by_id["user_fault:write:middle"]["changed"][0]["offset"] >= abi.TDX_REPORT_REQ_OFF_TDREPORT
+
+
 def test_partial_copies_are_byte_exact(results):
     for backend in backend_names():
         for driver in abi.DRIVERS:
@@ -170,6 +183,14 @@ def test_cli_json(capsys):
     for case in doc["cases"]:
         assert isinstance(case["cmd"], int) and isinstance(case["ret"], int)
         assert {"leaked", "user_changed", "description"} <= set(case)
+
+
+def test_progress_goes_to_stderr(capsys):
+    report = campaign.stderr_progress(min_seconds=0)
+    for i in range(1, 4):
+        report(i, 3)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "campaign: 3/3 cases" in captured.err
 
 
 def run_cli(argv):

@@ -2,6 +2,8 @@
 on the 1088-byte struct tdx_report_req, kmalloc + kzalloc, no lock.
 """
 
+import threading
+
 import pytest
 
 from tdxmodel import abi
@@ -175,6 +177,33 @@ def test_unknown_command_is_enotty(dev, cmd):
     before = snapshot(p)
     assert call(k, p, fd, cmd=cmd) == -abi.ENOTTY
     assert snapshot(p) == before and k.counters()["allocs"] == 0
+
+
+def test_concurrent_callers_share_the_allocator(dev):
+    """Threads, each its own process, call at once: every report is right, nothing leaks."""
+    k, p, fd = dev
+    results, guard = [], threading.Lock()
+
+    def caller(tag):
+        q = k.process()
+        q.mmap(REQ, 2 * PAGE, "rw")
+        rd = bytes([tag]) * 64
+        q.poke(REQ, rd)
+        qfd = q.open(k.device_path)
+        ok = [q.ioctl(qfd, CMD, REQ) == 0 and q.peek(REQ + OUT, abi.TDX_REPORT_LEN) == k.module.report(rd)
+              for _ in range(20)]
+        q.close(qfd)
+        with guard:
+            results.extend(ok)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [True] * 80
+    c = k.counters()
+    assert c["outstanding"] == 0 and c["allocs"] == c["frees"] == 160
 
 
 def test_no_poison_reaches_the_user_under_any_fault(dev):

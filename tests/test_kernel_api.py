@@ -99,6 +99,7 @@ def test_mmap_maps_zero_filled_pages_and_poke_ignores_protection(make_kernel):
 @pytest.mark.parametrize("args", [
     (REQ + 1, PAGE, "rw"),   # not page-aligned
     (REQ, 0, "rw"),          # empty
+    (REQ, -PAGE, "rw"),      # negative length
     (REQ, PAGE, "x"),        # no such protection
     (-PAGE, PAGE, "rw"),     # negative address
     ((1 << 64) - PAGE, 2 * PAGE, "rw"),  # beyond the address space
@@ -127,6 +128,17 @@ def test_unmapped_host_access_is_a_value_error(make_kernel):
     p.munmap(REQ, PAGE)
     with pytest.raises(ValueError):
         p.peek(REQ, 1)
+
+
+def test_negative_sizes_are_value_errors(make_kernel):
+    p = make_kernel("v6.2").process()
+    p.mmap(REQ, PAGE, "rw")
+    with pytest.raises(ValueError, match="n"):
+        p.peek(REQ, -1)
+    with pytest.raises(ValueError, match="length"):
+        p.munmap(REQ, -PAGE)
+    with pytest.raises(ValueError, match="length"):
+        p.mprotect(REQ, -1, "r")
 
 
 def test_wrong_types_are_type_errors(make_kernel):

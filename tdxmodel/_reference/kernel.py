@@ -33,7 +33,7 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from tdxmodel import abi, errors
+from tdxmodel import abi
 from tdxmodel._reference import drivers as _drivers
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -265,6 +265,7 @@ class Kernel:
         self._faults = {cap: FaultAttr(cap, rng_seed, self._fault_lock) for cap in abi.FAULT_CAPABILITIES}
         self._forced: Optional[Tuple[int, Optional[int], int]] = None  # (status, leaf, remaining)
         self._misaligned: Optional[str] = None
+        self._mr_outside_holds = False
         self._counters = dict(allocs=0, frees=0, slab_allocs=0, page_allocs=0, locks_taken=0,
                               locks_released=0)
         self._resident = 0
@@ -349,13 +350,15 @@ class Kernel:
         if not lock.acquire(blocking=False):
             return False
         self._count_lock(+1)
+        self._mr_outside_holds = True
         return True
 
     def mr_lock_release(self) -> None:
         """mr_lock_release() -> None: release a hold taken with mr_lock_try (ValueError if not held)."""
         lock = self._mr_lock_or_raise()
-        if not lock.locked():
-            raise ValueError("mr_lock is not held")
+        if not self._mr_outside_holds:  # never release a hold a driver call owns
+            raise ValueError("mr_lock is not held by mr_lock_try")
+        self._mr_outside_holds = False
         self.mutex_unlock(lock)
 
     def counters(self) -> Dict[str, int]:
@@ -437,9 +440,11 @@ class Kernel:
 
         A slab object (kzalloc with ``zero``); None when failslab fails it (ref §7)."""
         extra = MISALIGN_OFFSET if misaligned else 0
-        size_class = next(c for c in SLAB_CLASSES if c >= size)
-        if extra:  # same natural alignment, room for the offset: the next power of two up
-            size_class = next(c for c in SLAB_CLASSES if c >= 2 * size_class and c & (c - 1) == 0)
+        size_class = next((c for c in SLAB_CLASSES if c >= size), None)
+        if extra and size_class is not None:  # room for the offset, same alignment: a power of two up
+            size_class = next((c for c in SLAB_CLASSES if c >= 2 * size_class and c & (c - 1) == 0), None)
+        if size_class is None or size <= 0:
+            raise ValueError(f"kmalloc: size {size} is outside the slab classes of this model")
         if self.inject(task, point, "failslab", size_class):
             return None
         with self._lock:
@@ -535,12 +540,16 @@ class Kernel:
     def copy_from_user(self, task: "Process", point: str, kdst: int, uaddr: int, n: int) -> int:
         """copy_from_user(task, point, kdst, uaddr, n) -> int: bytes not copied; the kernel buffer's
         uncopied tail is zero-filled."""
-        if self.inject(task, point, "fail_usercopy", 1):
-            data = b""
-        else:
-            data = task._read_user(uaddr, n)
+        data = self.copy_in(task, point, uaddr, n)
         self.write(kdst, data + bytes(n - len(data)))
         return n - len(data)
+
+    def copy_in(self, task: "Process", point: str, uaddr: int, n: int) -> bytes:
+        """copy_in(task, point, uaddr, n) -> bytes: the user bytes up to the first faulting one, or
+        nothing when fail_usercopy fails the point (a buffer sysfs keeps, or copy_from_user's source)."""
+        if self.inject(task, point, "fail_usercopy", 1):
+            return b""
+        return task._read_user(uaddr, n)
 
     def copy_to_user(self, task: "Process", point: str, uaddr: int, ksrc: int, n: int) -> int:
         """copy_to_user(task, point, uaddr, ksrc, n) -> int: bytes not copied; the copied prefix stays."""
