@@ -44,7 +44,9 @@ def injection_from_counterexample(spec: DriverSpec,
     m = s.model()
     reached = [v for v in p.points if z3.is_true(m.eval(v.reached, model_completion=True))]
     failed = [v.name for v in reached if z3.is_true(m.eval(v.failed, model_completion=True))]
-    limits = {v.name: int(cex[f"limit[{v.name}]"]) for v in reached if f"limit[{v.name}]" in cex}
+    # Only limits that stop a copy early matter; larger ones mean "no genuine fault".
+    limits = {v.name: int(cex[f"limit[{v.name}]"]) for v in reached
+              if f"limit[{v.name}]" in cex and int(cex[f"limit[{v.name}]"]) < v.length}
     tdcall_reached = p.report_status is not None and z3.is_true(m.eval(p.report_reached, model_completion=True))
     status = int(cex["tdcall_status"]) if tdcall_reached else abi.TDX_SUCCESS  # unreached: irrelevant
     concrete = ConcreteInjection(cmd=int(cex["cmd"]), tdcall_status=status,

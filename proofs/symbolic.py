@@ -174,6 +174,7 @@ class PointVisit:
     capability: str
     reached: z3.BoolRef
     failed: z3.BoolRef
+    length: int = 0               # bytes a user copy moves (0: not a user copy)
 
 
 @dataclass
@@ -250,9 +251,9 @@ class Path:
         self.returned = z3.BoolVal(True)
 
     # ------------------------------------------------------------------ points and allocation
-    def _point(self, name: str, capability: str, failed: z3.BoolRef) -> z3.BoolRef:
+    def _point(self, name: str, capability: str, failed: z3.BoolRef, length: int = 0) -> z3.BoolRef:
         reached = self.live
-        self.points.append(PointVisit(name, capability, reached, z3.And(reached, failed)))
+        self.points.append(PointVisit(name, capability, reached, z3.And(reached, failed), length))
         return reached
 
     def alloc(self, name: str, size: int, *, point: str, capability: str, zeroed: bool,
@@ -293,7 +294,7 @@ class Path:
         """``copy_from_user(dst + dst_off, arg + user_off, n)``: bytes not copied. The uncopied tail
         of the destination is zero-filled (ref §7)."""
         copied = self._copied(point, n)
-        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point), n)
         old = dst.content
 
         def content(j, old=old, reached=reached, copied=copied):
@@ -308,7 +309,7 @@ class Path:
         """``copy_to_user(arg + user_off, src + src_off, n)``: bytes not copied; a genuine fault leaves
         the prefix before the faulting byte written (ref §7)."""
         copied = self._copied(point, n)
-        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point), n)
         snapshot = src.content
         self.user_writes.append(UserWrite(f"{src.name}:copy_to_user", reached, user_off, copied, n,
                                           lambda k, s=snapshot: s(k + src_off)))
@@ -318,7 +319,7 @@ class Path:
     def put_user_status(self, user_off: int, size: int, *, point: str) -> z3.BoolRef:
         """``put_user(status, (long __user *)(arg + user_off))``: all or nothing; True on a fault."""
         faulted = z3.Or(self.inj.fails(point), z3.ULT(self.inj.limit(point), size))
-        reached = self._point(point, "fail_usercopy", self.inj.fails(point))
+        reached = self._point(point, "fail_usercopy", self.inj.fails(point), size)
         count = z3.If(faulted, z3.BitVecVal(0, self.off_bits), z3.BitVecVal(size, self.off_bits))
         self.user_writes.append(UserWrite("status:put_user", reached, user_off, count, size,
                                           lambda k: Prov.of(Kind.TDCALL_STATUS, k)))
