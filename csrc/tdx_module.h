@@ -60,7 +60,8 @@ typedef struct {
     uint64_t reports, extends, verifies;
 } tdxm_counters;
 
-/* Lifecycle. tdxm_create returns NULL only when memory cannot be allocated. */
+/* Lifecycle. tdxm_create returns NULL when memory cannot be allocated, or when cfg->memory_pages is 0
+ * or reaches the SHARED bit (GPAW 48, ref §4.3). */
 tdxm_module *tdxm_create(const tdxm_config *cfg);
 void tdxm_destroy(tdxm_module *m);
 
@@ -90,7 +91,8 @@ uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
 size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
                          size_t n);
 
-/* State inspection (a consistent snapshot taken under the RTMR lock's writer exclusion). */
+/* State inspection: a consistent snapshot, never one torn by a concurrent extend or set_rtmr. It does
+ * not take the RTMR lock (a caller may hold it): writers bump a sequence counter and readers retry. */
 void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN]);
 void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN]);
 void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN]);

@@ -71,8 +71,7 @@ cdef class Module:
     tdxmodel models only the MR leaves: any other TDCALL answers TDX_OPERAND_INVALID (operand RAX).
     """
 
-    cdef tdxm_module *ptr
-    cdef object _config
+    cdef tdxm_module *ptr   # used by kernel.pxi through _live()
 
     def __cinit__(self, *args, **kwargs):
         self.ptr = NULL
@@ -110,7 +109,6 @@ cdef class Module:
         memset(cfg.mac_key, 0, sizeof(cfg.mac_key))
         if self.ptr == NULL:
             raise MemoryError(f"cannot allocate {pages} pages of guest memory")
-        self._config = config
 
     def __dealloc__(self):
         if self.ptr != NULL:

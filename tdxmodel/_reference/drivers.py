@@ -228,8 +228,7 @@ class DriverV616:
             return -abi.EINVAL
         k = self.k
         # sysfs copies the bytes into the kernel before the driver sees them (§2.5, Analysis)
-        data = task._read_user(uaddr, count) if not k.inject(task, "measurement:copy_from_user",
-                                                             "fail_usercopy", 1) else b""
+        data = k.copy_in(task, "measurement:copy_from_user", uaddr, count)
         if len(data) != count:
             return -abi.EFAULT
         # tdx_do_extend: lock (-EINTR), 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = idx

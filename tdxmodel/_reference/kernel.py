@@ -540,12 +540,16 @@ class Kernel:
     def copy_from_user(self, task: "Process", point: str, kdst: int, uaddr: int, n: int) -> int:
         """copy_from_user(task, point, kdst, uaddr, n) -> int: bytes not copied; the kernel buffer's
         uncopied tail is zero-filled."""
-        if self.inject(task, point, "fail_usercopy", 1):
-            data = b""
-        else:
-            data = task._read_user(uaddr, n)
+        data = self.copy_in(task, point, uaddr, n)
         self.write(kdst, data + bytes(n - len(data)))
         return n - len(data)
+
+    def copy_in(self, task: "Process", point: str, uaddr: int, n: int) -> bytes:
+        """copy_in(task, point, uaddr, n) -> bytes: the user bytes up to the first faulting one, or
+        nothing when fail_usercopy fails the point (a buffer sysfs keeps, or copy_from_user's source)."""
+        if self.inject(task, point, "fail_usercopy", 1):
+            return b""
+        return task._read_user(uaddr, n)
 
     def copy_to_user(self, task: "Process", point: str, uaddr: int, ksrc: int, n: int) -> int:
         """copy_to_user(task, point, uaddr, ksrc, n) -> int: bytes not copied; the copied prefix stays."""

@@ -85,6 +85,15 @@ class _RtmrLock:
                 self.counts["rtmr_shared_acquired"] += 1
             return abi.TDX_SUCCESS
 
+    def wait_exclusive(self) -> bool:
+        """One attempt of a host-side waiter (set_rtmr): not a TDX answer, so never counted busy."""
+        with self._guard:
+            if self.holders != 0:
+                return False
+            self.holders = -1
+            self.counts["rtmr_exclusive_acquired"] += 1
+            return True
+
     def release(self, exclusive: bool) -> None:
         with self._guard:
             if exclusive:
@@ -407,7 +416,7 @@ class Module:
         value = _bytes("value", value)
         if len(value) != abi.TDX_SHA384_LEN:
             raise ValueError(f"an RTMR value is {abi.TDX_SHA384_LEN} bytes, got {len(value)}")
-        while self._lock.try_acquire(exclusive=True):
+        while not self._lock.wait_exclusive():
             time.sleep(0)
         try:
             off = abi.TDR_OFF_RTMR0 - abi.TDR_OFF_TDINFO + 48 * index
@@ -436,4 +445,6 @@ def _check_batch(reportdata) -> np.ndarray:
     if reportdata.dtype != np.uint8 or reportdata.ndim != 2 or reportdata.shape[1] != abi.TDX_REPORTDATA_LEN:
         raise ValueError(f"reportdata must have shape (N, 64) and dtype uint8, got {reportdata.shape} "
                          f"{reportdata.dtype}")
-    return np.ascontiguousarray(reportdata)
+    if not reportdata.flags.c_contiguous:
+        raise ValueError("reportdata must be C-contiguous (np.ascontiguousarray makes it so)")
+    return reportdata

@@ -17,7 +17,10 @@ from tdxmodel import _backend, abi
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("campaign", help="run the exhaustive fault campaign over a driver's ioctl path",
-                              description=__doc__.split("\n\n")[0])
+                              description="Run the ioctl path of one driver generation through every "
+                                          "injectable point failed, user-buffer faults at each position "
+                                          "class, each TDCALL outcome and an unknown command; print the "
+                                          "outcome classes with counts.")
     p.add_argument("--driver", required=True, metavar="NAME", help=f"one of {', '.join(abi.DRIVERS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--backend", default=None, metavar="core|reference",
