@@ -214,3 +214,35 @@ def test_allocator_survives_threads_racing_for_few_pages(make_kernel):
     p = mapped_process(k)
     fd = p.open(k.device_path)
     assert all(p.ioctl(fd, abi.TDX_CMD_GET_TDREPORT, BUF) == 0 for _ in range(20))
+
+
+@pytest.mark.parametrize("call", ["pread", "pwrite"])
+def test_measurement_file_waits_for_mr_lock_and_a_signal_interrupts_it(make_kernel, call):
+    """ref §2.5: reading a LIVE register (rtmrN) and writing one both go through mr_lock; a waiter is
+    interrupted by a signal delivered from another thread, and the RTMR is left unchanged."""
+    k = make_kernel("v6.16")
+    p = mapped_process(k)
+    p.poke(BUF, b"\x5c" * 48)
+    fd = p.open(f"{abi.MEASUREMENT_DIRS[0]}/rtmr3:sha384", 2)  # O_RDWR
+    rtmr_before = k.module.rtmr(3)
+    user_before = p.peek(BUF + 64, 48)
+    syscall = getattr(p, call)
+    assert k.mr_lock_try()
+    try:
+        caller = Caller(lambda: syscall(fd, BUF + (64 if call == "pread" else 0), 48, 0))
+        caller.start()
+        assert wait_until_blocked(caller)
+        p.signal_pending = True
+        assert caller.finish() == -abi.EINTR
+    finally:
+        k.mr_lock_release()
+    assert k.module.rtmr(3) == rtmr_before
+    assert p.peek(BUF + 64, 48) == user_before
+    p.signal_pending = False
+    # uncontended, the same call goes through
+    if call == "pwrite":
+        assert p.pwrite(fd, BUF, 48, 0) == 48
+        assert k.module.rtmr(3) == hashlib.sha384(rtmr_before + b"\x5c" * 48).digest()
+    else:
+        assert p.pread(fd, BUF + 64, 48, 0) == 48
+        assert p.peek(BUF + 64, 48) == k.module.rtmr(3)
