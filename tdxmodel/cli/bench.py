@@ -1,9 +1,22 @@
 """``tdxmodel bench``: throughput of the emulated attestation path under concurrent callers (issue 5).
 
 Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R --driver NAME --json
---plot FILE``; JSON keys ``batch_reports_per_s``, ``mac_floor_per_s``, ``call_median_us``,
-``call_p99_us``, ``reference_call_median_us``, ``scaling`` (callers as a string -> calls/s),
-``busy_rate``. The workloads live in ``tdxmodel.bench``.
+--plot FILE``. The workloads live in ``tdxmodel.bench``. JSON keys (one object):
+
+* ``batch_reports_per_s``: ``Module.report_batch`` throughput, one thread;
+* ``mac_floor_per_s`` (and ``sha384_floor_per_s``, ``floor_source``): HMAC-SHA-256 over 224 bytes with a
+  precomputed key in an OpenSSL C loop, one thread, same run;
+* ``call_median_us``, ``call_p99_us``: one GET_REPORT ioctl through ``Process.ioctl`` on the main
+  backend (the Cython core when built); ``reference_call_median_us`` / ``reference_call_p99_us``: the
+  same on the pure-Python reference;
+* ``scaling``: callers ("1".."N") -> calls per second (reports + extends) of the batch API workload,
+  with ``scaling_parallelism`` (cores its callers were granted) and ``scaling_cpu_efficiency`` (calls
+  per CPU-second relative to one caller); ``ioctl_scaling`` and ``ioctl_batch_scaling``: the same for
+  GET_REPORT ioctls one per Python call, and through the driver-path batch;
+* ``busy_rate``: the fraction of the ``scaling`` workload's reports that met the module's RTMR lock
+  (TDX_OPERAND_BUSY); ``ioctl_busy_rate``: the fraction of driver-path reports that failed because of
+  it (-EBUSY on v6.16, -EIO on v6.2 and v4); both 0 when R is 0;
+* ``ratios`` (the issue's targets from this run), ``machine``, and the options used.
 """
 
 from __future__ import annotations
