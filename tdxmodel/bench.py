@@ -677,8 +677,9 @@ def run(options: BenchOptions, progress: Progress = None) -> Dict[str, object]:
     result["scaling"] = scaling
     result["ioctl_scaling"] = ioctl_scaling
     result["scaling_parallelism"] = parallelism
-    # Calls per CPU-second relative to one caller: 1.0 means added callers cost no extra CPU per call
-    # (no lock or cache-line contention), so scaling is limited only by the cores the machine grants.
+    # Calls per CPU-second relative to one caller. When the callers really ran at once (parallelism near
+    # their count), 1.0 means they cost each other nothing (no lock or cache-line contention); when the
+    # machine time-sliced them on fewer cores it is ~1.0 whatever the code does.
     result["scaling_cpu_efficiency"] = {k: v / per_cpu["1"] for k, v in per_cpu.items()} if per_cpu.get("1") else {}
     result["ioctl_batch_scaling"] = ioctl_batch_scaling
     result["busy_rate"] = busy / reports if reports else 0.0
