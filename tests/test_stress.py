@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-
 from tdxmodel import abi, bench
 
 THREADS = 4
