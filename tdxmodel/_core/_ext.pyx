@@ -8,3 +8,4 @@ BACKEND_NAME = "core"
 
 include "module.pxi"
 include "kernel.pxi"
+include "fuse.pxi"
