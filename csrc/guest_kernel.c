@@ -246,9 +246,11 @@ static int should_fail_attr(gk_ctx *c, int cap, int64_t size)
     gk_kernel *k = c->k;
     gk_fault_attr *a = &k->attr[cap];
     unsigned nth = atomic_load_explicit(&c->task->fail_nth, memory_order_relaxed);
+    /* a CAS, so two threads of one Process never both consume the same count */
+    while (nth && !atomic_compare_exchange_weak(&c->task->fail_nth, &nth, nth - 1))
+        ;
     if (nth) {
         /* 1: fail-nth counts every eligible call and bypasses the knobs below */
-        atomic_store_explicit(&c->task->fail_nth, nth - 1, memory_order_relaxed);
         if (nth - 1 != 0)
             return 0;
         pthread_mutex_lock(&k->fault_lock);
