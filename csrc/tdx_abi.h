@@ -8,6 +8,11 @@
 #define TDG_MR_RTMR_EXTEND 2 /* TDCALL leaf TDG.MR.RTMR.EXTEND (ref §0, §4.6) */
 #define TDG_MR_REPORT 4 /* TDCALL leaf TDG.MR.REPORT (ref §0, §4.3) */
 #define TDG_MR_VERIFYREPORT 22 /* TDCALL leaf TDG.MR.VERIFYREPORT (TDX 1.5+) (ref §0, §4.7) */
+/* --- tdcall --- */
+#define TDX_RAX_LEAF_MASK 65535 /* 1.5: RAX bits 15:0 select the leaf (1.0 uses all 64 bits) (ref §4.1) */
+#define TDX_RAX_VERSION_SHIFT 16 /* 1.5: RAX bits 23:16 are the leaf version (ref §4.1) */
+#define TDX_RAX_VERSION_MASK 255 /* 1.5: leaf version field width; only 0 is accepted by the MR leaves (ref §4.1) */
+#define TDX_RAX_RESERVED_MASK 0xFFFFFFFFFF000000ULL /* 1.5: RAX bits 63:24 are reserved; nonzero gives OPERAND_INVALID(RAX) (ref §4.1) */
 /* --- status --- */
 #define TDX_SUCCESS 0 /* success (ref §4.2) */
 #define TDX_OPERAND_INVALID 0xC000010000000000ULL /* operand invalid; low 32 bits carry the operand id (ref §4.2) */
@@ -53,6 +58,8 @@
 /* --- report --- */
 #define TDX_REPORTTYPE_TYPE 129 /* REPORTTYPE.TYPE for TDX (ref §4.3, §4.4) */
 #define TDX_REPORTTYPE_SUBTYPE 0 /* REPORTTYPE.SUBTYPE (ref §4.3) */
+#define TDX_REPORTTYPE_VERSION_SERVTD_BOUND 1 /* REPORTTYPE.VERSION on 1.5 when a service TD is bound (else 0) (ref §4.3) */
+#define TDX_ATTRIBUTES_SEPT_VE_DISABLE 0x10000000U /* TDINFO.ATTRIBUTES bit 28: a PENDING page gives an EPT-violation exit instead of #VE (ref §4.3, §4.4) */
 #define TDX_TCB_VALID_1_0 511 /* TEE_TCB_INFO.VALID without TEE_TCB_SVN2 (ref §4.4) */
 #define TDX_TCB_VALID_1_5 0x301FFU /* TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5) (ref §4.4) */
 /* --- offset --- */
@@ -93,6 +100,10 @@
 #define TDXM_ENODEV 19 /* errno (ref §0) */
 #define TDXM_EINVAL 22 /* errno (ref §0) */
 #define TDXM_ENOTTY 25 /* errno (ref §0) */
+#define TDXM_EMFILE 24 /* errno: open() past the per-process descriptor limit (RLIMIT_NOFILE soft default 1024) (Linux asm-generic/errno-base.h) */
+/* --- kernel --- */
+#define FD_LIMIT 1024 /* descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it (Linux RLIMIT_NOFILE soft default) */
+/* --- errno --- */
 #define TDXM_EFBIG 27 /* errno (ref §0) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 /* --- ioctl --- */

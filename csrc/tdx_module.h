@@ -21,7 +21,7 @@ typedef enum {
     TDXM_PAGE_SHARED = 2,   /* mapped in the shared EPT */
     TDXM_PAGE_PENDING = 3,  /* private but not yet accepted: #VE, or an EPT-violation exit when
                                ATTRIBUTES.SEPT_VE_DISABLE (bit 28) is set (ref §4.3 step 3b) */
-} tdxm_page_state;
+} tdxm_page_state_kind; /* not "tdxm_page_state": that is the function below (one C namespace) */
 
 /* How a TDCALL ended: with a status in RAX, or without one because the CPU left the TD (ref §4.3 3b). */
 typedef enum {
@@ -50,7 +50,9 @@ typedef struct {
 
 typedef struct tdxm_module tdxm_module;
 
-/* Debug counters (ref: style.md lesson 5). All are monotonic; balance = acquired - released. */
+/* Debug counters (ref: style.md lesson 5). All are monotonic; balance = acquired - released.
+ * reports/extends/verifies count leaf invocations (GPA and host-buffer forms, whatever their status;
+ * a 1.0 VERIFYREPORT, which does not exist there, is not counted), as the reference model does. */
 typedef struct {
     uint64_t rtmr_shared_acquired, rtmr_shared_released;
     uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;
@@ -58,7 +60,8 @@ typedef struct {
     uint64_t reports, extends, verifies;
 } tdxm_counters;
 
-/* Lifecycle. tdxm_create returns NULL only when memory cannot be allocated. */
+/* Lifecycle. tdxm_create returns NULL when memory cannot be allocated, or when cfg->memory_pages is 0
+ * or reaches the SHARED bit (GPAW 48, ref §4.3). */
 tdxm_module *tdxm_create(const tdxm_config *cfg);
 void tdxm_destroy(tdxm_module *m);
 
@@ -88,7 +91,8 @@ uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
 size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
                          size_t n);
 
-/* State inspection (a consistent snapshot taken under the RTMR lock's writer exclusion). */
+/* State inspection: a consistent snapshot, never one torn by a concurrent extend or set_rtmr. It does
+ * not take the RTMR lock (a caller may hold it): writers bump a sequence counter and readers retry. */
 void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN]);
 void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN]);
 void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN]);
@@ -99,6 +103,14 @@ int tdxm_version_minor(const tdxm_module *m);
  * TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR. */
 uint64_t tdxm_rtmr_lock_try(tdxm_module *m, int exclusive);
 void tdxm_rtmr_unlock(tdxm_module *m, int exclusive);
+/* The same release, checked: 0, or -TDXM_EINVAL (nothing changed) when the lock is not held in that
+ * mode, so a stray unlock from Python cannot corrupt the lock word. */
+int tdxm_rtmr_unlock_checked(tdxm_module *m, int exclusive);
+
+/* Host-side state sync (not a TDX operation): set RTMR[index] (index < TDX_NUM_RTMRS, else ignored) to
+ * value, waiting for the exclusive RTMR lock (spinning with sched_yield) and refreshing every cache
+ * (TEE_INFO_HASH, the report template, the MAC midstate). Never call it while holding the lock. */
+void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN]);
 
 void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out);
 

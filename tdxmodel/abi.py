@@ -36,6 +36,11 @@ CONSTANTS: List[Const] = [
     _c("TDG_MR_RTMR_EXTEND", 2, "leaf", "ref §0, §4.6", "TDCALL leaf TDG.MR.RTMR.EXTEND"),
     _c("TDG_MR_REPORT", 4, "leaf", "ref §0, §4.3", "TDCALL leaf TDG.MR.REPORT"),
     _c("TDG_MR_VERIFYREPORT", 22, "leaf", "ref §0, §4.7", "TDCALL leaf TDG.MR.VERIFYREPORT (TDX 1.5+)"),
+    # --- TDCALL RAX decoding on entry (ref §4.1) -----------------------------------------------
+    _c("TDX_RAX_LEAF_MASK", 0xFFFF, "tdcall", "ref §4.1", "1.5: RAX bits 15:0 select the leaf (1.0 uses all 64 bits)"),
+    _c("TDX_RAX_VERSION_SHIFT", 16, "tdcall", "ref §4.1", "1.5: RAX bits 23:16 are the leaf version"),
+    _c("TDX_RAX_VERSION_MASK", 0xFF, "tdcall", "ref §4.1", "1.5: leaf version field width; only 0 is accepted by the MR leaves"),
+    _c("TDX_RAX_RESERVED_MASK", 0xFFFFFFFFFF000000, "tdcall", "ref §4.1", "1.5: RAX bits 63:24 are reserved; nonzero gives OPERAND_INVALID(RAX)"),
     # --- 64-bit TDX module statuses (RAX on exit) -------------------------------------------
     _c("TDX_SUCCESS", 0x0000000000000000, "status", "ref §4.2", "success"),
     _c("TDX_OPERAND_INVALID", 0xC000010000000000, "status", "ref §4.2", "operand invalid; low 32 bits carry the operand id"),
@@ -88,6 +93,10 @@ CONSTANTS: List[Const] = [
     # --- REPORTTYPE ---------------------------------------------------------------------------
     _c("TDX_REPORTTYPE_TYPE", 0x81, "report", "ref §4.3, §4.4", "REPORTTYPE.TYPE for TDX"),
     _c("TDX_REPORTTYPE_SUBTYPE", 0, "report", "ref §4.3", "REPORTTYPE.SUBTYPE"),
+    _c("TDX_REPORTTYPE_VERSION_SERVTD_BOUND", 1, "report", "ref §4.3",
+       "REPORTTYPE.VERSION on 1.5 when a service TD is bound (else 0)"),
+    _c("TDX_ATTRIBUTES_SEPT_VE_DISABLE", 1 << 28, "report", "ref §4.3, §4.4",
+       "TDINFO.ATTRIBUTES bit 28: a PENDING page gives an EPT-violation exit instead of #VE"),
     _c("TDX_TCB_VALID_1_0", 0x1FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID without TEE_TCB_SVN2"),
     _c("TDX_TCB_VALID_1_5", 0x301FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5)"),
     # --- TDREPORT offsets (see also TDREPORT_FIELDS) -----------------------------------------
@@ -129,6 +138,10 @@ CONSTANTS: List[Const] = [
     _c("ENODEV", 19, "errno", "ref §0", "errno"),
     _c("EINVAL", 22, "errno", "ref §0", "errno"),
     _c("ENOTTY", 25, "errno", "ref §0", "errno"),
+    _c("EMFILE", 24, "errno", "Linux asm-generic/errno-base.h",
+       "errno: open() past the per-process descriptor limit (RLIMIT_NOFILE soft default 1024)"),
+    _c("FD_LIMIT", 1024, "kernel", "Linux RLIMIT_NOFILE soft default",
+       "descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it"),
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     # --- ioctl numbers ---------------------------------------------------------------------

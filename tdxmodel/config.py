@@ -131,12 +131,12 @@ class ModuleConfig:
         valid = abi.TDX_TCB_VALID_1_5 if self.version == "1.5" else abi.TDX_TCB_VALID_1_0
         base = abi.TDR_OFF_TEE_TCB_INFO
         b[0:8] = valid.to_bytes(8, "little")
-        b[abi.TDR_OFF_TEE_TCB_SVN - base:][:16] = self.tee_tcb_svn
-        b[abi.TDR_OFF_MRSEAM - base:][:48] = self.mrseam
-        b[abi.TDR_OFF_MRSIGNERSEAM - base:][:48] = self.mrsignerseam
-        b[abi.TDR_OFF_SEAM_ATTRIBUTES - base:][:8] = self.seam_attributes.to_bytes(8, "little")
+        b[abi.TDR_OFF_TEE_TCB_SVN - base:abi.TDR_OFF_TEE_TCB_SVN - base + 16] = self.tee_tcb_svn
+        b[abi.TDR_OFF_MRSEAM - base:abi.TDR_OFF_MRSEAM - base + 48] = self.mrseam
+        b[abi.TDR_OFF_MRSIGNERSEAM - base:abi.TDR_OFF_MRSIGNERSEAM - base + 48] = self.mrsignerseam
+        b[abi.TDR_OFF_SEAM_ATTRIBUTES - base:abi.TDR_OFF_SEAM_ATTRIBUTES - base + 8] = self.seam_attributes.to_bytes(8, "little")
         if self.version == "1.5":
-            b[abi.TDR_OFF_TEE_TCB_SVN2 - base:][:16] = self.tee_tcb_svn2
+            b[abi.TDR_OFF_TEE_TCB_SVN2 - base:abi.TDR_OFF_TEE_TCB_SVN2 - base + 16] = self.tee_tcb_svn2
         return bytes(b[: abi.TDX_TEE_TCB_INFO_LEN])
 
     def tdinfo(self) -> bytes:

@@ -5,6 +5,10 @@ cdef extern from "tdx_abi.h":
     int TDG_MR_RTMR_EXTEND  # ref §0, §4.6
     int TDG_MR_REPORT  # ref §0, §4.3
     int TDG_MR_VERIFYREPORT  # ref §0, §4.7
+    int TDX_RAX_LEAF_MASK  # ref §4.1
+    int TDX_RAX_VERSION_SHIFT  # ref §4.1
+    int TDX_RAX_VERSION_MASK  # ref §4.1
+    unsigned long long TDX_RAX_RESERVED_MASK  # ref §4.1
     int TDX_SUCCESS  # ref §4.2
     unsigned long long TDX_OPERAND_INVALID  # ref §4.2
     unsigned long long TDX_OPERAND_ADDR_RANGE_ERROR  # ref §4.2
@@ -44,6 +48,8 @@ cdef extern from "tdx_abi.h":
     unsigned long long TDX_GPA_INVALID_MASK  # ref §4.3
     int TDX_REPORTTYPE_TYPE  # ref §4.3, §4.4
     int TDX_REPORTTYPE_SUBTYPE  # ref §4.3
+    int TDX_REPORTTYPE_VERSION_SERVTD_BOUND  # ref §4.3
+    int TDX_ATTRIBUTES_SEPT_VE_DISABLE  # ref §4.3, §4.4
     int TDX_TCB_VALID_1_0  # ref §4.4
     int TDX_TCB_VALID_1_5  # ref §4.4
     int TDR_OFF_REPORTTYPE  # ref §4.4
@@ -82,6 +88,8 @@ cdef extern from "tdx_abi.h":
     int TDXM_ENODEV  # ref §0
     int TDXM_EINVAL  # ref §0
     int TDXM_ENOTTY  # ref §0
+    int TDXM_EMFILE  # Linux asm-generic/errno-base.h
+    int FD_LIMIT  # Linux RLIMIT_NOFILE soft default
     int TDXM_EFBIG  # ref §0
     int TDXM_ETIMEDOUT  # ref §0
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2

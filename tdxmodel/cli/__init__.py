@@ -15,6 +15,8 @@ from typing import List, Optional
 
 #: Modules providing subcommands, in help order.
 SUBCOMMAND_MODULES: List[str] = [
+    "td",  # report, extend, verify, show
+    "campaign",
 ]
 
 

@@ -1,0 +1,163 @@
+/*
+ * guest_kernel.h - the guest kernel model: page and slab allocators over the module's guest memory,
+ * per-process user address spaces, Linux user-copy helpers, fault injection and debug counters.
+ *
+ * Layer 1 (C core). Facts: shared/reference/tdx-abi.md §2 (what the drivers allocate and copy) and §7
+ * (the fault-injection vocabulary, should_fail's check order, the kernel defaults). Every function is
+ * callable without the GIL. Thread-safe: the allocator lock covers only bitmap / freelist updates; the
+ * fault knobs take a lock only when something is armed (probability != 0).
+ */
+#ifndef GUEST_KERNEL_H
+#define GUEST_KERNEL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "tdx_abi.h"
+#include "tdx_module.h"
+
+/* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (pages 0..3 are the host's; the
+ * contract leaves 4..15 unused so addresses never collide with host-side test buffers). */
+#define GK_FIRST_PAGE 16
+#define GK_MAX_ORDER 10
+
+/* Fault-injection capabilities (ref §7). */
+enum gk_capability { GK_FAILSLAB = 0, GK_FAIL_PAGE_ALLOC = 1, GK_FAIL_USERCOPY = 2, GK_NUM_CAPS = 3 };
+
+/* Injection points, named "<object>:<function>" (docs/CONTRACT.md "Injection point names"). */
+enum gk_point {
+    GK_PT_REPORTDATA_KMALLOC = 0,
+    GK_PT_TDREPORT_GET_ZEROED_PAGE,
+    GK_PT_TDREPORT_KZALLOC,
+    GK_PT_REPORTDATA_COPY_FROM_USER,
+    GK_PT_STATUS_PUT_USER,
+    GK_PT_TDREPORT_COPY_TO_USER,
+    GK_PT_REPORT_BUF_KZALLOC,
+    GK_PT_MEASUREMENT_COPY_TO_USER,
+    GK_PT_MEASUREMENT_COPY_FROM_USER,
+    GK_NUM_POINTS
+};
+const char *gk_point_name(int point);
+int gk_point_capability(int point);
+const char *gk_capability_name(int cap);
+
+/* One capability's knobs (ref §7 "Knobs"; defaults in gk_fault_attr_defaults). */
+typedef struct {
+    int probability;     /* percent, 0..100 */
+    int64_t interval;    /* >= 1 */
+    int64_t times;       /* -1 unlimited, else >= 0; decremented on each failure */
+    int64_t space;       /* byte budget consumed before failures start */
+    int verbose;
+    int ignore_gfp_wait; /* failslab / fail_page_alloc: GFP_KERNEL allocations never fail while set */
+    int min_order;       /* fail_page_alloc: orders below this never fail */
+    int task_filter;     /* only tasks with make_it_fail */
+    uint64_t count;      /* eligible calls seen, for interval */
+} gk_fault_attr;
+
+/* Per-task fault state (a Process, or the module-init context). Atomics: another Python thread may set
+ * signal_pending while this task waits for a lock without the GIL. */
+typedef struct {
+    _Atomic unsigned int fail_nth; /* /proc/<pid>/fail-nth: 0 = not armed */
+    _Atomic int make_it_fail;
+    _Atomic int signal_pending;
+} gk_task;
+
+typedef struct {
+    uint8_t point, capability, failed;
+} gk_trace_entry;
+
+#define GK_TRACE_MAX 16
+
+typedef struct gk_kernel gk_kernel;
+typedef struct gk_mm gk_mm;
+
+/* The context of one emulated syscall (or of module init): who runs it, in which address space, and
+ * the trace of injectable points it passed. Lives on the caller's stack: no per-call malloc. */
+typedef struct {
+    gk_kernel *k;
+    gk_task *task;
+    gk_mm *mm;               /* NULL at module init */
+    int bypass_filters;      /* init-time fail-nth: see gk_kernel_init_ctx */
+    unsigned ntrace;
+    gk_trace_entry trace[GK_TRACE_MAX];
+    /* model-only genuine fault: the next copy_to_user faults after partial_at bytes (CONTRACT
+     * Process.fault_user_copy); consumed by that copy. Points at the process's flag. */
+    _Atomic int *partial_armed;
+    size_t partial_at;
+} gk_ctx;
+
+/* Debug counters (ref: style.md lesson 5). */
+typedef struct {
+    uint64_t allocs, frees, outstanding, resident, slab_allocs, page_allocs;
+    uint64_t locks_taken, locks_released, locks_held;
+} gk_counters;
+
+/* ---- kernel lifecycle ---------------------------------------------------------------------------- */
+
+/* Create the kernel over module m: marks pages GK_FIRST_PAGE.. private (tdxm_set_page_state) and
+ * takes them for the allocator. NULL when out of host memory. A module with no page past
+ * GK_FIRST_PAGE yields a kernel whose every allocation fails (-ENOMEM). */
+/* The random draw (ref §7 step 8) is specified so both backends draw the same numbers: SplitMix64, one
+ * state per capability starting at (seed + capability index) mod 2**64, a draw is next() % 100. */
+gk_kernel *gk_kernel_create(tdxm_module *m, uint64_t seed);
+void gk_kernel_destroy(gk_kernel *k);
+tdxm_module *gk_kernel_module(gk_kernel *k);
+void gk_get_counters(gk_kernel *k, gk_counters *out);
+void gk_set_resident(gk_kernel *k, uint64_t resident);
+void gk_count_lock(gk_kernel *k, int taken); /* 1: taken, 0: released */
+
+/* Fault knobs. gk_fault_attr_get copies a consistent snapshot; gk_fault_attr_set validates nothing
+ * (the Cython layer raises ValueError for out-of-range values) and resets the interval count. */
+void gk_fault_attr_defaults(int cap, gk_fault_attr *out);
+void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out);
+void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *in);
+
+/* should_fail for capability cap at point `point` (ref §7 check order), recording the point in the
+ * trace. `size` feeds the space budget; `order` is the page order (fail_page_alloc's min-order). */
+int gk_should_fail(gk_ctx *c, int point, int cap, int64_t size, int order);
+
+/* Forced TDCALL results (CONTRACT Kernel.force_tdcall): leaf -1 = any. Consumes one when it applies. */
+void gk_force_tdcall(gk_kernel *k, uint64_t status, int leaf, int64_t count);
+int gk_take_forced_tdcall(gk_kernel *k, int leaf, uint64_t *status);
+
+/* ---- allocators (all return host pointers into guest memory; pa() gives the GPA) ------------------- */
+enum { GK_ZERO = 1, GK_MISALIGN = 2 };
+/* kmalloc / kzalloc: the injection point `point` (failslab) is checked first; NULL on failure. The
+ * object is filled with SLAB_POISON_INUSE unless GK_ZERO. GK_MISALIGN returns the object 8 bytes past
+ * its natural alignment (CONTRACT force_misaligned), still `size` bytes usable. */
+void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags);
+void gk_kfree(gk_kernel *k, void *ptr);
+/* __get_free_pages / get_zeroed_page: fail_page_alloc at `point`; 2^order pages, naturally aligned. */
+void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags);
+void gk_free_pages(gk_kernel *k, void *ptr, int order);
+uint64_t gk_pa(gk_kernel *k, const void *ptr);
+
+/* ---- user address spaces ----------------------------------------------------------------------------- */
+enum { GK_PROT_NONE = 0, GK_PROT_READ = 1, GK_PROT_WRITE = 2 };
+/* Largest single mapping, so the per-page table stays small (a model limit, documented in CONTRACT). */
+#define GK_MAX_MAP_PAGES (1ULL << 20)
+
+gk_mm *gk_mm_create(void);
+void gk_mm_destroy(gk_mm *mm);
+/* Addresses span the whole 64-bit space (as the reference's do).
+ * 0, or -TDXM_EINVAL (misaligned, empty, too large, past 2**64, overlap, bad prot), or
+ * -TDXM_ENOMEM (mprotect of a range with an unmapped page; host out of memory). */
+int gk_mm_map(gk_mm *mm, uint64_t addr, uint64_t len, int prot);
+int gk_mm_protect(gk_mm *mm, uint64_t addr, uint64_t len, int prot);
+int gk_mm_unmap(gk_mm *mm, uint64_t addr, uint64_t len);
+/* Host-side access ignoring protection: 0, or -TDXM_EFAULT if any byte is unmapped (nothing copied). */
+int gk_mm_poke(gk_mm *mm, uint64_t addr, const void *src, size_t n);
+int gk_mm_peek(gk_mm *mm, uint64_t addr, void *dst, size_t n);
+/* 1 if every byte of [addr, addr+n) is mapped (any protection), else 0. */
+int gk_mm_mapped(gk_mm *mm, uint64_t addr, uint64_t n);
+
+/* Linux semantics: return the number of bytes NOT copied; copy byte-exactly up to the first byte whose
+ * page is unmapped or lacks the permission; copy_from_user zero-fills the uncopied tail of dst. An
+ * injected fail_usercopy (point `point`) copies nothing (ref §7). */
+size_t gk_copy_from_user(gk_ctx *c, int point, void *dst, uint64_t uaddr, size_t n);
+size_t gk_copy_to_user(gk_ctx *c, int point, uint64_t uaddr, const void *src, size_t n);
+/* put_user of a u64: one store, all or nothing. 0 or -TDXM_EFAULT. */
+int gk_put_user_u64(gk_ctx *c, int point, uint64_t uaddr, uint64_t value);
+
+#endif /* GUEST_KERNEL_H */

@@ -1,0 +1,595 @@
+/*
+ * tdx_driver.c - the three driver generations (see the header). Each ioctl path is one function whose
+ * steps carry the row numbers of its reference table.
+ */
+#include "tdx_driver.h"
+
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct td_kernel {
+    gk_kernel *gk;
+    tdxm_module *m;
+    int driver;
+    _Atomic int misalign;
+    td_node *nodes;
+    size_t nnodes;
+    /* 6.16 (ref §2.5) */
+    uint8_t *report_buf;   /* kzalloc(1024) at init, freed at exit */
+    _Atomic int mr_lock;   /* 0 free, 1 held */
+    _Atomic int mr_stale;  /* the tsm-mr cache of the LIVE registers is stale */
+    _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
+};
+
+struct td_process {
+    td_kernel *tk;
+    gk_mm *mm;
+    gk_task task;
+    _Atomic uint32_t fds[FD_LIMIT]; /* 0 free, else node index + 1 | accmode << 24 */
+    pthread_mutex_t trace_lock;
+    unsigned ntrace;
+    gk_trace_entry trace[GK_TRACE_MAX];
+    _Atomic int partial_armed;
+    size_t partial_at;
+    int exit_kind;      /* of the last syscall's TD exit, if any */
+    uint64_t exit_gpa;
+};
+
+/* Per-call TD-exit record: kernel_tdcall fills it; the syscall entry copies it into the process. */
+static __thread int call_exit_kind;
+static __thread uint64_t call_exit_gpa;
+
+/* ---- small helpers ------------------------------------------------------------------------------- */
+
+static void ctx_init(gk_ctx *c, td_process *p)
+{
+    c->k = p->tk->gk;
+    c->task = &p->task;
+    c->mm = p->mm;
+    c->bypass_filters = 0;
+    c->ntrace = 0;
+    c->partial_armed = &p->partial_armed;
+    c->partial_at = p->partial_at;
+    call_exit_kind = TDXM_EXIT_NONE;
+}
+
+static long ctx_finish(gk_ctx *c, td_process *p, long ret)
+{
+    if (call_exit_kind != TDXM_EXIT_NONE) {
+        p->exit_kind = call_exit_kind;
+        p->exit_gpa = call_exit_gpa;
+        call_exit_kind = TDXM_EXIT_NONE;
+        ret = TD_RET_TD_EXIT;
+    }
+    pthread_mutex_lock(&p->trace_lock);
+    p->ntrace = c->ntrace;
+    memcpy(p->trace, c->trace, c->ntrace * sizeof c->trace[0]);
+    pthread_mutex_unlock(&p->trace_lock);
+    return ret;
+}
+
+int td_last_exit(td_process *p, uint64_t *gpa)
+{
+    *gpa = p->exit_gpa;
+    return p->exit_kind;
+}
+
+/* TDCALL as the kernel issues it: a forced result (CONTRACT force_tdcall) never reaches the module.
+ * The kernel's own pages are private and mapped, so a TD exit cannot happen unless the host unmapped
+ * them; we report that as a status no driver maps to anything but -EIO. */
+static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rdx)
+{
+    uint64_t forced;
+    if (gk_take_forced_tdcall(tk->gk, leaf, &forced))
+        return forced;
+    tdxm_result r = (leaf == TDG_MR_REPORT) ? tdxm_mr_report(tk->m, rcx, rdx, 0)
+                                            : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
+    if (r.exit != TDXM_EXIT_NONE) {
+        call_exit_kind = r.exit;
+        call_exit_gpa = r.exit_gpa;
+        return TDX_OPERAND_ADDR_RANGE_ERROR; /* any nonzero: the caller cleans up, then sees the exit */
+    }
+    return r.rax;
+}
+
+/* 6.16's mapping of a TDCALL status to errno, shared by REPORT and EXTEND (ref §2.5 table). */
+static long errno_v6_16(uint64_t status)
+{
+    uint64_t cls = status >> 32;
+    if (cls == LINUX_TDCALL_INVALID_OPERAND)
+        return -TDXM_ENXIO;
+    if (cls == LINUX_TDCALL_OPERAND_BUSY)
+        return -TDXM_EBUSY;
+    return -TDXM_EIO;
+}
+
+/* ---- mr_lock (6.16): an interruptible mutex ------------------------------------------------------- */
+
+static int mr_trylock(td_kernel *tk)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&tk->mr_lock, &expected, 1)) {
+        gk_count_lock(tk->gk, 1);
+        return 1;
+    }
+    return 0;
+}
+
+static void mr_unlock(td_kernel *tk)
+{
+    atomic_store(&tk->mr_lock, 0);
+    gk_count_lock(tk->gk, 0);
+}
+
+/* mutex_lock_interruptible: the uncontended fast path never looks at signals; a contended take returns
+ * -EINTR while the task has a signal pending, and otherwise waits, polling the signal flag so a signal
+ * delivered by another thread interrupts the wait (ref §2.5 step 1). */
+static int mr_lock_interruptible(td_kernel *tk, gk_task *task)
+{
+    if (mr_trylock(tk))
+        return 0;
+    for (unsigned spins = 0;; spins++) {
+        if (atomic_load(&task->signal_pending))
+            return -TDXM_EINTR;
+        if (spins < 64) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 20000}; /* 20 us: waiting threads leave the cores to others */
+            nanosleep(&ts, NULL);
+        }
+        if (mr_trylock(tk))
+            return 0;
+    }
+}
+
+int td_mr_lock_try(td_kernel *tk)
+{
+    if (!mr_trylock(tk))
+        return 0;
+    atomic_store(&tk->mr_outside_hold, 1);
+    return 1;
+}
+
+/* Releases only the outside hold: never a hold a driver call in another thread owns. */
+int td_mr_lock_release(td_kernel *tk)
+{
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(&tk->mr_outside_hold, &expected, 0))
+        return -TDXM_EINVAL;
+    mr_unlock(tk);
+    return 0;
+}
+
+/* ---- v4, 22 Apr 2022 (ref §2.2) ------------------------------------------------------------------- */
+
+static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    if (cmd != TDX_CMD_GET_TDREPORT)
+        return 0; /* dispatch: an unknown cmd only logs "not supported" and returns 0 */
+    int mis = atomic_load(&tk->misalign);
+    long ret = 0;
+    /* 1: 64-B REPORTDATA, slab, not zeroed */
+    uint8_t *reportdata = gk_kmalloc(c, GK_PT_REPORTDATA_KMALLOC, TDX_REPORTDATA_LEN,
+                                     mis == TD_MISALIGN_REPORTDATA ? GK_MISALIGN : 0);
+    if (!reportdata)
+        return -TDXM_ENOMEM;
+    /* 2: one zeroed page for the TDREPORT */
+    uint8_t *tdreport = gk_alloc_pages(c, GK_PT_TDREPORT_GET_ZEROED_PAGE, 0,
+                                       GK_ZERO | (mis == TD_MISALIGN_TDREPORT ? GK_MISALIGN : 0));
+    if (!tdreport) {
+        ret = -TDXM_ENOMEM;
+        goto free_reportdata;
+    }
+    /* 3: 64 B from user offset 0 */
+    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, reportdata, arg, TDX_REPORTDATA_LEN)) {
+        ret = -TDXM_EFAULT;
+        goto free_both;
+    }
+    /* 4: tdx_mcall_tdreport returns the status with bits 31:0 cleared; nonzero -> put_user it as a
+     * long into user bytes 0..7 and return -EIO, whatever put_user returned */
+    uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
+    uint64_t wrapper = status & LINUX_V4_STATUS_MASK;
+    if (call_exit_kind != TDXM_EXIT_NONE) { /* no status at all: nothing to put_user */
+        ret = -TDXM_EIO;
+        goto free_both;
+    }
+    if (wrapper) {
+        (void)gk_put_user_u64(c, GK_PT_STATUS_PUT_USER, arg, wrapper);
+        ret = -TDXM_EIO;
+        goto free_both;
+    }
+    /* 5: 1024 B back over user offset 0 */
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg, tdreport, TDX_REPORT_LEN))
+        ret = -TDXM_EFAULT;
+free_both: /* 6 */
+    gk_free_pages(tk->gk, tdreport, 0);
+free_reportdata:
+    gk_kfree(tk->gk, reportdata);
+    return ret;
+}
+
+/* ---- upstream 6.2-6.15 (ref §2.4) ------------------------------------------------------------------ */
+
+static long ioctl_v6_2(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    if (cmd != TDX_CMD_GET_REPORT0)
+        return -TDXM_ENOTTY;
+    int mis = atomic_load(&tk->misalign);
+    long ret = 0;
+    /* 1: kmalloc(64), not zeroed */
+    uint8_t *reportdata = gk_kmalloc(c, GK_PT_REPORTDATA_KMALLOC, TDX_REPORTDATA_LEN,
+                                     mis == TD_MISALIGN_REPORTDATA ? GK_MISALIGN : 0);
+    if (!reportdata)
+        return -TDXM_ENOMEM;
+    /* 2: kzalloc(1024) */
+    uint8_t *tdreport = gk_kmalloc(c, GK_PT_TDREPORT_KZALLOC, TDX_REPORT_LEN,
+                                   GK_ZERO | (mis == TD_MISALIGN_TDREPORT ? GK_MISALIGN : 0));
+    if (!tdreport) {
+        ret = -TDXM_ENOMEM;
+        goto out;
+    }
+    /* 3: 64 B from arg+0 */
+    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, reportdata,
+                          arg + TDX_REPORT_REQ_OFF_REPORTDATA, TDX_REPORTDATA_LEN)) {
+        ret = -TDXM_EFAULT;
+        goto out;
+    }
+    /* 4: REPORT; status >> 32 == 0xC0000100 -> -EINVAL, any other nonzero -> -EIO */
+    uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
+    if (status) {
+        ret = (status >> 32) == LINUX_TDCALL_INVALID_OPERAND ? -TDXM_EINVAL : -TDXM_EIO;
+        goto out;
+    }
+    /* 5: 1024 B to arg+64 */
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDX_REPORT_REQ_OFF_TDREPORT, tdreport,
+                        TDX_REPORT_LEN))
+        ret = -TDXM_EFAULT;
+out: /* 6 */
+    gk_kfree(tk->gk, tdreport);
+    gk_kfree(tk->gk, reportdata);
+    return ret;
+}
+
+/* ---- 6.16+ (ref §2.5) ---------------------------------------------------------------------------- */
+
+/* tdx_do_report with the lock held: REPORT with RCX = pa(buf), RDX = pa(buf+128). */
+static long report_locked_v6_16(td_kernel *tk)
+{
+    uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
+                                    gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
+    return status ? errno_v6_16(status) : 0;
+}
+
+static long ioctl_v6_16(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    if (cmd != TDX_CMD_GET_REPORT0)
+        return -TDXM_ENOTTY;
+    /* 1: mr_lock, interruptibly */
+    long ret = mr_lock_interruptible(tk, &p->task);
+    if (ret)
+        return ret;
+    /* 2: 64 B from arg+0 straight into the cache's REPORTDATA (a fault zero-fills its tail) */
+    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, tk->report_buf + TDR_OFF_REPORTDATA,
+                          arg + TDX_REPORT_REQ_OFF_REPORTDATA, TDX_REPORTDATA_LEN)) {
+        ret = -TDXM_EFAULT;
+        goto unlock;
+    }
+    /* 3: REPORT -> -ENXIO / -EBUSY / -EIO */
+    if ((ret = report_locked_v6_16(tk)))
+        goto unlock;
+    /* 4: 1024 B from the cache to arg+64 */
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDX_REPORT_REQ_OFF_TDREPORT, tk->report_buf,
+                        TDX_REPORT_LEN))
+        ret = -TDXM_EFAULT;
+unlock: /* 5 */
+    mr_unlock(tk);
+    return ret;
+}
+
+/* Measurement read (ref §2.5 "Read", sysfs rules): offset >= 48 reads nothing, count is clipped; a LIVE
+ * register with a stale cache is refreshed first by a REPORT using whatever sits at buf+128. */
+static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
+                             int64_t offset)
+{
+    td_kernel *tk = p->tk;
+    if (offset >= MEASUREMENT_LEN || count == 0)
+        return 0;
+    if (count > MEASUREMENT_LEN - offset)
+        count = MEASUREMENT_LEN - offset;
+    if (node->writable) { /* LIVE: the staleness check and the refresh run under mr_lock */
+        long ret = mr_lock_interruptible(tk, &p->task);
+        if (ret)
+            return ret;
+        if (atomic_load(&tk->mr_stale)) {
+            ret = report_locked_v6_16(tk);
+            if (!ret)
+                atomic_store(&tk->mr_stale, 0);
+        }
+        mr_unlock(tk);
+        if (ret)
+            return ret;
+    }
+    uint8_t value[MEASUREMENT_LEN];
+    memcpy(value, tk->report_buf + node->tdr_offset, MEASUREMENT_LEN);
+    if (gk_copy_to_user(c, GK_PT_MEASUREMENT_COPY_TO_USER, addr, value + offset, (size_t)count))
+        return -TDXM_EFAULT;
+    return (long)count;
+}
+
+/* Measurement write (ref §2.5 "Write"): offset != 0 or count != 48 -> -EINVAL; the 48 bytes are copied
+ * in (sysfs does that before the driver runs); then tdx_do_extend: lock, copy them to buf+128, leaf 2
+ * with RCX = pa(buf+128), RDX = index; success marks the cache stale. */
+static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
+                              int64_t offset)
+{
+    td_kernel *tk = p->tk;
+    if (offset != 0 || count != MEASUREMENT_LEN)
+        return -TDXM_EINVAL;
+    uint8_t data[MEASUREMENT_LEN];
+    if (gk_copy_from_user(c, GK_PT_MEASUREMENT_COPY_FROM_USER, data, addr, MEASUREMENT_LEN))
+        return -TDXM_EFAULT;
+    uint64_t index = (node->tdr_offset - TDR_OFF_RTMR0) / TDX_SHA384_LEN;
+    long ret = mr_lock_interruptible(tk, &p->task);
+    if (ret)
+        return ret;
+    uint8_t *extend_buf = tk->report_buf + TDR_OFF_REPORTDATA; /* 64-B aligned, private */
+    memcpy(extend_buf, data, TDX_EXTEND_DATA_LEN);
+    uint64_t status = kernel_tdcall(tk, TDG_MR_RTMR_EXTEND, gk_pa(tk->gk, extend_buf), index);
+    if (status) {
+        ret = errno_v6_16(status);
+    } else {
+        atomic_store(&tk->mr_stale, 1);
+        ret = MEASUREMENT_LEN;
+    }
+    mr_unlock(tk);
+    return ret;
+}
+
+/* ---- kernel and processes ------------------------------------------------------------------------- */
+
+td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
+                            int misaligned_report_buf, int *err, uint64_t *init_status)
+{
+    *err = -TDXM_ENOMEM;
+    *init_status = TDX_SUCCESS;
+    if (driver < 0 || driver >= TD_NUM_DRIVERS) {
+        *err = -TDXM_EINVAL;
+        return NULL;
+    }
+    td_kernel *tk = calloc(1, sizeof *tk);
+    if (!tk)
+        return NULL;
+    tk->m = m;
+    tk->driver = driver;
+    tk->gk = gk_kernel_create(m, seed);
+    tk->nodes = calloc(nnodes ? nnodes : 1, sizeof *tk->nodes);
+    if (!tk->gk || !tk->nodes)
+        goto fail;
+    for (size_t i = 0; i < nnodes; i++) {
+        tk->nodes[i] = nodes[i];
+        tk->nodes[i].path = strdup(nodes[i].path);
+        tk->nnodes = i + 1;
+        if (!tk->nodes[i].path)
+            goto fail;
+    }
+    if (driver == TD_V6_16) {
+        /* tdx_mr_init: allocate, then one REPORT with zero REPORTDATA; a failure aborts the load */
+        gk_task init_task = {0};
+        atomic_store(&init_task.fail_nth, init_fail_nth);
+        gk_ctx c = {.k = tk->gk, .task = &init_task, .mm = NULL, .bypass_filters = init_fail_nth != 0};
+        tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
+                                    GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
+        if (!tk->report_buf) {
+            *err = -TDXM_ENOMEM;
+            goto fail;
+        }
+        call_exit_kind = TDXM_EXIT_NONE;
+        mr_trylock(tk); /* tdx_do_report takes mr_lock; nobody else can hold it yet */
+        *init_status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
+                                     gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
+        mr_unlock(tk);
+        long ret = *init_status ? errno_v6_16(*init_status) : 0;
+        call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
+        if (ret) {
+            *err = (int)ret;
+            gk_kfree(tk->gk, tk->report_buf);
+            tk->report_buf = NULL;
+            goto fail;
+        }
+        atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
+        gk_set_resident(tk->gk, 1);
+    }
+    *err = 0;
+    return tk;
+fail:
+    if (tk->nodes)
+        for (size_t i = 0; i < tk->nnodes; i++)
+            free((void *)tk->nodes[i].path);
+    free(tk->nodes);
+    gk_kernel_destroy(tk->gk);
+    free(tk);
+    return NULL;
+}
+
+void td_kernel_destroy(td_kernel *tk)
+{
+    if (!tk)
+        return;
+    /* module exit frees the report buffer; nothing reads the allocator afterwards, so the guest
+     * memory (which may already be gone) is not touched here */
+    for (size_t i = 0; i < tk->nnodes; i++)
+        free((void *)tk->nodes[i].path);
+    free(tk->nodes);
+    gk_kernel_destroy(tk->gk);
+    free(tk);
+}
+
+gk_kernel *td_kernel_gk(td_kernel *tk) { return tk->gk; }
+int td_kernel_driver(td_kernel *tk) { return tk->driver; }
+void td_force_misaligned(td_kernel *tk, int target) { atomic_store(&tk->misalign, target); }
+
+int td_injection_points(int driver, int out[GK_NUM_POINTS])
+{
+    static const int v4[] = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_GET_ZEROED_PAGE,
+                             GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_STATUS_PUT_USER,
+                             GK_PT_TDREPORT_COPY_TO_USER};
+    static const int v62[] = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC,
+                              GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER};
+    static const int v616[] = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER,
+                               GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER,
+                               GK_PT_MEASUREMENT_COPY_FROM_USER};
+    const int *src = driver == TD_V4_2022_04 ? v4 : driver == TD_V6_2 ? v62 : v616;
+    int n = driver == TD_V4_2022_04 ? 5 : driver == TD_V6_2 ? 4 : 5;
+    memcpy(out, src, (size_t)n * sizeof(int));
+    return n;
+}
+
+td_process *td_process_create(td_kernel *tk)
+{
+    td_process *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->tk = tk;
+    p->mm = gk_mm_create();
+    if (!p->mm) {
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->trace_lock, NULL);
+    return p;
+}
+
+void td_process_destroy(td_process *p)
+{
+    if (!p)
+        return;
+    gk_mm_destroy(p->mm);
+    pthread_mutex_destroy(&p->trace_lock);
+    free(p);
+}
+
+gk_mm *td_process_mm(td_process *p) { return p->mm; }
+gk_task *td_process_task(td_process *p) { return &p->task; }
+
+void td_fault_user_copy(td_process *p, int armed, size_t at)
+{
+    p->partial_at = at;
+    atomic_store(&p->partial_armed, armed);
+}
+
+unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX])
+{
+    pthread_mutex_lock(&p->trace_lock);
+    unsigned n = p->ntrace;
+    memcpy(out, p->trace, n * sizeof out[0]);
+    pthread_mutex_unlock(&p->trace_lock);
+    return n;
+}
+
+static void clear_trace(td_process *p)
+{
+    pthread_mutex_lock(&p->trace_lock);
+    p->ntrace = 0;
+    pthread_mutex_unlock(&p->trace_lock);
+}
+
+int td_open(td_process *p, const char *path, int accmode)
+{
+    clear_trace(p);
+    td_kernel *tk = p->tk;
+    if (accmode < 0 || accmode > 3)
+        return -TDXM_EINVAL;
+    for (size_t i = 0; i < tk->nnodes; i++) {
+        const td_node *node = &tk->nodes[i];
+        if (strcmp(node->path, path) != 0)
+            continue;
+        /* a 0444 measurement file refuses write access at open (the node's mode governs access) */
+        if (node->kind == TD_NODE_MEASUREMENT && !node->writable && accmode != 0)
+            return -TDXM_EACCES;
+        uint32_t entry = (uint32_t)(i + 1) | ((uint32_t)accmode << 24);
+        for (int fd = 3; fd < FD_LIMIT; fd++) {
+            uint32_t expected = 0;
+            if (atomic_compare_exchange_strong(&p->fds[fd], &expected, entry))
+                return fd;
+        }
+        return -TDXM_EMFILE;
+    }
+    return -TDXM_ENOENT;
+}
+
+int td_close(td_process *p, int fd)
+{
+    clear_trace(p);
+    if (fd < 0 || fd >= FD_LIMIT || atomic_exchange(&p->fds[fd], 0) == 0)
+        return -TDXM_EBADF;
+    return 0;
+}
+
+/* The node an fd refers to, or NULL; *accmode gets its access mode. */
+static const td_node *fd_node(td_process *p, int fd, int *accmode)
+{
+    if (fd < 0 || fd >= FD_LIMIT)
+        return NULL;
+    uint32_t e = atomic_load_explicit(&p->fds[fd], memory_order_acquire);
+    if (!e)
+        return NULL;
+    *accmode = (int)(e >> 24);
+    return &p->tk->nodes[(e & 0xFFFFFF) - 1];
+}
+
+long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
+{
+    int accmode;
+    const td_node *node = fd_node(p, fd, &accmode);
+    gk_ctx c;
+    ctx_init(&c, p);
+    long ret;
+    if (!node)
+        ret = -TDXM_EBADF;
+    else if (node->kind != TD_NODE_DEVICE)
+        ret = -TDXM_ENOTTY;
+    else if (p->tk->driver == TD_V4_2022_04)
+        ret = ioctl_v4(p, &c, cmd, arg);
+    else if (p->tk->driver == TD_V6_2)
+        ret = ioctl_v6_2(p, &c, cmd, arg);
+    else
+        ret = ioctl_v6_16(p, &c, cmd, arg);
+    return ctx_finish(&c, p, ret);
+}
+
+long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
+{
+    int accmode;
+    const td_node *node = fd_node(p, fd, &accmode);
+    gk_ctx c;
+    ctx_init(&c, p);
+    long ret;
+    if (!node || accmode == 1)
+        ret = -TDXM_EBADF;
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
+        ret = -TDXM_EINVAL;
+    else
+        ret = read_measurement(p, &c, node, addr, count, offset);
+    return ctx_finish(&c, p, ret);
+}
+
+long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
+{
+    int accmode;
+    const td_node *node = fd_node(p, fd, &accmode);
+    gk_ctx c;
+    ctx_init(&c, p);
+    long ret;
+    if (!node || accmode == 0)
+        ret = -TDXM_EBADF;
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
+        ret = -TDXM_EINVAL;
+    else
+        ret = write_measurement(p, &c, node, addr, count, offset);
+    return ctx_finish(&c, p, ret);
+}

@@ -1,0 +1,616 @@
+/*
+ * tdx_module.c - the TDX module model: guest memory, the RTMR lock and the MR leaves (tdx_module.h).
+ *
+ * Layer 1 (C core). Facts: shared/reference/tdx-abi.md §4 ("ref §N"). Written from the reference's
+ * step tables; no module source is reproduced.
+ *
+ * tdxmodel models only the MR leaves (TDG.MR.REPORT, TDG.MR.RTMR.EXTEND, TDG.MR.VERIFYREPORT): every
+ * other TDCALL leaf answers TDX_OPERAND_INVALID with operand RAX, as an unknown leaf does (ref §4.1).
+ *
+ * Concurrency. The RTMR lock (ref §4.8) is one C11 atomic: >0 readers, 0 free, -1 writer. REPORT takes
+ * it shared, EXTEND exclusive, and neither waits. Everything an extend changes (TDINFO, the report
+ * template, the MAC midstate) is written only with the lock held exclusive and read by reports only
+ * with it held shared. Host snapshots (tdxm_read_tdinfo) must not take the lock (a test may hold it),
+ * so writers also bump a sequence counter and readers retry a torn copy (a seqlock).
+ */
+#include "tdx_module.h"
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tdx_crypto.h"
+
+#define RTMR_LOCK_WRITER (-1)
+
+/* REPORTMACSTRUCT bytes 0..127 (REPORTTYPE .. TEE_INFO_HASH) only change with an extend, and are
+ * exactly two SHA-256 blocks, so the HMAC inner state after them is cached; a report hashes only
+ * bytes 128..223 (REPORTDATA and the reserved zeros). */
+#define MAC_PREFIX_LEN TDR_FIELD_REPORTDATA_OFF
+#define MAC_TAIL_LEN (TDX_MAC_COVERED_LEN - MAC_PREFIX_LEN)
+
+struct tdxm_module {
+    /* Immutable after create. */
+    int version_minor;
+    int sept_ve_disable;               /* TDINFO.ATTRIBUTES bit 28 (ref §4.3 step 3b) */
+    uint8_t cpusvn[TDX_CPUSVN_LEN];
+    uint8_t tee_tcb_info[TDX_TEE_TCB_INFO_LEN];
+    uint8_t mac_key[TDX_MAC_KEY_LEN];
+    tdxc_hmac_key mac;                 /* HMAC ipad/opad states of mac_key */
+    size_t memory_pages;
+    uint8_t *memory;                   /* memory_pages * TDX_PAGE_SIZE bytes */
+    uint8_t *page_state;               /* tdxm_page_state per GFN; __atomic accesses */
+
+    /* The RTMR lock and the seqlock of host snapshots. */
+    _Atomic int32_t rtmr_lock;
+    _Atomic uint64_t state_seq;
+
+    /* Written only under the exclusive RTMR lock (and an odd state_seq). */
+    uint8_t tdinfo[TDX_TDINFO_LEN];            /* current TDINFO; the RTMRs live in it */
+    uint8_t report_template[TDX_REPORT_LEN];   /* a TDREPORT with zero REPORTDATA and MAC */
+    SHA256_CTX mac_after_prefix;               /* HMAC inner state after template bytes 0..127 */
+
+    _Atomic uint64_t rtmr_shared_acquired, rtmr_shared_released;
+    _Atomic uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;
+    _Atomic uint64_t rtmr_busy, reports, extends, verifies;
+};
+
+#define COUNT(m, field) atomic_fetch_add_explicit(&(m)->field, 1, memory_order_relaxed)
+
+static tdxm_result status_result(uint64_t status)
+{
+    tdxm_result r = {status, TDXM_EXIT_NONE, 0};
+    return r;
+}
+
+static uint64_t operand_invalid(unsigned operand_id)
+{
+    return TDX_OPERAND_INVALID | operand_id;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Caches (ref §4.5)
+ * ------------------------------------------------------------------------------------------------ */
+
+/* Recompute TEE_INFO_HASH from the current TDINFO and everything derived from it: the template's
+ * TEE_INFO_HASH and TDINFO fields and the MAC midstate after bytes 0..127. The real 1.5 module
+ * invalidates its cached TEE_INFO_HASH on every extend and recomputes it at the next report (1.0
+ * hashes on every report); recomputing eagerly while the extend still holds the lock exclusive gives
+ * every later report the same bytes, so the difference is not observable (ref §4.5). */
+static void refresh_tdinfo_caches(tdxm_module *m)
+{
+    tdxc_sha384(m->tdinfo, TDX_TDINFO_LEN, m->report_template + TDR_FIELD_TEE_INFO_HASH_OFF);
+    memcpy(m->report_template + TDR_OFF_TDINFO, m->tdinfo, TDX_TDINFO_LEN);
+    m->mac_after_prefix = m->mac.inner;
+    SHA256_Update(&m->mac_after_prefix, m->report_template, MAC_PREFIX_LEN);
+}
+
+static void state_write_begin(tdxm_module *m)
+{
+    atomic_fetch_add_explicit(&m->state_seq, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+}
+
+static void state_write_end(tdxm_module *m)
+{
+    atomic_fetch_add_explicit(&m->state_seq, 1, memory_order_release);
+}
+
+/* Set RTMR[index] (caller holds the lock exclusive). */
+static void store_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
+{
+    state_write_begin(m);
+    memcpy(m->tdinfo + (TDR_OFF_RTMR0 - TDR_OFF_TDINFO) + (size_t)index * TDX_SHA384_LEN, value,
+           TDX_SHA384_LEN);
+    refresh_tdinfo_caches(m);
+    state_write_end(m);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Lifecycle
+ * ------------------------------------------------------------------------------------------------ */
+
+tdxm_module *tdxm_create(const tdxm_config *cfg)
+{
+    tdxm_module *m;
+    uint64_t attributes = 0;
+    uint8_t *tpl;
+
+    if (cfg == NULL || cfg->memory_pages == 0 || cfg->memory_pages > SIZE_MAX / TDX_PAGE_SIZE)
+        return NULL;
+    /* Guest memory must be reachable below the SHARED bit (GPAW 48, ref §4.3). */
+    if ((uint64_t)cfg->memory_pages > TDX_GPA_SHARED_BIT / TDX_PAGE_SIZE)
+        return NULL;
+    m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return NULL;
+    m->memory = calloc(cfg->memory_pages, TDX_PAGE_SIZE);
+    m->page_state = calloc(cfg->memory_pages, 1); /* TDXM_PAGE_UNMAPPED == 0 */
+    if (m->memory == NULL || m->page_state == NULL) {
+        tdxm_destroy(m);
+        return NULL;
+    }
+    m->memory_pages = cfg->memory_pages;
+    m->version_minor = cfg->version_minor;
+    memcpy(m->cpusvn, cfg->cpusvn, TDX_CPUSVN_LEN);
+    memcpy(m->tee_tcb_info, cfg->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
+    memcpy(m->mac_key, cfg->mac_key, TDX_MAC_KEY_LEN);
+    memcpy(m->tdinfo, cfg->tdinfo, TDX_TDINFO_LEN);
+    for (int i = 7; i >= 0; i--)
+        attributes = (attributes << 8) | cfg->tdinfo[(TDR_OFF_ATTRIBUTES - TDR_OFF_TDINFO) + i];
+    m->sept_ve_disable = (attributes & TDX_ATTRIBUTES_SEPT_VE_DISABLE) != 0;
+    tdxc_hmac_key_init(&m->mac, m->mac_key, TDX_MAC_KEY_LEN);
+    atomic_init(&m->rtmr_lock, 0);
+    atomic_init(&m->state_seq, 0);
+
+    /* The constant parts of every TDREPORT (ref §4.3, §4.4); calloc left every reserved byte 0. */
+    tpl = m->report_template;
+    tpl[TDR_OFF_REPORTTYPE + 0] = TDX_REPORTTYPE_TYPE;
+    tpl[TDR_OFF_REPORTTYPE + 1] = TDX_REPORTTYPE_SUBTYPE;
+    /* VERSION is 0 on 1.0, and on 1.5 without a bound service TD (ref §4.3). */
+    tpl[TDR_OFF_REPORTTYPE + 2] =
+        (cfg->version_minor != 0 && cfg->servtd_bound) ? TDX_REPORTTYPE_VERSION_SERVTD_BOUND : 0;
+    memcpy(tpl + TDR_OFF_CPUSVN, m->cpusvn, TDX_CPUSVN_LEN);
+    /* TEE_TCB_INFO never changes, so its hash is computed once (ref §4.5: 239 bytes). */
+    tdxc_sha384(m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN, tpl + TDR_OFF_TEE_TCB_INFO_HASH);
+    memcpy(tpl + TDR_OFF_TEE_TCB_INFO, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
+    refresh_tdinfo_caches(m);
+    return m;
+}
+
+void tdxm_destroy(tdxm_module *m)
+{
+    if (m == NULL)
+        return;
+    free(m->memory);
+    free(m->page_state);
+    memset(m->mac_key, 0, sizeof m->mac_key);
+    free(m);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Guest physical memory
+ * ------------------------------------------------------------------------------------------------ */
+
+size_t tdxm_memory_pages(const tdxm_module *m)
+{
+    return m->memory_pages;
+}
+
+int tdxm_set_page_state(tdxm_module *m, uint64_t gpa, size_t npages, int state)
+{
+    uint64_t addr = gpa & ~(uint64_t)TDX_GPA_SHARED_BIT;
+    uint64_t gfn;
+
+    if (state < TDXM_PAGE_UNMAPPED || state > TDXM_PAGE_PENDING)
+        return -TDXM_EINVAL;
+    if ((addr & TDX_GPA_INVALID_MASK) || addr % TDX_PAGE_SIZE)
+        return -TDXM_EINVAL;
+    gfn = addr / TDX_PAGE_SIZE;
+    if (gfn > m->memory_pages || npages > m->memory_pages - gfn)
+        return -TDXM_EINVAL;
+    for (size_t i = 0; i < npages; i++)
+        __atomic_store_n(&m->page_state[gfn + i], (uint8_t)state, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int tdxm_page_state(const tdxm_module *m, uint64_t gpa)
+{
+    uint64_t addr = gpa & ~(uint64_t)TDX_GPA_SHARED_BIT;
+
+    if ((addr & TDX_GPA_INVALID_MASK) || addr / TDX_PAGE_SIZE >= m->memory_pages)
+        return -TDXM_EINVAL;
+    return __atomic_load_n(&m->page_state[addr / TDX_PAGE_SIZE], __ATOMIC_RELAXED);
+}
+
+uint8_t *tdxm_host_ptr(tdxm_module *m, uint64_t gpa, size_t len)
+{
+    uint64_t addr = gpa & ~(uint64_t)TDX_GPA_SHARED_BIT;
+    uint64_t size = (uint64_t)m->memory_pages * TDX_PAGE_SIZE;
+
+    if ((addr & TDX_GPA_INVALID_MASK) || addr > size || len > size - addr)
+        return NULL;
+    return m->memory + addr;
+}
+
+/* The EPT walk of one access (ref §4.3 step 3b). The caller has already rejected GPAs with invalid
+ * bits, and every MR-leaf operand lies within one page (its alignment divides TDX_PAGE_SIZE).
+ * Returns the host pointer, or NULL with *exit filled: an EPT-violation TD exit when the GFN is
+ * outside memory, unmapped, or mapped through the other alias; for a PENDING page reached through the
+ * private alias a #VE, or an EPT-violation exit when SEPT_VE_DISABLE is set. */
+static uint8_t *gpa_walk(tdxm_module *m, uint64_t gpa, tdxm_result *exit)
+{
+    int shared = (gpa & TDX_GPA_SHARED_BIT) != 0;
+    uint64_t gfn = (gpa & ~(uint64_t)TDX_GPA_SHARED_BIT) / TDX_PAGE_SIZE;
+    int state = TDXM_PAGE_UNMAPPED;
+
+    if (gfn < m->memory_pages)
+        state = __atomic_load_n(&m->page_state[gfn], __ATOMIC_RELAXED);
+    if (state == (shared ? TDXM_PAGE_SHARED : TDXM_PAGE_PRIVATE))
+        return m->memory + (gpa & ~(uint64_t)TDX_GPA_SHARED_BIT);
+    exit->rax = 0;
+    exit->exit_gpa = gpa;
+    exit->exit = (!shared && state == TDXM_PAGE_PENDING && !m->sept_ve_disable) ? TDXM_EXIT_VE
+                                                                               : TDXM_EXIT_EPT_VIOLATION;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * The RTMR lock (ref §4.8)
+ * ------------------------------------------------------------------------------------------------ */
+
+static uint64_t rtmr_lock_shared(tdxm_module *m)
+{
+    int32_t v = atomic_load_explicit(&m->rtmr_lock, memory_order_relaxed);
+
+    while (v >= 0) {
+        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &v, v + 1, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+            COUNT(m, rtmr_shared_acquired);
+            return TDX_SUCCESS;
+        }
+    }
+    COUNT(m, rtmr_busy);
+    return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+}
+
+static uint64_t rtmr_lock_exclusive(tdxm_module *m)
+{
+    int32_t expected = 0;
+
+    if (atomic_compare_exchange_strong_explicit(&m->rtmr_lock, &expected, RTMR_LOCK_WRITER,
+                                                memory_order_acquire, memory_order_relaxed)) {
+        COUNT(m, rtmr_exclusive_acquired);
+        return TDX_SUCCESS;
+    }
+    COUNT(m, rtmr_busy);
+    return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+}
+
+static int rtmr_unlock_shared(tdxm_module *m)
+{
+    int32_t v = atomic_load_explicit(&m->rtmr_lock, memory_order_relaxed);
+
+    while (v > 0) {
+        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &v, v - 1, memory_order_release,
+                                                  memory_order_relaxed)) {
+            COUNT(m, rtmr_shared_released);
+            return 0;
+        }
+    }
+    return -TDXM_EINVAL;
+}
+
+static int rtmr_unlock_exclusive(tdxm_module *m)
+{
+    int32_t expected = RTMR_LOCK_WRITER;
+
+    if (atomic_compare_exchange_strong_explicit(&m->rtmr_lock, &expected, 0, memory_order_release,
+                                                memory_order_relaxed)) {
+        COUNT(m, rtmr_exclusive_released);
+        return 0;
+    }
+    return -TDXM_EINVAL;
+}
+
+uint64_t tdxm_rtmr_lock_try(tdxm_module *m, int exclusive)
+{
+    return exclusive ? rtmr_lock_exclusive(m) : rtmr_lock_shared(m);
+}
+
+int tdxm_rtmr_unlock_checked(tdxm_module *m, int exclusive)
+{
+    return exclusive ? rtmr_unlock_exclusive(m) : rtmr_unlock_shared(m);
+}
+
+void tdxm_rtmr_unlock(tdxm_module *m, int exclusive)
+{
+    (void)tdxm_rtmr_unlock_checked(m, exclusive);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * TDG.MR.REPORT (leaf 4, ref §4.3)
+ * ------------------------------------------------------------------------------------------------ */
+
+/* Steps 6-7: the TDREPORT for reportdata, built into out (the caller holds the lock shared, and
+ * reportdata does not overlap out). */
+static void build_report(const tdxm_module *m, const uint8_t reportdata[TDX_REPORTDATA_LEN],
+                         uint8_t out[TDX_REPORT_LEN])
+{
+    SHA256_CTX inner = m->mac_after_prefix;
+
+    memcpy(out, m->report_template, TDX_REPORT_LEN);
+    memcpy(out + TDR_OFF_REPORTDATA, reportdata, TDX_REPORTDATA_LEN);
+    SHA256_Update(&inner, out + MAC_PREFIX_LEN, MAC_TAIL_LEN);
+    tdxc_hmac_finish(&m->mac, &inner, out + TDR_OFF_MAC);
+}
+
+tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8)
+{
+    uint8_t reportdata[TDX_REPORTDATA_LEN];
+    uint8_t report[TDX_REPORT_LEN];
+    const uint8_t *reportdata_host;
+    uint8_t *out_host;
+    tdxm_result r;
+    uint64_t status;
+
+    COUNT(m, reports);
+    if (rcx % TDX_REPORT_ALIGN)                                   /* step 1 */
+        return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
+    if (rdx % TDX_REPORTDATA_ALIGN)                               /* step 2 */
+        return status_result(operand_invalid(TDX_OPERAND_ID_RDX));
+    if (rdx & TDX_GPA_INVALID_MASK)                               /* step 3 */
+        return status_result(operand_invalid(TDX_OPERAND_ID_RDX));
+    reportdata_host = gpa_walk(m, rdx, &r);                       /* step 3b: private or shared */
+    if (reportdata_host == NULL)
+        return r;
+    if (r8 != 0)                                                  /* step 4: full 64-bit compare */
+        return status_result(operand_invalid(TDX_OPERAND_ID_R8));
+    status = rtmr_lock_shared(m);                                 /* step 5 */
+    if (status != TDX_SUCCESS)
+        return status_result(status);
+    memcpy(reportdata, reportdata_host, TDX_REPORTDATA_LEN);
+    build_report(m, reportdata, report);                          /* steps 6-7, into a temporary */
+    if (rcx & TDX_GPA_INVALID_MASK) {                             /* step 8 */
+        rtmr_unlock_shared(m);
+        return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
+    }
+    out_host = gpa_walk(m, rcx, &r);                              /* private or shared */
+    if (out_host == NULL) {
+        rtmr_unlock_shared(m);
+        return r;
+    }
+    memcpy(out_host, report, TDX_REPORT_LEN);                     /* step 9: the only write */
+    rtmr_unlock_shared(m);
+    return status_result(TDX_SUCCESS);
+}
+
+uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportdata, uint64_t subtype)
+{
+    uint8_t reportdata_copy[TDX_REPORTDATA_LEN];
+    uint64_t status;
+
+    COUNT(m, reports);
+    if (subtype != 0)                                             /* step 4 */
+        return operand_invalid(TDX_OPERAND_ID_R8);
+    status = rtmr_lock_shared(m);                                 /* step 5 */
+    if (status != TDX_SUCCESS)
+        return status;
+    /* Copied first: a caller may pass reportdata inside out (6.16 keeps it at buf+128, ref §2.5). */
+    memcpy(reportdata_copy, reportdata, TDX_REPORTDATA_LEN);
+    build_report(m, reportdata_copy, out);                        /* nothing can fail after the lock */
+    rtmr_unlock_shared(m);
+    return TDX_SUCCESS;
+}
+
+size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
+                         size_t n)
+{
+    size_t succeeded = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        status[i] = tdxm_report_direct(m, out + i * TDX_REPORT_LEN, reportdata + i * TDX_REPORTDATA_LEN, 0);
+        succeeded += status[i] == TDX_SUCCESS;
+    }
+    return succeeded;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * TDG.MR.RTMR.EXTEND (leaf 2, ref §4.6)
+ * ------------------------------------------------------------------------------------------------ */
+
+/* Steps 3-5 of ref §4.6, shared by the GPA and the host-buffer forms. */
+static uint64_t extend_tail(tdxm_module *m, uint64_t index, const uint8_t *data48)
+{
+    uint8_t data[TDX_EXTEND_DATA_LEN];
+    uint8_t rtmr[TDX_SHA384_LEN];
+    uint64_t status;
+    const uint8_t *current;
+
+    if (index >= TDX_NUM_RTMRS)                                   /* step 3: full 64-bit compare */
+        return operand_invalid(TDX_OPERAND_ID_RDX);
+    status = rtmr_lock_exclusive(m);                              /* step 4 */
+    if (status != TDX_SUCCESS)
+        return status;
+    memcpy(data, data48, TDX_EXTEND_DATA_LEN);
+    current = m->tdinfo + (TDR_OFF_RTMR0 - TDR_OFF_TDINFO) + index * TDX_SHA384_LEN;
+    tdxc_sha384_2(current, TDX_SHA384_LEN, data, TDX_EXTEND_DATA_LEN, rtmr); /* step 5, ref §4.5 */
+    store_rtmr(m, (unsigned)index, rtmr);
+    rtmr_unlock_exclusive(m);
+    return TDX_SUCCESS;
+}
+
+uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48)
+{
+    COUNT(m, extends);
+    return extend_tail(m, index, data48);
+}
+
+tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
+{
+    const uint8_t *data;
+    tdxm_result r;
+
+    COUNT(m, extends);
+    if (rcx % TDX_EXTEND_ALIGN)                                   /* step 1 */
+        return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
+    if (rcx & (TDX_GPA_INVALID_MASK | TDX_GPA_SHARED_BIT))        /* step 2: private only */
+        return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
+    data = gpa_walk(m, rcx, &r);
+    if (data == NULL)
+        return r;
+    return status_result(extend_tail(m, rdx, data));
+}
+
+void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
+{
+    int32_t expected;
+
+    if (index >= TDX_NUM_RTMRS)
+        return;
+    /* A host-side sync waits for the lock instead of answering BUSY. */
+    for (;;) {
+        expected = 0;
+        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &expected, RTMR_LOCK_WRITER,
+                                                  memory_order_acquire, memory_order_relaxed))
+            break;
+        sched_yield();
+    }
+    COUNT(m, rtmr_exclusive_acquired);
+    store_rtmr(m, index, value);
+    rtmr_unlock_exclusive(m);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * TDG.MR.VERIFYREPORT (leaf 22, ref §4.7)
+ * ------------------------------------------------------------------------------------------------ */
+
+/* The CPU's part of ref §4.7, shared by the GPA and the host-buffer forms. */
+static uint64_t verify_tail(const tdxm_module *m, const uint8_t *reportmacstruct)
+{
+    uint8_t rms[TDX_REPORTMACSTRUCT_LEN];
+    uint8_t mac[TDX_MAC_LEN];
+
+    memcpy(rms, reportmacstruct, sizeof rms);
+    /* The CPU's check order is not public (ref §4.7); tdxmodel checks the MAC first, then CPUSVN. */
+    tdxc_hmac(&m->mac, rms, TDX_MAC_COVERED_LEN, mac);
+    if (tdxc_mac_differs(mac, rms + TDR_OFF_MAC))
+        return TDX_INVALID_REPORTMACSTRUCT;
+    /* A report is from a newer TCB when any CPUSVN component exceeds the platform's. */
+    for (int i = 0; i < TDX_CPUSVN_LEN; i++)
+        if (rms[TDR_OFF_CPUSVN + i] > m->cpusvn[i])
+            return TDX_INVALID_CPUSVN;
+    return TDX_SUCCESS;
+}
+
+uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct)
+{
+    if (m->version_minor == 0)             /* TDX 1.0 has no leaf 22 (ref §4.7) */
+        return operand_invalid(TDX_OPERAND_ID_RAX);
+    COUNT(m, verifies);
+    return verify_tail(m, reportmacstruct);
+}
+
+tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
+{
+    const uint8_t *rms;
+    tdxm_result r;
+
+    if (m->version_minor == 0)
+        return status_result(operand_invalid(TDX_OPERAND_ID_RAX));
+    COUNT(m, verifies);
+    if (rcx % TDX_VERIFY_ALIGN || (rcx & (TDX_GPA_INVALID_MASK | TDX_GPA_SHARED_BIT)))
+        return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
+    rms = gpa_walk(m, rcx, &r);
+    if (rms == NULL)
+        return r;
+    return status_result(verify_tail(m, rms));
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * TDCALL dispatch (ref §4.1)
+ * ------------------------------------------------------------------------------------------------ */
+
+tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8)
+{
+    uint64_t leaf = rax;
+
+    if (m->version_minor != 0) {
+        /* 1.5: bits 63:24 reserved; bits 23:16 the leaf version, which the MR leaves take only as 0. */
+        if (rax & TDX_RAX_RESERVED_MASK)
+            return status_result(operand_invalid(TDX_OPERAND_ID_RAX));
+        if ((rax >> TDX_RAX_VERSION_SHIFT) & TDX_RAX_VERSION_MASK)
+            return status_result(operand_invalid(TDX_OPERAND_ID_RAX));
+        leaf = rax & TDX_RAX_LEAF_MASK;
+    }
+    switch (leaf) {
+    case TDG_MR_REPORT:
+        return tdxm_mr_report(m, rcx, rdx, r8);
+    case TDG_MR_RTMR_EXTEND:
+        return tdxm_mr_rtmr_extend(m, rcx, rdx);
+    case TDG_MR_VERIFYREPORT:
+        return tdxm_mr_verifyreport(m, rcx); /* OPERAND_INVALID(RAX) on 1.0 */
+    default:
+        return status_result(operand_invalid(TDX_OPERAND_ID_RAX));
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * State inspection, counters, benchmark floors
+ * ------------------------------------------------------------------------------------------------ */
+
+void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN])
+{
+    for (;;) {
+        uint64_t before = atomic_load_explicit(&m->state_seq, memory_order_acquire);
+
+        if (before & 1) { /* an extend is writing */
+            sched_yield();
+            continue;
+        }
+        memcpy(out, m->tdinfo, TDX_TDINFO_LEN);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&m->state_seq, memory_order_relaxed) == before)
+            return;
+    }
+}
+
+void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN])
+{
+    memcpy(out, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
+}
+
+void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN])
+{
+    memcpy(out, m->mac_key, TDX_MAC_KEY_LEN);
+}
+
+int tdxm_version_minor(const tdxm_module *m)
+{
+    return m->version_minor;
+}
+
+void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
+{
+    tdxm_module *mm = (tdxm_module *)m; /* atomic loads take a non-const pointer */
+
+#define LOAD(field) atomic_load_explicit(&mm->field, memory_order_relaxed)
+    out->rtmr_shared_acquired = LOAD(rtmr_shared_acquired);
+    out->rtmr_shared_released = LOAD(rtmr_shared_released);
+    out->rtmr_exclusive_acquired = LOAD(rtmr_exclusive_acquired);
+    out->rtmr_exclusive_released = LOAD(rtmr_exclusive_released);
+    out->rtmr_busy = LOAD(rtmr_busy);
+    out->reports = LOAD(reports);
+    out->extends = LOAD(extends);
+    out->verifies = LOAD(verifies);
+#undef LOAD
+}
+
+/* Each round hashes a message whose first bytes are the previous round's output, so no round can
+ * be skipped or hoisted. */
+void tdxm_floor_hmac224(const uint8_t key[TDX_MAC_KEY_LEN], size_t n, uint8_t out[TDX_MAC_LEN])
+{
+    tdxc_hmac_key k;
+    uint8_t msg[TDX_MAC_COVERED_LEN] = {0};
+    uint8_t mac[TDX_MAC_LEN] = {0};
+
+    tdxc_hmac_key_init(&k, key, TDX_MAC_KEY_LEN);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(msg, mac, TDX_MAC_LEN);
+        tdxc_hmac(&k, msg, sizeof msg, mac);
+    }
+    memcpy(out, mac, TDX_MAC_LEN);
+}
+
+void tdxm_floor_sha384_512(size_t n, uint8_t out[TDX_SHA384_LEN])
+{
+    uint8_t msg[TDX_TDINFO_LEN] = {0};
+    uint8_t digest[TDX_SHA384_LEN] = {0};
+
+    for (size_t i = 0; i < n; i++) {
+        memcpy(msg, digest, TDX_SHA384_LEN);
+        tdxc_sha384(msg, sizeof msg, digest);
+    }
+    memcpy(out, digest, TDX_SHA384_LEN);
+}

@@ -1,0 +1,13 @@
+"""z3 proofs of the tdx_guest error-path invariants (issue 4), tied to the emulator (layer 5).
+
+Layout:
+- ``abi``: z3 constants derived from ``tdxmodel.abi`` (no ABI literal anywhere in proofs/);
+- ``symbolic``: the vocabulary the encodings are written in (paths, buffers, user copies, provenance);
+- ``module_leaves``: TDG.MR.REPORT and TDG.MR.RTMR.EXTEND (ref §4.3, §4.6) and theorem 6;
+- ``v4_2022_04``, ``v6_2``, ``v6_16``: one encoding per driver generation (ref §2.2, §2.4, §2.5);
+- ``interleave``: two callers interleaved, for theorem 7;
+- ``theorems``: the seven theorems, stated once, instantiated per driver;
+- ``expected`` and ``expected_sat/``: expected counterexamples (with citations) and wrong encodings;
+- ``engine``, ``runner``, ``__main__``: solving, the matrix, ``python -m proofs``;
+- ``outcome``, ``campaign_bridge``, ``replay``: one concrete case in z3 and on the emulator.
+"""

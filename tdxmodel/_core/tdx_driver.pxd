@@ -1,0 +1,53 @@
+# Declarations of csrc/tdx_driver.h: only what the Cython layer uses.
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+
+from tdxmodel._core.guest_kernel cimport gk_kernel, gk_mm, gk_task, gk_trace_entry
+from tdxmodel._core.tdx_module cimport tdxm_module
+
+cdef extern from "tdx_driver.h" nogil:
+    enum:
+        TD_V4_2022_04
+        TD_V6_2
+        TD_V6_16
+        TD_MISALIGN_NONE
+        TD_MISALIGN_TDREPORT
+        TD_MISALIGN_REPORTDATA
+        TD_NODE_DEVICE
+        TD_NODE_MEASUREMENT
+    long TD_RET_TD_EXIT
+
+    ctypedef struct td_node:
+        const char *path
+        int kind
+        uint32_t tdr_offset
+        int writable
+
+    ctypedef struct td_kernel:
+        pass
+    ctypedef struct td_process:
+        pass
+
+    td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes,
+                                size_t nnodes, unsigned init_fail_nth, int misaligned_report_buf, int *err,
+                                uint64_t *init_status)
+    void td_kernel_destroy(td_kernel *tk)
+    gk_kernel *td_kernel_gk(td_kernel *tk)
+    void td_force_misaligned(td_kernel *tk, int target)
+    int td_mr_lock_try(td_kernel *tk)
+    int td_mr_lock_release(td_kernel *tk)
+    int td_injection_points(int driver, int *out)
+
+    td_process *td_process_create(td_kernel *tk)
+    void td_process_destroy(td_process *p)
+    gk_mm *td_process_mm(td_process *p)
+    gk_task *td_process_task(td_process *p)
+    void td_fault_user_copy(td_process *p, int armed, size_t at)
+    unsigned td_last_trace(td_process *p, gk_trace_entry *out)
+    int td_last_exit(td_process *p, uint64_t *gpa)
+
+    int td_open(td_process *p, const char *path, int accmode)
+    int td_close(td_process *p, int fd)
+    long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
+    long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
+    long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)

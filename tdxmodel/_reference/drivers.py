@@ -1,0 +1,251 @@
+"""The three tdx_guest driver generations, one class each, step by step against the reference tables.
+
+Layer 2 (reference backend). Each ``ioctl`` reads top to bottom like its table: the comment ``# §2.4 #3``
+names the row of ref §2.4 the next lines implement. The kernel services (allocators, user copies,
+TDCALL, mr_lock) are ``tdxmodel._reference.kernel.Kernel`` methods; ``task`` is the calling Process.
+
+Every exit path frees what it allocated, except what a generation documents it keeps (6.16's report
+buffer, ``RESIDENT``). A TD exit raised by the module (``tdxmodel.errors.TdExit``: only possible when
+someone unmapped the kernel's own pages) propagates after the same cleanup.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Tuple
+
+from tdxmodel import abi, errors
+
+_REPORT_LEN = abi.TDX_REPORT_LEN
+_REPORTDATA_LEN = abi.TDX_REPORTDATA_LEN
+
+
+class DriverV4:
+    """The v4 patch as posted on 22 Apr 2022 (ref §2.2), defects included: an unknown command returns
+    0, and a TDCALL failure put_user()s the masked status into user bytes 0..7 and returns -EIO
+    whatever put_user returned."""
+
+    NAME = "v4-2022-04"
+    RESIDENT = 0
+    POINTS: Tuple[Tuple[str, str], ...] = (
+        ("reportdata:kmalloc", "failslab"),
+        ("tdreport:get_zeroed_page", "fail_page_alloc"),
+        ("reportdata:copy_from_user", "fail_usercopy"),
+        ("status:put_user", "fail_usercopy"),
+        ("tdreport:copy_to_user", "fail_usercopy"),
+    )
+
+    def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
+        self.k = kernel  # init: platform registration cannot fail in the model
+
+    def ioctl(self, task, cmd: int, arg: int) -> int:
+        if cmd != abi.TDX_CMD_GET_TDREPORT:
+            return 0  # §2.2 dispatch: an unknown cmd only logs "not supported" and returns 0
+        k = self.k
+        # §2.2 #1: 64-byte REPORTDATA from the slab, not zeroed
+        reportdata = k.kmalloc(task, _REPORTDATA_LEN, "reportdata:kmalloc",
+                               misaligned=k._misalign("reportdata"))
+        if reportdata is None:
+            return -abi.ENOMEM
+        # §2.2 #2: one zeroed page for the TDREPORT (page alignment covers the 1024-byte rule)
+        tdreport = k.get_zeroed_page(task, "tdreport:get_zeroed_page", misaligned=k._misalign("tdreport"))
+        if tdreport is None:
+            k.kfree(reportdata)
+            return -abi.ENOMEM
+        try:
+            # §2.2 #3: REPORTDATA from user offset 0
+            if k.copy_from_user(task, "reportdata:copy_from_user", reportdata, arg, _REPORTDATA_LEN):
+                return -abi.EFAULT
+            # §2.2 #4: tdx_mcall_tdreport; on failure the masked status goes to user bytes 0..7 and
+            # the put_user result is overwritten: -EIO either way
+            # The wrapper returns status & 0xFFFFFFFF00000000 and the driver tests only that, so a
+            # nonzero status with bits 63:32 clear would pass as success (no module status does).
+            wrapped = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0) & abi.LINUX_V4_STATUS_MASK
+            if wrapped:
+                k.put_user(task, "status:put_user", wrapped, arg)
+                return -abi.EIO
+            # §2.2 #5: the TDREPORT over user bytes 0..1023, in place
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg, tdreport, _REPORT_LEN):
+                return -abi.EFAULT
+            # §2.2 #6
+            return 0
+        finally:
+            k.kfree(tdreport)
+            k.kfree(reportdata)
+
+
+class DriverV62:
+    """Upstream v6.2-v6.15, TDX_CMD_GET_REPORT0 on struct tdx_report_req (ref §2.4). No lock."""
+
+    NAME = "v6.2"
+    RESIDENT = 0
+    POINTS: Tuple[Tuple[str, str], ...] = (
+        ("reportdata:kmalloc", "failslab"),
+        ("tdreport:kzalloc", "failslab"),
+        ("reportdata:copy_from_user", "fail_usercopy"),
+        ("tdreport:copy_to_user", "fail_usercopy"),
+    )
+
+    def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
+        self.k = kernel  # init: a TDX guest CPU is always present in the model
+
+    def ioctl(self, task, cmd: int, arg: int) -> int:
+        if cmd != abi.TDX_CMD_GET_REPORT0:
+            return -abi.ENOTTY  # §2.4 dispatch
+        k = self.k
+        # §2.4 #1: kmalloc(64), not zeroed
+        reportdata = k.kmalloc(task, _REPORTDATA_LEN, "reportdata:kmalloc",
+                               misaligned=k._misalign("reportdata"))
+        if reportdata is None:
+            return -abi.ENOMEM
+        # §2.4 #2: kzalloc(1024)
+        tdreport = k.kmalloc(task, _REPORT_LEN, "tdreport:kzalloc", zero=True,
+                             misaligned=k._misalign("tdreport"))
+        if tdreport is None:
+            k.kfree(reportdata)
+            return -abi.ENOMEM
+        try:
+            # §2.4 #3: 64 bytes from arg+0
+            if k.copy_from_user(task, "reportdata:copy_from_user", reportdata,
+                                arg + abi.TDX_REPORT_REQ_OFF_REPORTDATA, _REPORTDATA_LEN):
+                return -abi.EFAULT
+            # §2.4 #4: TDG.MR.REPORT; status>>32 == 0xC0000100 -> -EINVAL, other nonzero -> -EIO
+            status = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0)
+            if status != abi.TDX_SUCCESS:
+                return -errors.status_errno(status, self.NAME)
+            # §2.4 #5: 1024 bytes to arg+64
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg + abi.TDX_REPORT_REQ_OFF_TDREPORT,
+                              tdreport, _REPORT_LEN):
+                return -abi.EFAULT
+            # §2.4 #6
+            return 0
+        finally:
+            k.kfree(tdreport)
+            k.kfree(reportdata)
+
+
+class DriverV616:
+    """v6.16+: the report buffer allocated at init, mr_lock, -ENXIO/-EBUSY/-EINTR and the measurement
+    files (ref §2.5)."""
+
+    NAME = "v6.16"
+    RESIDENT = 1  # the report buffer, kept from init to exit
+    POINTS: Tuple[Tuple[str, str], ...] = (
+        ("report_buf:kzalloc", "failslab"),
+        ("reportdata:copy_from_user", "fail_usercopy"),
+        ("tdreport:copy_to_user", "fail_usercopy"),
+        ("measurement:copy_to_user", "fail_usercopy"),
+        ("measurement:copy_from_user", "fail_usercopy"),
+    )
+
+    def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
+        self.k = kernel
+        self.mr_lock = threading.Lock()
+        self.stale = True  # §2.5 "Read": the cache starts stale (read and written under mr_lock)
+        self._last_status = abi.TDX_SUCCESS
+        # §2.5 init #1: tdx_mr_init allocates the buffer, then one REPORT with zero REPORTDATA;
+        # a failure aborts module load (we raise the errno load fails with)
+        buf = kernel.kmalloc(task, _REPORT_LEN, "report_buf:kzalloc", zero=True,
+                             misaligned=misaligned_report_buf)
+        if buf is None:
+            raise errors.errno_exception(abi.ENOMEM, "tdx_guest init: report buffer")
+        self.buf = buf
+        ret = self._do_report(task)
+        if ret:
+            kernel.kfree(buf)
+            raise errors.errno_exception(-ret, "tdx_guest init: TDG.MR.REPORT", status=self._last_status)
+        # §2.5 init #2-#4 (misc_register, quote buffer, tsm registration) have no modelled failures
+
+    # -- tdx_do_report / tdx_do_extend ---------------------------------------------------------------
+    def _report_locked(self) -> int:
+        """§2.5 #3: TDG.MR.REPORT with RCX = pa(buf), RDX = pa(buf+128); -ENXIO / -EBUSY / -EIO."""
+        status = self.k.tdcall(abi.TDG_MR_REPORT, self.buf, self.buf + abi.TDR_OFF_REPORTDATA, 0)
+        self._last_status = status
+        return -errors.status_errno(status, self.NAME) if status != abi.TDX_SUCCESS else 0
+
+    def _do_report(self, task) -> int:
+        """tdx_do_report(NULL, NULL): the refresh (and init) form, REPORTDATA as it sits at buf+128."""
+        ret = self.k.mutex_lock_interruptible(task, self.mr_lock)
+        if ret:
+            return ret
+        try:
+            return self._report_locked()
+        finally:
+            self.k.mutex_unlock(self.mr_lock)
+
+    def ioctl(self, task, cmd: int, arg: int) -> int:
+        if cmd != abi.TDX_CMD_GET_REPORT0:
+            return -abi.ENOTTY
+        k = self.k
+        # §2.5 #1: take mr_lock interruptibly
+        ret = k.mutex_lock_interruptible(task, self.mr_lock)
+        if ret:
+            return ret
+        try:
+            # §2.5 #2: 64 bytes from arg+0 to buf+128 (a fault may leave them partly copied or zeroed)
+            if k.copy_from_user(task, "reportdata:copy_from_user", self.buf + abi.TDR_OFF_REPORTDATA,
+                                arg + abi.TDX_REPORT_REQ_OFF_REPORTDATA, _REPORTDATA_LEN):
+                return -abi.EFAULT
+            # §2.5 #3
+            ret = self._report_locked()
+            if ret:
+                return ret
+            # §2.5 #4: 1024 bytes from the cache to arg+64
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg + abi.TDX_REPORT_REQ_OFF_TDREPORT,
+                              self.buf, _REPORT_LEN):
+                return -abi.EFAULT
+            return 0
+        finally:
+            # §2.5 #5: unlock
+            k.mutex_unlock(self.mr_lock)
+
+    # -- measurement files (§2.5 "Measurement files") -----------------------------------------------
+    def read_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
+        field_offset, live = abi.MEASUREMENTS[name]
+        size = abi.MEASUREMENT_LEN
+        if offset >= size or count == 0:  # sysfs: nothing to read past the end
+            return 0
+        if live:  # §2.5 "Read": a LIVE register refreshes a stale cache first
+            ret = self.k.mutex_lock_interruptible(task, self.mr_lock)
+            if ret:
+                return ret
+            try:
+                if self.stale:
+                    ret = self._report_locked()
+                    if ret:
+                        return ret
+                    self.stale = False
+            finally:
+                self.k.mutex_unlock(self.mr_lock)
+        n = min(count, size - offset)
+        if self.k.copy_to_user(task, "measurement:copy_to_user", uaddr,
+                               self.buf + field_offset + offset, n):
+            return -abi.EFAULT  # a short copy is -EFAULT; its prefix stays in user memory
+        return n
+
+    def write_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
+        index = int(name[len("rtmr")])  # only rtmrN:sha384 opens for writing (0644)
+        # §2.5 "Write": offset != 0 or count != 48 -> -EINVAL
+        if offset != 0 or count != abi.MEASUREMENT_LEN:
+            return -abi.EINVAL
+        k = self.k
+        # sysfs copies the bytes into the kernel before the driver sees them (§2.5, Analysis)
+        data = k.copy_in(task, "measurement:copy_from_user", uaddr, count)
+        if len(data) != count:
+            return -abi.EFAULT
+        # tdx_do_extend: lock (-EINTR), 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = idx
+        ret = k.mutex_lock_interruptible(task, self.mr_lock)
+        if ret:
+            return ret
+        try:
+            k.write(self.buf + abi.TDR_OFF_REPORTDATA, data)
+            status = k.tdcall(abi.TDG_MR_RTMR_EXTEND, self.buf + abi.TDR_OFF_REPORTDATA, index)
+            if status != abi.TDX_SUCCESS:
+                return -errors.status_errno(status, self.NAME)
+            self.stale = True  # a successful write makes the cache stale
+        finally:
+            k.mutex_unlock(self.mr_lock)
+        return count
+
+
+DRIVER_CLASSES = {cls.NAME: cls for cls in (DriverV4, DriverV62, DriverV616)}
