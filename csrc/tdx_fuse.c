@@ -621,33 +621,20 @@ static int write_full(int fd, const void *buf, size_t len)
     return 0;
 }
 
+/* header, reply and data as one packed message (the structs are sent one after another, never as
+ * one padded C struct: the wire has no padding between them). */
 static int send_reply(int fd, int64_t result, uint32_t off, const uint8_t *data, uint32_t len)
 {
-    struct {
-        struct tdxw_header h;
-        struct tdxw_reply r;
-    } msg = {{TDXW_MAGIC, TDXW_VERSION, 0, (uint32_t)sizeof(struct tdxw_reply) + len},
-             {result, off, len}};
-    struct iovec iov[2] = {{&msg, sizeof(msg)}, {(void *)data, len}};
-    struct msghdr mh = {0};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = len ? 2 : 1;
-    size_t total = sizeof(msg) + len;
-    ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    if (n == (ssize_t)total)
-        return 0;
-    if (n < 0)
+    uint8_t msg[sizeof(struct tdxw_header) + sizeof(struct tdxw_reply) + TDXW_MAX_WINDOW];
+    struct tdxw_header h = {TDXW_MAGIC, TDXW_VERSION, 0, (uint32_t)sizeof(struct tdxw_reply) + len};
+    struct tdxw_reply r = {result, off, len};
+    if (len > TDXW_MAX_WINDOW)
         return -1;
-    /* short send: finish byte-wise */
-    uint8_t *flat = malloc(total);
-    if (!flat)
-        return -1;
-    memcpy(flat, &msg, sizeof(msg));
+    memcpy(msg, &h, sizeof(h));
+    memcpy(msg + sizeof(h), &r, sizeof(r));
     if (len)
-        memcpy(flat + sizeof(msg), data, len);
-    int r = write_full(fd, flat + n, total - (size_t)n);
-    free(flat);
-    return r;
+        memcpy(msg + sizeof(h) + sizeof(r), data, len);
+    return write_full(fd, msg, sizeof(h) + sizeof(r) + len);
 }
 
 typedef struct {

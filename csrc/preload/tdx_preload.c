@@ -113,6 +113,21 @@ static int connect_daemon(void)
     return fd;
 }
 
+struct reply {
+    struct tdxw_header h;
+    struct tdxw_reply r;
+};
+
+/* The header and the reply arrive packed, one after the other. */
+static int recv_reply(int fd, struct reply *out)
+{
+    if (full_io(fd, &out->h, sizeof(out->h), 0) < 0 || full_io(fd, &out->r, sizeof(out->r), 0) < 0)
+        return -1;
+    if (out->h.magic != TDXW_MAGIC || out->h.length != sizeof(out->r) + out->r.wb_length)
+        return -1;
+    return 0;
+}
+
 static void init(void)
 {
     int saved = errno;
@@ -164,16 +179,13 @@ static int open_device(int flags)
         int fdfl = fcntl(fd, F_GETFD);
         fcntl(fd, F_SETFD, fdfl & ~FD_CLOEXEC);
     }
-    struct {
-        struct tdxw_header h;
-        struct tdxw_open o;
-    } msg = {{TDXW_MAGIC, TDXW_VERSION, TDXW_OP_OPEN, sizeof(struct tdxw_open)}, {flags, 0}};
-    struct {
-        struct tdxw_header h;
-        struct tdxw_reply r;
-    } reply;
-    if (full_io(fd, &msg, sizeof(msg), 1) < 0 || full_io(fd, &reply, sizeof(reply), 0) < 0 ||
-        reply.h.magic != TDXW_MAGIC) {
+    struct tdxw_header h = {TDXW_MAGIC, TDXW_VERSION, TDXW_OP_OPEN, sizeof(struct tdxw_open)};
+    struct tdxw_open o = {flags, 0};
+    uint8_t msg[sizeof(h) + sizeof(o)];
+    memcpy(msg, &h, sizeof(h));
+    memcpy(msg + sizeof(h), &o, sizeof(o));
+    struct reply reply;
+    if (full_io(fd, msg, sizeof(msg), 1) < 0 || recv_reply(fd, &reply) < 0) {
         real_close(fd);
         errno = EIO;
         return -1;
@@ -223,28 +235,23 @@ static int forward_ioctl(int fd, unsigned long cmd, void *arg)
 {
     uint64_t uarg = (uint64_t)(uintptr_t)arg;
     uint32_t window = window_of(cmd);
-    struct {
-        struct tdxw_header h;
-        struct tdxw_ioctl q;
-        uint8_t image[TDXW_MAX_WINDOW];
-    } msg;
-    msg.q.cmd = (unsigned int)cmd; /* the kernel's ioctl takes an unsigned int command */
-    msg.q.arg = uarg;
-    msg.q.window = window;
-    msg.q.readable = window ? self_copy(uarg, msg.image, window, 0) : 0;
-    msg.q.writable = msg.q.readable ? self_copy(uarg, msg.image, msg.q.readable, 1) : 0;
-    msg.q.pad = 0;
-    msg.h = (struct tdxw_header){TDXW_MAGIC, TDXW_VERSION, TDXW_OP_IOCTL,
-                                 (uint32_t)sizeof(msg.q) + msg.q.readable};
-    struct {
-        struct tdxw_header h;
-        struct tdxw_reply r;
-    } reply;
+    uint8_t msg[sizeof(struct tdxw_header) + sizeof(struct tdxw_ioctl) + TDXW_MAX_WINDOW];
+    struct tdxw_ioctl q;
+    uint8_t *image = msg + sizeof(struct tdxw_header) + sizeof(q);
+    q.cmd = (unsigned int)cmd; /* the kernel's ioctl takes an unsigned int command */
+    q.arg = uarg;
+    q.window = window;
+    q.readable = window ? self_copy(uarg, image, window, 0) : 0;
+    q.writable = q.readable ? self_copy(uarg, image, q.readable, 1) : 0;
+    q.pad = 0;
+    struct tdxw_header h = {TDXW_MAGIC, TDXW_VERSION, TDXW_OP_IOCTL, (uint32_t)sizeof(q) + q.readable};
+    memcpy(msg, &h, sizeof(h));
+    memcpy(msg + sizeof(h), &q, sizeof(q));
+    struct reply reply;
     uint8_t data[TDXW_MAX_WINDOW];
     pthread_mutex_t *lock = &stripes[fd % 64];
     pthread_mutex_lock(lock);
-    int bad = full_io(fd, &msg, sizeof(msg.h) + msg.h.length, 1) < 0 ||
-              full_io(fd, &reply, sizeof(reply), 0) < 0 || reply.h.magic != TDXW_MAGIC ||
+    int bad = full_io(fd, msg, sizeof(h) + h.length, 1) < 0 || recv_reply(fd, &reply) < 0 ||
               reply.r.wb_length > TDXW_MAX_WINDOW ||
               (uint64_t)reply.r.wb_offset + reply.r.wb_length > window ||
               full_io(fd, data, reply.r.wb_length, 0) < 0;
