@@ -15,6 +15,7 @@
 #include "tdx_fuse.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <signal.h>
@@ -380,6 +381,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     if (n->kind == TDXF_NODE_DIR) {
         fuse_reply_err(req, EISDIR);
+        return;
+    }
+    /* kernfs refuses to open a read-only attribute for writing, even for root (ref §2.5: 0444) */
+    if (n->kind == TDXF_NODE_CONTROL && (fi->flags & O_ACCMODE) != O_RDONLY && !(n->mode & 0222)) {
+        fuse_reply_err(req, EACCES);
         return;
     }
     fi->direct_io = 1;  /* every read and write reaches the handler, whatever st_size says */

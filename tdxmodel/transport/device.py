@@ -19,6 +19,8 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 ``fail-nth``                           write N: the N-th injectable point of the next emulated
                                        syscall(s) fails, counted across calls from any client;
                                        reads 0 once fired, N' > 0 while pending (ref §7 fail-nth)
+``debug/counters``                     JSON: the kernel's and module's debug counters and the
+                                       number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
 =====================================  ==========================================================
 """
@@ -26,6 +28,7 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 import threading
@@ -192,12 +195,19 @@ class EmulatedDevice:
                     self._knob_writer(attr, knob))
         add("fail-nth", 0o600, lambda size, off: _text(f"{self._pending_fail_nth}\n", off),
             self._write_fail_nth)
+        add("debug/counters", 0o444, lambda size, off: _text(json.dumps(self.counters()) + "\n", off),
+            lambda data, off: -errno.EACCES)
         for name, (_off, writable) in abi.MEASUREMENTS.items():
             if self.driver != "v6.16":
                 break
             add(f"measurements/{name}", 0o644 if writable else 0o444, self._measurement_reader(name),
                 self._measurement_writer(name))
         return out
+
+    def counters(self) -> Dict[str, Any]:
+        """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
+        return {"kernel": self.kernel.counters(), "module": self.module.counters(),
+                "open_files": len(self._files)}
 
     def control_read(self, node: int, pid: int, size: int, offset: int) -> Any:
         return self.controls[node][1](size, offset)
