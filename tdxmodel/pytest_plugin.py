@@ -47,20 +47,22 @@ STOP_TIMEOUT = 15.0
 
 
 class ServedDevice:
-    """ServedDevice(driver, *, mode=None, socket=True, state=None, extra_args=())
+    """ServedDevice(driver, *, mode=None, socket=True, state=None, bind=None, extra_args=(),
+    backend=None, mount=None)
 
     ``tdxmodel serve`` in a subprocess, in a fresh temporary directory (mount point, socket, state
     directory unless ``state`` is given). Use as a context manager or call ``start``/``stop``."""
 
     def __init__(self, driver: str = "v6.2", *, mode: Optional[int] = None, socket: bool = True,
                  state: Optional[str] = None, bind: Optional[str] = None,
-                 extra_args: tuple = (), backend: Optional[str] = None) -> None:
+                 extra_args: tuple = (), backend: Optional[str] = None,
+                 mount: Optional[str] = None) -> None:
         if driver not in abi.DRIVERS:
             raise ValueError(f"driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         self.driver = driver
         # short: a Unix socket path must fit in 108 bytes
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="tdxm-"))
-        self.mount = self.workdir / "mnt"
+        self.mount = pathlib.Path(mount) if mount else self.workdir / "mnt"
         self.state = pathlib.Path(state) if state else self.workdir / "state"
         self.socket = str(self.workdir / "sock") if socket else None
         self.bind = bind
