@@ -73,6 +73,7 @@ class ServedDevice:
         self.device_node = abi.DEVICE_PATHS[driver]
         self.proc: Optional[subprocess.Popen] = None
         self.stderr_path = self.workdir / "stderr"
+        self._last_stderr = ""
 
     # ------------------------------------------------------------------ life cycle
     def command(self) -> list:
@@ -107,10 +108,12 @@ class ServedDevice:
                 break
         if b"ready" not in line:
             self.stop()
-            raise RuntimeError(f"tdxmodel serve did not start: {self.stderr_text().strip()}")
+            raise RuntimeError(f"tdxmodel serve did not start: {self._last_stderr.strip()}")
         return self
 
     def stderr_text(self) -> str:
+        if self.proc is None and self._last_stderr:
+            return self._last_stderr
         try:
             return self.stderr_path.read_text(errors="replace")
         except OSError:
@@ -119,6 +122,7 @@ class ServedDevice:
     def stop(self) -> int:
         """SIGTERM, wait, then make sure nothing is left mounted; returns the exit status."""
         rc = 0
+        self._last_stderr = self.stderr_text()
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)

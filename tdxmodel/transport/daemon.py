@@ -177,8 +177,10 @@ class Daemon:
 
     def _prepare_mount_point(self) -> None:
         try:
-            os.makedirs(self.mount, exist_ok=True)
-            os.stat(self.mount)
+            try:
+                os.stat(self.mount)
+            except FileNotFoundError:
+                os.makedirs(self.mount)
         except OSError as e:
             if e.errno == errno.ENOTCONN:
                 self._recover_stale()
