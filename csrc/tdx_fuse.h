@@ -150,6 +150,31 @@ typedef struct {
 } tdxf_counters;
 void tdxf_get_counters(const tdxf_server *s, tdxf_counters *out);
 
+/* ------------------------------------------------------------------- core fast path (no GIL) */
+
+/* The ioctl hot path on the C core (csrc/tdx_driver.h), without Python: each open file of the device
+ * is registered as (emulated process, emulated fd); tdxf_core_ioctl mirrors the client's memory into
+ * that process at TDXF_USER_BASE + the page offset of arg (with the client's permissions), runs
+ * td_ioctl and reads the result back. fail-nth armed through DIR/fail-nth lives here so both this
+ * path and the Python control path count the same points. */
+#define TDXF_USER_BASE 0x7E0000000000ull
+#define TDXF_MIRROR_PAGES 3u /* a window of <= 8192 bytes at any offset spans <= 3 pages */
+struct td_process;
+typedef struct tdxf_core tdxf_core;
+tdxf_core *tdxf_core_new(unsigned max_files);
+void tdxf_core_free(tdxf_core *c);
+/* the process must have TDXF_MIRROR_PAGES pages mapped rw at TDXF_USER_BASE; handle >= 1 or -EMFILE */
+long tdxf_core_register(tdxf_core *c, struct td_process *p, int fd);
+/* waits for a call in progress on the handle; afterwards the process may be closed */
+void tdxf_core_unregister(tdxf_core *c, uint64_t handle);
+long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call);
+/* daemon-wide fail-nth: arm takes the pending count (0 if none) for one syscall; disarm gives back
+ * what that syscall left unreached (ref §7: the count runs on across calls until it fires). */
+unsigned tdxf_core_fail_nth_arm(tdxf_core *c);
+void tdxf_core_fail_nth_disarm(tdxf_core *c, unsigned left);
+void tdxf_core_fail_nth_set(tdxf_core *c, unsigned n);
+unsigned tdxf_core_fail_nth_get(tdxf_core *c);
+
 /* Mirror helpers shared with the preload library's logic (exposed for tests):
  * bytes of [addr, addr+len) of process pid readable from addr on (a fault stops the count). */
 uint32_t tdxf_vm_read(pid_t pid, uint64_t addr, uint8_t *out, uint32_t len);

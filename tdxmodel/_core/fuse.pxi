@@ -12,23 +12,35 @@ from posix.types cimport off_t
 
 from tdxmodel._core.tdx_fuse cimport *
 
+cdef struct _Ctx:
+    void *py            # the Python handler (borrowed; DeviceServer.handler keeps it alive)
+    tdxf_core *core     # the nogil ioctl path, or NULL
+
+
 NODE_DIR = TDXF_NODE_DIR
 NODE_DEVICE = TDXF_NODE_DEVICE
 NODE_CONTROL = TDXF_NODE_CONTROL
 MAX_WINDOW = TDXW_MAX_WINDOW
+USER_BASE = TDXF_USER_BASE
+MIRROR_PAGES = TDXF_MIRROR_PAGES
+MAX_CORE_FILES = 4096
+
+
+cdef inline object _py(void *ctx):
+    return <object>(<_Ctx *>ctx).py
 
 
 cdef inline void _sink(void *ctx, BaseException exc) noexcept:
     # The error sink (uvloop's pattern): a callback never lets an exception escape into C.
     try:
-        (<object>ctx).callback_error(exc)
+        _py(ctx).callback_error(exc)
     except BaseException:
         pass
 
 
 cdef int _py_open(void *ctx, int flags, uint32_t pid, uint64_t *handle) noexcept with gil:
     try:
-        r = (<object>ctx).open(flags, pid)
+        r = _py(ctx).open(flags, pid)
         if r < 0:
             return r
         handle[0] = r
@@ -40,7 +52,7 @@ cdef int _py_open(void *ctx, int flags, uint32_t pid, uint64_t *handle) noexcept
 
 cdef void _py_release(void *ctx, uint64_t handle) noexcept with gil:
     try:
-        (<object>ctx).release(handle)
+        _py(ctx).release(handle)
     except BaseException as e:
         _sink(ctx, e)
 
@@ -48,7 +60,7 @@ cdef void _py_release(void *ctx, uint64_t handle) noexcept with gil:
 cdef long _py_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept with gil:
     cdef object view = PyMemoryView_FromMemory(<char *>call.image, call.window, PyBUF_WRITE)
     try:
-        return (<object>ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
+        return _py(ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
                                    call.writable)
     except BaseException as e:
         _sink(ctx, e)
@@ -57,10 +69,14 @@ cdef long _py_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept with gil:
         view.release()  # the image lives on a C stack: no reference may outlive the call
 
 
+cdef long _core_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept nogil:
+    return tdxf_core_ioctl((<_Ctx *>ctx).core, call)
+
+
 cdef int _py_control_read(void *ctx, int node, uint32_t pid, char *buf, size_t size,
                           off_t offset) noexcept with gil:
     try:
-        r = (<object>ctx).control_read(node, pid, size, offset)
+        r = _py(ctx).control_read(node, pid, size, offset)
         if isinstance(r, int):
             return r if r < 0 else -EINVAL
         data = bytes(r)
@@ -76,7 +92,7 @@ cdef int _py_control_read(void *ctx, int node, uint32_t pid, char *buf, size_t s
 cdef int _py_control_write(void *ctx, int node, uint32_t pid, const char *buf, size_t size,
                            off_t offset) noexcept with gil:
     try:
-        return (<object>ctx).control_write(node, pid, buf[:size], offset)
+        return _py(ctx).control_write(node, pid, buf[:size], offset)
     except BaseException as e:
         _sink(ctx, e)
         return -EIO
@@ -95,20 +111,32 @@ cdef class DeviceServer:
     """
     cdef tdxf_server *s
     cdef tdxf_handler ops
+    cdef _Ctx ctx
     cdef readonly object handler
+    cdef readonly bint fast_path
     cdef bint mounted
 
-    def __cinit__(self, handler, str device_path):
+    def __cinit__(self, handler, str device_path, bint fast_path=False):
+        self.ctx.py = NULL
+        self.ctx.core = NULL
         if handler is None:
             self.ops = tdxf_null_handler
         else:
             for name in ("open", "release", "ioctl", "control_read", "control_write", "callback_error"):
                 if not callable(getattr(handler, name, None)):
                     raise TypeError(f"handler lacks a callable {name}()")
-            self.ops.ctx = <void *>handler
+            self.ctx.py = <void *>handler
+            self.ops.ctx = &self.ctx
             self.ops.open = _py_open
             self.ops.release = _py_release
             self.ops.ioctl = _py_ioctl
+            if fast_path:
+                # the hot path without the GIL: needs the C core's Process (core_register)
+                self.ctx.core = tdxf_core_new(MAX_CORE_FILES)
+                if self.ctx.core == NULL:
+                    raise MemoryError()
+                self.ops.ioctl = _core_ioctl
+                self.fast_path = True
             self.ops.control_read = _py_control_read
             self.ops.control_write = _py_control_write
         self.handler = handler  # keeps ctx alive as long as the server
@@ -121,6 +149,45 @@ cdef class DeviceServer:
         if self.s != NULL:
             tdxf_server_free(self.s)
             self.s = NULL
+        if self.ctx.core != NULL:
+            tdxf_core_free(self.ctx.core)
+            self.ctx.core = NULL
+
+    cdef tdxf_core *_core(self) except NULL:
+        if self.ctx.core == NULL:
+            raise ValueError("this server has no core fast path (fast_path=False)")
+        return self.ctx.core
+
+    def core_register(self, process, int fd):
+        """core_register(process: core Process, fd: int) -> int handle: route this open file's ioctls
+        through the nogil path. The process must map MIRROR_PAGES pages rw at USER_BASE and stay
+        alive until core_unregister."""
+        cdef tdxf_core *c = self._core()
+        if not isinstance(process, Process):
+            raise TypeError("process must be a core backend Process")
+        r = tdxf_core_register(c, <void *>(<Process>process)._live(), fd)
+        if r < 0:
+            raise OSError(-r, "too many open device files")
+        return r
+
+    def core_unregister(self, uint64_t handle):
+        """core_unregister(handle: int) -> None: waits for a call in progress on it."""
+        cdef tdxf_core *c = self._core()
+        with nogil:
+            tdxf_core_unregister(c, handle)
+
+    def fail_nth_arm(self):
+        """fail_nth_arm() -> int: take the daemon-wide pending fail-nth for one syscall."""
+        return tdxf_core_fail_nth_arm(self._core())
+
+    def fail_nth_disarm(self, unsigned left):
+        tdxf_core_fail_nth_disarm(self._core(), left)
+
+    def fail_nth_set(self, unsigned n):
+        tdxf_core_fail_nth_set(self._core(), n)
+
+    def fail_nth_get(self):
+        return tdxf_core_fail_nth_get(self._core())
 
     def set_window(self, uint64_t cmd, uint32_t window):
         """set_window(cmd: int, window: int) -> None: bytes the driver may touch from arg for cmd."""

@@ -54,3 +54,18 @@ cdef extern from "tdx_fuse.h" nogil:
 
     uint32_t tdxf_vm_read(pid_t pid, uint64_t addr, uint8_t *out, uint32_t len)
     uint32_t tdxf_vm_write(pid_t pid, uint64_t addr, const uint8_t *data, uint32_t len)
+
+    # core fast path
+    unsigned long long TDXF_USER_BASE
+    unsigned TDXF_MIRROR_PAGES
+    ctypedef struct tdxf_core:
+        pass
+    tdxf_core *tdxf_core_new(unsigned max_files)
+    void tdxf_core_free(tdxf_core *c)
+    long tdxf_core_register(tdxf_core *c, void *p, int fd)
+    void tdxf_core_unregister(tdxf_core *c, uint64_t handle)
+    long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call) noexcept
+    unsigned tdxf_core_fail_nth_arm(tdxf_core *c)
+    void tdxf_core_fail_nth_disarm(tdxf_core *c, unsigned left)
+    void tdxf_core_fail_nth_set(tdxf_core *c, unsigned n)
+    unsigned tdxf_core_fail_nth_get(tdxf_core *c)

@@ -120,7 +120,11 @@ class Daemon:
             handler = None
         else:
             handler = self._make_device()
-        self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver])
+        # the ioctl hot path runs without the GIL when the emulator is the C core
+        fast = handler is not None and self._backend.BACKEND_NAME == "core"
+        self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver], fast)
+        if fast:
+            handler.attach_fast_path(self.server)
         from tdxmodel.transport.device import driver_windows
         for cmd, window in driver_windows(self.driver).items():
             self.server.set_window(cmd, window)
@@ -163,7 +167,7 @@ class Daemon:
         from tdxmodel.state import StateStore
         from tdxmodel.transport.device import EmulatedDevice
 
-        backend = _backend.load(self.backend_name)
+        backend = self._backend = _backend.load(self.backend_name)
         store = StateStore(self.state, backend=backend)
         module = backend.Module(store.load())
         kernel = backend.Kernel(module, self.driver)

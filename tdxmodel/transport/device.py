@@ -64,6 +64,31 @@ def driver_windows(driver: str) -> Dict[int, int]:
     return {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
 
 
+class _FailNth:
+    """The daemon-wide pending fail-nth (DIR/fail-nth) when no core fast path holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def fail_nth_arm(self) -> int:
+        with self._lock:
+            n, self._n = self._n, 0
+            return n
+
+    def fail_nth_disarm(self, left: int) -> None:
+        with self._lock:
+            if left and not self._n:
+                self._n = left
+
+    def fail_nth_set(self, n: int) -> None:
+        with self._lock:
+            self._n = n
+
+    def fail_nth_get(self) -> int:
+        return self._n
+
+
 class _OpenFile:
     __slots__ = ("process", "fd", "lock", "mirror_is_plain")
 
@@ -92,8 +117,8 @@ class EmulatedDevice:
         self._files: Dict[int, _OpenFile] = {}
         self._files_lock = threading.Lock()
         self._next_handle = 1
-        self._fail_nth_lock = threading.Lock()
-        self._pending_fail_nth = 0
+        self._fail_nth: Any = _FailNth()
+        self._fast: Any = None
         self._extend_lock = threading.Lock()  # emulated extend + store write-back, in one order
         self._generation: Optional[int] = None
         # control nodes: node id -> (read, write)
@@ -107,6 +132,16 @@ class EmulatedDevice:
             self._generation = store.generation()
 
     # ------------------------------------------------------------------ the device file
+    def attach_fast_path(self, server: Any) -> None:
+        """Route ioctls through the server's nogil path (core backend only): the server then also
+        holds the pending fail-nth, so both paths count the same points."""
+        from tdxmodel._core import _ext
+        if (_ext.USER_BASE, _ext.MIRROR_PAGES) != (USER_BASE, MIRROR_PAGES):
+            raise RuntimeError("the C mirror layout differs from tdxmodel.transport.device's")
+        server.fail_nth_set(self._fail_nth.fail_nth_get())
+        self._fast = server
+        self._fail_nth = server
+
     def open(self, flags: int, pid: int) -> int:
         process = self.kernel.process()
         fd = process.open(self.kernel.device_path, flags)
@@ -114,14 +149,23 @@ class EmulatedDevice:
             return fd
         process.mmap(USER_BASE, MIRROR_PAGES * PAGE, "rw")
         with self._files_lock:
-            handle = self._next_handle
-            self._next_handle += 1
+            if self._fast is not None:
+                try:
+                    handle = self._fast.core_register(process, fd)
+                except OSError as e:
+                    process.close(fd)
+                    return -(e.errno or errno.EMFILE)
+            else:
+                handle = self._next_handle
+                self._next_handle += 1
             self._files[handle] = _OpenFile(process, fd)
         return handle
 
     def release(self, handle: int) -> None:
         with self._files_lock:
             f = self._files.pop(handle, None)
+            if f is not None and self._fast is not None:
+                self._fast.core_unregister(handle)  # waits for a call in progress
         if f is not None:
             with f.lock:
                 f.process.close(f.fd)
@@ -161,23 +205,19 @@ class EmulatedDevice:
 
     # ------------------------------------------------------------------ fail-nth across calls
     def _syscall(self, process: Any, call: Callable[[], int]) -> int:
-        with self._fail_nth_lock:
-            armed = self._pending_fail_nth
-            if armed:
-                process.fail_nth = armed
-                self._pending_fail_nth = 0
+        armed = self._fail_nth.fail_nth_arm()
+        if armed:
+            process.fail_nth = armed
         ret = call()
         if armed:
             left = process.fail_nth
             process.fail_nth = 0
-            with self._fail_nth_lock:
-                if left and not self._pending_fail_nth:
-                    self._pending_fail_nth = left  # not reached yet: the next call counts on
+            self._fail_nth.fail_nth_disarm(left)  # not reached yet: the next call counts on
         return ret
 
     @property
     def pending_fail_nth(self) -> int:
-        return self._pending_fail_nth
+        return self._fail_nth.fail_nth_get()
 
     # ------------------------------------------------------------------ control files
     def control_nodes(self) -> List[Tuple[str, int, int]]:
@@ -193,7 +233,7 @@ class EmulatedDevice:
             for knob in knobs:
                 add(f"fail/{cap}/{knob}", 0o600, self._knob_reader(attr, knob),
                     self._knob_writer(attr, knob))
-        add("fail-nth", 0o600, lambda size, off: _text(f"{self._pending_fail_nth}\n", off),
+        add("fail-nth", 0o600, lambda size, off: _text(f"{self.pending_fail_nth}\n", off),
             self._write_fail_nth)
         add("debug/counters", 0o444, lambda size, off: _text(json.dumps(self.counters()) + "\n", off),
             lambda data, off: -errno.EACCES)
@@ -207,7 +247,7 @@ class EmulatedDevice:
     def counters(self) -> Dict[str, Any]:
         """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
         return {"kernel": self.kernel.counters(), "module": self.module.counters(),
-                "open_files": len(self._files)}
+                "open_files": len(self._files), "fast_path": self._fast is not None}
 
     def control_read(self, node: int, pid: int, size: int, offset: int) -> Any:
         return self.controls[node][1](size, offset)
@@ -258,8 +298,7 @@ class EmulatedDevice:
             return -errno.EINVAL
         if n < 0:
             return -errno.EINVAL
-        with self._fail_nth_lock:
-            self._pending_fail_nth = n
+        self._fail_nth.fail_nth_set(n)
         return len(data)
 
     # ------------------------------------------------------------------ 6.16 measurement files
