@@ -1,0 +1,117 @@
+"""What does tdxmodel add to one ioctl over the transport alone? (issue 6)
+
+Each transport is measured beside a null server of the same transport in the same run: `tdxmodel
+serve --null` answers every ioctl with 0 without emulating anything, over the same FUSE file system
+and the same socket server. The client is tests/clients/bench_ioctl.c (TDX_CMD_GET_REPORT0 on v6.2,
+timed per call with CLOCK_MONOTONIC; the median is reported), reaching the daemon
+
+* through the FUSE device file, and
+* through the LD_PRELOAD library at /dev/tdx_guest (Unix socket);
+
+plus a Python client (fcntl.ioctl) on the FUSE file, timed by pytest-benchmark. Target: tdxmodel
+adds at most 20% over the null FUSE server.
+
+    python3 -m pytest benchmarks/bench_transport.py --benchmark-enable   # pytest-benchmark table
+    python3 benchmarks/bench_transport.py                                # the numbers for the lead
+
+Needs root and /dev/fuse, like the daemon.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tdxmodel import abi  # noqa: E402
+from tdxmodel.pytest_plugin import ServedDevice  # noqa: E402
+
+CALLS = 20000
+
+
+def build_client(directory: str) -> str:
+    out = os.path.join(directory, "bench_ioctl")
+    subprocess.run(["cc", "-O2", "-I", os.path.join(ROOT, "csrc"), "-o", out,
+                    os.path.join(ROOT, "tests", "clients", "bench_ioctl.c")], check=True, timeout=120)
+    return out
+
+
+def client_median_ns(client: str, device: ServedDevice, transport: str, calls: int = CALLS) -> float:
+    if transport == "fuse":
+        cmd, env = [client, device.path, "v6", str(calls)], None
+    else:
+        cmd, env = [client, device.device_node, "v6", str(calls)], device.preload_env()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=True)
+    return float(r.stdout.split()[0])
+
+
+@pytest.fixture(scope="module")
+def servers():
+    devices = {"null": ServedDevice("v6.2", extra_args=("--null",)).start(),
+               "tdxmodel": ServedDevice("v6.2").start()}
+    yield devices
+    for d in devices.values():
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    return build_client(str(tmp_path_factory.mktemp("bench")))
+
+
+@pytest.mark.parametrize("server", ["null", "tdxmodel"])
+@pytest.mark.parametrize("transport", ["fuse", "preload"])
+def test_c_client_ioctl(benchmark, servers, client, transport, server):
+    """One round = the C client making CALLS ioctls; extra_info holds its per-call median."""
+    benchmark.group = f"{transport}: C client, {CALLS} x GET_REPORT0"
+    medians = []
+
+    def run():
+        medians.append(client_median_ns(client, servers[server], transport))
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["median_ns_per_ioctl"] = sorted(medians)[len(medians) // 2]
+
+
+@pytest.mark.parametrize("server", ["null", "tdxmodel"])
+def test_python_fcntl_ioctl(benchmark, servers, server):
+    benchmark.group = "fuse: Python fcntl.ioctl, one GET_REPORT0"
+    fd = os.open(servers[server].path, os.O_RDWR)
+    buf = bytearray(abi.TDX_REPORT_REQ_LEN)
+    try:
+        assert benchmark(fcntl.ioctl, fd, abi.TDX_CMD_GET_REPORT0, buf) == 0
+    finally:
+        os.close(fd)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        client = build_client(tmp)
+        null = ServedDevice("v6.2", extra_args=("--null",)).start()
+        emulated = ServedDevice("v6.2").start()
+        try:
+            print(f"per-ioctl median latency, {CALLS} calls, best of 3 runs (v6.2 GET_REPORT0)")
+            for transport in ("fuse", "preload"):
+                # interleave the runs so load on the machine hits both alike
+                n, t = [], []
+                for _ in range(3):
+                    n.append(client_median_ns(client, null, transport))
+                    t.append(client_median_ns(client, emulated, transport))
+                bn, bt = min(n), min(t)
+                print(f"  {transport:8s} null {bn / 1000:6.2f} us   tdxmodel {bt / 1000:6.2f} us   "
+                      f"added {100 * (bt - bn) / bn:+5.1f}%")
+        finally:
+            null.stop()
+            emulated.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
