@@ -212,3 +212,31 @@ def test_concurrent_clients_lose_nothing():
         assert list(StateStore(str(d.state)).load().rtmr) == [c[-1] for c in chains]
         c = d.counters()["kernel"]
         assert c["outstanding"] == c["resident"] and c["locks_held"] == 0
+
+
+def test_malformed_socket_messages_end_only_that_connection():
+    import socket
+    from tdxmodel.transport import protocol
+    with ServedDevice("v6.2") as d:
+        device, windows = protocol.hello(d.socket)
+        assert device == abi.DEVICE_PATHS["v6.2"]
+        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+        for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, 1, 9, 0),
+                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, 1 << 30),
+                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, protocol.IOCTL.size)
+                     + protocol.IOCTL.pack(0, 0, 0, 0, 0, 0)):  # an ioctl before any open
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(d.socket)
+                s.sendall(junk)
+                assert s.recv(1) == b""  # the daemon hung up on this client only
+        client = protocol.Client(d.socket, os.O_RDWR)
+        try:
+            req = bytearray(abi.TDX_REPORT_REQ_LEN)
+            req[:RDLEN] = bytes(range(RDLEN))
+            assert client.ioctl(abi.TDX_CMD_GET_REPORT0, req) == 0
+            assert req[64 + abi.TDR_OFF_REPORTDATA:][:RDLEN] == bytes(range(RDLEN))
+            assert client.ioctl(0xC0A00401, bytearray(160)) == -errno.ENOTTY
+        finally:
+            client.close()
+        assert d.proc.poll() is None

@@ -41,15 +41,19 @@ def selftest_client(tmp_path_factory):
     return str(out)
 
 
+BACKENDS = ("core", "reference")
+
+
 @pytest.fixture(scope="module")
 def served():
-    """One daemon per driver for the tests of this module that do not change its state."""
+    """One daemon per (driver, backend) for the tests of this module that do not change its state.
+    On the core the ioctl path is the nogil C one; on the reference it is the Python handler."""
     devices = {}
 
-    def get(driver):
-        if driver not in devices:
-            devices[driver] = ServedDevice(driver).start()
-        return devices[driver]
+    def get(driver, backend="core"):
+        if (driver, backend) not in devices:
+            devices[driver, backend] = ServedDevice(driver, backend=backend).start()
+        return devices[driver, backend]
 
     yield get
     for d in devices.values():
@@ -77,18 +81,20 @@ def get_report(path, reportdata, driver="v6.2"):
         os.close(fd)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("driver", abi.DRIVERS)
-def test_c_selftest_through_fuse(served, selftest_client, driver):
-    d = served(driver)
+def test_c_selftest_through_fuse(served, selftest_client, driver, backend):
+    d = served(driver, backend)
     r = subprocess.run([selftest_client, d.path, layout(driver)], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("driver", abi.DRIVERS)
-def test_python_fcntl_selftest(served, driver):
-    d = served(driver)
+def test_python_fcntl_selftest(served, driver, backend):
+    d = served(driver, backend)
     reportdata = bytes(range(RDLEN))
     report = get_report(d.path, reportdata, driver)
     assert report[RD:RD + RDLEN] == reportdata
@@ -140,10 +146,11 @@ def _guarded_buffer(accessible):
     return m, base, start
 
 
-def test_v4_short_buffer_gets_efault_and_the_prefix(served):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v4_short_buffer_gets_efault_and_the_prefix(served, backend):
     """v4 writes the TDREPORT in place through the raw arg (process_vm_writev): a buffer with only
     512 writable bytes gets -EFAULT and the first 512 bytes of the report (ref §2.2 row 5, §7)."""
-    d = served("v4-2022-04")
+    d = served("v4-2022-04", backend)
     full = get_report(d.path, bytes(RDLEN), "v4-2022-04")
     m, base, start = _guarded_buffer(512)
     try:
@@ -180,8 +187,9 @@ def test_v62_struct_not_fully_accessible_is_efault(served):
 
 
 @pytest.mark.fault
-def test_faults_injected_at_run_time_give_their_errno():
-    with ServedDevice("v6.2") as d:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_faults_injected_at_run_time_give_their_errno(backend):
+    with ServedDevice("v6.2", backend=backend) as d:
         rd = bytes(RDLEN)
         # ref §7: ignore-gfp-wait defaults to Y, so the GFP_KERNEL kmalloc never fails until N
         d.fault("failslab", probability=100, times=1)
@@ -208,16 +216,27 @@ def test_faults_injected_at_run_time_give_their_errno():
             get_report(d.path, rd)
         assert e.value.errno == errno.EFAULT
         get_report(d.path, rd)
-        c = d.counters()["kernel"]
-        assert c["outstanding"] == c["resident"] and c["locks_held"] == 0
+        # fail-nth runs on across calls (ref §7): v6.2's GET_REPORT0 passes 4 points, so N = 6 spares
+        # the first call and fails the second call's 2nd point, the TDREPORT kzalloc
+        d.fail_nth(6)
+        get_report(d.path, rd)
+        assert d.fail_nth() == 2
+        with pytest.raises(OSError) as e:
+            get_report(d.path, rd)
+        assert e.value.errno == errno.ENOMEM
+        assert d.fail_nth() == 0
+        c = d.counters()
+        assert c["fast_path"] == (backend == "core")
+        assert c["kernel"]["outstanding"] == c["kernel"]["resident"] and c["kernel"]["locks_held"] == 0
         # a malformed knob value is refused with EINVAL, as debugfs does
         with pytest.raises(OSError) as e:
             d.control("fail/failslab/probability").write_text("lots\n")
         assert e.value.errno == errno.EINVAL
 
 
-def test_measurement_files_v616():
-    with ServedDevice("v6.16") as d:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_measurement_files_v616(backend):
+    with ServedDevice("v6.16", backend=backend) as d:
         m = d.control("measurements")
         assert sorted(os.listdir(m)) == sorted(abi.MEASUREMENTS)
         for name, (_off, writable) in abi.MEASUREMENTS.items():
