@@ -485,7 +485,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
     uint32_t window = tdxf_window(s, cmd);
     pid_t pid = fuse_req_ctx(req)->pid;
     uint64_t uarg = (uint64_t)(uintptr_t)arg;
-    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0};
+    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0, req};
     /* FUSE already copied `in_bufsz` bytes in; it copies `out_bufsz` out when we succeed. */
     int fuse_buffers = window > 0 && in_bufsz >= window && out_bufsz >= window;
     if (fuse_buffers) {
@@ -726,7 +726,7 @@ static void *conn_main(void *p)
             memcpy(before, image, q.window);
             atomic_fetch_add(&s->c_socket_ioctls, 1);
             tdxf_ioctl_call call = {handle, a.pid, q.cmd, q.arg, image, q.window, q.readable,
-                                    q.writable};
+                                    q.writable, NULL};
             long result = s->handler.ioctl(s->handler.ctx, &call);
             uint32_t first = 0, count = 0;
             changed_range(before, image, q.writable, &first, &count);
@@ -960,6 +960,12 @@ static int core_layout(gk_mm *mm, uint32_t offset, uint32_t readable, uint32_t w
     return plain;
 }
 
+static void core_interrupted(fuse_req_t req, void *task)
+{
+    (void)req;
+    atomic_store(&((gk_task *)task)->signal_pending, 1);
+}
+
 long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
 {
     if (call->handle < 1 || call->handle > c->max_files)
@@ -983,7 +989,16 @@ long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
     unsigned armed = tdxf_core_fail_nth_arm(c);
     if (armed)
         atomic_store(&task->fail_nth, armed);
+    /* A signal to the client while it waits (FUSE INTERRUPT) is a pending signal of the emulated
+     * task: 6.16's mr_lock_interruptible then gives -EINTR (ref §2.5 step 1). libfuse calls the
+     * function at once if the interrupt came first. */
+    if (call->fuse_req)
+        fuse_req_interrupt_func((fuse_req_t)call->fuse_req, core_interrupted, task);
     long ret = td_ioctl(f->p, f->fd, (uint32_t)call->cmd, addr);
+    if (call->fuse_req) {
+        fuse_req_interrupt_func((fuse_req_t)call->fuse_req, NULL, NULL);
+        atomic_store(&task->signal_pending, 0); /* delivered to the client, not kept */
+    }
     if (armed) {
         unsigned left = atomic_exchange(&task->fail_nth, 0);
         tdxf_core_fail_nth_disarm(c, left);

@@ -88,6 +88,7 @@ typedef struct {
     uint32_t window;
     uint32_t readable; /* client bytes readable from arg (<= window) */
     uint32_t writable; /* client bytes writable from arg (<= readable) */
+    void *fuse_req;    /* the FUSE request (its interrupt becomes the emulated task's signal), or NULL */
 } tdxf_ioctl_call;
 
 /* What the transports call. Every function may be called from many threads at once. For the Python

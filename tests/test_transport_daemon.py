@@ -240,3 +240,30 @@ def test_malformed_socket_messages_end_only_that_connection():
         finally:
             client.close()
         assert d.proc.poll() is None
+
+
+def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path):
+    """6.16 takes mr_lock interruptibly: a client that waits for it and gets a signal returns EINTR;
+    once the lock is free the same call succeeds (ref §2.5 step 1)."""
+    client = tmp_path / "interrupted"
+    subprocess.run(["cc", "-O2", "-I", os.path.join(ROOT, "csrc"), "-o", str(client),
+                    os.path.join(ROOT, "tests", "clients", "interrupted.c")], check=True, timeout=120)
+    with ServedDevice("v6.16") as d:
+        d.control("debug/mr_lock").write_text("1\n")
+        p = subprocess.Popen([str(client), d.path], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "waiting"
+            time.sleep(0.3)
+            assert p.poll() is None  # blocked on the lock
+            p.send_signal(signal.SIGUSR1)
+            out, _ = p.communicate(timeout=15)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        assert out.split() == ["-1", str(errno.EINTR)]
+        d.control("debug/mr_lock").write_text("0\n")
+        r = subprocess.run([str(client), d.path], capture_output=True, text=True, timeout=30)
+        assert r.stdout.split()[1:] == ["0", "0"]
+        c = d.counters()["kernel"]
+        assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"]

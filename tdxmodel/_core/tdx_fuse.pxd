@@ -15,6 +15,7 @@ cdef extern from "tdx_fuse.h" nogil:
         uint32_t window
         uint32_t readable
         uint32_t writable
+        void *fuse_req
 
     ctypedef struct tdxf_handler:
         void *ctx

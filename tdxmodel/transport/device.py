@@ -19,6 +19,7 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 ``fail-nth``                           write N: the N-th injectable point of the next emulated
                                        syscall(s) fails, counted across calls from any client;
                                        reads 0 once fired, N' > 0 while pending (ref §7 fail-nth)
+``debug/mr_lock`` (6.16 only)          write 1 / 0: hold / release mr_lock as another task
 ``debug/counters``                     JSON: the kernel's and module's debug counters and the
                                        number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
@@ -126,6 +127,7 @@ class EmulatedDevice:
         self._control_process: Any = None
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
+        self._mr_lock_held = False
         if self.driver == "v6.16":
             self._open_measurements()
         if store is not None:
@@ -237,6 +239,9 @@ class EmulatedDevice:
             self._write_fail_nth)
         add("debug/counters", 0o444, lambda size, off: _text(json.dumps(self.counters()) + "\n", off),
             lambda data, off: -errno.EACCES)
+        if self.driver == "v6.16":
+            add("debug/mr_lock", 0o600, lambda size, off: _text(f"{int(self._mr_lock_held)}\n", off),
+                self._write_mr_lock)
         for name, (_off, writable) in abi.MEASUREMENTS.items():
             if self.driver != "v6.16":
                 break
@@ -290,6 +295,24 @@ class EmulatedDevice:
                 return -errno.EINVAL
             return len(data)
         return write
+
+    def _write_mr_lock(self, data: bytes, offset: int) -> int:
+        """debug/mr_lock (6.16): 1 holds the driver's mr_lock from outside (as another task would),
+        0 releases it; clients then wait, and a signal to a waiting client gives -EINTR (ref §2.5)."""
+        text = data.decode("ascii", "replace").strip()
+        with self._control_lock:
+            if text == "1":
+                if self._mr_lock_held or not self.kernel.mr_lock_try():
+                    return -errno.EBUSY
+                self._mr_lock_held = True
+            elif text == "0":
+                if not self._mr_lock_held:
+                    return -errno.EINVAL
+                self.kernel.mr_lock_release()
+                self._mr_lock_held = False
+            else:
+                return -errno.EINVAL
+        return len(data)
 
     def _write_fail_nth(self, data: bytes, offset: int) -> int:
         try:
@@ -361,6 +384,9 @@ class EmulatedDevice:
             return changed
 
     def close(self) -> None:
+        if self._mr_lock_held:
+            self.kernel.mr_lock_release()
+            self._mr_lock_held = False
         with self._files_lock:
             handles = list(self._files)
         for h in handles:
