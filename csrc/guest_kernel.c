@@ -376,6 +376,8 @@ static int64_t pages_get_locked(gk_kernel *k, int order, int kind)
 void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
 {
     gk_kernel *k = c->k;
+    /* space budget in bytes, 4096 << order, as docs/CONTRACT.md pins it for both backends (Linux's
+     * mm/fail_page_alloc.c passes 1 << order pages; an open question for the contract) */
     if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)PAGE << order, order))
         return NULL;
     if (order < 0 || order > GK_MAX_ORDER)

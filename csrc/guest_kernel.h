@@ -17,8 +17,8 @@
 #include "tdx_abi.h"
 #include "tdx_module.h"
 
-/* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (pages 0..3 are the host's; the
- * contract leaves 4..15 unused so addresses never collide with host-side test buffers). */
+/* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (docs/CONTRACT.md "Kernel": pages
+ * 0..3 are the host's, 4..15 stay free for host-side test buffers). */
 #define GK_FIRST_PAGE 16
 #define GK_MAX_ORDER 10
 
@@ -108,7 +108,7 @@ void gk_set_resident(gk_kernel *k, uint64_t resident);
 void gk_count_lock(gk_kernel *k, int taken); /* 1: taken, 0: released */
 
 /* Fault knobs. gk_fault_attr_get copies a consistent snapshot; gk_fault_attr_set validates nothing
- * (the Cython layer raises ValueError for out-of-range values) and resets the interval count. */
+ * (the Cython layer raises ValueError for out-of-range values); the interval count carries over. */
 void gk_fault_attr_defaults(int cap, gk_fault_attr *out);
 void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out);
 void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *in);

@@ -191,6 +191,8 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     /* 4: tdx_mcall_tdreport returns the status with bits 31:0 cleared; nonzero -> put_user it as a
      * long into user bytes 0..7 and return -EIO, whatever put_user returned */
     uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
+    /* the driver tests the wrapper's result, not the raw status: a status with only bits 31:0 set
+     * reads as success (proofs/v4_2022_04.py models the same) */
     uint64_t wrapper = status & LINUX_V4_STATUS_MASK;
     if (call_exit_kind != TDXM_EXIT_NONE) { /* no status at all: nothing to put_user */
         ret = -TDXM_EIO;
