@@ -369,7 +369,7 @@ cdef class Process:
     """A process with its own user address space and file table (docs/CONTRACT.md "Process").
 
     One task per Process: fail-nth, the signal flag and the trace belong to it; give each thread its
-    own Process to inject faults concurrently. Not constructible from Python: use ``Kernel.process``."""
+    own Process to inject faults concurrently. ``Process(kernel)`` is the same as ``kernel.process()``."""
 
     cdef td_process *p
     cdef Kernel _kernel
@@ -378,9 +378,13 @@ cdef class Process:
         self.p = NULL
 
     def __init__(self, *args):
-        if len(args) != 2 or args[0] is not _INTERNAL:
-            raise TypeError("Process is not constructible; use Kernel.process()")
-        kernel = <Kernel>args[1]
+        if len(args) == 2 and args[0] is _INTERNAL:
+            args = args[1:]
+        if len(args) != 1 or not isinstance(args[0], Kernel):
+            raise TypeError("Process(kernel) needs a core-backend Kernel (or use Kernel.process())")
+        if self.p != NULL:
+            raise RuntimeError("Process is already initialised")
+        kernel = <Kernel>args[0]
         self.p = td_process_create(kernel._live())
         if self.p == NULL:
             raise MemoryError()
