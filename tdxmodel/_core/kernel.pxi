@@ -51,9 +51,9 @@ cdef bint _bool_arg(str name, object value) except -1:
 
 cdef inline uint64_t _u64_arg(str name, object value) except? 0xFFFFFFFFFFFFFFFF:
     """_u64_arg(name: str, value: int) -> uint64_t: the syscall fast path for an unsigned argument."""
-    if type(value) is int and value >= 0:
+    if type(value) is int:
         try:
-            return value
+            return value  # OverflowError for a negative value or one of 2**64 and above
         except OverflowError:
             pass
     return _int_arg(name, value, 0, _U64_MAX)
@@ -546,12 +546,14 @@ cdef class Process:
         ``cmd`` is an unsigned 32-bit number and ``arg`` an unsigned 64-bit address (ValueError
         outside those ranges). The GIL is released for the whole call."""
         cdef td_process *p = self._live()
-        cdef int c_fd
-        if type(fd) is int and -_I31 <= fd <= _I31:
-            c_fd = fd
+        cdef int c_fd = -1
+        if type(fd) is int:
+            try:
+                c_fd = fd
+            except OverflowError:
+                pass  # beyond int: no such descriptor, -EBADF
         else:
             _int_arg("fd", fd, None, None)
-            c_fd = -1
         cdef uint64_t c_cmd64 = _u64_arg("cmd", cmd)
         if c_cmd64 > 0xFFFFFFFF:
             _int_arg("cmd", cmd, 0, _I32)
