@@ -25,7 +25,7 @@ _PROT_BITS = {"": GK_PROT_NONE, "r": GK_PROT_READ, "w": GK_PROT_WRITE, "rw": GK_
 _I31 = (1 << 31) - 1
 _I32 = (1 << 32) - 1
 _PAGE = _abi.TDX_PAGE_SIZE
-#: Internal-construction token: FaultAttr and Process are made by Kernel, never from Python.
+#: Internal-construction token: FaultAttr is made by Kernel.fault only (Kernel.process also uses it).
 cdef object _INTERNAL = object()
 
 
