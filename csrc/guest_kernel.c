@@ -790,8 +790,8 @@ size_t gk_copy_to_user(gk_ctx *c, int point, uint64_t uaddr, const void *src, si
     size_t limit = n;
     /* model-only genuine mid-copy fault: a prefix of `partial_at` bytes lands, then the copy stops */
     if (c->partial_armed && atomic_load_explicit(c->partial_armed, memory_order_relaxed) &&
-        atomic_exchange(c->partial_armed, 0) && c->partial_at < n)
-        limit = c->partial_at;
+        atomic_exchange(c->partial_armed, 0) && atomic_load(c->partial_at) < n)
+        limit = atomic_load(c->partial_at);
     pthread_rwlock_rdlock(&c->mm->lock);
     size_t left = walk(c->mm, uaddr, limit, GK_PROT_WRITE, write_chunk, (void *)src);
     pthread_rwlock_unlock(&c->mm->lock);

@@ -84,7 +84,7 @@ typedef struct {
     /* model-only genuine fault: the next copy_to_user faults after partial_at bytes (CONTRACT
      * Process.fault_user_copy); consumed by that copy. Points at the process's flag. */
     _Atomic int *partial_armed;
-    size_t partial_at;
+    _Atomic size_t *partial_at; /* read when the armed flag is consumed */
 } gk_ctx;
 
 /* Debug counters (ref: style.md lesson 5). */

@@ -32,7 +32,7 @@ struct td_process {
     unsigned ntrace;
     gk_trace_entry trace[GK_TRACE_MAX];
     _Atomic int partial_armed;
-    size_t partial_at;
+    _Atomic size_t partial_at;
     int exit_kind;      /* of the last syscall's TD exit, if any */
     uint64_t exit_gpa;
 };
@@ -51,7 +51,7 @@ static void ctx_init(gk_ctx *c, td_process *p)
     c->bypass_filters = 0;
     c->ntrace = 0;
     c->partial_armed = &p->partial_armed;
-    c->partial_at = p->partial_at;
+    c->partial_at = &p->partial_at;
     call_exit_kind = TDXM_EXIT_NONE;
 }
 
@@ -480,7 +480,7 @@ gk_task *td_process_task(td_process *p) { return &p->task; }
 
 void td_fault_user_copy(td_process *p, int armed, size_t at)
 {
-    p->partial_at = at;
+    atomic_store(&p->partial_at, at); /* before arming: a consumer reads it after the flag */
     atomic_store(&p->partial_armed, armed);
 }
 
