@@ -172,14 +172,15 @@ tdxm_module *gk_kernel_module(gk_kernel *k) { return k->m; }
 
 void gk_get_counters(gk_kernel *k, gk_counters *out)
 {
-    out->allocs = atomic_load(&k->allocs);
+    /* releases first: each free follows its alloc, so a racing snapshot never shows more frees */
     out->frees = atomic_load(&k->frees);
+    out->allocs = atomic_load(&k->allocs);
     out->outstanding = out->allocs - out->frees;
     out->resident = atomic_load(&k->resident);
     out->slab_allocs = atomic_load(&k->slab_allocs);
     out->page_allocs = atomic_load(&k->page_allocs);
-    out->locks_taken = atomic_load(&k->locks_taken);
     out->locks_released = atomic_load(&k->locks_released);
+    out->locks_taken = atomic_load(&k->locks_taken);
     out->locks_held = out->locks_taken - out->locks_released;
 }
 
