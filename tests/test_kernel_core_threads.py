@@ -268,3 +268,17 @@ def test_fail_nth_fires_exactly_once_for_threads_sharing_a_process(make_kernel):
     assert sorted(set(rets)) == [-abi.EFAULT, 0]
     assert rets.count(-abi.EFAULT) == 1
     assert p.fail_nth == 0
+
+
+def test_memory_one_process_freed_serves_another(make_kernel):
+    """Two kernel pages: one slab page for the kmalloc(64) and one page for v4's get_zeroed_page. After
+    one process's ioctl freed its page, another process's ioctl gets it (the core's per-process
+    allocation caches give everything back before an allocation may fail)."""
+    k = make_kernel("v4-2022-04", memory_pages=18)
+    first, second = mapped_process(k), mapped_process(k)
+    for p in (first, second, first, second):
+        p.poke(BUF, b"\x01" * 64)
+        assert p.ioctl(p.open(k.device_path), abi.TDX_CMD_GET_TDREPORT, BUF) == 0
+        assert p.peek(BUF + RD_OFF, 64) == b"\x01" * 64
+    c = k.counters()
+    assert c["outstanding"] == 0 and c["page_allocs"] == 4
