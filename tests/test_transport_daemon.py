@@ -267,3 +267,15 @@ def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path):
         assert r.stdout.split()[1:] == ["0", "0"]
         c = d.counters()["kernel"]
         assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"]
+
+
+def test_bind_over_an_existing_node_keeps_it(tmp_path):
+    target = tmp_path / "tdx_guest"
+    target.write_bytes(b"real node stand-in")
+    with ServedDevice("v6.2", bind=str(target)) as d:
+        assert _is_mounted(str(target))
+        assert len(report_over(str(target))) == abi.TDX_REPORT_LEN
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+    assert not _is_mounted(str(target))
+    assert target.read_bytes() == b"real node stand-in"  # not ours: left as it was

@@ -251,11 +251,15 @@ class Daemon:
 
     # ------------------------------------------------------------------ run / stop
     def _watch_state(self) -> None:
+        last_error = None
         while not self._stop.wait(STATE_POLL_SECONDS):
             try:
                 self.device.sync_state()
-            except Exception as e:  # a corrupt state file must not kill the daemon
-                self.device.log(f"state directory: {e}")
+                last_error = None
+            except Exception as e:  # a corrupt state file must not kill the daemon; say it once
+                if str(e) != last_error:
+                    self.device.log(f"state directory: {e} (serving the last good state)")
+                last_error = str(e)
 
     def serve_forever(self) -> None:
         """Block until SIGINT/SIGTERM (main thread only), then stop."""
