@@ -104,6 +104,7 @@ class Daemon:
         self._bind_created = False
         self._bound = False
         self._mounted = False
+        self._fuse_conn: Optional[int] = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -147,6 +148,10 @@ class Daemon:
             raise DaemonError(f"cannot mount FUSE on {self.mount}: {e.strerror}") from None
         self._mounted = True
         self._spawn("fuse", self.server.fuse_run)
+        try:  # the connection's id in fusectl, to abort it if clients keep files open at stop
+            self._fuse_conn = os.minor(os.stat(self.mount).st_dev)
+        except OSError:
+            self._fuse_conn = None
         if self.socket_path:
             try:
                 self.server.socket_listen(self.socket_path, self.mode)
@@ -292,8 +297,21 @@ class Daemon:
                 self.server.socket_stop()
             if self._mounted:
                 self.server.fuse_stop()
+        fuse_thread = next((t for t in self._threads if t.name == "tdxmodel-fuse"), None)
+        if fuse_thread is not None:
+            # A detached mount lives on while clients keep the device open, and so does the loop:
+            # abort the connection (their next call gets ECONNABORTED), as the kernel does when a
+            # FUSE daemon exits.
+            fuse_thread.join(0.5)
+            abort = f"/sys/fs/fuse/connections/{self._fuse_conn}/abort"
+            if fuse_thread.is_alive() and self._fuse_conn is not None and os.path.exists(abort):
+                try:
+                    with open(abort, "w") as f:
+                        f.write("1")
+                except OSError:
+                    pass
         for t in self._threads:
-            t.join(10)
+            t.join(5)
         self._threads.clear()
         if self._mounted:
             if mount_type(self.mount):
