@@ -197,6 +197,14 @@ class Daemon:
             raise DaemonError(f"{self.mount}: {e.strerror}") from None
         kind = mount_type(self.mount)
         if kind is not None and kind.startswith("fuse"):
+            # stat() may answer from the attribute cache; a directory read needs the daemon
+            try:
+                os.listdir(self.mount)
+            except OSError as e:
+                if e.errno == errno.ENOTCONN:
+                    self._recover_stale()
+                    return
+                raise DaemonError(f"{self.mount}: {e.strerror}") from None
             if kind == "fuse.tdxmodel":
                 raise DaemonError(f"{self.mount} is already served by a running tdxmodel daemon "
                                   "(stop it first, or choose another --mount)")
