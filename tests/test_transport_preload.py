@@ -78,7 +78,7 @@ def test_every_open_entry_point_is_interposed(served, tmp_path_factory):
     r = subprocess.run([client, d.device_node], capture_output=True, text=True, timeout=30,
                        env=d.preload_env())
     assert r.returncode == 0, r.stdout + r.stderr
-    assert [line.split()[1] for line in r.stdout.splitlines()] == ["ok"] * 8
+    assert [line.split()[1] for line in r.stdout.splitlines()] == ["ok"] * 11
 
 
 PY_CLIENT = r"""

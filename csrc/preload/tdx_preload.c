@@ -15,9 +15,9 @@
  * file).
  *
  * It cannot reach: statically linked programs and Go binaries (they make raw syscalls, no libc),
- * fopen/freopen (glibc opens internally without the exported symbols), dup'd fds (dup/dup2/fcntl
- * F_DUPFD copies are real socket fds the daemon does not see as the device), io_uring, and paths that
- * name the device differently (relative paths, symlinks). Use the FUSE file (`tdxmodel serve --mount`,
+ * fopen/freopen (glibc opens internally without the exported symbols), fcntl(F_DUPFD) copies (dup,
+ * dup2 and dup3 are followed), io_uring, and paths that name the device differently (relative paths,
+ * symlinks). Use the FUSE file (`tdxmodel serve --mount`,
  * with `--bind /dev/tdx_guest`) for those.
  */
 #define _GNU_SOURCE
@@ -47,9 +47,11 @@ static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct tdxw_window windows[TDXW_MAX_WINDOWS];
 static uint32_t nwindows;
 static int enabled;
-/* fds that are our connections; one mutex per fd would be overkill: calls on one fd are serialised
- * by a small striped lock so two threads never interleave messages on one socket. */
-static atomic_uchar ours[MAX_FDS];
+/* fd -> id of the connection (the open file) it refers to, 0 if the fd is not ours. dup'd fds share
+ * the id, as they share the open file. Calls on one connection are serialised by a striped lock on
+ * the id, so two threads never interleave messages on one socket. */
+static atomic_uint conn_of[MAX_FDS];
+static atomic_uint next_conn = 1;
 static pthread_mutex_t stripes[64] = {[0 ... 63] = PTHREAD_MUTEX_INITIALIZER};
 
 static int (*real_open)(const char *, int, ...);
@@ -62,6 +64,9 @@ static int (*real___openat_2)(int, const char *, int);
 static int (*real___openat64_2)(int, const char *, int);
 static int (*real_ioctl)(int, unsigned long, ...);
 static int (*real_close)(int);
+static int (*real_dup)(int);
+static int (*real_dup2)(int, int);
+static int (*real_dup3)(int, int, int);
 
 static void resolve(void)
 {
@@ -75,6 +80,9 @@ static void resolve(void)
     real___openat64_2 = dlsym(RTLD_NEXT, "__openat64_2");
     real_ioctl = dlsym(RTLD_NEXT, "ioctl");
     real_close = dlsym(RTLD_NEXT, "close");
+    real_dup = dlsym(RTLD_NEXT, "dup");
+    real_dup2 = dlsym(RTLD_NEXT, "dup2");
+    real_dup3 = dlsym(RTLD_NEXT, "dup3");
 }
 
 static int full_io(int fd, void *buf, size_t len, int writing)
@@ -195,11 +203,12 @@ static int open_device(int flags)
         errno = (int)-reply.r.result;
         return -1;
     }
-    atomic_store(&ours[fd], 1);
+    unsigned id = atomic_fetch_add(&next_conn, 1);
+    atomic_store(&conn_of[fd], id ? id : atomic_fetch_add(&next_conn, 1));
     return fd;
 }
 
-static int is_ours(int fd) { return fd >= 0 && fd < MAX_FDS && atomic_load(&ours[fd]); }
+static unsigned conn(int fd) { return fd >= 0 && fd < MAX_FDS ? atomic_load(&conn_of[fd]) : 0; }
 
 static uint32_t window_of(unsigned long cmd)
 {
@@ -249,7 +258,7 @@ static int forward_ioctl(int fd, unsigned long cmd, void *arg)
     memcpy(msg + sizeof(h), &q, sizeof(q));
     struct reply reply;
     uint8_t data[TDXW_MAX_WINDOW];
-    pthread_mutex_t *lock = &stripes[fd % 64];
+    pthread_mutex_t *lock = &stripes[conn(fd) % 64];
     pthread_mutex_lock(lock);
     int bad = full_io(fd, msg, sizeof(h) + h.length, 1) < 0 || recv_reply(fd, &reply) < 0 ||
               reply.r.wb_length > TDXW_MAX_WINDOW ||
@@ -365,7 +374,7 @@ int ioctl(int fd, unsigned long request, ...)
     void *arg = va_arg(ap, void *);
     va_end(ap);
     pthread_once(&once, init);
-    if (is_ours(fd))
+    if (conn(fd))
         return forward_ioctl(fd, request, arg);
     return real_ioctl(fd, request, arg);
 }
@@ -373,7 +382,35 @@ int ioctl(int fd, unsigned long request, ...)
 int close(int fd)
 {
     pthread_once(&once, init);
-    if (is_ours(fd))
-        atomic_store(&ours[fd], 0);
+    if (conn(fd))
+        atomic_store(&conn_of[fd], 0);
     return real_close(fd);
+}
+
+/* A dup'd fd is the same open file (the same connection). */
+static int note_dup(int oldfd, int newfd)
+{
+    if (newfd >= 0 && newfd < MAX_FDS)
+        atomic_store(&conn_of[newfd], conn(oldfd));
+    return newfd;
+}
+
+int dup(int oldfd)
+{
+    pthread_once(&once, init);
+    return note_dup(oldfd, real_dup(oldfd));
+}
+
+int dup2(int oldfd, int newfd)
+{
+    pthread_once(&once, init);
+    int r = real_dup2(oldfd, newfd);
+    return r < 0 || oldfd == newfd ? r : note_dup(oldfd, r);
+}
+
+int dup3(int oldfd, int newfd, int flags)
+{
+    pthread_once(&once, init);
+    int r = real_dup3(oldfd, newfd, flags);
+    return r < 0 ? r : note_dup(oldfd, r);
 }

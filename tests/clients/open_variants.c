@@ -1,7 +1,8 @@
 /*
  * open_variants.c - open the device through every libc entry point the LD_PRELOAD library
  * interposes (open, open64, openat, openat64 and the _FORTIFY_SOURCE variants __open_2, __open64_2,
- * __openat_2, __openat64_2), run TDX_CMD_GET_REPORT0 on each fd and close it.
+ * __openat_2, __openat64_2) and dup/dup2/dup3 of such an fd, run TDX_CMD_GET_REPORT0 on each fd
+ * and close it.
  *
  *   open_variants DEVICE_PATH     prints one line per entry point: "name ok" or "name FAIL ..."
  */
@@ -61,5 +62,17 @@ int main(int argc, char **argv)
     bad |= check("__open64_2", __open64_2(p, O_RDWR));
     bad |= check("__openat_2", __openat_2(AT_FDCWD, p, O_RDWR));
     bad |= check("__openat64_2", __openat64_2(AT_FDCWD, p, O_RDWR));
+    /* dup'd fds are the same open file: they keep working after the original is closed */
+    int fd = open(p, O_RDWR), copy = dup(fd);
+    close(fd);
+    bad |= check("dup", copy);
+    fd = open(p, O_RDWR);
+    copy = dup2(fd, 100);
+    close(fd);
+    bad |= check("dup2", copy);
+    fd = open(p, O_RDWR);
+    copy = dup3(fd, 101, O_CLOEXEC);
+    close(fd);
+    bad |= check("dup3", copy);
     return bad;
 }
