@@ -586,9 +586,8 @@ static int64_t take_pages(gk_ctx *c, int order)
 void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
 {
     gk_kernel *k = c->k;
-    /* space budget in bytes, 4096 << order, as docs/CONTRACT.md pins it for both backends (Linux's
-     * mm/fail_page_alloc.c passes 1 << order pages; an open question for the contract) */
-    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)PAGE << order, order))
+    /* the space budget counts pages here: mm/fail_page_alloc.c passes 1 << order (ref §7 [21]) */
+    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
         return NULL;
     if (order < 0 || order > GK_MAX_ORDER)
         return NULL;
