@@ -95,7 +95,7 @@ static int null_control_write(void *ctx, int node, uint32_t pid, const char *buf
 }
 
 const tdxf_handler tdxf_null_handler = {NULL, null_open, null_release, null_ioctl, null_control_read,
-                                        null_control_write};
+                                        null_control_write, NULL};
 
 /* ------------------------------------------------------------------------------ server and nodes */
 
@@ -466,6 +466,20 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_write(req, (size_t)r);
 }
 
+struct interrupt_arg {
+    tdxf_server *s;
+    uint64_t handle;
+    int fired;
+};
+
+static void op_interrupted(fuse_req_t req, void *data)
+{
+    (void)req;
+    struct interrupt_arg *a = data;
+    a->fired = 1;
+    a->s->handler.interrupt(a->s->handler.ctx, a->handle, 1);
+}
+
 static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
                      struct fuse_file_info *fi, unsigned flags, const void *in_buf, size_t in_bufsz,
                      size_t out_bufsz)
@@ -485,7 +499,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
     uint32_t window = tdxf_window(s, cmd);
     pid_t pid = fuse_req_ctx(req)->pid;
     uint64_t uarg = (uint64_t)(uintptr_t)arg;
-    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0, req};
+    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0};
     /* FUSE already copied `in_bufsz` bytes in; it copies `out_bufsz` out when we succeed. */
     int fuse_buffers = window > 0 && in_bufsz >= window && out_bufsz >= window;
     if (fuse_buffers) {
@@ -497,7 +511,18 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
         atomic_fetch_add(&s->c_vm_reads, 1);
     }
     memcpy(before, image, window);
+    /* A signal to the waiting client arrives as a FUSE INTERRUPT: hand it to the emulated task for
+     * the duration of the call. libfuse runs the function at once if the interrupt came first, and
+     * unregistering waits for a callback in progress, so on = 0 always comes last. */
+    struct interrupt_arg irq = {s, fi->fh, 0};
+    if (s->handler.interrupt)
+        fuse_req_interrupt_func(req, op_interrupted, &irq);
     long result = s->handler.ioctl(s->handler.ctx, &call);
+    if (s->handler.interrupt) {
+        fuse_req_interrupt_func(req, NULL, NULL);
+        if (irq.fired)
+            s->handler.interrupt(s->handler.ctx, fi->fh, 0);
+    }
     uint32_t first = 0, count = 0;
     changed_range(before, image, call.writable, &first, &count);
     if (count && (!fuse_buffers || result < 0)) {
@@ -726,7 +751,7 @@ static void *conn_main(void *p)
             memcpy(before, image, q.window);
             atomic_fetch_add(&s->c_socket_ioctls, 1);
             tdxf_ioctl_call call = {handle, a.pid, q.cmd, q.arg, image, q.window, q.readable,
-                                    q.writable, NULL};
+                                    q.writable};
             long result = s->handler.ioctl(s->handler.ctx, &call);
             uint32_t first = 0, count = 0;
             changed_range(before, image, q.writable, &first, &count);
@@ -960,10 +985,15 @@ static int core_layout(gk_mm *mm, uint32_t offset, uint32_t readable, uint32_t w
     return plain;
 }
 
-static void core_interrupted(fuse_req_t req, void *task)
+/* Called only while an ioctl on `handle` is in flight (op_ioctl's interrupt window), when the file is
+ * registered and its process alive: no lock needed (the ioctl holds the file's). */
+void tdxf_core_interrupt(tdxf_core *c, uint64_t handle, int on)
 {
-    (void)req;
-    atomic_store(&((gk_task *)task)->signal_pending, 1);
+    if (handle < 1 || handle > c->max_files)
+        return;
+    struct td_process *p = c->files[handle - 1].p;
+    if (p)
+        atomic_store(&td_process_task(p)->signal_pending, on);
 }
 
 long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
@@ -989,16 +1019,7 @@ long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
     unsigned armed = tdxf_core_fail_nth_arm(c);
     if (armed)
         atomic_store(&task->fail_nth, armed);
-    /* A signal to the client while it waits (FUSE INTERRUPT) is a pending signal of the emulated
-     * task: 6.16's mr_lock_interruptible then gives -EINTR (ref §2.5 step 1). libfuse calls the
-     * function at once if the interrupt came first. */
-    if (call->fuse_req)
-        fuse_req_interrupt_func((fuse_req_t)call->fuse_req, core_interrupted, task);
     long ret = td_ioctl(f->p, f->fd, (uint32_t)call->cmd, addr);
-    if (call->fuse_req) {
-        fuse_req_interrupt_func((fuse_req_t)call->fuse_req, NULL, NULL);
-        atomic_store(&task->signal_pending, 0); /* delivered to the client, not kept */
-    }
     if (armed) {
         unsigned left = atomic_exchange(&task->fail_nth, 0);
         tdxf_core_fail_nth_disarm(c, left);

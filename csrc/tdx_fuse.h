@@ -88,7 +88,6 @@ typedef struct {
     uint32_t window;
     uint32_t readable; /* client bytes readable from arg (<= window) */
     uint32_t writable; /* client bytes writable from arg (<= readable) */
-    void *fuse_req;    /* the FUSE request (its interrupt becomes the emulated task's signal), or NULL */
 } tdxf_ioctl_call;
 
 /* What the transports call. Every function may be called from many threads at once. For the Python
@@ -104,6 +103,10 @@ typedef struct {
     int (*control_read)(void *ctx, int node, uint32_t pid, char *buf, size_t size, off_t offset);
     int (*control_write)(void *ctx, int node, uint32_t pid, const char *buf, size_t size,
                          off_t offset);
+    /* FUSE only, may be NULL: the client of the ioctl in progress on `handle` got a signal (on = 1;
+     * called from another thread while ioctl runs), or that call has ended (on = 0). The emulated
+     * task sees a pending signal in between: 6.16's mr_lock_interruptible gives -EINTR (ref §2.5). */
+    void (*interrupt)(void *ctx, uint64_t handle, int on);
 } tdxf_handler;
 
 /* The null handler: open gives handle 0, ioctl returns 0 and changes nothing. */
@@ -169,6 +172,8 @@ long tdxf_core_register(tdxf_core *c, struct td_process *p, int fd);
 /* waits for a call in progress on the handle; afterwards the process may be closed */
 void tdxf_core_unregister(tdxf_core *c, uint64_t handle);
 long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call);
+/* the emulated task of `handle` gets (on = 1) or loses (on = 0) a pending signal */
+void tdxf_core_interrupt(tdxf_core *c, uint64_t handle, int on);
 /* daemon-wide fail-nth: arm takes the pending count (0 if none) for one syscall; disarm gives back
  * what that syscall left unreached (ref §7: the count runs on across calls until it fires). */
 unsigned tdxf_core_fail_nth_arm(tdxf_core *c);

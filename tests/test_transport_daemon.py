@@ -242,13 +242,14 @@ def test_malformed_socket_messages_end_only_that_connection():
         assert d.proc.poll() is None
 
 
-def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path):
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path, backend):
     """6.16 takes mr_lock interruptibly: a client that waits for it and gets a signal returns EINTR;
     once the lock is free the same call succeeds (ref §2.5 step 1)."""
     client = tmp_path / "interrupted"
     subprocess.run(["cc", "-O2", "-I", os.path.join(ROOT, "csrc"), "-o", str(client),
                     os.path.join(ROOT, "tests", "clients", "interrupted.c")], check=True, timeout=120)
-    with ServedDevice("v6.16") as d:
+    with ServedDevice("v6.16", backend=backend) as d:
         d.control("debug/mr_lock").write_text("1\n")
         p = subprocess.Popen([str(client), d.path], stdout=subprocess.PIPE, text=True)
         try:

@@ -73,6 +73,17 @@ cdef long _core_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept nogil:
     return tdxf_core_ioctl((<_Ctx *>ctx).core, call)
 
 
+cdef void _core_interrupt(void *ctx, uint64_t handle, int on) noexcept nogil:
+    tdxf_core_interrupt((<_Ctx *>ctx).core, handle, on)
+
+
+cdef void _py_interrupt(void *ctx, uint64_t handle, int on) noexcept with gil:
+    try:
+        _py(ctx).interrupt(handle, bool(on))
+    except BaseException as e:
+        _sink(ctx, e)
+
+
 cdef int _py_control_read(void *ctx, int node, uint32_t pid, char *buf, size_t size,
                           off_t offset) noexcept with gil:
     try:
@@ -106,7 +117,8 @@ cdef class DeviceServer:
     `handler` None is the null server (every ioctl returns 0 and changes nothing); otherwise an object
     with open(flags, pid) -> handle | -errno, release(handle), ioctl(handle, pid, cmd, arg, image,
     readable, writable) -> int, control_read(node, pid, size, offset) -> bytes | -errno,
-    control_write(node, pid, data, offset) -> int, callback_error(exc). fuse_run and socket_run block
+    control_write(node, pid, data, offset) -> int, callback_error(exc), and optionally
+    interrupt(handle, on: bool) (a FUSE client got a signal during its ioctl / that call ended). fuse_run and socket_run block
     (GIL released): call them from their own threads.
     """
     cdef tdxf_server *s
@@ -130,12 +142,16 @@ cdef class DeviceServer:
             self.ops.open = _py_open
             self.ops.release = _py_release
             self.ops.ioctl = _py_ioctl
+            self.ops.interrupt = NULL
+            if callable(getattr(handler, "interrupt", None)):
+                self.ops.interrupt = _py_interrupt
             if fast_path:
                 # the hot path without the GIL: needs the C core's Process (core_register)
                 self.ctx.core = tdxf_core_new(MAX_CORE_FILES)
                 if self.ctx.core == NULL:
                     raise MemoryError()
                 self.ops.ioctl = _core_ioctl
+                self.ops.interrupt = _core_interrupt
                 self.fast_path = True
             self.ops.control_read = _py_control_read
             self.ops.control_write = _py_control_write

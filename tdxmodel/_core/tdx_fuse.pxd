@@ -15,7 +15,6 @@ cdef extern from "tdx_fuse.h" nogil:
         uint32_t window
         uint32_t readable
         uint32_t writable
-        void *fuse_req
 
     ctypedef struct tdxf_handler:
         void *ctx
@@ -25,6 +24,7 @@ cdef extern from "tdx_fuse.h" nogil:
         int (*control_read)(void *ctx, int node, uint32_t pid, char *buf, size_t size, off_t offset) noexcept
         int (*control_write)(void *ctx, int node, uint32_t pid, const char *buf, size_t size,
                              off_t offset) noexcept
+        void (*interrupt)(void *ctx, uint64_t handle, int on) noexcept
 
     const tdxf_handler tdxf_null_handler
 
@@ -65,6 +65,7 @@ cdef extern from "tdx_fuse.h" nogil:
     void tdxf_core_free(tdxf_core *c)
     long tdxf_core_register(tdxf_core *c, void *p, int fd)
     void tdxf_core_unregister(tdxf_core *c, uint64_t handle)
+    void tdxf_core_interrupt(tdxf_core *c, uint64_t handle, int on)
     long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call) noexcept
     unsigned tdxf_core_fail_nth_arm(tdxf_core *c)
     void tdxf_core_fail_nth_disarm(tdxf_core *c, unsigned left)

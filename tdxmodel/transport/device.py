@@ -191,6 +191,13 @@ class EmulatedDevice:
                 image[:writable] = p.peek(addr, writable)
         return ret
 
+    def interrupt(self, handle: int, on: bool) -> None:
+        """The client of the ioctl in progress on `handle` got a signal (on) / the call ended (off):
+        the emulated task has a pending signal in between (6.16 mr_lock: -EINTR, ref §2.5)."""
+        f = self._files.get(handle)
+        if f is not None:
+            f.process.signal_pending = on
+
     def _layout(self, f: _OpenFile, offset: int, readable: int, writable: int) -> None:
         """Map the mirror's pages as the client's are: rw up to `writable`, r up to `readable`,
         nothing after (the bounds fall on page boundaries of the client, hence of the mirror)."""
