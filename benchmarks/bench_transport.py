@@ -11,6 +11,10 @@ timed per call with CLOCK_MONOTONIC; the median is reported), reaching the daemo
 plus a Python client (fcntl.ioctl) on the FUSE file, timed by pytest-benchmark. Target: tdxmodel
 adds at most 20% over the null FUSE server.
 
+Client and daemon (every thread) are pinned to one CPU: a round trip between two processes on
+different, partly idle CPUs is dominated by wake-up latency (on the 2-CPU test machine the socket
+path measured ~60 us unpinned against ~7 us pinned), which would hide what the emulator costs.
+
     python3 -m pytest benchmarks/bench_transport.py --benchmark-enable   # pytest-benchmark table
     python3 benchmarks/bench_transport.py                                # the numbers for the lead
 
@@ -34,6 +38,23 @@ from tdxmodel import abi  # noqa: E402
 from tdxmodel.pytest_plugin import ServedDevice  # noqa: E402
 
 CALLS = 20000
+PIN_CPU = max(os.sched_getaffinity(0))
+
+
+def pin(pid: int, cpu: int = PIN_CPU) -> None:
+    """Pin every thread of process `pid` to `cpu` (threads created later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass
+
+
+def start_pinned(driver: str, *extra: str) -> ServedDevice:
+    device = ServedDevice(driver, extra_args=extra).start()
+    assert device.proc is not None
+    pin(device.proc.pid)
+    return device
 
 
 def build_client(directory: str) -> str:
@@ -49,14 +70,14 @@ def client_median_ns(client: str, device: ServedDevice, transport: str, calls: i
         cmd, env = [client, device.path, layout, str(calls)], None
     else:
         cmd, env = [client, device.device_node, layout, str(calls)], device.preload_env()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=True,
+                       preexec_fn=lambda: os.sched_setaffinity(0, {PIN_CPU}))
     return float(r.stdout.split()[0])
 
 
 @pytest.fixture(scope="module")
 def servers():
-    devices = {"null": ServedDevice("v6.2", extra_args=("--null",)).start(),
-               "tdxmodel": ServedDevice("v6.2").start()}
+    devices = {"null": start_pinned("v6.2", "--null"), "tdxmodel": start_pinned("v6.2")}
     yield devices
     for d in devices.values():
         d.stop()
@@ -95,12 +116,13 @@ def test_python_fcntl_ioctl(benchmark, servers, server):
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         client = build_client(tmp)
-        print(f"per-ioctl median latency, {CALLS} calls, best of 3 interleaved runs")
+        print(f"per-ioctl median latency, {CALLS} calls, best of 3 interleaved runs, "
+              f"client and daemons on CPU {PIN_CPU}")
         # v6.2: FUSE copies the 1088-byte struct; v4: the daemon copies 1024 bytes in place through
         # process_vm_readv/writev (its command encodes 8)
         for driver in ("v6.2", "v4-2022-04"):
-            null = ServedDevice(driver, extra_args=("--null",)).start()
-            emulated = ServedDevice(driver).start()
+            null = start_pinned(driver, "--null")
+            emulated = start_pinned(driver)
             try:
                 for transport in ("fuse", "preload"):
                     # interleave the runs so load on the machine hits both alike
