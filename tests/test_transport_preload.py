@@ -37,10 +37,10 @@ def selftest_client(tmp_path_factory):
 def served():
     devices = {}
 
-    def get(driver):
-        if driver not in devices:
-            devices[driver] = ServedDevice(driver).start()
-        return devices[driver]
+    def get(driver, backend="core"):
+        if (driver, backend) not in devices:
+            devices[driver, backend] = ServedDevice(driver, backend=backend).start()
+        return devices[driver, backend]
 
     yield get
     for d in devices.values():
@@ -55,9 +55,10 @@ def test_preload_path_prints_the_built_library():
     assert os.path.isabs(path) and os.path.isfile(path) and path.endswith("libtdxmodel_preload.so")
 
 
+@pytest.mark.parametrize("backend", ["core", "reference"])
 @pytest.mark.parametrize("driver", abi.DRIVERS)
-def test_c_selftest_through_preload(served, selftest_client, driver):
-    d = served(driver)
+def test_c_selftest_through_preload(served, selftest_client, driver, backend):
+    d = served(driver, backend)
     layout = "v4" if driver == "v4-2022-04" else "v6"
     r = subprocess.run([selftest_client, d.device_node, layout], capture_output=True, text=True,
                        timeout=30, env=d.preload_env())
@@ -103,8 +104,9 @@ print(os.close(fd))
 """
 
 
-def test_python_client_through_preload_with_exact_partial_copy(served):
-    d = served("v6.2")
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_python_client_through_preload_with_exact_partial_copy(served, backend):
+    d = served("v6.2", backend)
     r = subprocess.run([sys.executable, "-c", PY_CLIENT, d.device_node, str(abi.TDX_CMD_GET_REPORT0)],
                        capture_output=True, text=True, timeout=30, env=d.preload_env())
     assert r.returncode == 0, r.stderr
