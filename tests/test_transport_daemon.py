@@ -280,3 +280,17 @@ def test_bind_over_an_existing_node_keeps_it(tmp_path):
         assert d.proc.wait(15) == 0
     assert not _is_mounted(str(target))
     assert target.read_bytes() == b"real node stand-in"  # not ours: left as it was
+
+
+def test_unusable_state_or_socket_exit_2_and_leave_no_mount(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text("{not json")
+    mount = tmp_path / "mnt"
+    r = serve_cli("--driver", "v6.2", "--mount", str(mount), "--state", str(state))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not _is_mounted(str(mount))
+    r = serve_cli("--driver", "v6.2", "--mount", str(mount), "--state", str(tmp_path / "s2"),
+                  "--socket", str(tmp_path / "no" / "such" / "dir" / "sock"))
+    assert r.returncode == 2 and "cannot listen" in r.stderr and r.stderr.count("\n") == 1
+    assert not _is_mounted(str(mount))
