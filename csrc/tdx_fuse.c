@@ -34,7 +34,8 @@
 #define TDXF_MAX_NODES 64
 #define TDXF_MAX_CONNS 1024
 #define TDXF_NAME_MAX 64
-#define TDXF_PAGE 4096u
+/* x86-64 host pages are the TDX page size, so the mirror keeps the client's page layout */
+#define TDXF_PAGE ((uint32_t)TDX_PAGE_SIZE)
 /* Largest control-file read we serve in one request (measurement files are 48 bytes). */
 #define TDXF_MAX_CONTROL_IO (64u * 1024u)
 

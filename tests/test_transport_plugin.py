@@ -15,19 +15,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DOWNSTREAM = '''
 import fcntl, os, pytest
+from tdxmodel import abi
+REQ_LEN, GET_REPORT0, TDREPORT = abi.TDX_REPORT_REQ_LEN, abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_OFF_TDREPORT
+RD, RTMR0 = abi.TDR_OFF_REPORTDATA, abi.TDR_OFF_RTMR0
 
 def get_report(path, nonce):                      # "your real client code"
     fd = os.open(path, os.O_RDWR | os.O_SYNC)
     try:
-        req = bytearray(1088); req[:64] = nonce
-        fcntl.ioctl(fd, 0xC4405401, req)
-        return bytes(req[64:])
+        req = bytearray(REQ_LEN); req[:64] = nonce
+        fcntl.ioctl(fd, GET_REPORT0, req)
+        return bytes(req[TDREPORT:])
     finally:
         os.close(fd)
 
 def test_client_reports(tdx_device):
     report = get_report(tdx_device.path, b"n" * 64)
-    assert report[128:192] == b"n" * 64 and report[720:768] == tdx_device.rtmr(0)
+    assert report[RD:RD + 64] == b"n" * 64 and report[RTMR0:RTMR0 + 48] == tdx_device.rtmr(0)
     tdx_device.fault("fail_usercopy", probability=100, times=1)
     with pytest.raises(OSError):
         get_report(tdx_device.path, b"n" * 64)
@@ -37,7 +40,7 @@ def test_measurements_and_extend(tdx_device, tdx_driver):
     before = tdx_device.rtmr(3)
     tdx_device.extend(3, bytes(48))
     assert tdx_device.rtmr(3) != before
-    assert get_report(tdx_device.path, bytes(64))[864:912] == tdx_device.rtmr(3)
+    assert get_report(tdx_device.path, bytes(64))[RTMR0 + 144:RTMR0 + 192] == tdx_device.rtmr(3)
 '''
 
 

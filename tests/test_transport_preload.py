@@ -85,21 +85,22 @@ def test_every_open_entry_point_is_interposed(served, tmp_path_factory):
 PY_CLIENT = r"""
 import ctypes, fcntl, mmap, os, sys
 libc = ctypes.CDLL(None, use_errno=True)   # the global scope: the preloaded ioctl comes first
-path, cmd = sys.argv[1], int(sys.argv[2])
+path, cmd, size, tdr, rd = sys.argv[1], *map(int, sys.argv[2:])
+page = mmap.PAGESIZE
 fd = os.open(path, os.O_RDWR | os.O_SYNC)
 assert fd > 0
-req = bytearray(1088); req[:64] = bytes(range(64))
+req = bytearray(size); req[:64] = bytes(range(64))
 fcntl.ioctl(fd, cmd, req)
-print(req[64 + 128:64 + 192] == bytes(range(64)), req[:64] == bytes(range(64)))
+print(req[tdr + rd:tdr + rd + 64] == bytes(range(64)), req[:64] == bytes(range(64)))
 # a struct with only 512 accessible bytes: the kernel copies 64 in, then faults 448 bytes into the
 # TDREPORT copy-out (ref §2.4 rows 3 and 5; §7 partial copy)
-m = mmap.mmap(-1, 3 * 4096)
+m = mmap.mmap(-1, 3 * page)
 base = ctypes.addressof(ctypes.c_char.from_buffer(m))
-start = base + 4096 - 512
+start = base + page - 512
 ctypes.memmove(start, bytes(range(64)) + bytes(448), 512)
-assert libc.mprotect(ctypes.c_void_p(base + 4096), 2 * 4096, 0) == 0
+assert libc.mprotect(ctypes.c_void_p(base + page), 2 * page, 0) == 0
 r = libc.ioctl(fd, ctypes.c_ulong(cmd), ctypes.c_void_p(start))
-print(r, ctypes.get_errno(), ctypes.string_at(start + 64, 448) == bytes(req[64:512]))
+print(r, ctypes.get_errno(), ctypes.string_at(start + tdr, 512 - tdr) == bytes(req[tdr:512]))
 print(os.close(fd))
 """
 
@@ -107,7 +108,9 @@ print(os.close(fd))
 @pytest.mark.parametrize("backend", ["core", "reference"])
 def test_python_client_through_preload_with_exact_partial_copy(served, backend):
     d = served("v6.2", backend)
-    r = subprocess.run([sys.executable, "-c", PY_CLIENT, d.device_node, str(abi.TDX_CMD_GET_REPORT0)],
+    args = [str(v) for v in (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN,
+                             abi.TDX_REPORT_REQ_OFF_TDREPORT, abi.TDR_OFF_REPORTDATA)]
+    r = subprocess.run([sys.executable, "-c", PY_CLIENT, d.device_node, *args],
                        capture_output=True, text=True, timeout=30, env=d.preload_env())
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

@@ -36,10 +36,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "tdx_abi.h"
 #include "tdx_fuse.h"
 
 #define MAX_FDS 65536
-#define PAGE 4096u
+/* x86-64 host pages: process_vm_readv/writev stop at their boundaries */
+#define PAGE ((uint32_t)TDX_PAGE_SIZE)
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char device_path[TDXW_MAX_PATH];
