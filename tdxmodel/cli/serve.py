@@ -61,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("--threads must be at least 1")
     daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
                     mode=args.mode, backend=args.backend, null=args.null, threads=args.threads)
+    daemon.handle_signals()
     try:
         daemon.start()
     except DaemonError as e:

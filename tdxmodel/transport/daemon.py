@@ -274,19 +274,23 @@ class Daemon:
                     self.device.log(f"state directory: {e} (serving the last good state)")
                 last_error = str(e)
 
-    def serve_forever(self) -> None:
-        """Block until SIGINT/SIGTERM (main thread only), then stop."""
+    def handle_signals(self) -> None:
+        """SIGINT/SIGTERM end serve_forever (main thread only). Install before start(), so a signal
+        during start-up still unmounts."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
+
+    def serve_forever(self) -> None:
+        """Block until stopped (a signal, with handle_signals), then stop."""
         try:
             while not self._stop.wait(0.5):
                 if self._threads and not self._threads[0].is_alive():
-                    self.device_log("the FUSE loop ended (unmounted from outside?)")
+                    self._log("the FUSE loop ended (unmounted from outside?)")
                     break
         finally:
             self.stop()
 
-    def device_log(self, msg: str) -> None:
+    def _log(self, msg: str) -> None:
         print(f"tdxmodel serve: {msg}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
