@@ -44,10 +44,34 @@ def test_measurements_and_extend(tdx_device, tdx_driver):
 '''
 
 
+def _installed_plugin_is_this_checkout() -> bool:
+    import importlib.metadata
+    import importlib.util
+    for ep in importlib.metadata.entry_points(group="pytest11"):
+        if ep.name == "tdxmodel":
+            spec = importlib.util.find_spec(ep.value)
+            return spec is not None and os.path.realpath(spec.origin) == os.path.realpath(
+                os.path.join(ROOT, "tdxmodel", "pytest_plugin.py"))
+    return False
+
+
+def test_plugin_entry_point_is_registered_by_the_install():
+    """./install.sh installs the package, whose pytest11 entry point names our plugin module."""
+    import importlib.metadata
+    eps = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "tdxmodel"]
+    assert eps and eps[0].value == "tdxmodel.pytest_plugin"
+
+
 def test_downstream_suite_uses_the_fixtures(tmp_path):
     (tmp_path / "test_downstream.py").write_text(DOWNSTREAM)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tdxmodel.pytest_plugin",
+    # A downstream suite gets the plugin from the installed entry point (./install.sh registers it).
+    # Where this checkout is not the installed copy, load this checkout's plugin by name instead.
+    if _installed_plugin_is_this_checkout():
+        plugin_args = []
+    else:
+        plugin_args = ["-p", "no:tdxmodel", "-p", "tdxmodel.pytest_plugin"]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", *plugin_args,
                         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
                        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
