@@ -38,6 +38,18 @@ const char *gk_point_name(int point) { return (point >= 0 && point < GK_NUM_POIN
 int gk_point_capability(int point) { return (point >= 0 && point < GK_NUM_POINTS) ? point_caps[point] : -1; }
 const char *gk_capability_name(int cap) { return (cap >= 0 && cap < GK_NUM_CAPS) ? cap_names[cap] : "?"; }
 
+#define CACHE_LINE 64
+
+void *gk_zalloc_aligned(size_t size)
+{
+    size_t rounded = (size + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
+    void *p = NULL;
+    if (posix_memalign(&p, CACHE_LINE, rounded) != 0)
+        return NULL;
+    memset(p, 0, rounded);
+    return p;
+}
+
 /* ---- slab size classes: 8..4096 powers of two plus 96 and 192, like Linux's kmalloc caches -------- */
 
 static const uint32_t slab_sizes[] = {8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096};
@@ -50,6 +62,22 @@ static int slab_class(size_t size)
             return i;
     return -1;
 }
+
+/* A process's allocation cache (see "per-process caches" below). */
+#define GK_CACHE_DEPTH 4
+struct gk_cache {
+    pthread_mutex_t lock; /* the owner's, uncontended except while a drain or a snapshot runs */
+    struct {
+        uint64_t off[GK_CACHE_DEPTH];
+        unsigned n;
+    } slab[NCLASSES];
+    struct {
+        uint64_t first[GK_CACHE_DEPTH];
+        unsigned n;
+    } pages; /* order 0 */
+    uint64_t allocs, frees, slab_allocs, page_allocs; /* hits served by this cache */
+    gk_cache *prev, *next;
+};
 
 /* ---- the kernel ---------------------------------------------------------------------------------- */
 
@@ -73,8 +101,11 @@ struct gk_kernel {
         size_t n, cap, total; /* total: objects in all slabs of the class */
     } slab_free[NCLASSES];
 
-    /* debug counters */
+    /* debug counters of the global path and of retired per-process caches; each live cache counts
+     * its own hits (gk_get_counters sums them), so the hot path shares no counter cache line */
     _Atomic uint64_t allocs, frees, resident, slab_allocs, page_allocs;
+    pthread_mutex_t cache_registry_lock;
+    gk_cache *caches; /* live per-process caches (doubly linked) */
     _Atomic uint64_t locks_taken, locks_released;
 
     /* fault injection: knobs under fault_lock; `armed[cap]` mirrors probability != 0 for the fast path */
@@ -138,6 +169,7 @@ gk_kernel *gk_kernel_create(tdxm_module *m, uint64_t seed)
             k->free_bits[p / 64] |= 1ULL << (p % 64);
     }
     pthread_mutex_init(&k->alloc_lock, NULL);
+    pthread_mutex_init(&k->cache_registry_lock, NULL);
     pthread_mutex_init(&k->fault_lock, NULL);
     pthread_mutex_init(&k->force_lock, NULL);
     for (int c = 0; c < GK_NUM_CAPS; c++) {
@@ -160,6 +192,7 @@ void gk_kernel_destroy(gk_kernel *k)
     for (int i = 0; i < NCLASSES; i++)
         free(k->slab_free[i].off);
     pthread_mutex_destroy(&k->alloc_lock);
+    pthread_mutex_destroy(&k->cache_registry_lock);
     pthread_mutex_destroy(&k->fault_lock);
     pthread_mutex_destroy(&k->force_lock);
     free(k->free_bits);
@@ -172,14 +205,27 @@ tdxm_module *gk_kernel_module(gk_kernel *k) { return k->m; }
 
 void gk_get_counters(gk_kernel *k, gk_counters *out)
 {
-    out->allocs = atomic_load(&k->allocs);
+    /* under the registry lock with every cache locked in turn: a cache's hits move to the kernel's
+     * totals only when the cache retires, which takes the same lock */
+    pthread_mutex_lock(&k->cache_registry_lock);
+    /* releases first: each free follows its alloc, so a racing snapshot never shows more frees */
     out->frees = atomic_load(&k->frees);
-    out->outstanding = out->allocs - out->frees;
-    out->resident = atomic_load(&k->resident);
+    out->allocs = atomic_load(&k->allocs);
     out->slab_allocs = atomic_load(&k->slab_allocs);
     out->page_allocs = atomic_load(&k->page_allocs);
-    out->locks_taken = atomic_load(&k->locks_taken);
+    for (gk_cache *cc = k->caches; cc; cc = cc->next) {
+        pthread_mutex_lock(&cc->lock);
+        out->frees += cc->frees;
+        out->allocs += cc->allocs;
+        out->slab_allocs += cc->slab_allocs;
+        out->page_allocs += cc->page_allocs;
+        pthread_mutex_unlock(&cc->lock);
+    }
+    pthread_mutex_unlock(&k->cache_registry_lock);
+    out->outstanding = out->allocs - out->frees;
+    out->resident = atomic_load(&k->resident);
     out->locks_released = atomic_load(&k->locks_released);
+    out->locks_taken = atomic_load(&k->locks_taken);
     out->locks_held = out->locks_taken - out->locks_released;
 }
 
@@ -246,9 +292,11 @@ static int should_fail_attr(gk_ctx *c, int cap, int64_t size)
     gk_kernel *k = c->k;
     gk_fault_attr *a = &k->attr[cap];
     unsigned nth = atomic_load_explicit(&c->task->fail_nth, memory_order_relaxed);
+    /* a CAS, so two threads of one Process never both consume the same count */
+    while (nth && !atomic_compare_exchange_weak(&c->task->fail_nth, &nth, nth - 1))
+        ;
     if (nth) {
         /* 1: fail-nth counts every eligible call and bypasses the knobs below */
-        atomic_store_explicit(&c->task->fail_nth, nth - 1, memory_order_relaxed);
         if (nth - 1 != 0)
             return 0;
         pthread_mutex_lock(&k->fault_lock);
@@ -371,44 +419,15 @@ static int64_t pages_get_locked(gk_kernel *k, int order, int kind)
     return first;
 }
 
-void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
+/* Return order-0 page `first` (or an order-n block) to the bitmap. Under alloc_lock. */
+static void pages_put_locked(gk_kernel *k, size_t first, int order)
 {
-    gk_kernel *k = c->k;
-    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)PAGE << order, order))
-        return NULL;
-    if (order < 0 || order > GK_MAX_ORDER)
-        return NULL;
-    pthread_mutex_lock(&k->alloc_lock);
-    int64_t first = pages_get_locked(k, order, PG_HEAD);
-    pthread_mutex_unlock(&k->alloc_lock);
-    if (first < 0)
-        return NULL;
-    uint8_t *p = k->mem + (size_t)first * PAGE;
-    if (flags & GK_ZERO)
-        memset(p, 0, ((size_t)PAGE) << order);
-    atomic_fetch_add_explicit(&k->allocs, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&k->page_allocs, 1, memory_order_relaxed);
-    /* a page is 4096-aligned; 8 bytes past it breaks every alignment the leaves check */
-    return (flags & GK_MISALIGN) ? p + 8 : p;
-}
-
-void gk_free_pages(gk_kernel *k, void *ptr, int order)
-{
-    if (!ptr)
-        return;
-    size_t off = (size_t)((uint8_t *)ptr - k->mem);
-    size_t first = off / PAGE;
-    if (first >= k->npages)
-        return;
-    pthread_mutex_lock(&k->alloc_lock);
     if (k->page_kind[first] == PG_HEAD && k->page_info[first] == order) {
         size_t n = (size_t)1 << order;
         for (size_t p = 0; p < n; p++)
             k->page_kind[first + p] = PG_FREE;
         mark_pages(k, first, n, 1);
     }
-    pthread_mutex_unlock(&k->alloc_lock);
-    atomic_fetch_add_explicit(&k->frees, 1, memory_order_relaxed);
 }
 
 /* ---- slab allocator: one freelist per size class, linked through the free objects ----------------- */
@@ -438,6 +457,205 @@ static int slab_refill_locked(gk_kernel *k, int cls)
     return 0;
 }
 
+/* ---- per-process caches (Linux's per-CPU caches, one per emulated task) --------------------------
+
+ * A process keeps a few freed slab objects per class and order-0 pages for itself, so threads that
+ * use separate processes allocate without touching the shared allocator lock, the shared counters or
+ * each other's cache lines. Nothing observable changes: contents are re-poisoned / re-zeroed on every
+ * allocation, and when the shared allocator runs dry every cache is drained into it before an
+ * allocation may fail, so memory is exhausted exactly when it would be without the caches. */
+
+static void cache_drain_locked(gk_kernel *k, gk_cache *cc) /* alloc_lock and cc->lock held */
+{
+    for (int cls = 0; cls < NCLASSES; cls++) {
+        while (cc->slab[cls].n)
+            k->slab_free[cls].off[k->slab_free[cls].n++] = cc->slab[cls].off[--cc->slab[cls].n];
+    }
+    while (cc->pages.n)
+        pages_put_locked(k, (size_t)cc->pages.first[--cc->pages.n], 0);
+}
+
+/* Give every cached object and page back to the shared allocator; 1 if any came back. The caller
+ * holds no cache lock (lock order: registry, cache, alloc). */
+static int drain_all_caches(gk_kernel *k)
+{
+    int any = 0;
+    pthread_mutex_lock(&k->cache_registry_lock);
+    for (gk_cache *cc = k->caches; cc; cc = cc->next) {
+        pthread_mutex_lock(&cc->lock);
+        pthread_mutex_lock(&k->alloc_lock);
+        for (int cls = 0; cls < NCLASSES; cls++)
+            any |= cc->slab[cls].n != 0;
+        any |= cc->pages.n != 0;
+        cache_drain_locked(k, cc);
+        pthread_mutex_unlock(&k->alloc_lock);
+        pthread_mutex_unlock(&cc->lock);
+    }
+    pthread_mutex_unlock(&k->cache_registry_lock);
+    return any;
+}
+
+gk_cache *gk_cache_create(gk_kernel *k)
+{
+    gk_cache *cc = gk_zalloc_aligned(sizeof *cc);
+    if (!cc)
+        return NULL;
+    pthread_mutex_init(&cc->lock, NULL);
+    pthread_mutex_lock(&k->cache_registry_lock);
+    cc->next = k->caches;
+    if (k->caches)
+        k->caches->prev = cc;
+    k->caches = cc;
+    pthread_mutex_unlock(&k->cache_registry_lock);
+    return cc;
+}
+
+void gk_cache_destroy(gk_kernel *k, gk_cache *cc)
+{
+    if (!cc)
+        return;
+    pthread_mutex_lock(&k->cache_registry_lock);
+    pthread_mutex_lock(&cc->lock);
+    pthread_mutex_lock(&k->alloc_lock);
+    cache_drain_locked(k, cc);
+    pthread_mutex_unlock(&k->alloc_lock);
+    /* its hits join the kernel's totals, under the registry lock so no snapshot counts them twice */
+    atomic_fetch_add(&k->allocs, cc->allocs);
+    atomic_fetch_add(&k->frees, cc->frees);
+    atomic_fetch_add(&k->slab_allocs, cc->slab_allocs);
+    atomic_fetch_add(&k->page_allocs, cc->page_allocs);
+    pthread_mutex_unlock(&cc->lock);
+    if (cc->prev)
+        cc->prev->next = cc->next;
+    else
+        k->caches = cc->next;
+    if (cc->next)
+        cc->next->prev = cc->prev;
+    pthread_mutex_unlock(&k->cache_registry_lock);
+    pthread_mutex_destroy(&cc->lock);
+    free(cc);
+}
+
+/* ---- the allocator entry points ------------------------------------------------------------------- */
+
+static void count_alloc(gk_ctx *c, int slab)
+{
+    if (c->cache) {
+        pthread_mutex_lock(&c->cache->lock);
+        c->cache->allocs++;
+        if (slab)
+            c->cache->slab_allocs++;
+        else
+            c->cache->page_allocs++;
+        pthread_mutex_unlock(&c->cache->lock);
+    } else {
+        atomic_fetch_add_explicit(&c->k->allocs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(slab ? &c->k->slab_allocs : &c->k->page_allocs, 1, memory_order_relaxed);
+    }
+}
+
+/* 2^order pages from the process cache (order 0) or the shared bitmap; -1 when memory is exhausted. */
+static int64_t take_pages(gk_ctx *c, int order)
+{
+    gk_kernel *k = c->k;
+    gk_cache *cc = c->cache;
+    if (cc && order == 0) {
+        pthread_mutex_lock(&cc->lock);
+        if (cc->pages.n) {
+            int64_t first = (int64_t)cc->pages.first[--cc->pages.n];
+            cc->allocs++;
+            cc->page_allocs++;
+            pthread_mutex_unlock(&cc->lock);
+            return first;
+        }
+        pthread_mutex_unlock(&cc->lock);
+    }
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&k->alloc_lock);
+        int64_t first = pages_get_locked(k, order, PG_HEAD);
+        pthread_mutex_unlock(&k->alloc_lock);
+        if (first >= 0) {
+            count_alloc(c, 0);
+            return first;
+        }
+        if (attempt || !drain_all_caches(k))
+            return -1;
+    }
+}
+
+void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
+{
+    gk_kernel *k = c->k;
+    /* the space budget counts pages here: mm/fail_page_alloc.c passes 1 << order (ref §7 [21]) */
+    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
+        return NULL;
+    if (order < 0 || order > GK_MAX_ORDER)
+        return NULL;
+    int64_t first = take_pages(c, order);
+    if (first < 0)
+        return NULL;
+    uint8_t *p = k->mem + (size_t)first * PAGE;
+    if (flags & GK_ZERO)
+        memset(p, 0, ((size_t)PAGE) << order);
+    /* a page is 4096-aligned; 8 bytes past it breaks every alignment the leaves check */
+    return (flags & GK_MISALIGN) ? p + 8 : p;
+}
+
+void gk_free_pages(gk_ctx *c, void *ptr, int order)
+{
+    gk_kernel *k = c->k;
+    if (!ptr)
+        return;
+    size_t first = (size_t)((uint8_t *)ptr - k->mem) / PAGE;
+    if (first >= k->npages)
+        return;
+    gk_cache *cc = c->cache;
+    if (cc && order == 0) {
+        pthread_mutex_lock(&cc->lock);
+        if (cc->pages.n < GK_CACHE_DEPTH) {
+            cc->pages.first[cc->pages.n++] = first;
+            cc->frees++;
+            pthread_mutex_unlock(&cc->lock);
+            return;
+        }
+        pthread_mutex_unlock(&cc->lock);
+    }
+    pthread_mutex_lock(&k->alloc_lock);
+    pages_put_locked(k, first, order);
+    pthread_mutex_unlock(&k->alloc_lock);
+    atomic_fetch_add_explicit(&k->frees, 1, memory_order_relaxed);
+}
+
+/* One free object of class cls (byte offset), or -1 when memory is exhausted. */
+static int64_t take_object(gk_ctx *c, int cls)
+{
+    gk_kernel *k = c->k;
+    gk_cache *cc = c->cache;
+    if (cc) {
+        pthread_mutex_lock(&cc->lock);
+        if (cc->slab[cls].n) {
+            int64_t off = (int64_t)cc->slab[cls].off[--cc->slab[cls].n];
+            cc->allocs++;
+            cc->slab_allocs++;
+            pthread_mutex_unlock(&cc->lock);
+            return off;
+        }
+        pthread_mutex_unlock(&cc->lock);
+    }
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&k->alloc_lock);
+        if (k->slab_free[cls].n || slab_refill_locked(k, cls) == 0) {
+            int64_t off = (int64_t)k->slab_free[cls].off[--k->slab_free[cls].n];
+            pthread_mutex_unlock(&k->alloc_lock);
+            count_alloc(c, 1);
+            return off;
+        }
+        pthread_mutex_unlock(&k->alloc_lock);
+        if (attempt || !drain_all_caches(k))
+            return -1;
+    }
+}
+
 void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
 {
     gk_kernel *k = c->k;
@@ -456,22 +674,17 @@ void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
         return NULL;
     if (cls < 0)
         return NULL;
-    pthread_mutex_lock(&k->alloc_lock);
-    if (!k->slab_free[cls].n && slab_refill_locked(k, cls) != 0) {
-        pthread_mutex_unlock(&k->alloc_lock);
+    int64_t off = take_object(c, cls);
+    if (off < 0)
         return NULL;
-    }
-    size_t off = (size_t)k->slab_free[cls].off[--k->slab_free[cls].n];
-    pthread_mutex_unlock(&k->alloc_lock);
     uint8_t *p = k->mem + off;
     memset(p, (flags & GK_ZERO) ? 0 : SLAB_POISON_INUSE, slab_sizes[cls]);
-    atomic_fetch_add_explicit(&k->allocs, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&k->slab_allocs, 1, memory_order_relaxed);
     return (flags & GK_MISALIGN) ? p + 8 : p;
 }
 
-void gk_kfree(gk_kernel *k, void *ptr)
+void gk_kfree(gk_ctx *c, void *ptr)
 {
+    gk_kernel *k = c->k;
     if (!ptr)
         return;
     size_t off = (size_t)((uint8_t *)ptr - k->mem);
@@ -481,6 +694,17 @@ void gk_kfree(gk_kernel *k, void *ptr)
     int cls = k->page_info[page];
     uint32_t size = slab_sizes[cls];
     size_t obj = page * PAGE + ((off % PAGE) / size) * size; /* round a misaligned pointer down */
+    gk_cache *cc = c->cache;
+    if (cc) {
+        pthread_mutex_lock(&cc->lock);
+        if (cc->slab[cls].n < GK_CACHE_DEPTH) {
+            cc->slab[cls].off[cc->slab[cls].n++] = obj;
+            cc->frees++;
+            pthread_mutex_unlock(&cc->lock);
+            return;
+        }
+        pthread_mutex_unlock(&cc->lock);
+    }
     pthread_mutex_lock(&k->alloc_lock);
     k->slab_free[cls].off[k->slab_free[cls].n++] = obj; /* room reserved at refill */
     pthread_mutex_unlock(&k->alloc_lock);
@@ -509,7 +733,7 @@ struct gk_mm {
 
 gk_mm *gk_mm_create(void)
 {
-    gk_mm *mm = calloc(1, sizeof *mm);
+    gk_mm *mm = gk_zalloc_aligned(sizeof *mm);
     if (mm)
         pthread_rwlock_init(&mm->lock, NULL);
     return mm;
@@ -786,8 +1010,8 @@ size_t gk_copy_to_user(gk_ctx *c, int point, uint64_t uaddr, const void *src, si
     size_t limit = n;
     /* model-only genuine mid-copy fault: a prefix of `partial_at` bytes lands, then the copy stops */
     if (c->partial_armed && atomic_load_explicit(c->partial_armed, memory_order_relaxed) &&
-        atomic_exchange(c->partial_armed, 0) && c->partial_at < n)
-        limit = c->partial_at;
+        atomic_exchange(c->partial_armed, 0) && atomic_load(c->partial_at) < n)
+        limit = atomic_load(c->partial_at);
     pthread_rwlock_rdlock(&c->mm->lock);
     size_t left = walk(c->mm, uaddr, limit, GK_PROT_WRITE, write_chunk, (void *)src);
     pthread_rwlock_unlock(&c->mm->lock);

@@ -17,8 +17,8 @@
 #include "tdx_abi.h"
 #include "tdx_module.h"
 
-/* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (pages 0..3 are the host's; the
- * contract leaves 4..15 unused so addresses never collide with host-side test buffers). */
+/* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (docs/CONTRACT.md "Kernel": pages
+ * 0..3 are the host's, 4..15 stay free for host-side test buffers). */
 #define GK_FIRST_PAGE 16
 #define GK_MAX_ORDER 10
 
@@ -71,6 +71,7 @@ typedef struct {
 
 typedef struct gk_kernel gk_kernel;
 typedef struct gk_mm gk_mm;
+typedef struct gk_cache gk_cache;
 
 /* The context of one emulated syscall (or of module init): who runs it, in which address space, and
  * the trace of injectable points it passed. Lives on the caller's stack: no per-call malloc. */
@@ -78,13 +79,14 @@ typedef struct {
     gk_kernel *k;
     gk_task *task;
     gk_mm *mm;               /* NULL at module init */
+    gk_cache *cache;         /* the process's allocation cache; NULL: the shared allocator only */
     int bypass_filters;      /* init-time fail-nth: see gk_kernel_init_ctx */
     unsigned ntrace;
     gk_trace_entry trace[GK_TRACE_MAX];
     /* model-only genuine fault: the next copy_to_user faults after partial_at bytes (CONTRACT
      * Process.fault_user_copy); consumed by that copy. Points at the process's flag. */
     _Atomic int *partial_armed;
-    size_t partial_at;
+    _Atomic size_t *partial_at; /* read when the armed flag is consumed */
 } gk_ctx;
 
 /* Debug counters (ref: style.md lesson 5). */
@@ -92,6 +94,11 @@ typedef struct {
     uint64_t allocs, frees, outstanding, resident, slab_allocs, page_allocs;
     uint64_t locks_taken, locks_released, locks_held;
 } gk_counters;
+
+/* Zeroed memory on cache lines of its own: per-process state written on every syscall must not share
+ * a line with another process's (false sharing would serialise threads that share nothing). Free
+ * with free(). */
+void *gk_zalloc_aligned(size_t size);
 
 /* ---- kernel lifecycle ---------------------------------------------------------------------------- */
 
@@ -108,7 +115,7 @@ void gk_set_resident(gk_kernel *k, uint64_t resident);
 void gk_count_lock(gk_kernel *k, int taken); /* 1: taken, 0: released */
 
 /* Fault knobs. gk_fault_attr_get copies a consistent snapshot; gk_fault_attr_set validates nothing
- * (the Cython layer raises ValueError for out-of-range values) and resets the interval count. */
+ * (the Cython layer raises ValueError for out-of-range values); the interval count carries over. */
 void gk_fault_attr_defaults(int cap, gk_fault_attr *out);
 void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out);
 void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *in);
@@ -127,10 +134,15 @@ enum { GK_ZERO = 1, GK_MISALIGN = 2 };
  * object is filled with SLAB_POISON_INUSE unless GK_ZERO. GK_MISALIGN returns the object 8 bytes past
  * its natural alignment (CONTRACT force_misaligned), still `size` bytes usable. */
 void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags);
-void gk_kfree(gk_kernel *k, void *ptr);
+void gk_kfree(gk_ctx *c, void *ptr);
 /* __get_free_pages / get_zeroed_page: fail_page_alloc at `point`; 2^order pages, naturally aligned. */
 void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags);
-void gk_free_pages(gk_kernel *k, void *ptr, int order);
+void gk_free_pages(gk_ctx *c, void *ptr, int order);
+/* A process's allocation cache: a few freed objects and order-0 pages it reuses without the shared
+ * lock (Linux's per-CPU caches). Drained into the shared allocator before any allocation would fail
+ * and when the process goes, so exhaustion and counters are exactly as without it. */
+gk_cache *gk_cache_create(gk_kernel *k);
+void gk_cache_destroy(gk_kernel *k, gk_cache *cache);
 uint64_t gk_pa(gk_kernel *k, const void *ptr);
 
 /* ---- user address spaces ----------------------------------------------------------------------------- */

@@ -26,13 +26,14 @@ struct td_kernel {
 struct td_process {
     td_kernel *tk;
     gk_mm *mm;
+    gk_cache *cache;
     gk_task task;
     _Atomic uint32_t fds[FD_LIMIT]; /* 0 free, else node index + 1 | accmode << 24 */
     pthread_mutex_t trace_lock;
     unsigned ntrace;
     gk_trace_entry trace[GK_TRACE_MAX];
     _Atomic int partial_armed;
-    size_t partial_at;
+    _Atomic size_t partial_at;
     int exit_kind;      /* of the last syscall's TD exit, if any */
     uint64_t exit_gpa;
 };
@@ -48,10 +49,11 @@ static void ctx_init(gk_ctx *c, td_process *p)
     c->k = p->tk->gk;
     c->task = &p->task;
     c->mm = p->mm;
+    c->cache = p->cache;
     c->bypass_filters = 0;
     c->ntrace = 0;
     c->partial_armed = &p->partial_armed;
-    c->partial_at = p->partial_at;
+    c->partial_at = &p->partial_at;
     call_exit_kind = TDXM_EXIT_NONE;
 }
 
@@ -191,6 +193,8 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     /* 4: tdx_mcall_tdreport returns the status with bits 31:0 cleared; nonzero -> put_user it as a
      * long into user bytes 0..7 and return -EIO, whatever put_user returned */
     uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
+    /* the driver tests the wrapper's result, not the raw status: a status with only bits 31:0 set
+     * reads as success (proofs/v4_2022_04.py models the same) */
     uint64_t wrapper = status & LINUX_V4_STATUS_MASK;
     if (call_exit_kind != TDXM_EXIT_NONE) { /* no status at all: nothing to put_user */
         ret = -TDXM_EIO;
@@ -205,9 +209,9 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg, tdreport, TDX_REPORT_LEN))
         ret = -TDXM_EFAULT;
 free_both: /* 6 */
-    gk_free_pages(tk->gk, tdreport, 0);
+    gk_free_pages(c, tdreport, 0);
 free_reportdata:
-    gk_kfree(tk->gk, reportdata);
+    gk_kfree(c, reportdata);
     return ret;
 }
 
@@ -249,8 +253,8 @@ static long ioctl_v6_2(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
                         TDX_REPORT_LEN))
         ret = -TDXM_EFAULT;
 out: /* 6 */
-    gk_kfree(tk->gk, tdreport);
-    gk_kfree(tk->gk, reportdata);
+    gk_kfree(c, tdreport);
+    gk_kfree(c, reportdata);
     return ret;
 }
 
@@ -397,7 +401,7 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
         if (ret) {
             *err = (int)ret;
-            gk_kfree(tk->gk, tk->report_buf);
+            gk_kfree(&c, tk->report_buf);
             tk->report_buf = NULL;
             goto fail;
         }
@@ -451,12 +455,15 @@ int td_injection_points(int driver, int out[GK_NUM_POINTS])
 
 td_process *td_process_create(td_kernel *tk)
 {
-    td_process *p = calloc(1, sizeof *p);
+    td_process *p = gk_zalloc_aligned(sizeof *p);
     if (!p)
         return NULL;
     p->tk = tk;
     p->mm = gk_mm_create();
-    if (!p->mm) {
+    p->cache = gk_cache_create(tk->gk);
+    if (!p->mm || !p->cache) {
+        gk_mm_destroy(p->mm);
+        gk_cache_destroy(tk->gk, p->cache);
         free(p);
         return NULL;
     }
@@ -469,6 +476,7 @@ void td_process_destroy(td_process *p)
     if (!p)
         return;
     gk_mm_destroy(p->mm);
+    gk_cache_destroy(p->tk->gk, p->cache);
     pthread_mutex_destroy(&p->trace_lock);
     free(p);
 }
@@ -478,7 +486,7 @@ gk_task *td_process_task(td_process *p) { return &p->task; }
 
 void td_fault_user_copy(td_process *p, int armed, size_t at)
 {
-    p->partial_at = at;
+    atomic_store(&p->partial_at, at); /* before arming: a consumer reads it after the flag */
     atomic_store(&p->partial_armed, armed);
 }
 

@@ -33,9 +33,10 @@ def load(name: Optional[str] = None) -> types.SimpleNamespace:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name not in _cache:
         mod = importlib.import_module(_MODULES[name])
-        # A name a backend lacks is absent from the namespace (AttributeError on use);
-        # tests/test_backend_api.py requires every backend to export all of PUBLIC_API.
-        _cache[name] = types.SimpleNamespace(**{n: getattr(mod, n) for n in PUBLIC_API if hasattr(mod, n)})
+        missing = [n for n in PUBLIC_API if not hasattr(mod, n)]
+        if missing:
+            raise ImportError(f"backend {name!r} lacks {', '.join(missing)}")
+        _cache[name] = types.SimpleNamespace(**{n: getattr(mod, n) for n in PUBLIC_API})
     return _cache[name]
 
 

@@ -203,3 +203,15 @@ def test_no_uninitialised_memory_reaches_the_user(dev):
     assert call(k, p, fd) == -abi.EFAULT
     assert p.peek(REQ, abi.TDX_REPORT_LEN) == (k.module.report(REPORTDATA)[:700]
                                                + bytes([FILL]) * (abi.TDX_REPORT_LEN - 700))
+
+
+def test_row4_wrapper_mask_decides_not_the_raw_status(dev):
+    """#4: the driver tests the wrapper's result, status & 0xFFFFFFFF00000000 (ref §2.2). A nonzero
+    status with bits 63:32 clear (no module returns one; forced here) therefore passes as success and
+    the still-zeroed page is copied out: 0 returned, 1024 zero bytes in place, nothing put_user()ed."""
+    k, p, fd = dev
+    k.force_tdcall(0x1, leaf=abi.TDG_MR_REPORT)
+    assert call(k, p, fd) == 0
+    assert p.peek(REQ, abi.TDX_REPORT_LEN) == bytes(abi.TDX_REPORT_LEN)
+    assert [t[0] for t in p.last_trace()] == ["reportdata:kmalloc", "tdreport:get_zeroed_page",
+                                             "reportdata:copy_from_user", "tdreport:copy_to_user"]

@@ -246,3 +246,39 @@ def test_measurement_file_waits_for_mr_lock_and_a_signal_interrupts_it(make_kern
     else:
         assert p.pread(fd, BUF + 64, 48, 0) == 48
         assert p.peek(BUF + 64, 48) == k.module.rtmr(3)
+
+
+def test_fail_nth_fires_exactly_once_for_threads_sharing_a_process(make_kernel):
+    """fail-nth belongs to the task (ref §7): with threads of one Process racing through user copies,
+    the N-th eligible point fails exactly once, and fail-nth then reads 0."""
+    k = make_kernel("v6.2")
+    p = mapped_process(k, pages=4)
+    fd = p.open(k.device_path)
+    threads, calls = 4, 25
+    eligible_per_call = 2  # the two user copies; ignore-gfp-wait hides both allocations
+    p.fail_nth = threads * calls * eligible_per_call // 2 + 1
+
+    def worker(t):
+        return [report0(p, fd, BUF + t * abi.TDX_PAGE_SIZE) for _ in range(calls)]
+
+    callers = [Caller(lambda t=t: worker(t)) for t in range(threads)]
+    for c in callers:
+        c.start()
+    rets = [r for c in callers for r in c.finish()]
+    assert sorted(set(rets)) == [-abi.EFAULT, 0]
+    assert rets.count(-abi.EFAULT) == 1
+    assert p.fail_nth == 0
+
+
+def test_memory_one_process_freed_serves_another(make_kernel):
+    """Two kernel pages: one slab page for the kmalloc(64) and one page for v4's get_zeroed_page. After
+    one process's ioctl freed its page, another process's ioctl gets it (the core's per-process
+    allocation caches give everything back before an allocation may fail)."""
+    k = make_kernel("v4-2022-04", memory_pages=18)
+    first, second = mapped_process(k), mapped_process(k)
+    for p in (first, second, first, second):
+        p.poke(BUF, b"\x01" * 64)
+        assert p.ioctl(p.open(k.device_path), abi.TDX_CMD_GET_TDREPORT, BUF) == 0
+        assert p.peek(BUF + RD_OFF, 64) == b"\x01" * 64
+    c = k.counters()
+    assert c["outstanding"] == 0 and c["page_allocs"] == 4

@@ -266,3 +266,19 @@ def test_bad_fault_user_copy_is_rejected(make_kernel):
         p.fault_user_copy("partial_from_user")
     with pytest.raises(ValueError):
         p.fault_user_copy("partial_to_user", at=-1)
+
+
+def test_page_space_budget_counts_pages_not_bytes(make_kernel):
+    """fail_page_alloc's space is consumed 1 << order at a time (mm/fail_page_alloc.c, ref §7):
+    one order-0 page per v4 call. should_fail lets a call through while space > size, so space=3
+    lets two calls through (3 -> 2 -> 1) and fails the third (1 is not > 1)."""
+    k, p, fd = setup(make_kernel, driver="v4-2022-04")
+    pages = k.fault("fail_page_alloc")
+    pages.probability, pages.times, pages.ignore_gfp_wait, pages.min_order = 100, -1, False, 0
+    pages.space = 3
+    for _ in range(2):
+        p.poke(REQ, bytes(range(64)))
+        assert p.ioctl(fd, abi.TDX_CMD_GET_TDREPORT, REQ) == 0
+    assert pages.space == 1
+    assert p.ioctl(fd, abi.TDX_CMD_GET_TDREPORT, REQ) == -abi.ENOMEM
+    assert failed_points(p) == ["tdreport:get_zeroed_page"]

@@ -1,8 +1,7 @@
 """The Cython core backend (layer 2 over the C core in csrc/)."""
 
 try:
-    from tdxmodel._core._ext import *  # noqa: F401,F403
-    from tdxmodel._core._ext import BACKEND_NAME  # noqa: F401
+    from tdxmodel._core._ext import BACKEND_NAME, FaultAttr, Kernel, Module, Process  # noqa: F401
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "tdxmodel's compiled core is not built (or is out of date). Run the install command from "

@@ -8,4 +8,5 @@ BACKEND_NAME = "core"
 
 include "module.pxi"
 include "kernel.pxi"
+include "fuse.pxi"
 include "batch.pxi"

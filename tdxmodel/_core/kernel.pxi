@@ -25,7 +25,7 @@ _PROT_BITS = {"": GK_PROT_NONE, "r": GK_PROT_READ, "w": GK_PROT_WRITE, "rw": GK_
 _I31 = (1 << 31) - 1
 _I32 = (1 << 32) - 1
 _PAGE = _abi.TDX_PAGE_SIZE
-#: Internal-construction token: FaultAttr and Process are made by Kernel, never from Python.
+#: Internal-construction token: FaultAttr is made by Kernel.fault only (Kernel.process also uses it).
 cdef object _INTERNAL = object()
 
 
@@ -51,9 +51,9 @@ cdef bint _bool_arg(str name, object value) except -1:
 
 cdef inline uint64_t _u64_arg(str name, object value) except? 0xFFFFFFFFFFFFFFFF:
     """_u64_arg(name: str, value: int) -> uint64_t: the syscall fast path for an unsigned argument."""
-    if type(value) is int and value >= 0:
+    if type(value) is int:
         try:
-            return value
+            return value  # OverflowError for a negative value or one of 2**64 and above
         except OverflowError:
             pass
     return _int_arg(name, value, 0, _U64_MAX)
@@ -369,7 +369,7 @@ cdef class Process:
     """A process with its own user address space and file table (docs/CONTRACT.md "Process").
 
     One task per Process: fail-nth, the signal flag and the trace belong to it; give each thread its
-    own Process to inject faults concurrently. Not constructible from Python: use ``Kernel.process``."""
+    own Process to inject faults concurrently. ``Process(kernel)`` is the same as ``kernel.process()``."""
 
     cdef td_process *p
     cdef Kernel _kernel
@@ -378,9 +378,13 @@ cdef class Process:
         self.p = NULL
 
     def __init__(self, *args):
-        if len(args) != 2 or args[0] is not _INTERNAL:
-            raise TypeError("Process is not constructible; use Kernel.process()")
-        kernel = <Kernel>args[1]
+        if len(args) == 2 and args[0] is _INTERNAL:
+            args = args[1:]
+        if len(args) != 1 or not isinstance(args[0], Kernel):
+            raise TypeError("Process(kernel) needs a core-backend Kernel (or use Kernel.process())")
+        if self.p != NULL:
+            raise RuntimeError("Process is already initialised")
+        kernel = <Kernel>args[0]
         self.p = td_process_create(kernel._live())
         if self.p == NULL:
             raise MemoryError()
@@ -542,12 +546,14 @@ cdef class Process:
         ``cmd`` is an unsigned 32-bit number and ``arg`` an unsigned 64-bit address (ValueError
         outside those ranges). The GIL is released for the whole call."""
         cdef td_process *p = self._live()
-        cdef int c_fd
-        if type(fd) is int and -_I31 <= fd <= _I31:
-            c_fd = fd
+        cdef int c_fd = -1
+        if type(fd) is int:
+            try:
+                c_fd = fd
+            except OverflowError:
+                pass  # beyond int: no such descriptor, -EBADF
         else:
             _int_arg("fd", fd, None, None)
-            c_fd = -1
         cdef uint64_t c_cmd64 = _u64_arg("cmd", cmd)
         if c_cmd64 > 0xFFFFFFFF:
             _int_arg("cmd", cmd, 0, _I32)

@@ -58,9 +58,11 @@ class DriverV4:
                 return -abi.EFAULT
             # §2.2 #4: tdx_mcall_tdreport; on failure the masked status goes to user bytes 0..7 and
             # the put_user result is overwritten: -EIO either way
-            status = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0)
-            if status != abi.TDX_SUCCESS:
-                k.put_user(task, "status:put_user", status & abi.LINUX_V4_STATUS_MASK, arg)
+            # The wrapper returns status & 0xFFFFFFFF00000000 and the driver tests only that, so a
+            # nonzero status with bits 63:32 clear would pass as success (no module status does).
+            wrapped = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0) & abi.LINUX_V4_STATUS_MASK
+            if wrapped:
+                k.put_user(task, "status:put_user", wrapped, arg)
                 return -abi.EIO
             # §2.2 #5: the TDREPORT over user bytes 0..1023, in place
             if k.copy_to_user(task, "tdreport:copy_to_user", arg, tdreport, _REPORT_LEN):

@@ -468,7 +468,7 @@ class Kernel:
         """alloc_pages(task, order, point, *, zero=False, misaligned=False) -> int | None
 
         2**order pages aligned to their size; unzeroed pages hold the slab poison too."""
-        if self.inject(task, point, "fail_page_alloc", PAGE_SIZE << order, order):
+        if self.inject(task, point, "fail_page_alloc", 1 << order, order):  # space counts pages (mm/fail_page_alloc.c)
             return None
         with self._lock:
             base = self._alloc_pages_locked(order)

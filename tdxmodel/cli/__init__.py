@@ -17,6 +17,7 @@ from typing import List, Optional
 SUBCOMMAND_MODULES: List[str] = [
     "td",  # report, extend, verify, show
     "campaign",
+    "serve",  # serve, preload-path
     "bench",
 ]
 

@@ -1,0 +1,333 @@
+"""``tdxmodel serve``: one emulated TD served through FUSE (and optionally a Unix socket) until
+SIGINT/SIGTERM (layer 4).
+
+Life cycle (``Daemon.start`` / ``Daemon.stop``):
+
+1. recover a stale mount point left by a daemon that died (``Transport endpoint is not connected``):
+   say so on stderr and detach it; refuse a mount point a live daemon still serves;
+2. build the TD from the state directory (``tdxmodel.state.StateStore``) and load the driver;
+3. mount the file system (multithreaded FUSE loop, ``allow_other`` + ``default_permissions``, the
+   device file ``--mode`` 0600 by default) and start the socket server and the state watcher;
+4. ``--bind``: bind-mount the device file on DEVPATH (created if absent);
+5. on stop, in reverse: unbind (and remove DEVPATH if we created it), remove the socket, unmount.
+
+The daemon prints ``tdxmodel serve: ready <device file>`` on stdout once everything is up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from typing import Any, List, Optional
+
+from tdxmodel import _backend, abi
+
+FUSE_OPTIONS = "fsname=tdxmodel,subtype=tdxmodel,default_permissions,allow_other"
+MS_BIND = 4096
+MNT_DETACH = 2
+STATE_POLL_SECONDS = 0.2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def node_name(driver: str) -> str:
+    """node_name(driver: str) -> str: the device file's name, as the version's node (ref §1)."""
+    return os.path.basename(abi.DEVICE_PATHS[driver])
+
+
+class DaemonError(Exception):
+    """A one-line reason the daemon cannot start (the CLI prints it and exits 2)."""
+
+
+def _mounts() -> List[List[str]]:
+    with open("/proc/self/mounts") as f:
+        return [line.split() for line in f]
+
+
+def _unescape(path: str) -> str:
+    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def mount_type(path: str) -> Optional[str]:
+    """The file-system type mounted exactly at `path`, or None."""
+    real = os.path.realpath(path)
+    found = None
+    for fields in _mounts():
+        if len(fields) > 2 and _unescape(fields[1]) == real:
+            found = fields[2]
+    return found
+
+
+def lazy_unmount(path: str) -> None:
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        e = ctypes.get_errno()
+        if e not in (errno.EINVAL, errno.ENOENT):
+            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, timeout=10)
+
+
+class Daemon:
+    """Daemon(driver, mount, *, state=None, socket_path=None, bind=None, mode=0o600, backend=None,
+    null=False, threads=16)
+
+    ``null`` serves the transport alone (every ioctl answers 0, nothing is emulated): the benchmark's
+    baseline."""
+
+    def __init__(self, driver: str, mount: str, *, state: Optional[str] = None,
+                 socket_path: Optional[str] = None, bind: Optional[str] = None, mode: int = 0o600,
+                 backend: Optional[str] = None, null: bool = False, threads: int = 16) -> None:
+        if driver not in abi.DRIVERS:
+            raise DaemonError(f"--driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
+        if not 0 <= mode <= 0o777:
+            raise DaemonError(f"--mode must be an octal permission like 0600, not {oct(mode)}")
+        self.driver = driver
+        self.mount = os.path.abspath(mount)
+        self.state = state
+        self.socket_path = os.path.abspath(socket_path) if socket_path else None
+        self.bind = os.path.abspath(bind) if bind else None
+        self.mode = mode
+        self.backend_name = backend
+        self.null = null
+        self.threads = threads
+        self.device_file = os.path.join(self.mount, node_name(driver))
+        self.server: Any = None
+        self.device: Any = None
+        self._threads: List[threading.Thread] = []
+        self._stop = threading.Event()
+        self._bind_created = False
+        self._bound = False
+        self._mounted = False
+        self._fuse_conn: Optional[int] = None
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        from tdxmodel._core._ext import NODE_CONTROL, NODE_DEVICE, NODE_DIR, DeviceServer
+
+        if os.geteuid() != 0:
+            raise DaemonError("serving needs root (FUSE allow_other, process_vm_readv on clients, binds)")
+        if not os.path.exists("/dev/fuse"):
+            raise DaemonError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+        self._prepare_mount_point()
+        if self.socket_path:
+            self._prepare_socket_path()
+        if self.null:
+            handler = None
+        else:
+            handler = self._make_device()
+        # the ioctl hot path runs without the GIL when the emulator is the C core
+        fast = handler is not None and self._backend.BACKEND_NAME == "core"
+        self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver], fast)
+        if fast:
+            handler.attach_fast_path(self.server)
+        from tdxmodel.transport.device import driver_windows
+        for cmd, window in driver_windows(self.driver).items():
+            self.server.set_window(cmd, window)
+        self.server.add_node(1, node_name(self.driver), NODE_DEVICE, self.mode)
+        if handler is not None:
+            dirs = {"": 1}
+            for path, node_id, mode in handler.control_nodes():
+                parent = ""
+                for part in path.split("/")[:-1]:
+                    child = f"{parent}/{part}" if parent else part
+                    if child not in dirs:
+                        dirs[child] = self.server.add_node(dirs[parent], part, NODE_DIR, 0o755)
+                    parent = child
+                self.server.add_node(dirs[parent], path.split("/")[-1], NODE_CONTROL, mode,
+                                     abi.MEASUREMENT_LEN if path.startswith("measurements/") else 0,
+                                     node_id)
+        try:
+            self.server.fuse_mount(self.mount, FUSE_OPTIONS, self.threads)
+        except OSError as e:
+            raise DaemonError(f"cannot mount FUSE on {self.mount}: {e.strerror}") from None
+        self._mounted = True
+        self._spawn("fuse", self.server.fuse_run)
+        try:  # the connection's id in fusectl, to abort it if clients keep files open at stop
+            self._fuse_conn = os.minor(os.stat(self.mount).st_dev)
+        except OSError:
+            self._fuse_conn = None
+        if self.socket_path:
+            try:
+                self.server.socket_listen(self.socket_path, self.mode)
+            except OSError as e:
+                self.stop()
+                raise DaemonError(f"cannot listen on {self.socket_path}: {e.strerror}") from None
+            self._spawn("socket", self.server.socket_run)
+        if handler is not None and handler.store is not None:
+            self._spawn("state", self._watch_state)
+        if self.bind:
+            try:
+                self._bind()
+            except DaemonError:
+                self.stop()
+                raise
+
+    def _make_device(self) -> Any:
+        from tdxmodel.state import StateStore
+        from tdxmodel.transport.device import EmulatedDevice
+
+        backend = self._backend = _backend.load(self.backend_name)
+        store = StateStore(self.state, backend=backend)
+        module = backend.Module(store.load())
+        kernel = backend.Kernel(module, self.driver)
+        self.device = EmulatedDevice(kernel, store=store)
+        return self.device
+
+    def _spawn(self, name: str, target) -> None:
+        t = threading.Thread(target=target, name=f"tdxmodel-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _prepare_mount_point(self) -> None:
+        try:
+            try:
+                os.stat(self.mount)
+            except FileNotFoundError:
+                os.makedirs(self.mount)
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                self._recover_stale()
+                return
+            raise DaemonError(f"{self.mount}: {e.strerror}") from None
+        kind = mount_type(self.mount)
+        if kind is not None and kind.startswith("fuse"):
+            # stat() may answer from the attribute cache; a directory read needs the daemon
+            try:
+                os.listdir(self.mount)
+            except OSError as e:
+                if e.errno == errno.ENOTCONN:
+                    self._recover_stale()
+                    return
+                raise DaemonError(f"{self.mount}: {e.strerror}") from None
+            if kind == "fuse.tdxmodel":
+                raise DaemonError(f"{self.mount} is already served by a running tdxmodel daemon "
+                                  "(stop it first, or choose another --mount)")
+            raise DaemonError(f"{self.mount} is already a {kind} mount point")
+        if not os.path.isdir(self.mount):
+            raise DaemonError(f"--mount {self.mount} is not a directory")
+        if os.listdir(self.mount):
+            raise DaemonError(f"--mount {self.mount} is not empty")
+
+    def _recover_stale(self) -> None:
+        print(f"tdxmodel serve: {self.mount} is a stale mount left by a daemon that died; "
+              "unmounting it and serving afresh", file=sys.stderr, flush=True)
+        lazy_unmount(self.mount)
+        try:
+            os.stat(self.mount)
+        except OSError as e:
+            raise DaemonError(f"{self.mount}: still unusable after unmounting the stale mount: "
+                              f"{e.strerror}") from None
+
+    def _prepare_socket_path(self) -> None:
+        path = self.socket_path
+        assert path is not None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise DaemonError(f"--socket {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(2)
+            probe.connect(path)
+        except OSError:
+            print(f"tdxmodel serve: removing stale socket {path}", file=sys.stderr, flush=True)
+            os.unlink(path)
+            return
+        finally:
+            probe.close()
+        raise DaemonError(f"--socket {path} is served by a running daemon")
+
+    def _bind(self) -> None:
+        target = self.bind
+        assert target is not None
+        if not os.path.lexists(target):
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.close(fd)
+            except OSError as e:
+                raise DaemonError(f"--bind {target}: cannot create it: {e.strerror}") from None
+            self._bind_created = True
+        elif os.path.isdir(target):
+            raise DaemonError(f"--bind {target} is a directory")
+        if _libc.mount(os.fsencode(self.device_file), os.fsencode(target), None, MS_BIND, None) != 0:
+            e = ctypes.get_errno()
+            raise DaemonError(f"--bind {target}: mount failed: {os.strerror(e)}")
+        self._bound = True
+
+    # ------------------------------------------------------------------ run / stop
+    def _watch_state(self) -> None:
+        last_error = None
+        while not self._stop.wait(STATE_POLL_SECONDS):
+            try:
+                self.device.sync_state()
+                last_error = None
+            except Exception as e:  # a corrupt state file must not kill the daemon; say it once
+                if str(e) != last_error:
+                    self.device.log(f"state directory: {e} (serving the last good state)")
+                last_error = str(e)
+
+    def handle_signals(self) -> None:
+        """SIGINT/SIGTERM end serve_forever (main thread only). Install before start(), so a signal
+        during start-up still unmounts."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+
+    def serve_forever(self) -> None:
+        """Block until stopped (a signal, with handle_signals), then stop."""
+        try:
+            while not self._stop.wait(0.5):
+                if self._threads and not self._threads[0].is_alive():
+                    self._log("the FUSE loop ended (unmounted from outside?)")
+                    break
+        finally:
+            self.stop()
+
+    def _log(self, msg: str) -> None:
+        print(f"tdxmodel serve: {msg}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._bound and self.bind:
+            lazy_unmount(self.bind)
+            self._bound = False
+        if self._bind_created and self.bind:
+            try:
+                os.unlink(self.bind)
+            except OSError:
+                pass
+            self._bind_created = False
+        if self.server is not None:
+            if self.socket_path:
+                self.server.socket_stop()
+            if self._mounted:
+                self.server.fuse_stop()
+        fuse_thread = next((t for t in self._threads if t.name == "tdxmodel-fuse"), None)
+        if fuse_thread is not None:
+            # A detached mount lives on while clients keep the device open, and so does the loop:
+            # abort the connection (their next call gets ECONNABORTED), as the kernel does when a
+            # FUSE daemon exits.
+            fuse_thread.join(0.5)
+            abort = f"/sys/fs/fuse/connections/{self._fuse_conn}/abort"
+            if fuse_thread.is_alive() and self._fuse_conn is not None and os.path.exists(abort):
+                try:
+                    with open(abort, "w") as f:
+                        f.write("1")
+                except OSError:
+                    pass
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+        if self._mounted:
+            if mount_type(self.mount):
+                lazy_unmount(self.mount)
+            self._mounted = False
+        if self.device is not None:
+            self.device.close()

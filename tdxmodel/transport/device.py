@@ -1,0 +1,408 @@
+"""The handler behind ``tdxmodel serve``: every request runs on the emulated kernel (layer 4).
+
+``EmulatedDevice`` is the object ``tdxmodel._core.DeviceServer`` calls (with the GIL) for the device
+file, the socket and the control files. It speaks to the emulator only through the backend's public
+API (docs/CONTRACT.md: ``Kernel.process``, ``Process.open/ioctl/pread/pwrite/poke/peek/mmap``,
+``Kernel.fault``, ``Process.fail_nth``), so it serves either backend.
+
+One open file of the device = one emulated Process holding one open fd of the driver's node. An
+ioctl's user memory is mirrored into that Process at ``USER_BASE`` plus the client's page offset, with
+the client's permissions (readable / writable prefix), so copy_from_user/copy_to_user fault on the
+same byte as they would in the client.
+
+Control files (FUSE only; paths relative to the mount, in the kernel's debugfs vocabulary, ref §7):
+
+=====================================  ==========================================================
+``fail/failslab/<knob>``               knobs: probability interval times space verbose
+``fail/fail_page_alloc/<knob>``        ignore-gfp-wait (Y/N) for these two; min-order for
+``fail/fail_usercopy/<knob>``          fail_page_alloc. Reads print the value and a newline
+``fail-nth``                           write N: the N-th injectable point of the next emulated
+                                       syscall(s) fails, counted across calls from any client;
+                                       reads 0 once fired, N' > 0 while pending (ref §7 fail-nth)
+``debug/mr_lock`` (6.16 only)          write 1 / 0: hold / release mr_lock as another task
+``debug/counters``                     JSON: the kernel's and module's debug counters and the
+                                       number of open device files (tests assert they balance)
+``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
+=====================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from tdxmodel import abi
+
+PAGE = abi.TDX_PAGE_SIZE
+#: Where an open file's mirror of the client's memory lives in its emulated Process (any page-aligned
+#: user address works; the page offset of the client's arg is added).
+USER_BASE = 0x7E0000000000
+MIRROR_PAGES = 3  # a window of <= 8192 bytes at any page offset spans at most 3 pages
+#: The control process's buffer for measurement reads and writes (a FUSE write is <= 128 KiB).
+CONTROL_BASE = 0x7D0000000000
+CONTROL_LEN = 33 * PAGE * 4
+
+FAULT_KNOBS: Dict[str, Tuple[str, ...]] = {
+    "failslab": ("probability", "interval", "times", "space", "verbose", "ignore-gfp-wait"),
+    "fail_page_alloc": ("probability", "interval", "times", "space", "verbose", "ignore-gfp-wait",
+                        "min-order"),
+    "fail_usercopy": ("probability", "interval", "times", "space", "verbose"),
+}
+_BOOL_KNOBS = {"ignore-gfp-wait"}
+
+
+def driver_windows(driver: str) -> Dict[int, int]:
+    """driver_windows(driver: str) -> {cmd: bytes from arg the driver may touch}.
+
+    v4 reads 64 bytes and writes the 1024-byte TDREPORT in place (ref §2.2) though its command encodes
+    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5)."""
+    if driver == "v4-2022-04":
+        return {abi.TDX_CMD_GET_TDREPORT: abi.TDX_REPORT_LEN}
+    return {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+
+
+class _FailNth:
+    """The daemon-wide pending fail-nth (DIR/fail-nth) when no core fast path holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def fail_nth_arm(self) -> int:
+        with self._lock:
+            n, self._n = self._n, 0
+            return n
+
+    def fail_nth_disarm(self, left: int) -> None:
+        with self._lock:
+            if left and not self._n:
+                self._n = left
+
+    def fail_nth_set(self, n: int) -> None:
+        with self._lock:
+            self._n = n
+
+    def fail_nth_get(self) -> int:
+        return self._n
+
+
+class _OpenFile:
+    __slots__ = ("process", "fd", "lock", "mirror_is_plain")
+
+    def __init__(self, process: Any, fd: int) -> None:
+        self.process = process
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.mirror_is_plain = True  # all MIRROR_PAGES mapped rw
+
+
+class EmulatedDevice:
+    """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
+
+    The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
+    made through the measurement files, under its lock; ``watch_state()`` applies the store's RTMRs
+    when its generation changes."""
+
+    def __init__(self, kernel: Any, *, store: Any = None,
+                 log: Optional[Callable[[str], None]] = None) -> None:
+        self.kernel = kernel
+        self.module = kernel.module
+        self.driver = kernel.driver
+        self.store = store
+        self.log = log or (lambda msg: print(f"tdxmodel serve: {msg}", file=sys.stderr, flush=True))
+        self.errors: List[BaseException] = []
+        self._files: Dict[int, _OpenFile] = {}
+        self._files_lock = threading.Lock()
+        self._next_handle = 1
+        self._fail_nth: Any = _FailNth()
+        self._fast: Any = None
+        self._extend_lock = threading.Lock()  # emulated extend + store write-back, in one order
+        self._generation: Optional[int] = None
+        # control nodes: node id -> (read, write)
+        self.controls: List[Tuple[str, Callable[[int, int], Any], Callable[[bytes, int], int]]] = []
+        self._control_process: Any = None
+        self._measurement_fds: Dict[str, int] = {}
+        self._control_lock = threading.Lock()
+        self._mr_lock_held = False
+        if self.driver == "v6.16":
+            self._open_measurements()
+        if store is not None:
+            self._generation = store.generation()
+
+    # ------------------------------------------------------------------ the device file
+    def attach_fast_path(self, server: Any) -> None:
+        """Route ioctls through the server's nogil path (core backend only): the server then also
+        holds the pending fail-nth, so both paths count the same points."""
+        from tdxmodel._core import _ext
+        if (_ext.USER_BASE, _ext.MIRROR_PAGES) != (USER_BASE, MIRROR_PAGES):
+            raise RuntimeError("the C mirror layout differs from tdxmodel.transport.device's")
+        server.fail_nth_set(self._fail_nth.fail_nth_get())
+        self._fast = server
+        self._fail_nth = server
+
+    def open(self, flags: int, pid: int) -> int:
+        process = self.kernel.process()
+        fd = process.open(self.kernel.device_path, flags)
+        if fd < 0:
+            return fd
+        process.mmap(USER_BASE, MIRROR_PAGES * PAGE, "rw")
+        with self._files_lock:
+            if self._fast is not None:
+                try:
+                    handle = self._fast.core_register(process, fd)
+                except OSError as e:
+                    process.close(fd)
+                    return -(e.errno or errno.EMFILE)
+            else:
+                handle = self._next_handle
+                self._next_handle += 1
+            self._files[handle] = _OpenFile(process, fd)
+        return handle
+
+    def release(self, handle: int) -> None:
+        with self._files_lock:
+            f = self._files.pop(handle, None)
+            if f is not None and self._fast is not None:
+                self._fast.core_unregister(handle)  # waits for a call in progress
+        if f is not None:
+            with f.lock:
+                f.process.close(f.fd)
+
+    def ioctl(self, handle: int, pid: int, cmd: int, arg: int, image: memoryview, readable: int,
+              writable: int) -> int:
+        f = self._files.get(handle)
+        if f is None:
+            return -errno.EBADF
+        window = len(image)
+        addr = USER_BASE + arg % PAGE
+        with f.lock:
+            p = f.process
+            plain = readable == window and writable == window
+            if not plain or not f.mirror_is_plain:
+                self._layout(f, arg % PAGE, readable, writable)
+            if readable:
+                p.poke(addr, image[:readable])
+            ret = self._syscall(p, lambda: p.ioctl(f.fd, cmd & 0xFFFFFFFF, addr))
+            if writable:
+                image[:writable] = p.peek(addr, writable)
+        return ret
+
+    def interrupt(self, handle: int, on: bool) -> None:
+        """The client of the ioctl in progress on `handle` got a signal (on) / the call ended (off):
+        the emulated task has a pending signal in between (6.16 mr_lock: -EINTR, ref §2.5)."""
+        f = self._files.get(handle)
+        if f is not None:
+            f.process.signal_pending = on
+
+    def _layout(self, f: _OpenFile, offset: int, readable: int, writable: int) -> None:
+        """Map the mirror's pages as the client's are: rw up to `writable`, r up to `readable`,
+        nothing after (the bounds fall on page boundaries of the client, hence of the mirror)."""
+        p = f.process
+        p.munmap(USER_BASE, MIRROR_PAGES * PAGE)
+        plain = True
+        for k in range(MIRROR_PAGES):
+            start = max(0, k * PAGE - offset)  # first window byte on page k
+            prot = "rw" if start < writable else ("r" if start < readable else "")
+            plain = plain and prot == "rw"
+            if prot:
+                p.mmap(USER_BASE + k * PAGE, PAGE, prot)
+        f.mirror_is_plain = plain
+
+    # ------------------------------------------------------------------ fail-nth across calls
+    def _syscall(self, process: Any, call: Callable[[], int]) -> int:
+        armed = self._fail_nth.fail_nth_arm()
+        if armed:
+            process.fail_nth = armed
+        ret = call()
+        if armed:
+            left = process.fail_nth
+            process.fail_nth = 0
+            self._fail_nth.fail_nth_disarm(left)  # not reached yet: the next call counts on
+        return ret
+
+    @property
+    def pending_fail_nth(self) -> int:
+        return self._fail_nth.fail_nth_get()
+
+    # ------------------------------------------------------------------ control files
+    def control_nodes(self) -> List[Tuple[str, int, int]]:
+        """[(relative path, node id, mode)] of every control file, for the daemon to mount."""
+        out = []
+
+        def add(path: str, mode: int, read, write) -> None:
+            self.controls.append((path, read, write))
+            out.append((path, len(self.controls) - 1, mode))
+
+        for cap, knobs in FAULT_KNOBS.items():
+            attr = self.kernel.fault(cap)
+            for knob in knobs:
+                add(f"fail/{cap}/{knob}", 0o600, self._knob_reader(attr, knob),
+                    self._knob_writer(attr, knob))
+        add("fail-nth", 0o600, lambda size, off: _text(f"{self.pending_fail_nth}\n", off),
+            self._write_fail_nth)
+        add("debug/counters", 0o444, lambda size, off: _text(json.dumps(self.counters()) + "\n", off),
+            lambda data, off: -errno.EACCES)
+        if self.driver == "v6.16":
+            add("debug/mr_lock", 0o600, lambda size, off: _text(f"{int(self._mr_lock_held)}\n", off),
+                self._write_mr_lock)
+        for name, (_off, writable) in abi.MEASUREMENTS.items():
+            if self.driver != "v6.16":
+                break
+            add(f"measurements/{name}", 0o644 if writable else 0o444, self._measurement_reader(name),
+                self._measurement_writer(name))
+        return out
+
+    def counters(self) -> Dict[str, Any]:
+        """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
+        return {"kernel": self.kernel.counters(), "module": self.module.counters(),
+                "open_files": len(self._files), "fast_path": self._fast is not None}
+
+    def control_read(self, node: int, pid: int, size: int, offset: int) -> Any:
+        return self.controls[node][1](size, offset)
+
+    def control_write(self, node: int, pid: int, data: bytes, offset: int) -> int:
+        return self.controls[node][2](data, offset)
+
+    def callback_error(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.log(f"internal error in a request (answered -EIO): {exc!r}")
+
+    @staticmethod
+    def _knob_reader(attr: Any, knob: str):
+        name = knob.replace("-", "_")
+
+        def read(size: int, offset: int) -> bytes:
+            value = getattr(attr, name)
+            text = ("Y" if value else "N") if knob in _BOOL_KNOBS else str(int(value))
+            return _text(text + "\n", offset)
+        return read
+
+    @staticmethod
+    def _knob_writer(attr: Any, knob: str):
+        name = knob.replace("-", "_")
+
+        def write(data: bytes, offset: int) -> int:
+            text = data.decode("ascii", "replace").strip()
+            try:
+                if knob in _BOOL_KNOBS:
+                    if text[:1] in ("Y", "y", "1"):
+                        value: Any = True
+                    elif text[:1] in ("N", "n", "0"):
+                        value = False
+                    else:
+                        return -errno.EINVAL
+                else:
+                    value = int(text, 10)
+                setattr(attr, name, value)
+            except (ValueError, TypeError):
+                return -errno.EINVAL
+            return len(data)
+        return write
+
+    def _write_mr_lock(self, data: bytes, offset: int) -> int:
+        """debug/mr_lock (6.16): 1 holds the driver's mr_lock from outside (as another task would),
+        0 releases it; clients then wait, and a signal to a waiting client gives -EINTR (ref §2.5)."""
+        text = data.decode("ascii", "replace").strip()
+        with self._control_lock:
+            if text == "1":
+                if self._mr_lock_held or not self.kernel.mr_lock_try():
+                    return -errno.EBUSY
+                self._mr_lock_held = True
+            elif text == "0":
+                if not self._mr_lock_held:
+                    return -errno.EINVAL
+                self.kernel.mr_lock_release()
+                self._mr_lock_held = False
+            else:
+                return -errno.EINVAL
+        return len(data)
+
+    def _write_fail_nth(self, data: bytes, offset: int) -> int:
+        try:
+            n = int(data.decode("ascii", "replace").strip(), 10)
+        except ValueError:
+            return -errno.EINVAL
+        if n < 0:
+            return -errno.EINVAL
+        self._fail_nth.fail_nth_set(n)
+        return len(data)
+
+    # ------------------------------------------------------------------ 6.16 measurement files
+    def _open_measurements(self) -> None:
+        p = self.kernel.process()
+        p.mmap(CONTROL_BASE, CONTROL_LEN, "rw")
+        for name, (_off, writable) in abi.MEASUREMENTS.items():
+            path = f"{abi.MEASUREMENT_DIRS[0]}/{name}"
+            fd = p.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            if fd < 0:
+                raise OSError(-fd, f"the emulated kernel has no {path}")
+            self._measurement_fds[name] = fd
+        self._control_process = p
+
+    def _measurement_reader(self, name: str):
+        def read(size: int, offset: int) -> Any:
+            p = self._control_process
+            count = min(size, CONTROL_LEN)
+            with self._control_lock:
+                n = self._syscall(p, lambda: p.pread(self._measurement_fds[name], CONTROL_BASE, count,
+                                                     offset))
+                return n if n < 0 else p.peek(CONTROL_BASE, n)
+        return read
+
+    def _measurement_writer(self, name: str):
+        index = int(name[4]) if name.startswith("rtmr") else None
+
+        def write(data: bytes, offset: int) -> int:
+            p = self._control_process
+            if len(data) > CONTROL_LEN:
+                return -errno.EINVAL
+            with self._extend_lock, self._control_lock:
+                p.poke(CONTROL_BASE, data)
+                n = self._syscall(p, lambda: p.pwrite(self._measurement_fds[name], CONTROL_BASE,
+                                                      len(data), offset))
+                if n >= 0 and index is not None and self.store is not None:
+                    # the extend happened in the TD: record it in the state directory, under its lock
+                    self.store.extend(index, bytes(data))
+                    self._generation = self.store.generation()
+            return n
+        return write
+
+    # ------------------------------------------------------------------ state directory
+    def sync_state(self) -> bool:
+        """sync_state() -> bool: if the store changed (`tdxmodel extend`, another tool), set the TD's
+        RTMRs to the stored ones (Module.set_rtmr). Returns whether anything was applied."""
+        if self.store is None:
+            return False
+        with self._extend_lock:
+            generation = self.store.generation()
+            if generation == self._generation:
+                return False
+            config = self.store.load()
+            changed = False
+            for i, value in enumerate(config.rtmr):
+                if self.module.rtmr(i) != value:
+                    self.module.set_rtmr(i, value)
+                    changed = True
+            self._generation = generation
+            return changed
+
+    def close(self) -> None:
+        if self._mr_lock_held:
+            self.kernel.mr_lock_release()
+            self._mr_lock_held = False
+        with self._files_lock:
+            handles = list(self._files)
+        for h in handles:
+            self.release(h)
+        if self._control_process is not None:
+            for fd in self._measurement_fds.values():
+                self._control_process.close(fd)
+            self._measurement_fds.clear()
+
+
+def _text(text: str, offset: int) -> bytes:
+    return text.encode()[offset:]

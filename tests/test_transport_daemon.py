@@ -1,0 +1,304 @@
+"""`tdxmodel serve` as a daemon: one TD for many concurrent clients, clean shutdown, crash recovery,
+permissions, bad input (issue 6)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tdxmodel import abi
+from tdxmodel.pytest_plugin import ServedDevice, _is_mounted
+
+pytestmark = pytest.mark.fuse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+RDLEN = abi.TDX_REPORTDATA_LEN
+
+
+def serve_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "tdxmodel", "serve", *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+def report_over(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        req = bytearray(abi.TDX_REPORT_REQ_LEN)
+        fcntl.ioctl(fd, abi.TDX_CMD_GET_REPORT0, req)
+        return bytes(req[64:])
+    finally:
+        os.close(fd)
+
+
+def test_sigterm_unmounts_and_removes_bind_and_socket(tmp_path):
+    bind = tmp_path / "dev" / "tdx_guest"
+    bind.parent.mkdir()
+    d = ServedDevice("v6.2", bind=str(bind)).start()
+    try:
+        assert _is_mounted(str(d.mount)) and _is_mounted(str(bind)) and os.path.exists(d.socket)
+        # the bound node is the device: the selftest's check works on it
+        report = report_over(str(bind))
+        assert len(report) == abi.TDX_REPORT_LEN
+        proc = d.proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not _is_mounted(str(d.mount))
+        assert not _is_mounted(str(bind))
+        assert not os.path.exists(bind)  # we created it, so we remove it
+        assert not os.path.exists(d.socket)
+    finally:
+        d.stop()
+
+
+def test_restart_after_a_crash_recovers_the_stale_mount():
+    first = ServedDevice("v6.2").start()
+    mount = str(first.mount)
+    second = None
+    try:
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(15)
+        with pytest.raises(OSError) as e:
+            os.listdir(mount)
+        assert e.value.errno == errno.ENOTCONN  # what a dead FUSE daemon leaves
+        second = ServedDevice("v6.2", mount=mount).start()
+        assert "stale mount" in second.stderr_text()
+        assert len(report_over(second.path)) == abi.TDX_REPORT_LEN
+    finally:
+        if second is not None:
+            second.stop()
+        if _is_mounted(mount):
+            subprocess.run(["umount", "-l", mount], timeout=10)
+        first.stop()
+
+
+def test_second_daemon_on_a_live_mount_is_refused():
+    with ServedDevice("v6.2") as d:
+        r = serve_cli("--driver", "v6.2", "--mount", str(d.mount), "--state", str(d.state))
+        assert r.returncode == 2
+        assert r.stderr.count("\n") == 1 and "already served" in r.stderr
+        assert len(report_over(d.path)) == abi.TDX_REPORT_LEN  # untouched
+
+
+def test_root_only_by_default_and_widened_by_mode():
+    with ServedDevice("v6.2") as d:
+        assert stat.S_IMODE(os.stat(d.path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+        assert os.stat(d.path).st_uid == 0
+    with ServedDevice("v6.2", mode=0o666) as d:
+        assert stat.S_IMODE(os.stat(d.path).st_mode) == 0o666
+        assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o666
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--driver", "v5", "--mount", "/tmp/x"], "invalid choice"),
+    (["--driver", "v6.2"], "required"),
+    (["--driver", "v6.2", "--mount", "/tmp/x", "--mode", "999"], "octal"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    r = serve_cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_non_empty_mount_point_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = serve_cli("--driver", "v6.2", "--mount", str(tmp_path), "--state", str(tmp_path / "s"))
+    assert r.returncode == 2 and "not empty" in r.stderr and r.stderr.count("\n") == 1
+
+
+KILLED_CLIENT = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+cmd, size = int(sys.argv[2]), int(sys.argv[3])
+req = bytearray(size)
+while True:
+    fcntl.ioctl(fd, cmd, req)
+"""
+
+
+@pytest.mark.parametrize("driver", ["v6.16", "v4-2022-04"])
+def test_clients_killed_mid_call_harm_nothing(driver):
+    with ServedDevice(driver) as d:
+        layout = "v4" if driver == "v4-2022-04" else "v6"
+        cmd, size = ((abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN) if layout == "v4"
+                     else (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN))
+        clients = [subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, d.path, str(cmd), str(size)])
+                   for _ in range(4)]
+        try:
+            time.sleep(0.8)
+        finally:
+            for c in clients:
+                c.kill()
+            for c in clients:
+                c.wait(15)
+        deadline = time.monotonic() + 10
+        while d.counters()["open_files"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = d.counters()
+        assert c["open_files"] == 0
+        assert c["kernel"]["outstanding"] == c["kernel"]["resident"]
+        assert c["kernel"]["locks_held"] == 0
+        assert c["module"]["rtmr_shared_acquired"] == c["module"]["rtmr_shared_released"]
+        assert d.proc.poll() is None
+
+
+EXTENDER = r"""
+import os, sys
+path, tag, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for k in range(n):
+    fd = os.open(path, os.O_WRONLY)
+    assert os.write(fd, bytes([tag, k]) * 24) == 48
+    os.close(fd)
+"""
+
+REPORTER = r"""
+import fcntl, os, sys
+path, n, cmd, size, tdr, rd, rtmr0 = sys.argv[1], *map(int, sys.argv[2:])
+fd = os.open(path, os.O_RDWR | os.O_SYNC)
+seen = []
+for k in range(n):
+    req = bytearray(size)
+    req[:64] = os.urandom(64)
+    fcntl.ioctl(fd, cmd, req)
+    assert req[tdr + rd:tdr + rd + 64] == req[:64]
+    seen.append(bytes(req[tdr + rtmr0:tdr + rtmr0 + 4 * 48]).hex())
+os.close(fd)
+print("\n".join(seen))
+"""
+REPORTER_ARGS = [str(v) for v in (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN,
+                                   abi.TDX_REPORT_REQ_OFF_TDREPORT, abi.TDR_OFF_REPORTDATA,
+                                   abi.TDR_OFF_RTMR0)]
+
+
+def test_concurrent_clients_lose_nothing():
+    """Four processes extend one RTMR each (6.16 measurement files) while four others take reports
+    through FUSE and the preload library: every extend lands (the chains are exact), every report is
+    well-formed and shows each RTMR at some point of its chain."""
+    n_ext, n_rep = 8, 25
+    with ServedDevice("v6.16") as d:
+        initial = [d.rtmr(i) for i in range(4)]
+        extenders = [subprocess.Popen([sys.executable, "-c", EXTENDER,
+                                       str(d.control(f"measurements/rtmr{i}:sha384")), str(i), str(n_ext)])
+                     for i in range(4)]
+        reporters = [subprocess.Popen([sys.executable, "-c", REPORTER, d.path, str(n_rep), *REPORTER_ARGS],
+                                      stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        reporters += [subprocess.Popen([sys.executable, "-c", REPORTER, d.device_node, str(n_rep),
+                                        *REPORTER_ARGS],
+                                       stdout=subprocess.PIPE, text=True, env=d.preload_env())
+                      for _ in range(2)]
+        for p in extenders:
+            assert p.wait(60) == 0
+        outputs = [p.communicate(timeout=60)[0] for p in reporters]
+        assert all(p.returncode == 0 for p in reporters)
+        chains = []
+        for i in range(4):
+            chain = [initial[i]]
+            for k in range(n_ext):
+                chain.append(hashlib.sha384(chain[-1] + bytes([i, k]) * 24).digest())
+            chains.append(chain)
+            assert d.rtmr(i) == chain[-1]
+        for out in outputs:
+            lines = out.split()
+            assert len(lines) == n_rep
+            for line in lines:
+                rtmrs = bytes.fromhex(line)
+                for i in range(4):
+                    assert rtmrs[48 * i:48 * i + 48] in chains[i]
+        from tdxmodel.state import StateStore
+        assert list(StateStore(str(d.state)).load().rtmr) == [c[-1] for c in chains]
+        c = d.counters()["kernel"]
+        assert c["outstanding"] == c["resident"] and c["locks_held"] == 0
+
+
+def test_malformed_socket_messages_end_only_that_connection():
+    import socket
+    from tdxmodel.transport import protocol
+    with ServedDevice("v6.2") as d:
+        device, windows = protocol.hello(d.socket)
+        assert device == abi.DEVICE_PATHS["v6.2"]
+        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+        for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, 1, 9, 0),
+                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, 1 << 30),
+                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, protocol.IOCTL.size)
+                     + protocol.IOCTL.pack(0, 0, 0, 0, 0, 0)):  # an ioctl before any open
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(d.socket)
+                s.sendall(junk)
+                assert s.recv(1) == b""  # the daemon hung up on this client only
+        client = protocol.Client(d.socket, os.O_RDWR)
+        try:
+            req = bytearray(abi.TDX_REPORT_REQ_LEN)
+            req[:RDLEN] = bytes(range(RDLEN))
+            assert client.ioctl(abi.TDX_CMD_GET_REPORT0, req) == 0
+            assert req[64 + abi.TDR_OFF_REPORTDATA:][:RDLEN] == bytes(range(RDLEN))
+            wrong = 0xC0A00401  # a number third-party clients shipped (ref §1)
+            assert client.ioctl(wrong, bytearray(abi.ioc_size(wrong))) == -errno.ENOTTY
+        finally:
+            client.close()
+        assert d.proc.poll() is None
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path, backend):
+    """6.16 takes mr_lock interruptibly: a client that waits for it and gets a signal returns EINTR;
+    once the lock is free the same call succeeds (ref §2.5 step 1)."""
+    client = tmp_path / "interrupted"
+    subprocess.run(["cc", "-O2", "-I", os.path.join(ROOT, "csrc"), "-o", str(client),
+                    os.path.join(ROOT, "tests", "clients", "interrupted.c")], check=True, timeout=120)
+    with ServedDevice("v6.16", backend=backend) as d:
+        d.control("debug/mr_lock").write_text("1\n")
+        p = subprocess.Popen([str(client), d.path], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "waiting"
+            time.sleep(0.3)
+            assert p.poll() is None  # blocked on the lock
+            p.send_signal(signal.SIGUSR1)
+            out, _ = p.communicate(timeout=15)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        assert out.split() == ["-1", str(errno.EINTR)]
+        d.control("debug/mr_lock").write_text("0\n")
+        r = subprocess.run([str(client), d.path], capture_output=True, text=True, timeout=30)
+        assert r.stdout.split()[1:] == ["0", "0"]
+        c = d.counters()["kernel"]
+        assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"]
+
+
+def test_bind_over_an_existing_node_keeps_it(tmp_path):
+    target = tmp_path / "tdx_guest"
+    target.write_bytes(b"real node stand-in")
+    with ServedDevice("v6.2", bind=str(target)) as d:
+        assert _is_mounted(str(target))
+        assert len(report_over(str(target))) == abi.TDX_REPORT_LEN
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+    assert not _is_mounted(str(target))
+    assert target.read_bytes() == b"real node stand-in"  # not ours: left as it was
+
+
+def test_unusable_state_or_socket_exit_2_and_leave_no_mount(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text("{not json")
+    mount = tmp_path / "mnt"
+    r = serve_cli("--driver", "v6.2", "--mount", str(mount), "--state", str(state))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not _is_mounted(str(mount))
+    r = serve_cli("--driver", "v6.2", "--mount", str(mount), "--state", str(tmp_path / "s2"),
+                  "--socket", str(tmp_path / "no" / "such" / "dir" / "sock"))
+    assert r.returncode == 2 and "cannot listen" in r.stderr and r.stderr.count("\n") == 1
+    assert not _is_mounted(str(mount))

@@ -1,0 +1,130 @@
+"""The LD_PRELOAD library reaches the daemon's socket at the real node path (issue 6).
+
+The machine has no /dev/tdx_guest: every open of it below is intercepted, or fails with ENOENT.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tdxmodel import abi
+from tdxmodel.cli.serve import PRELOAD_LIBRARY
+from tdxmodel.pytest_plugin import ServedDevice
+
+pytestmark = pytest.mark.fuse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def compile_client(tmp_path_factory, name):
+    out = tmp_path_factory.mktemp("clients") / name
+    subprocess.run(["cc", "-O2", "-Wall", "-I", os.path.join(ROOT, "csrc"), "-o", str(out),
+                    os.path.join(ROOT, "tests", "clients", f"{name}.c")], check=True, timeout=120)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def selftest_client(tmp_path_factory):
+    return compile_client(tmp_path_factory, "selftest")
+
+
+@pytest.fixture(scope="module")
+def served():
+    devices = {}
+
+    def get(driver, backend="core"):
+        if (driver, backend) not in devices:
+            devices[driver, backend] = ServedDevice(driver, backend=backend).start()
+        return devices[driver, backend]
+
+    yield get
+    for d in devices.values():
+        d.stop()
+
+
+def test_preload_path_prints_the_built_library():
+    r = subprocess.run([sys.executable, "-m", "tdxmodel", "preload-path"], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0
+    path = r.stdout.strip()
+    assert os.path.isabs(path) and os.path.isfile(path) and path.endswith("libtdxmodel_preload.so")
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+@pytest.mark.parametrize("driver", abi.DRIVERS)
+def test_c_selftest_through_preload(served, selftest_client, driver, backend):
+    d = served(driver, backend)
+    layout = "v4" if driver == "v4-2022-04" else "v6"
+    r = subprocess.run([selftest_client, d.device_node, layout], capture_output=True, text=True,
+                       timeout=30, env=d.preload_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_unknown_command_through_preload(served, selftest_client):
+    d = served("v6.2")
+    r = subprocess.run([selftest_client, d.device_node, "v6", "c0a00401"], capture_output=True,
+                       text=True, timeout=30, env=d.preload_env())
+    assert r.stdout.split() == ["-1", str(errno.ENOTTY)]
+
+
+def test_every_open_entry_point_is_interposed(served, tmp_path_factory):
+    client = compile_client(tmp_path_factory, "open_variants")
+    d = served("v6.2")
+    r = subprocess.run([client, d.device_node], capture_output=True, text=True, timeout=30,
+                       env=d.preload_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line.split()[1] for line in r.stdout.splitlines()] == ["ok"] * 11
+
+
+PY_CLIENT = r"""
+import ctypes, fcntl, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)   # the global scope: the preloaded ioctl comes first
+path, cmd, size, tdr, rd = sys.argv[1], *map(int, sys.argv[2:])
+page = mmap.PAGESIZE
+fd = os.open(path, os.O_RDWR | os.O_SYNC)
+assert fd > 0
+req = bytearray(size); req[:64] = bytes(range(64))
+fcntl.ioctl(fd, cmd, req)
+print(req[tdr + rd:tdr + rd + 64] == bytes(range(64)), req[:64] == bytes(range(64)))
+# a struct with only 512 accessible bytes: the kernel copies 64 in, then faults 448 bytes into the
+# TDREPORT copy-out (ref §2.4 rows 3 and 5; §7 partial copy)
+m = mmap.mmap(-1, 3 * page)
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+start = base + page - 512
+ctypes.memmove(start, bytes(range(64)) + bytes(448), 512)
+assert libc.mprotect(ctypes.c_void_p(base + page), 2 * page, 0) == 0
+r = libc.ioctl(fd, ctypes.c_ulong(cmd), ctypes.c_void_p(start))
+print(r, ctypes.get_errno(), ctypes.string_at(start + tdr, 512 - tdr) == bytes(req[tdr:512]))
+print(os.close(fd))
+"""
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_python_client_through_preload_with_exact_partial_copy(served, backend):
+    d = served("v6.2", backend)
+    args = [str(v) for v in (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN,
+                             abi.TDX_REPORT_REQ_OFF_TDREPORT, abi.TDR_OFF_REPORTDATA)]
+    r = subprocess.run([sys.executable, "-c", PY_CLIENT, d.device_node, *args],
+                       capture_output=True, text=True, timeout=30, env=d.preload_env())
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "True True"
+    assert lines[1] == f"-1 {errno.EFAULT} True"  # -EFAULT, and the 448-byte prefix was written
+    assert lines[2] == "None"
+    c = d.counters()["kernel"]
+    assert c["outstanding"] == c["resident"]
+
+
+def test_without_a_daemon_nothing_is_intercepted(selftest_client, tmp_path):
+    env = dict(os.environ, TDXMODEL_SOCKET=str(tmp_path / "nothing"),
+               LD_PRELOAD=str(PRELOAD_LIBRARY))
+    r = subprocess.run([selftest_client, abi.DEVICE_PATHS["v6.2"], "v6"], capture_output=True,
+                       text=True, timeout=30, env=env)
+    assert r.returncode == 1
+    assert f"errno {errno.ENOENT}" in r.stderr  # the real open: this machine has no TDX device
