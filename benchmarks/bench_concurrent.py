@@ -16,7 +16,7 @@ CALLER_COUNTS = tuple(range(1, max(2, os.cpu_count() or 1) + 1))
 from tdxmodel import abi, bench, errors
 
 TOTAL_REPORTS = 65536
-CHUNK = 128
+CHUNK = 512
 TOTAL_IOCTLS = 16384
 
 

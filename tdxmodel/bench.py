@@ -49,9 +49,10 @@ PAGE = abi.TDX_PAGE_SIZE
 REQUEST_BUFFER_ADDR = 0x7F00_0000_0000 & ~(PAGE - 1)
 #: The RTMR the workloads extend (any of 0..3 behaves the same for locking, ref §4.8).
 EXTEND_INDEX = 2
-#: Rows per report_batch call in the scaling workload: big enough that the Python part of a call is
-#: small next to the nogil loop, small enough to interleave with extends.
-SCALING_CHUNK = 128
+#: Rows per report_batch call in the scaling workload: big enough that the Python part of a call (and
+#: its GIL hand-over) is small next to the ~100 us nogil loop, small enough to interleave with extends.
+#: (With 128 rows the per-call Python cost alone held 2 callers to ~1.6x in a lock-free build.)
+SCALING_CHUNK = 512
 BUSY_RTMR = abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
 #: Windows per scaling point (the best one counts).
 WINDOWS = 3
