@@ -7,8 +7,12 @@
  * tdxmodel models only the MR leaves (TDG.MR.REPORT, TDG.MR.RTMR.EXTEND, TDG.MR.VERIFYREPORT): every
  * other TDCALL leaf answers TDX_OPERAND_INVALID with operand RAX, as an unknown leaf does (ref §4.1).
  *
- * Concurrency. The RTMR lock (ref §4.8) is one C11 atomic: >0 readers, 0 free, -1 writer. REPORT takes
- * it shared, EXTEND exclusive, and neither waits. Everything an extend changes (TDINFO, the report
+ * Concurrency. The RTMR lock (ref §4.8): REPORT takes it shared, EXTEND exclusive, and neither waits;
+ * a conflicting caller gets OPERAND_BUSY. The module's own lock is one word; ours is distributed so
+ * that readers on different cores never write the same cache line (issue 5: two report callers must
+ * scale): each thread announces itself in its own reader slot, and a writer claims one word and then
+ * checks every slot. The protocol (rtmr_lock_shared / rtmr_lock_exclusive) keeps the one-word lock's
+ * answers exactly: of a reader and a writer that overlap, exactly one wins. Everything an extend changes (TDINFO, the report
  * template, the MAC midstate) is written only with the lock held exclusive and read by reports only
  * with it held shared. Host snapshots (tdxm_read_tdinfo) must not take the lock (a test may hold it),
  * so writers also bump a sequence counter and readers retry a torn copy (a seqlock).
@@ -22,7 +26,21 @@
 
 #include "tdx_crypto.h"
 
-#define RTMR_LOCK_WRITER (-1)
+/* The writer word of the RTMR lock. */
+#define RTMR_WRITER_FREE 0
+#define RTMR_WRITER_TRYING 1 /* a writer is checking the reader slots; readers wait, then retry */
+#define RTMR_WRITER_HELD 2
+
+/* Reader slots: one cache line each; a thread always uses the same slot (assigned round-robin). */
+#define RTMR_READER_SLOTS 64
+#define CACHE_LINE 64
+
+typedef struct {
+    _Atomic int32_t entering; /* readers between announcing themselves and checking the writer */
+    _Atomic int32_t holders;  /* shared holders that acquired through this slot (may go negative
+                                 in one slot when a holder releases from another thread) */
+    _Atomic uint64_t shared_acquired, shared_released, reports; /* debug counters, summed on read */
+} __attribute__((aligned(CACHE_LINE))) rtmr_reader_slot;
 
 /* REPORTMACSTRUCT bytes 0..127 (REPORTTYPE .. TEE_INFO_HASH) only change with an extend, and are
  * exactly two SHA-256 blocks, so the HMAC inner state after them is cached; a report hashes only
@@ -42,8 +60,10 @@ struct tdxm_module {
     uint8_t *memory;                   /* memory_pages * TDX_PAGE_SIZE bytes */
     uint8_t *page_state;               /* tdxm_page_state per GFN; __atomic accesses */
 
-    /* The RTMR lock and the seqlock of host snapshots. */
-    _Atomic int32_t rtmr_lock;
+    /* The RTMR lock: reader slots (their own cache lines) and the writer word; the seqlock of host
+     * snapshots. */
+    rtmr_reader_slot readers[RTMR_READER_SLOTS];
+    _Atomic int32_t rtmr_writer __attribute__((aligned(CACHE_LINE)));
     _Atomic uint64_t state_seq;
 
     /* Written only under the exclusive RTMR lock (and an odd state_seq). */
@@ -51,12 +71,25 @@ struct tdxm_module {
     uint8_t report_template[TDX_REPORT_LEN];   /* a TDREPORT with zero REPORTDATA and MAC */
     SHA256_CTX mac_after_prefix;               /* HMAC inner state after template bytes 0..127 */
 
-    _Atomic uint64_t rtmr_shared_acquired, rtmr_shared_released;
-    _Atomic uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;
-    _Atomic uint64_t rtmr_busy, reports, extends, verifies;
+    _Atomic uint64_t rtmr_exclusive_acquired __attribute__((aligned(CACHE_LINE)));
+    _Atomic uint64_t rtmr_exclusive_released;
+    _Atomic uint64_t rtmr_busy, extends, verifies;
 };
 
 #define COUNT(m, field) atomic_fetch_add_explicit(&(m)->field, 1, memory_order_relaxed)
+/* Hot counters live in the caller's reader slot, so two reporting cores do not share a line. */
+#define SLOT_COUNT(slot, field) atomic_fetch_add_explicit(&(slot)->field, 1, memory_order_relaxed)
+
+static _Atomic unsigned next_reader_slot;
+static __thread int my_reader_slot = -1;
+
+static rtmr_reader_slot *reader_slot(tdxm_module *m)
+{
+    if (my_reader_slot < 0)
+        my_reader_slot = (int)(atomic_fetch_add_explicit(&next_reader_slot, 1, memory_order_relaxed)
+                               % RTMR_READER_SLOTS);
+    return &m->readers[my_reader_slot];
+}
 
 static tdxm_result status_result(uint64_t status)
 {
@@ -122,9 +155,10 @@ tdxm_module *tdxm_create(const tdxm_config *cfg)
     /* Guest memory must be reachable below the SHARED bit (GPAW 48, ref §4.3). */
     if ((uint64_t)cfg->memory_pages > TDX_GPA_SHARED_BIT / TDX_PAGE_SIZE)
         return NULL;
-    m = calloc(1, sizeof *m);
-    if (m == NULL)
+    /* aligned: the reader slots must each own a cache line */
+    if (posix_memalign((void **)&m, CACHE_LINE, sizeof *m) != 0)
         return NULL;
+    memset(m, 0, sizeof *m);
     m->memory = calloc(cfg->memory_pages, TDX_PAGE_SIZE);
     m->page_state = calloc(cfg->memory_pages, 1); /* TDXM_PAGE_UNMAPPED == 0 */
     if (m->memory == NULL || m->page_state == NULL) {
@@ -141,7 +175,7 @@ tdxm_module *tdxm_create(const tdxm_config *cfg)
         attributes = (attributes << 8) | cfg->tdinfo[(TDR_OFF_ATTRIBUTES - TDR_OFF_TDINFO) + i];
     m->sept_ve_disable = (attributes & TDX_ATTRIBUTES_SEPT_VE_DISABLE) != 0;
     tdxc_hmac_key_init(&m->mac, m->mac_key, TDX_MAC_KEY_LEN);
-    atomic_init(&m->rtmr_lock, 0);
+    atomic_init(&m->rtmr_writer, RTMR_WRITER_FREE);
     atomic_init(&m->state_seq, 0);
 
     /* The constant parts of every TDREPORT (ref §4.3, §4.4); calloc left every reserved byte 0. */
@@ -240,54 +274,108 @@ static uint8_t *gpa_walk(tdxm_module *m, uint64_t gpa, tdxm_result *exit)
  * The RTMR lock (ref §4.8)
  * ------------------------------------------------------------------------------------------------ */
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Shared: announce in our slot, then look at the writer word (both seq_cst, so a writer that claimed
+ * the word before our look sees our announcement in its scan, and one that claimed it after sees our
+ * holder count). A writer still checking the slots has not won yet: step aside, wait until it
+ * decides, and try again, so a writer that then fails costs us nothing, as with a one-word lock. */
 static uint64_t rtmr_lock_shared(tdxm_module *m)
 {
-    int32_t v = atomic_load_explicit(&m->rtmr_lock, memory_order_relaxed);
+    rtmr_reader_slot *slot = reader_slot(m);
 
-    while (v >= 0) {
-        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &v, v + 1, memory_order_acquire,
-                                                  memory_order_relaxed)) {
-            COUNT(m, rtmr_shared_acquired);
+    for (;;) {
+        atomic_fetch_add(&slot->entering, 1);
+        int writer = atomic_load(&m->rtmr_writer);
+        if (writer == RTMR_WRITER_FREE) {
+            atomic_fetch_add(&slot->holders, 1);
+            atomic_fetch_sub_explicit(&slot->entering, 1, memory_order_release);
+            SLOT_COUNT(slot, shared_acquired);
             return TDX_SUCCESS;
         }
+        atomic_fetch_sub(&slot->entering, 1);
+        if (writer == RTMR_WRITER_HELD) {
+            COUNT(m, rtmr_busy);
+            return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+        }
+        while (atomic_load_explicit(&m->rtmr_writer, memory_order_acquire) == RTMR_WRITER_TRYING)
+            cpu_relax();
     }
-    COUNT(m, rtmr_busy);
-    return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+}
+
+/* The sum of shared holders, once every reader caught mid-announcement has settled. */
+static int64_t settled_shared_holders(tdxm_module *m)
+{
+    int64_t holders = 0;
+
+    for (int i = 0; i < RTMR_READER_SLOTS; i++) {
+        rtmr_reader_slot *slot = &m->readers[i];
+        for (unsigned spins = 0; atomic_load(&slot->entering) != 0; spins++) {
+            if (spins > 1000)
+                sched_yield(); /* the reader was preempted between two instructions */
+            else
+                cpu_relax();
+        }
+        holders += atomic_load(&slot->holders);
+    }
+    return holders;
+}
+
+/* Exclusive: claim the writer word, then check that no reader holds the lock. */
+static uint64_t rtmr_try_claim_exclusive(tdxm_module *m)
+{
+    int expected = RTMR_WRITER_FREE;
+
+    if (!atomic_compare_exchange_strong(&m->rtmr_writer, &expected, RTMR_WRITER_TRYING))
+        return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+    if (settled_shared_holders(m) != 0) {
+        atomic_store(&m->rtmr_writer, RTMR_WRITER_FREE);
+        return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+    }
+    atomic_store(&m->rtmr_writer, RTMR_WRITER_HELD);
+    return TDX_SUCCESS;
 }
 
 static uint64_t rtmr_lock_exclusive(tdxm_module *m)
 {
-    int32_t expected = 0;
+    uint64_t status = rtmr_try_claim_exclusive(m);
 
-    if (atomic_compare_exchange_strong_explicit(&m->rtmr_lock, &expected, RTMR_LOCK_WRITER,
-                                                memory_order_acquire, memory_order_relaxed)) {
+    if (status == TDX_SUCCESS)
         COUNT(m, rtmr_exclusive_acquired);
-        return TDX_SUCCESS;
-    }
-    COUNT(m, rtmr_busy);
-    return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+    else
+        COUNT(m, rtmr_busy);
+    return status;
 }
 
 static int rtmr_unlock_shared(tdxm_module *m)
 {
-    int32_t v = atomic_load_explicit(&m->rtmr_lock, memory_order_relaxed);
+    rtmr_reader_slot *slot = reader_slot(m);
 
-    while (v > 0) {
-        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &v, v - 1, memory_order_release,
-                                                  memory_order_relaxed)) {
-            COUNT(m, rtmr_shared_released);
-            return 0;
-        }
+    /* The usual case reads only our own slot; a release from another thread than the acquire
+     * (possible from Python) sums every slot to tell a real holder from a bogus release. */
+    if (atomic_load_explicit(&slot->holders, memory_order_relaxed) <= 0) {
+        int64_t holders = 0;
+        for (int i = 0; i < RTMR_READER_SLOTS; i++)
+            holders += atomic_load_explicit(&m->readers[i].holders, memory_order_relaxed);
+        if (holders <= 0)
+            return -TDXM_EINVAL;
     }
-    return -TDXM_EINVAL;
+    atomic_fetch_sub_explicit(&slot->holders, 1, memory_order_release);
+    SLOT_COUNT(slot, shared_released);
+    return 0;
 }
 
 static int rtmr_unlock_exclusive(tdxm_module *m)
 {
-    int32_t expected = RTMR_LOCK_WRITER;
+    int expected = RTMR_WRITER_HELD;
 
-    if (atomic_compare_exchange_strong_explicit(&m->rtmr_lock, &expected, 0, memory_order_release,
-                                                memory_order_relaxed)) {
+    if (atomic_compare_exchange_strong_explicit(&m->rtmr_writer, &expected, RTMR_WRITER_FREE,
+                                                memory_order_release, memory_order_relaxed)) {
         COUNT(m, rtmr_exclusive_released);
         return 0;
     }
@@ -335,7 +423,7 @@ tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t 
     tdxm_result r;
     uint64_t status;
 
-    COUNT(m, reports);
+    SLOT_COUNT(reader_slot(m), reports);
     if (rcx % TDX_REPORT_ALIGN)                                   /* step 1 */
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
     if (rdx % TDX_REPORTDATA_ALIGN)                               /* step 2 */
@@ -371,7 +459,7 @@ uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportd
     uint8_t reportdata_copy[TDX_REPORTDATA_LEN];
     uint64_t status;
 
-    COUNT(m, reports);
+    SLOT_COUNT(reader_slot(m), reports);
     if (subtype != 0)                                             /* step 4 */
         return operand_invalid(TDX_OPERAND_ID_R8);
     status = rtmr_lock_shared(m);                                 /* step 5 */
@@ -445,18 +533,11 @@ tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
 
 void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
 {
-    int32_t expected;
-
     if (index >= TDX_NUM_RTMRS)
         return;
-    /* A host-side sync waits for the lock instead of answering BUSY. */
-    for (;;) {
-        expected = 0;
-        if (atomic_compare_exchange_weak_explicit(&m->rtmr_lock, &expected, RTMR_LOCK_WRITER,
-                                                  memory_order_acquire, memory_order_relaxed))
-            break;
+    /* A host-side sync waits for the lock instead of answering BUSY (so it never counts as busy). */
+    while (rtmr_try_claim_exclusive(m) != TDX_SUCCESS)
         sched_yield();
-    }
     COUNT(m, rtmr_exclusive_acquired);
     store_rtmr(m, index, value);
     rtmr_unlock_exclusive(m);
@@ -576,12 +657,15 @@ void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
     tdxm_module *mm = (tdxm_module *)m; /* atomic loads take a non-const pointer */
 
 #define LOAD(field) atomic_load_explicit(&mm->field, memory_order_relaxed)
-    out->rtmr_shared_acquired = LOAD(rtmr_shared_acquired);
-    out->rtmr_shared_released = LOAD(rtmr_shared_released);
+    out->rtmr_shared_acquired = out->rtmr_shared_released = out->reports = 0;
+    for (int i = 0; i < RTMR_READER_SLOTS; i++) {
+        out->rtmr_shared_acquired += LOAD(readers[i].shared_acquired);
+        out->rtmr_shared_released += LOAD(readers[i].shared_released);
+        out->reports += LOAD(readers[i].reports);
+    }
     out->rtmr_exclusive_acquired = LOAD(rtmr_exclusive_acquired);
     out->rtmr_exclusive_released = LOAD(rtmr_exclusive_released);
     out->rtmr_busy = LOAD(rtmr_busy);
-    out->reports = LOAD(reports);
     out->extends = LOAD(extends);
     out->verifies = LOAD(verifies);
 #undef LOAD

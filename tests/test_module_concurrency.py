@@ -377,3 +377,20 @@ def test_state_snapshots_are_never_torn(make_module):
     prefixes = _prefix_values(done)
     assert all(s in prefixes for s in snapshots)
     assert m.rtmr(0) == _chain(bytes(48), done)
+
+
+def test_a_shared_hold_released_from_another_thread_frees_the_lock(make_module):
+    """The lock counts holders, not threads (as the module's one-word lock does): a shared hold taken
+    on one thread and released on another leaves the lock free for a writer."""
+    m = make_module()
+    took = []
+    t = threading.Thread(target=lambda: took.append(m.rtmr_lock_try(False)))
+    t.start()
+    t.join()
+    assert took == [0]
+    assert m.rtmr_lock_try(True) == abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
+    m.rtmr_unlock(False)
+    assert m.rtmr_lock_try(True) == 0
+    m.rtmr_unlock(True)
+    with pytest.raises(ValueError):
+        m.rtmr_unlock(False)
