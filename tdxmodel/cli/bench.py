@@ -3,7 +3,7 @@
 Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R --driver NAME --json
 --plot FILE``. The workloads live in ``tdxmodel.bench``. JSON keys (one object):
 
-* ``batch_reports_per_s``: ``Module.report_batch`` throughput, one thread;
+* ``batch_reports_per_s``: ``Module.report_batch`` throughput, one thread, ``batch_rows`` rows per call;
 * ``mac_floor_per_s`` (and ``sha384_floor_per_s``, ``floor_source``): HMAC-SHA-256 over 224 bytes with a
   precomputed key in an OpenSSL C loop, one thread, same run;
 * ``call_median_us``, ``call_p99_us``: one GET_REPORT ioctl through ``Process.ioctl`` on the main
