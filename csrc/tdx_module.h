@@ -86,7 +86,7 @@ uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportd
 uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48);
 uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
 
-/* Batch: n reports, reportdata[i*64], out[i*1024], status[i]. Each report takes the RTMR lock shared,
+/* Batch: n reports, reportdata[i*64], out[i*1024] (a failed row is zeroed), status[i]. Each report takes the RTMR lock shared,
  * exactly as one leaf call does. Returns the number of reports that succeeded. */
 size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
                          size_t n);

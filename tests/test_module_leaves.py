@@ -569,3 +569,18 @@ def test_set_rtmr_waiting_is_not_counted_busy(make_module):
     t.join(5)
     assert not t.is_alive() and m.rtmr(1) == b"\x07" * 48
     assert m.counters()["rtmr_busy"] == 0
+
+
+def test_report_batch_rows_that_meet_busy_are_zero(make_module):
+    """With the RTMR lock held exclusive every row answers BUSY|RTMR and reads as 1024 zero bytes,
+    whatever the output memory held before (the core fills its output without pre-zeroing it)."""
+    import numpy as np
+    m = make_module()
+    m.report_batch(np.full((64, 64), 0xAB, dtype=np.uint8))  # leave report-like bytes in the heap
+    assert m.rtmr_lock_try(True) == 0
+    try:
+        reports, statuses = m.report_batch(np.full((64, 64), 0xCD, dtype=np.uint8))
+    finally:
+        m.rtmr_unlock(True)
+    assert (statuses == (abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR)).all()
+    assert not reports.any()

@@ -357,7 +357,7 @@ cdef class Module:
         if not reportdata.flags.c_contiguous:
             raise ValueError("reportdata must be C-contiguous (numpy.ascontiguousarray)")
         n = reportdata.shape[0]
-        reports = _np.zeros((n, _abi.TDX_REPORT_LEN), dtype=_np.uint8)
+        reports = _np.empty((n, _abi.TDX_REPORT_LEN), dtype=_np.uint8)  # every row is written below
         statuses = _np.zeros(n, dtype=_np.uint64)
         if n == 0:
             return reports, statuses
