@@ -326,7 +326,7 @@ def random_reportdata(rows: int, seed: int = 0) -> np.ndarray:
 
 
 #: Rows per report_batch call for batch_reports_per_s: 1 MiB of output, a batch size whose output stays
-#: in cache; at 4096 rows (4 MiB) report_batch's np.zeros output costs ~10 % more (RESULTS.md).
+#: in cache (RESULTS.md compares 1024 and 4096 rows).
 BATCH_ROWS = 1024
 
 
