@@ -473,6 +473,17 @@ def _run_callers(callers: int, seconds: float,
     return elapsed, sum(cpu)
 
 
+def _pay_owed_extends(ext, owed, per_chunk: float, st) -> None:
+    """Issue the RTMR extends a caller owes after a chunk (a fraction R of its calls), counting them
+    and those that met BUSY in ``st``; ``owed[0]`` carries the fractional remainder."""
+    owed[0] += per_chunk
+    while owed[0] >= 1.0:
+        owed[0] -= 1.0
+        st.extends += 1
+        if not ext.extend():
+            st.extend_busy += 1
+
+
 def measure_batch_scaling(backend_name: str, driver: str, callers: int, seconds: float,
                           extend_ratio: float, chunk: int = SCALING_CHUNK) -> Dict[str, object]:
     """``callers`` threads running ``report_batch(chunk rows)`` on one TD, plus extends making up
@@ -499,12 +510,7 @@ def measure_batch_scaling(backend_name: str, driver: str, callers: int, seconds:
                 bad = int(statuses[(statuses != 0) & (statuses != BUSY_RTMR)][0])
                 raise RuntimeError(f"report_batch status 0x{bad:016X}")
             if ext is not None:
-                owed[0] += per_chunk
-                while owed[0] >= 1.0:
-                    owed[0] -= 1.0
-                    st.extends += 1
-                    if not ext.extend():
-                        st.extend_busy += 1
+                _pay_owed_extends(ext, owed, per_chunk, st)
         return work
 
     try:
@@ -549,12 +555,7 @@ def measure_ioctl_scaling(backend_name: str, driver: str, callers: int, seconds:
                     st.other_errors[ret] = st.other_errors.get(ret, 0) + 1
             st.reports += chunk
             if ext is not None:
-                owed[0] += per_chunk
-                while owed[0] >= 1.0:
-                    owed[0] -= 1.0
-                    st.extends += 1
-                    if not ext.extend():
-                        st.extend_busy += 1
+                _pay_owed_extends(ext, owed, per_chunk, st)
         return work
 
     try:
