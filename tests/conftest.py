@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 
 import pytest
 
@@ -18,6 +19,19 @@ from tdxmodel.config import ModuleConfig
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 HW_REPORT = pathlib.Path(os.environ.get("TDXMODEL_HW_REPORT",
                                         SHARED / "testdata" / "dcap-tdreport-hw.bin"))
+
+
+#: The fuzzers' per-run seed (tests/fuzz): drawn once per session, printed in the header.
+FUZZ_SEED = int(os.environ.get("TDXMODEL_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
+
+
+def pytest_report_header(config):
+    return f"tdxmodel fuzz seed: {FUZZ_SEED} (repeat with TDXMODEL_FUZZ_SEED={FUZZ_SEED})"
+
+
+@pytest.fixture
+def fuzz_seed():
+    return FUZZ_SEED
 
 
 def backends_under_test():

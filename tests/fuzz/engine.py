@@ -1,0 +1,604 @@
+"""The differential fuzzer: one seeded random operation stream, run on every backend, every
+observable compared after every operation (docs/CONTRACT.md: any difference is a bug in one of them).
+
+A stream is a list of *episodes*; an episode builds a fresh platform (a random ``ModuleConfig`` and
+guest memory size, sometimes tiny) and, for a kernel episode, loads one driver generation on it
+(sometimes with init-time fail-nth), then runs random operations through the syscall-like API:
+open/close/ioctl/pread/pwrite on every node with random commands, addresses and flags, mmap /
+mprotect / munmap / poke / peek with random addresses and permissions, fault knobs (every attribute,
+values at and past their limits), fail-nth, make-it-fail, signals, forced TDCALL statuses, misaligned
+allocations, partial copies, mr_lock from outside, descriptor floods; and module leaves with random
+64-bit registers (``tdcall``, ``mr_report``, ``mr_rtmr_extend``, ``mr_verifyreport``, host-buffer
+``report``/``extend``/``verify``, ``report_batch``, page states, host memory) and report parsing
+(``tdxmodel.report``) of random and mutated bytes.
+
+After every operation the observation holds its result (a return value, or the exception's class
+and its ``errno``/``status``/``operand_id``; messages are not compared), ``last_trace()``,
+``fail_nth``, every knob of the knob touched, the kernel's and the module's counters, the four
+RTMRs and a digest of the user window and the host pages. Addresses the kernel allocator picks may
+differ between backends (docs/CONTRACT.md), so module operations in a kernel episode touch only the
+host's pages (below the kernel's first page).
+
+Everything is a pure function of the seed: ``generate(seed, n_ops)`` -> ops, ``run(backend, ops)``
+-> observations, ``first_difference(ops)`` -> index or None, ``reproducer(ops)`` -> the shortest
+prefix that still differs, greedily shrunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from tdxmodel import _backend, abi, errors
+from tdxmodel import report as report_mod
+from tdxmodel.config import ModuleConfig
+
+PAGE = abi.TDX_PAGE_SIZE
+U64 = (1 << 64) - 1
+BASE = 0x40000          # the user window the fuzzer maps in
+WINDOW_PAGES = 6
+HOST_PAGES = 16         # guest pages below the kernel's first page: the host's and the fuzzer's
+PROTS = ("", "r", "w", "rw")
+KNOBS = ("probability", "interval", "times", "space", "verbose", "task_filter", "ignore_gfp_wait",
+         "min_order")
+# the VFS's own ioctls (do_vfs_ioctl, include/uapi/asm-generic/ioctls.h): FIOCLEX, FIONCLEX, FIONBIO,
+# FIOASYNC, FIOQSIZE, FIGETBSZ; fuzzed like any command, whatever the backends answer
+VFS_CMDS = (0x5451, 0x5450, 0x5421, 0x5452, 0x5460, 0x2)
+STATUSES = (abi.TDX_SUCCESS, abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RCX,
+            abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RDX, abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_R8,
+            abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR, abi.TDX_INVALID_CPUSVN,
+            abi.TDX_OPERAND_BUSY_HOST_PRIORITY, 0x8000000000000000, 1)
+LEAVES = (abi.TDG_MR_REPORT, abi.TDG_MR_RTMR_EXTEND, abi.TDG_MR_VERIFYREPORT, abi.TDG_VP_VMCALL, 1, 3, 23)
+MDIR = abi.MEASUREMENT_DIRS
+
+
+# ---------------------------------------------------------------------------- generation
+def _u64(r: random.Random) -> int:
+    return r.choice((0, 1, U64, U64 - 1, 1 << 63, (1 << 63) - 1, 1 << 32, r.getrandbits(64),
+                     r.getrandbits(r.randint(1, 64))))
+
+
+def _uaddr(r: random.Random) -> int:
+    c = r.random()
+    if c < 0.80:
+        return BASE - PAGE + r.randrange((WINDOW_PAGES + 2) * PAGE)
+    if c < 0.88:
+        return BASE + r.randrange(WINDOW_PAGES) * PAGE + r.choice((0, 64, 1024, PAGE - 1, PAGE - 64))
+    if c < 0.95:
+        return _u64(r)
+    return U64 - r.randrange(2 * PAGE)
+
+
+def _fdi(r: random.Random) -> int:
+    """An index into the episode's open fds (0..2 opened at its start); others are not open."""
+    return r.choice((0, 0, 0, 1, 1, 2, 2, 3, 4, -1, 9))
+
+
+def _count(r: random.Random) -> int:
+    return r.choice((0, 1, 47, 48, 49, 63, 64, 65, 1024, 1088, PAGE, r.randrange(3 * PAGE),
+                     r.randrange(100), -1, -r.randrange(1 << 40), 1 << 63, U64))
+
+
+def _gpa(r: random.Random, pages: int) -> int:
+    c = r.random()
+    if c < 0.7:
+        g = r.randrange(pages) * PAGE + r.choice((0, 0, 64, 256, 512, 1024, 8, r.randrange(PAGE)))
+    elif c < 0.85:
+        g = r.randrange(pages * PAGE)
+    else:
+        return _u64(r)
+    if r.random() < 0.15:
+        g |= abi.TDX_GPA_SHARED_BIT
+    return g
+
+
+def _knob_value(r: random.Random, knob: str) -> Any:
+    if knob in ("task_filter", "ignore_gfp_wait"):
+        return r.choice((True, False, 0, 1, 2))
+    return r.choice((-2, -1, 0, 1, 2, 3, 5, 10, 50, 99, 100, 101, 1000, (1 << 31) - 1, 1 << 31, 1 << 32,
+                     (1 << 63) - 1, 1 << 63, U64, 1 << 64, r.getrandbits(64)))
+
+
+def _config_fields(r: random.Random) -> Dict[str, Any]:
+    f: Dict[str, Any] = {"version": r.choice(("1.0", "1.5", "1.5", "1.5")),
+                         "seed": r.choice((r.getrandbits(63), r.getrandbits(64), 0, 1))}
+    if r.random() < 0.2:
+        f["mac_key"] = r.randbytes(32)
+    if r.random() < 0.3:
+        f["cpusvn"] = r.randbytes(16)
+    if r.random() < 0.3:
+        f["tee_tcb_svn"] = r.randbytes(16)
+    if r.random() < 0.2:
+        f["attributes"] = r.getrandbits(64)
+    if r.random() < 0.2:
+        f["xfam"] = r.getrandbits(64)
+    if r.random() < 0.2:
+        f["servtd_hash"] = r.randbytes(48)
+    if r.random() < 0.3:
+        f["rtmr"] = tuple(r.randbytes(48) for _ in range(4))
+    for name in ("mrtd", "mrconfigid", "mrowner", "mrownerconfig", "mrseam"):
+        if r.random() < 0.15:
+            f[name] = r.randbytes(48)
+    return f
+
+
+def _episode(r: random.Random) -> Tuple:
+    kernel = r.random() < 0.8
+    pages = r.choice((HOST_PAGES + 1, HOST_PAGES + 2, HOST_PAGES + 2, HOST_PAGES + 3, HOST_PAGES + 5, 24, 32, 64)) \
+        if kernel else r.choice((1, 4, 16, 24))
+    driver = r.choice(abi.DRIVERS) if kernel else None
+    init_nth = r.choice((0, 0, 0, 0, 1, 2)) if kernel else 0
+    misaligned = kernel and driver == "v6.16" and r.random() < 0.1
+    seed = r.choice((0, 11, r.getrandbits(64)))
+    return ("episode", _config_fields(r), pages, driver, seed, init_nth, misaligned)
+
+
+def _op(r: random.Random, driver: Optional[str], pages: int) -> Tuple:
+    host = min(pages, HOST_PAGES) if driver else pages
+    k = r.random()
+    if driver is None:
+        k = 0.55 + 0.45 * k  # module-only episode: the module part of the table
+    if k < 0.17:
+        cmd = r.choice((abi.TDX_CMD_GET_TDREPORT, abi.TDX_CMD_GET_REPORT0, abi.TDX_CMD_GET_REPORT0,
+                        abi.TDX_CMD_GET_TDREPORT, 0, r.getrandbits(32), r.choice(VFS_CMDS),
+                        abi.TDX_CMD_GET_REPORT0 ^ (1 << r.randrange(32)), 1 << 32, -1))
+        return ("ioctl", _fdi(r), cmd, _uaddr(r) if r.random() < 0.9 else r.choice((0, -1, 1 << 64)))
+    if k < 0.22:
+        names = [abi.DEVICE_PATHS[d] for d in abi.DRIVERS] + [f"{r.choice(MDIR)}/{m}" for m in abi.MEASUREMENTS]
+        path = r.choice(names + [f"{MDIR[0]}/rtmr4:sha384", MDIR[0], "/dev/null", "", "/dev/tdx_guest/x"])
+        flags = r.choice((os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_CLOEXEC, 3))
+        return ("open", path, flags)
+    if k < 0.25:
+        return ("close", r.randrange(-2, 10))
+    if k < 0.33:
+        return (r.choice(("pread", "pwrite")), _fdi(r), _uaddr(r), _count(r),
+                r.choice((0, 0, 0, 1, 16, 47, 48, 49, 64, -1, 1 << 62, r.randrange(100))))
+    if k < 0.36:
+        base = BASE + r.randrange(-1, WINDOW_PAGES + 1) * PAGE + (r.random() < 0.05)
+        return (r.choice(("mprotect", "mprotect", "munmap", "mmap")), base,
+                r.choice((PAGE, PAGE, 2 * PAGE, 1, 0, PAGE + 1)), r.choice(PROTS + ("x",)))
+    if k < 0.39:
+        n = r.choice((0, 0, 1, 64, PAGE, 2 * PAGE))
+        return (r.choice(("poke", "peek")), _uaddr(r), n, r.getrandbits(32))
+    if k < 0.46:
+        knob = r.choice(KNOBS)
+        return ("knob", r.choice(abi.FAULT_CAPABILITIES), knob, _knob_value(r, knob))
+    if k < 0.49:
+        return ("fail_nth", r.choice((0, 1, 1, 2, 3, 4, 6, -1, 1 << 40)))
+    if k < 0.505:
+        return ("task", r.choice(("make_it_fail", "signal_pending")), r.random() < 0.5)
+    if k < 0.52:
+        return ("force", r.choice(STATUSES), r.choice((None, None, abi.TDG_MR_REPORT, abi.TDG_MR_RTMR_EXTEND)),
+                r.choice((1, 1, 2, 3, 0)))
+    if k < 0.53:
+        return ("misalign", r.choice((None, "tdreport", "reportdata", "other")))
+    if k < 0.54:
+        return ("partial", r.choice(("partial_to_user", None, "bogus")), r.choice((0, 1, 63, 64, 100, 1023, 1100)))
+    if k < 0.545:  # mr_lock held by another task while this one, signalled, makes a call
+        call = r.choice((("ioctl", 0, abi.TDX_CMD_GET_REPORT0, BASE), ("pread", 0, BASE, 48, 0),
+                         ("pwrite", 0, BASE, 48, 0), ("pread", 1, BASE, 48, 0)))
+        return ("mr_lock", call)
+    if k < 0.548:
+        return ("flood", r.choice((5, 50, 1030, 1100)))
+    if k < 0.549:
+        return ("process",)
+    if k < 0.55:  # a knob set while another thread's calls use the fault up (they run without the GIL)
+        return ("race", r.choice((50, 200, 1000)), r.choice((10, 100, 5000)), r.choice(("verbose", "space", "task_filter")))
+    # ---- module leaves and host-side helpers
+    if k < 0.66:
+        leaf = r.choice(LEAVES) if r.random() < 0.85 else r.getrandbits(64)
+        if r.random() < 0.1:
+            leaf |= r.choice((1 << 16, 1 << 24, 1 << 63))
+        return ("tdcall", leaf, _gpa(r, host), _gpa(r, host) if r.random() < 0.7 else r.randrange(8),
+                r.choice((0, 0, 0, 1, _u64(r))))
+    if k < 0.71:
+        return ("mr_report", _gpa(r, host), _gpa(r, host), r.choice((0, 0, 1, _u64(r))))
+    if k < 0.75:
+        return ("mr_extend", _gpa(r, host), r.choice((0, 1, 2, 3, 3, 4, _u64(r))))
+    if k < 0.78:
+        return ("mr_verify", _gpa(r, host))
+    if k < 0.81:
+        return ("page_state", r.randrange(host) * PAGE + (r.random() < 0.05), r.choice((1, 1, 2)),
+                r.choice(("unmapped", "private", "shared", "pending", "private")))
+    if k < 0.84:
+        return ("host_write", r.randrange(host * PAGE), r.randbytes(r.choice((1, 8, 64, 256, 1024))))
+    if k < 0.88:
+        return ("report", r.randbytes(r.choice((0, 1, 32, 64, 64, 65))), r.choice((0, 0, 1)))
+    if k < 0.91:
+        return ("extend", r.choice((0, 1, 2, 3, 4, -1)), r.randbytes(r.choice((48, 48, 47, 0))))
+    if k < 0.96:
+        return ("verify", r.choice(("valid", "mutate", "random")), r.getrandbits(32))
+    if k < 0.975:
+        return ("batch", r.choice((1, 2, 7)), r.getrandbits(32))
+    return ("parse", r.choice(("random", "mutate")), r.getrandbits(32), r.choice((0, 100, 1023, 1024, 1025)))
+
+
+#: Named parts of the stream, each the trigger of one class of difference, so that a run can
+#: leave one out while its fix is pending (``without=``): the ops carrying a left-out feature are
+#: drawn again.
+FEATURES = {
+    "fd_flood": "more opens than the descriptor limit (-EMFILE)",
+    "zero_length_host_access": "0-byte poke/peek at any address",
+    "knob_u64": "fault knob values at and past 2**63",
+    "rejected_syscall": "syscalls Python rejects before the kernel (cmd/arg out of range), then last_trace()",
+    "tiny_memory": "kernels with 1..7 pages of their own",
+    "knob_race": "a knob set while another thread's calls use the fault up",
+}
+
+
+def feature_of(op: Tuple) -> Optional[str]:
+    """The FEATURES entry ``op`` exercises, if any."""
+    kind = op[0]
+    if kind == "flood" and op[1] > 1000:
+        return "fd_flood"
+    if kind in ("poke", "peek") and op[2] == 0:
+        return "zero_length_host_access"
+    if kind == "knob" and not isinstance(op[3], bool) and op[3] >= 1 << 63:
+        return "knob_u64"
+    if kind == "ioctl" and not (0 <= op[2] < 1 << 32 and 0 <= op[3] <= U64):
+        return "rejected_syscall"
+    if kind == "episode" and op[3] is not None and op[2] < 24:
+        return "tiny_memory"
+    if kind == "race":
+        return "knob_race"
+    return None
+
+
+def iter_episodes(seed: int, n_ops: int, without: Sequence[str] = ()) -> Iterator[List[Tuple]]:
+    """The stream ``generate(seed, n_ops)`` one episode (its marker first) at a time."""
+    unknown = set(without) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown features: {', '.join(sorted(unknown))}")
+    r = random.Random(seed)
+    done = 0
+
+    def draw(make):
+        while True:
+            op = make()
+            if feature_of(op) not in without:
+                return op
+
+    while done < n_ops:
+        ep = draw(lambda: _episode(r))
+        length = r.choice((20, 80, 300, 1500))
+        ops = [ep] + [draw(lambda: _op(r, ep[3], ep[2])) for _ in range(min(length, n_ops - done - 1))]
+        done += len(ops)
+        yield ops
+
+
+def generate(seed: int, n_ops: int, without: Sequence[str] = ()) -> List[Tuple]:
+    """generate(seed, n_ops) -> the operation stream (episode markers count as operations)."""
+    return [op for ep in iter_episodes(seed, n_ops, without) for op in ep]
+
+
+# ---------------------------------------------------------------------------- execution
+def _exc(e: BaseException) -> Tuple:
+    return ("raise", type(e).__name__, getattr(e, "errno", None), getattr(e, "status", None),
+            getattr(e, "operand_id", None)) if isinstance(e, errors.TdxError) else \
+        ("raise", type(e).__name__, getattr(e, "gpa", None))
+
+
+# which parts of memory an operation can change: the rest of the observation is carried over
+_USER_OPS = {"episode", "ioctl", "pread", "pwrite", "mmap", "munmap", "mprotect", "poke", "process", "race",
+             "mr_lock"}
+_HOST_OPS = {"episode", "tdcall", "mr_report", "mr_extend", "mr_verify", "page_state", "host_write"}
+
+
+class _Run:
+    def __init__(self, backend: Any) -> None:
+        self.user_digest = self.host_digest = ""
+        self.b = backend
+        self.m = self.k = self.p = None
+        self.pages = 0
+        self.fds: List[int] = []
+
+    def episode(self, fields, pages, driver, seed, init_nth, misaligned):
+        self.k = self.p = None
+        self.fds = []
+        self.pages = pages
+        cfg = ModuleConfig(**fields)
+        self.m = self.b.Module(cfg, memory_pages=pages)
+        if driver is None:
+            return "module"
+        self.k = self.b.Kernel(self.m, driver, seed=seed, fail_nth=init_nth, misaligned_report_buf=misaligned)
+        self.p = self.k.process()
+        self.p.mmap(BASE, WINDOW_PAGES * PAGE, "rw")
+        self.p.poke(BASE, bytes(i * 7 % 251 for i in range(WINDOW_PAGES * PAGE)))
+        self._open_defaults()
+        return "kernel"
+
+    def _open_defaults(self) -> None:
+        """fds[0] the device; on 6.16 fds[1] an RTMR file read-write, fds[2] MRTD read-only."""
+        self.fds = [self.p.open(self.k.device_path)]
+        if self.k.driver == "v6.16":
+            self.fds += [self.p.open(f"{MDIR[0]}/rtmr2:sha384", os.O_RDWR),
+                         self.p.open(f"{MDIR[1]}/mrtd:sha384", os.O_RDONLY)]
+        self.fds = [fd for fd in self.fds if fd >= 0]
+
+    def fd(self, i: int) -> int:
+        return self.fds[i] if 0 <= i < len(self.fds) else i + 100
+
+    def do(self, op: Tuple) -> Any:
+        kind = op[0]
+        p, k, m = self.p, self.k, self.m
+        if kind == "episode":
+            return self.episode(*op[1:])
+        if m is None:
+            return "no module"
+        if kind == "ioctl":
+            return p.ioctl(self.fd(op[1]), op[2], op[3])
+        if kind == "open":
+            fd = p.open(op[1], op[2])
+            if fd >= 0:
+                self.fds.append(fd)
+            return fd
+        if kind == "close":
+            fd = self.fd(op[1])
+            ret = p.close(fd)
+            if ret == 0 and fd in self.fds:
+                self.fds.remove(fd)
+            return ret
+        if kind in ("pread", "pwrite"):
+            return getattr(p, kind)(self.fd(op[1]), op[2], op[3], op[4])
+        if kind in ("mprotect", "munmap", "mmap"):
+            args = (op[1], op[2]) if kind == "munmap" else (op[1], op[2], op[3])
+            return getattr(p, kind)(*args)
+        if kind == "poke":
+            return p.poke(op[1], random.Random(op[3]).randbytes(op[2]))
+        if kind == "peek":
+            return hashlib.blake2b(p.peek(op[1], op[2]), digest_size=12).hexdigest()
+        if kind == "knob":
+            attr = k.fault(op[1])
+            try:
+                setattr(attr, op[2], op[3])
+                out = "set"
+            except (ValueError, TypeError, OverflowError) as e:
+                out = _exc(e)
+            return out, tuple(getattr(attr, n) for n in KNOBS)
+        if kind == "fail_nth":
+            p.fail_nth = op[1]
+            return p.fail_nth
+        if kind == "task":
+            setattr(p, op[1], op[2])
+            return getattr(p, op[1])
+        if kind == "force":
+            return k.force_tdcall(op[1], leaf=op[2], count=op[3])
+        if kind == "misalign":
+            return k.force_misaligned(op[1])
+        if kind == "partial":
+            return p.fault_user_copy(op[1], at=op[2])
+        if kind == "mr_lock":
+            if not k.mr_lock_try():  # never block: in one thread that would be a deadlock
+                return "busy"
+            saved, p.signal_pending = p.signal_pending, True
+            try:
+                return self.do(op[1])
+            finally:
+                p.signal_pending = saved
+                k.mr_lock_release()
+        if kind == "flood":
+            got = []
+            for _ in range(op[1]):
+                got.append(p.open(k.device_path))
+            opened = [fd for fd in got if fd >= 0]
+            for fd in opened:
+                p.close(fd)
+            return len(opened), sorted(set(fd for fd in got if fd < 0)), got.index(min(got)) if min(got) < 0 else -1
+        if kind == "race":
+            return self._race(*op[1:])
+        if kind == "process":
+            self.p = k.process()
+            self.fds = []
+            self.p.mmap(BASE, WINDOW_PAGES * PAGE, "rw")
+            self._open_defaults()
+            return "process"
+        # ---- module
+        if kind == "tdcall":
+            return m.tdcall(op[1], op[2], op[3], op[4])
+        if kind == "mr_report":
+            return m.mr_report(op[1], op[2], op[3])
+        if kind == "mr_extend":
+            return m.mr_rtmr_extend(op[1], op[2])
+        if kind == "mr_verify":
+            return m.mr_verifyreport(op[1])
+        if kind == "page_state":
+            return m.set_page_state(op[1], op[2], op[3])
+        if kind == "host_write":
+            data = op[2][:max(0, min(self.pages, HOST_PAGES) * PAGE - op[1])]
+            return m.write_memory(op[1], data)
+        if kind == "report":
+            return hashlib.blake2b(m.report(op[1], op[2]), digest_size=12).hexdigest()
+        if kind == "extend":
+            return m.extend(op[1], op[2])
+        if kind == "verify":
+            return m.verify(self._report_bytes(op[1], op[2]))
+        if kind == "batch":
+            import numpy as np
+            rd = np.frombuffer(random.Random(op[2]).randbytes(64 * op[1]), dtype=np.uint8).reshape(op[1], 64).copy()
+            reports, statuses = m.report_batch(rd)
+            return hashlib.blake2b(reports.tobytes(), digest_size=12).hexdigest(), statuses.tolist()
+        if kind == "parse":
+            data = self._report_bytes(op[1], op[2])[:op[3]] if op[3] else self._report_bytes(op[1], op[2])
+            ok, part, why = report_mod.verify(data, m)
+            tr = report_mod.TdReport.from_bytes(data)
+            return ok, part, tr.check_hashes(), tr.report_type
+        raise AssertionError(f"unknown op {kind}")
+
+    def _race(self, calls: int, times: int, knob: str) -> Tuple:
+        """``calls`` ioctls in a thread, every one made to fail until ``times`` is used up, while
+        this thread keeps setting ``knob`` to its current value: the failures must stop at the limit."""
+        import threading
+        k = self.k
+        cap = "fail_usercopy" if k.driver == "v6.16" else "failslab"
+        attr = k.fault(cap)
+        saved = {n: getattr(attr, n) for n in ("probability", "interval", "times", "space", "task_filter")}
+        if cap == "failslab":
+            saved["ignore_gfp_wait"] = attr.ignore_gfp_wait
+            attr.ignore_gfp_wait = False
+        attr.probability, attr.interval, attr.space, attr.task_filter, attr.times = 100, 1, 0, False, times
+        cmd = abi.TDX_CMD_GET_TDREPORT if k.driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+        rets: List[int] = []
+
+        def caller():
+            p = k.process()
+            p.mmap(BASE, 2 * PAGE, "rw")
+            fd = p.open(k.device_path)
+            try:
+                rets.extend(p.ioctl(fd, cmd, BASE) for _ in range(calls))
+            except errors.TdExit:  # the host unmapped the kernel's pages: counted like any failure
+                rets.append(-1)
+            p.close(fd)
+
+        t = threading.Thread(target=caller)
+        t.start()
+        while t.is_alive():
+            setattr(attr, knob, getattr(attr, knob))
+        t.join()
+        left = attr.times
+        for n, v in saved.items():
+            setattr(attr, n, v)
+        return sum(1 for r in rets if r != 0), left
+
+    def _report_bytes(self, how: str, seed: int) -> bytes:
+        r = random.Random(seed)
+        if how == "random":
+            return r.randbytes(r.choice((1024, 1024, 256, 1023, 2048)))
+        raw = bytearray(self.m.report(r.randbytes(64)))
+        if how == "mutate":
+            for _ in range(r.randint(1, 3)):
+                raw[r.randrange(len(raw))] ^= 1 << r.randrange(8)
+        return bytes(raw)
+
+    def observe(self, kind: str) -> Tuple:
+        m, k, p = self.m, self.k, self.p
+        if m is None:
+            return ()
+        mc = m.counters()
+        obs: List[Any] = [tuple(sorted(mc.items())), tuple(m.rtmr(i) for i in range(abi.TDX_NUM_RTMRS))]
+        if kind in _HOST_OPS:
+            host = hashlib.blake2b(digest_size=12)
+            for page in range(min(self.pages, HOST_PAGES)):
+                host.update(m.page_state(page * PAGE).encode())
+            host.update(m.read_memory(0, min(self.pages, HOST_PAGES) * PAGE))
+            self.host_digest = host.hexdigest()
+        obs.append(self.host_digest)
+        if k is not None:
+            kc = k.counters()
+            obs.append(tuple(sorted(kc.items())))
+            obs.append(tuple(p.last_trace()))
+            obs.append(p.fail_nth)
+            if kind in _USER_OPS:
+                user = hashlib.blake2b(digest_size=12)
+                for page in range(-1, WINDOW_PAGES + 1):
+                    try:
+                        user.update(p.peek(BASE + page * PAGE, PAGE))
+                    except ValueError:
+                        user.update(b"unmapped")
+                self.user_digest = user.hexdigest()
+            obs.append(self.user_digest)
+        return tuple(obs)
+
+
+def run(backend_name: str, ops: Sequence[Tuple], stop: Optional[int] = None) -> List[Tuple]:
+    """run(backend_name, ops) -> one (result, observation) per op."""
+    st = _Run(_backend.load(backend_name))
+    out = []
+    for op in ops[:stop]:
+        try:
+            res = st.do(op)
+        except (errors.TdxError, errors.TdExit, ValueError, TypeError, OverflowError) as e:
+            res = _exc(e)
+            if op[0] == "episode":
+                st.m = st.k = st.p = None
+        out.append((res, st.observe(op[0])))
+    return out
+
+
+def backends() -> List[str]:
+    env = os.environ.get("TDXMODEL_TEST_BACKENDS")
+    return env.split(",") if env else list(_backend.BACKENDS)
+
+
+def first_difference(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None) -> Optional[Tuple[int, Dict[str, Tuple]]]:
+    """(index, {backend: (result, observation)}) of the first op whose outcome differs, or None."""
+    names = list(names or backends())
+    logs = {n: run(n, ops) for n in names}
+    first = logs[names[0]]
+    for i in range(len(ops)):
+        if any(logs[n][i] != first[i] for n in names[1:]):
+            return i, {n: logs[n][i] for n in names}
+    return None
+
+
+def _episode_start(ops: Sequence[Tuple], i: int) -> int:
+    while i > 0 and ops[i][0] != "episode":
+        i -= 1
+    return i
+
+
+def reproducer(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None, max_tries: int = 400) -> List[Tuple]:
+    """The shortest prefix of ``ops`` that still differs, restarted at its episode (episodes are
+    independent), then shrunk greedily by dropping single operations while it still differs."""
+    found = first_difference(ops, names)
+    if found is None:
+        return []
+    i = found[0]
+    start = _episode_start(ops, i)
+    case = list(ops[start:i + 1])
+    if case[0][0] != "episode" or first_difference(case, names) is None:
+        case = list(ops[:i + 1])
+    tries = 0
+    j = len(case) - 2
+    while j >= 1 and tries < max_tries:
+        cand = case[:j] + case[j + 1:]
+        tries += 1
+        if first_difference(cand, names) is not None:
+            case = cand
+        j -= 1
+    return case
+
+
+def describe(case: Sequence[Tuple], names: Optional[Sequence[str]] = None) -> str:
+    """A reproducer as Python text: the ops, and what each backend gave at the differing step."""
+    found = first_difference(case, names)
+    lines = ["ops = ["] + [f"    {op!r}," for op in case] + ["]"]
+    if found is not None:
+        i, outs = found
+        lines.append(f"# differs at op {i}: {case[i]!r}")
+        for n, (res, obs) in outs.items():
+            lines.append(f"#   {n}: result={res!r}")
+        others = list(outs.values())
+        labels = ("module counters", "rtmrs", "host memory", "kernel counters", "last_trace", "fail_nth", "user memory")
+        for f, label in enumerate(labels):
+            vals = [o[1][f] if len(o[1]) > f else None for o in others]
+            if any(v != vals[0] for v in vals):
+                for n, v in zip(outs, vals):
+                    lines.append(f"#   {n}: {label}={v!r}"[:400])
+    return "\n".join(lines)
+
+
+def campaign(seed: int, n_ops: int, names: Optional[Sequence[str]] = None, *, keep_going: bool = False,
+             progress=None, without: Sequence[str] = ()) -> Dict[str, Any]:
+    """Run ``n_ops`` operations of stream ``seed`` on every backend, one episode at a time.
+    Returns ``{"seed", "ops", "episodes", "differences": [{"op_index", "op", "reproducer"}]}``;
+    stops at the first difference unless ``keep_going`` (then the rest of that episode is skipped,
+    its state being already different)."""
+    names = list(names or backends())
+    done = episodes = 0
+    diffs: List[Dict[str, Any]] = []
+    for ops in iter_episodes(seed, n_ops, without):
+        found = first_difference(ops, names)
+        if found is not None:
+            case = reproducer(ops, names)
+            diffs.append({"op_index": done + found[0], "op": ops[found[0]], "reproducer": case,
+                          "feature": next((f for f in map(feature_of, case) if f), None),
+                          "text": describe(case, names)})
+        done += len(ops)
+        episodes += 1
+        if progress is not None:
+            progress(done, n_ops, episodes, len(diffs))
+        if diffs and not keep_going:
+            break
+    return {"seed": seed, "ops": done, "episodes": episodes, "backends": names, "differences": diffs}
