@@ -1,0 +1,18 @@
+"""The CI-sized crash-consistency run (tests/crash/harness.py): a few dozen SIGKILLs of the state
+directory's writers at random points (seeded by the run's fuzz seed), each followed by the check
+that state.json, events.jsonl and the live TD agree, that no extend reported successful is lost,
+that the log replays and that no temp file is left. Long form: ``python -m tests.crash``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.fuse]
+
+
+def test_killed_measurement_file_writers_lose_nothing(fuzz_seed):
+    from tests.crash import harness
+    r = harness.kill_under_daemon(6, random.Random(fuzz_seed), kill_daemon=False, cli_extends=False)
+    assert r["kills"] >= 12 and r["confirmed"] > 0
