@@ -172,6 +172,29 @@ def test_row2_copy_in_fault_changes_only_the_cached_reportdata(dev, fault_at):
     assert cache[:rd] + cache[rd + 64:] == init_report[:rd] + init_report[rd + 64:]
 
 
+@pytest.mark.parametrize("fault_at", [0, 1, 32, 63])
+def test_row2_copy_in_fault_zero_fills_over_an_earlier_reportdata(dev, fault_at):
+    """#2 after a report with non-zero REPORTDATA: copy_from_user zero-fills the uncopied tail, so
+    the cache holds the new prefix and zeros, none of the earlier REPORTDATA (with zero REPORTDATA
+    cached, a copy that left the tail alone would look the same)."""
+    k, p, fd = dev
+    earlier = bytes([0xC3]) * 64
+    p.poke(BUF, earlier)
+    assert call(k, p, fd, arg=BUF) == 0
+    cached = p.peek(BUF + OUT, abi.TDX_REPORT_LEN)
+    rd = abi.TDR_OFF_REPORTDATA
+    assert cached[rd:rd + 64] == earlier
+    where = kernel_memory(k).find(cached)
+    assert where >= 0
+    arg = REQ + PAGE - fault_at
+    p.poke(arg, REPORTDATA)
+    p.mprotect(REQ + PAGE, PAGE, "w")
+    assert call(k, p, fd, arg=arg) == -abi.EFAULT
+    cache = kernel_memory(k)[where:where + abi.TDX_REPORT_LEN]
+    assert cache[rd:rd + 64] == REPORTDATA[:fault_at] + bytes(64 - fault_at)
+    assert cache[:rd] + cache[rd + 64:] == cached[:rd] + cached[rd + 64:]
+
+
 @pytest.mark.parametrize("how, status, ret", [
     ("forced", INVALID_RCX, -abi.ENXIO),
     ("forced", abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RDX, -abi.ENXIO),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tdxmodel import _backend, abi, errors
@@ -200,7 +201,8 @@ def _op(r: random.Random, driver: Optional[str], pages: int) -> Tuple:
     if k < 0.78:
         return ("mr_verify", _gpa(r, host))
     if k < 0.81:
-        return ("page_state", r.randrange(host) * PAGE + (r.random() < 0.05), r.choice((1, 1, 2)),
+        first = r.randrange(host)
+        return ("page_state", first * PAGE + (r.random() < 0.05), r.choice((1, 1, 2)) if first + 1 < host else 1,
                 r.choice(("unmapped", "private", "shared", "pending", "private")))
     if k < 0.84:
         return ("host_write", r.randrange(host * PAGE), r.randbytes(r.choice((1, 8, 64, 256, 1024))))
@@ -522,14 +524,24 @@ def backends() -> List[str]:
 
 
 def first_difference(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None) -> Optional[Tuple[int, Dict[str, Tuple]]]:
-    """(index, {backend: (result, observation)}) of the first op whose outcome differs, or None."""
+    """(index, {backend: (result, observation)}) of the first op whose outcome differs between
+    backends or leaves a backend unbalanced (``balanced``), or None."""
     names = list(names or backends())
     logs = {n: run(n, ops) for n in names}
     first = logs[names[0]]
     for i in range(len(ops)):
-        if any(logs[n][i] != first[i] for n in names[1:]):
+        if any(logs[n][i] != first[i] for n in names[1:]) or any(not balanced(logs[n][i][1]) for n in names):
             return i, {n: logs[n][i] for n in names}
     return None
+
+
+def balanced(obs: Tuple) -> bool:
+    """After every operation: no lock held (mr_lock included: error paths release it) and no
+    allocation beyond the resident ones, on every backend (a shared leak is no difference)."""
+    if len(obs) < 4:
+        return True
+    kc = dict(obs[3])
+    return kc["locks_held"] == 0 and kc["outstanding"] == kc["resident"]
 
 
 def _episode_start(ops: Sequence[Tuple], i: int) -> int:
@@ -538,7 +550,8 @@ def _episode_start(ops: Sequence[Tuple], i: int) -> int:
     return i
 
 
-def reproducer(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None, max_tries: int = 400) -> List[Tuple]:
+def reproducer(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None, max_tries: int = 400,
+               max_seconds: float = 20.0) -> List[Tuple]:
     """The shortest prefix of ``ops`` that still differs, restarted at its episode (episodes are
     independent), then shrunk greedily by dropping single operations while it still differs."""
     found = first_difference(ops, names)
@@ -551,7 +564,8 @@ def reproducer(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None, max_
         case = list(ops[:i + 1])
     tries = 0
     j = len(case) - 2
-    while j >= 1 and tries < max_tries:
+    deadline = time.monotonic() + max_seconds
+    while j >= 1 and tries < max_tries and time.monotonic() < deadline:
         cand = case[:j] + case[j + 1:]
         tries += 1
         if first_difference(cand, names) is not None:

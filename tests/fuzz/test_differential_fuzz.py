@@ -18,9 +18,9 @@ LEFT_OUT: tuple = ("fd_flood", "zero_length_host_access", "knob_u64", "rejected_
 
 def _check(seed: int) -> None:
     result = engine.campaign(seed, OPS_PER_SEED, without=LEFT_OUT)
-    assert result["ops"] == OPS_PER_SEED and result["episodes"] > 10
     for d in result["differences"]:
         pytest.fail(f"backends differ (seed {seed}, op {d['op_index']}):\n{d['text']}")
+    assert result["ops"] == OPS_PER_SEED and result["episodes"] > 10
 
 
 @pytest.mark.slow

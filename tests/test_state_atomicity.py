@@ -1,0 +1,74 @@
+"""state.json is never seen half-written: a reader looping on it while another process extends
+sees only whole states, each newer than the last; a write that fails part-way (the file size limit
+hit in the middle of the temp file) leaves the old state readable and intact, and no temp file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tdxmodel.state import STATE_FILE, StateStore, replay_events
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+EXTENDS = r"""
+import sys
+from tdxmodel.state import StateStore
+store = StateStore(sys.argv[1])
+for k in range(int(sys.argv[2])):
+    store.extend(k % 4, bytes([k % 251]) * 48)
+"""
+
+# The size limit is set below state.json's size, so the temp file's write fails part-way (EFBIG).
+FAILING_WRITE = r"""
+import resource, signal, sys
+from tdxmodel.state import StateError, StateStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    StateStore(sys.argv[1]).extend(2, b"\x77" * 48)
+except StateError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_a_reader_sees_only_whole_states_while_another_process_extends(tmp_path):
+    store = StateStore(tmp_path)
+    store.load()
+    n = 60
+    writer = subprocess.Popen([sys.executable, "-c", EXTENDS, str(tmp_path), str(n)], env=ENV)
+    path = tmp_path / STATE_FILE
+    reads, last = 0, 0
+    try:
+        while writer.poll() is None or reads == 0:
+            doc = json.loads(path.read_bytes())  # a torn file would not parse
+            assert doc["format"] == 1 and doc["generation"] >= last
+            assert len(doc["config"]["rtmr"]) == 4
+            last = doc["generation"]
+            reads += 1
+    finally:
+        writer.wait(60)
+    assert writer.returncode == 0 and reads > 1
+    final = store.load()
+    assert last == store.generation() == n + 1
+    assert replay_events(store.events()) == list(final.rtmr)
+
+
+def test_a_write_failing_part_way_leaves_the_old_state(tmp_path):
+    store = StateStore(tmp_path)
+    store.extend(0, b"\x11" * 48)
+    path = tmp_path / STATE_FILE
+    before, log_before = path.read_bytes(), (tmp_path / "events.jsonl").read_bytes()
+    r = subprocess.run([sys.executable, "-c", FAILING_WRITE, str(tmp_path), str(len(before) // 2)],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert STATE_FILE in r.stdout and r.stdout.count("\n") == 1
+    assert path.read_bytes() == before
+    assert (tmp_path / "events.jsonl").read_bytes() == log_before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert store.load().rtmr[2] == bytes(48)
+    assert replay_events(store.events()) == list(store.load().rtmr)
