@@ -1,7 +1,10 @@
 # The TDX module model: a thin wrapper of csrc/tdx_module.h (layer 2; docs/CONTRACT.md "Module").
 #
-# Every leaf and batch call releases the GIL around the C call only; arguments are validated before,
-# results translated after (tdxmodel.errors is the one translator). The C object lives as long as the
+# A single leaf keeps the GIL: it never waits (contention answers BUSY, ref §4.8) and costs 0.2-1.5 us,
+# less than what releasing and re-taking the GIL costs two threads that take turns (they convoy on it:
+# benchmarks/RESULTS.md "GIL strategy"). Calls that run long or wait release it around the C call
+# only: report_batch and set_rtmr. Arguments are validated before, results translated after
+# (tdxmodel.errors is the one translator). The C object lives as long as the
 # Python one; the Kernel (kernel.pxi) keeps a reference to its Module and uses Module.ptr.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -220,8 +223,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t a = _u64(rax, "rax"), c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx"), e = _u64(r8, "r8")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_tdcall(m, a, c, d, e)
+        r = tdxm_tdcall(m, a, c, d, e)  # GIL kept: see the header
         self._raise_hook_error()
         return _leaf_result(r)
 
@@ -230,8 +232,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx"), e = _u64(r8, "r8")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_report(m, c, d, e)
+        r = tdxm_mr_report(m, c, d, e)  # GIL kept: see the header
         self._raise_hook_error()
         return _leaf_result(r)
 
@@ -240,8 +241,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_rtmr_extend(m, c, d)
+        r = tdxm_mr_rtmr_extend(m, c, d)  # GIL kept: see the header
         return _leaf_result(r)
 
     def mr_verifyreport(self, rcx):
@@ -249,8 +249,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_verifyreport(m, c)
+        r = tdxm_mr_verifyreport(m, c)  # GIL kept: see the header
         return _leaf_result(r)
 
     # ------------------------------------------------------------------ the leaves on host buffers
@@ -271,8 +270,7 @@ cdef class Module:
         sub = _u64(subtype, "subtype")
         memset(rdbuf, 0, sizeof(rdbuf))
         memcpy(rdbuf, <const char *>rd, len(rd))
-        with nogil:
-            status = tdxm_report_direct(m, out, rdbuf, sub)
+        status = tdxm_report_direct(m, out, rdbuf, sub)  # GIL kept: see the header
         self._raise_hook_error()
         _errors.check_status(status, leaf="TDG.MR.REPORT")
         return PyBytes_FromStringAndSize(<char *>out, sizeof(out))
@@ -291,8 +289,7 @@ cdef class Module:
         if len(payload) != _abi.TDX_EXTEND_DATA_LEN:
             raise ValueError(f"data must be {_abi.TDX_EXTEND_DATA_LEN} bytes, got {len(payload)}")
         p = <const uint8_t *><const char *>payload
-        with nogil:
-            status = tdxm_extend_direct(m, idx, p)
+        status = tdxm_extend_direct(m, idx, p)  # GIL kept: see the header
         _errors.check_status(status, leaf="TDG.MR.RTMR.EXTEND")
 
     def verify(self, report):
@@ -308,8 +305,7 @@ cdef class Module:
         if len(rep) < _abi.TDX_REPORTMACSTRUCT_LEN:
             raise ValueError(f"report must be at least {_abi.TDX_REPORTMACSTRUCT_LEN} bytes, got {len(rep)}")
         p = <const uint8_t *><const char *>rep
-        with nogil:
-            status = tdxm_verify_direct(m, p)
+        status = tdxm_verify_direct(m, p)  # GIL kept: see the header
         return status
 
     # ------------------------------------------------------------------ state
