@@ -209,6 +209,13 @@ DEVICE_PATHS: Dict[str, str] = {
     "v6.16": "/dev/tdx_guest",
 }
 
+#: (major, minor) that stat answers for the device node where a transport emulates the node itself
+#: (the LD_PRELOAD library). Every generation registers a misc character device with a dynamic minor
+#: (ref §1): major 10 is Linux's MISC_MAJOR (include/uapi/linux/major.h). The dynamic minor is
+#: whatever misc_register handed out at boot, so no value is "right": we pick 122, one from the range
+#: 6.x kernels hand out downwards from 127, and clients must not rely on it.
+DEVICE_RDEV: Tuple[int, int] = (10, 122)
+
 #: 6.16 measurement files (ref §2.5): name -> (TDREPORT offset, writable).
 MEASUREMENT_DIRS: Tuple[str, ...] = (
     "/sys/devices/virtual/misc/tdx_guest/measurements",

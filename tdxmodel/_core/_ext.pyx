@@ -8,5 +8,5 @@ BACKEND_NAME = "core"
 
 include "module.pxi"
 include "kernel.pxi"
-include "fuse.pxi"
+include "devpath.pxi"
 include "batch.pxi"
