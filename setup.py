@@ -45,6 +45,8 @@ CFLAGS = ["-O2", "-g", "-std=gnu11", "-pthread", "-Wall", "-Wno-unused-function"
           # The low-level SHA256_/SHA512_ API lets us copy a hash midstate by value (no allocation);
           # OpenSSL 3 marks it deprecated but keeps it. See csrc/tdx_crypto.h.
           "-Wno-deprecated-declarations"]
+if os.environ.get("TDXMODEL_DEBUG"):  # an unoptimised build for gdb; no code reads a macro
+    CFLAGS += ["-O0"]
 LDFLAGS = ["-pthread"]
 
 fuse_includes, fuse_cflags = split_cflags(pkg_config("--cflags", "fuse3"))

@@ -189,9 +189,10 @@ cdef class Kernel:
     """Kernel(module: Module, driver: str, *, seed: int | None = 0, fail_nth: int = 0,
     misaligned_report_buf: bool = False)
 
-    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c, csrc/tdx_driver.c);
-    docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with the documented sweep
-    settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their defaults afterwards.
+    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c and its gk_*.c parts,
+    csrc/tdx_driver.c); docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with
+    the documented sweep settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their
+    defaults afterwards.
     """
 
     cdef td_kernel *tk
