@@ -1,7 +1,7 @@
 # Declarations of csrc/tdx_module.h: only what the Cython layer uses (uvloop's includes/ style).
 # Omitted: tdxm_rtmr_unlock (the wrapper uses the checked variant).
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint32_t, uint8_t, uint64_t
 
 # Sizes as compile-time constants, for array declarations. The values come from the generated
 # tdx_abi.h (tdx_abi.pxd declares the same macros as ints, which Cython cannot use as dimensions).
@@ -50,6 +50,7 @@ cdef extern from "tdx_module.h" nogil:
         uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released
         uint64_t rtmr_busy
         uint64_t reports, extends, verifies
+        uint64_t report_interrupts
 
     tdxm_module *tdxm_create(const tdxm_config *cfg)
     void tdxm_destroy(tdxm_module *m)
@@ -80,6 +81,14 @@ cdef extern from "tdx_module.h" nogil:
     void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t *value)
 
     void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
+
+    void tdxm_inject_interrupts(tdxm_module *m, uint32_t n)
+    uint32_t tdxm_pending_interrupts(const tdxm_module *m)
+    enum:
+        TDXM_STEP_REPORT_SNAPSHOT
+        TDXM_STEP_REPORT_BUILT
+    ctypedef void (*tdxm_step_hook)(void *ctx, int point) noexcept nogil
+    void tdxm_set_step_hook(tdxm_module *m, tdxm_step_hook hook, void *ctx)
 
     void tdxm_floor_hmac224(const uint8_t *key, size_t n, uint8_t *out)
     void tdxm_floor_sha384_512(size_t n, uint8_t *out)
