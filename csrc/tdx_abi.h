@@ -104,7 +104,9 @@
 /* --- kernel --- */
 #define FD_LIMIT 1024 /* descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it (Linux RLIMIT_NOFILE soft default) */
 /* --- errno --- */
+#define TDXM_ETXTBSY 26 /* errno: configfs fd used for both reading and writing (quote.md §0) */
 #define TDXM_EFBIG 27 /* errno (ref §0) */
+#define TDXM_ERANGE 34 /* errno (quote.md §0) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 /* --- ioctl --- */
 #define TDX_CMD_GET_TDREPORT 0xC0085401U /* v4 (2022-04): _IOWR('T', 0x01, __u64) (ref §1, §2.2) */
@@ -119,6 +121,51 @@
 #define IOC_SIZEMASK 16383 /* 14-bit size field (ref §1) */
 #define IOC_WRITE 1 /* direction: user -> kernel (ref §1) */
 #define IOC_READ 2 /* direction: kernel -> user (ref §1) */
+/* --- tdvmcall --- */
+#define TDVMCALL_GET_TD_VM_CALL_INFO 0x10000U /* GetTdVmCallInfo: R12 = leaf 0 or 1 (quote.md §3.1) */
+#define TDVMCALL_MAP_GPA 0x10001U /* MapGPA (not modelled: SUBFUNC_UNSUPPORTED) (quote.md §3.1) */
+#define TDVMCALL_GET_QUOTE 0x10002U /* GetQuote: R12 = shared GPA, R13 = size (quote.md §3.1, ref §5.1) */
+#define TDVMCALL_REPORT_FATAL_ERROR 0x10003U /* ReportFatalError (not modelled) (quote.md §3.1) */
+#define TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT 0x10004U /* SetupEventNotifyInterrupt: R12 = vector 32..255 (quote.md §3.1, §3.3) */
+#define TDVMCALL_INFO_SETUP_EVENT_NOTIFY 2 /* GetTdVmCallInfo leaf 1, R11 bit 1: SetupEventNotifyInterrupt supported (bit 0, GetQuote, is reserved) (quote.md §3.1) */
+/* --- tdvmcall_status --- */
+#define TDVMCALL_STATUS_SUCCESS 0 /* R10 SUCCESS (quote.md §3.1) */
+#define TDVMCALL_STATUS_RETRY 1 /* R10 RETRY (QEMU: 16 requests in flight) (quote.md §3.1) */
+#define TDVMCALL_STATUS_INVALID_OPERAND 0x8000000000000000ULL /* R10 INVALID_OPERAND (quote.md §3.1) */
+#define TDVMCALL_STATUS_GPA_INUSE 0x8000000000000001ULL /* R10 GPA_INUSE (MapGPA only) (quote.md §3.1) */
+#define TDVMCALL_STATUS_ALIGN_ERROR 0x8000000000000002ULL /* R10 ALIGN_ERROR (quote.md §3.1) */
+#define TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED 0x8000000000000003ULL /* R10 SUBFUNC_UNSUPPORTED: KVM's answer to a TDVMCALL nobody handles (quote.md §3.1) */
+/* --- quote_buf --- */
+#define GET_QUOTE_CMD_VER 1 /* header version (quote.md §2.2) */
+#define QUOTE_HDR_OFF_VERSION 0 /* u64 version (quote.md §3.2) */
+#define QUOTE_HDR_OFF_STATUS 8 /* u64 status (quote.md §3.2) */
+#define QUOTE_HDR_OFF_IN_LEN 16 /* u32 in_len (quote.md §3.2) */
+#define QUOTE_HDR_OFF_OUT_LEN 20 /* u32 out_len (quote.md §3.2) */
+#define QUOTE_HDR_LEN 24 /* data starts at 24 (quote.md §3.2) */
+/* --- quote_status --- */
+#define GET_QUOTE_SUCCESS 0 /* buffer status SUCCESS (quote.md §3.2 (Table 3-11)) */
+#define GET_QUOTE_IN_FLIGHT 0xFFFFFFFFFFFFFFFFULL /* buffer status IN_FLIGHT: the VMM owns the buffer (quote.md §3.2) */
+#define GET_QUOTE_ERROR 0x8000000000000000ULL /* buffer status ERROR (quote.md §3.2) */
+#define GET_QUOTE_SERVICE_UNAVAILABLE 0x8000000000000001ULL /* buffer status SERVICE_UNAVAILABLE (QEMU: QGS_UNAVAILABLE) (quote.md §3.2) */
+/* --- host --- */
+#define HOST_GET_QUOTE_MAX_BUF_LEN 0x20000U /* QEMU TDX_GET_QUOTE_MAX_BUF_LEN (quote.md §4.1 H4) */
+#define HOST_MAX_GET_QUOTE_REQUESTS 16 /* QEMU TDX_MAX_GET_QUOTE_REQUEST (quote.md §4.1 H6) */
+#define HOST_QGS_TIMEOUT_MS 30000 /* QEMU TRANSACTION_TIMEOUT on the virtual clock: expiry gives ERROR (quote.md §4.1) */
+#define HOST_QUOTE_OVERHEAD 52 /* 24-B buffer header + 4-B frame length + 24-B QGS response header: the quote is at most size - 52 (quote.md §4.1 (Analysis)) */
+#define HOST_SERVICE_TIME_US 4676 /* default quote service time: the 0.004676 s measured inside wait_for_quote_completion (choice) (quote.md §2.5) */
+#define EVENT_NOTIFY_VECTOR_MIN 32 /* lowest valid notify vector (quote.md §3.1, §3.3) */
+#define EVENT_NOTIFY_VECTOR_MAX 255 /* highest valid notify vector (quote.md §3.1, §3.3) */
+/* --- host_fault --- */
+#define HOST_FAULT_NONE 0 /* QEMU's behaviour (quote.md §4.1) */
+#define HOST_FAULT_SERVICE_TIME 1 /* the quote takes `seconds` (quote.md §4.1) */
+#define HOST_FAULT_NEVER 2 /* never completes (no transaction timer either) (quote.md §2.4) */
+#define HOST_FAULT_ERROR 3 /* completes with status ERROR (quote.md §4.1) */
+#define HOST_FAULT_SERVICE_UNAVAILABLE 4 /* no quote service: status SERVICE_UNAVAILABLE, R10 SUCCESS (quote.md §4.1 H5) */
+#define HOST_FAULT_RETRY 5 /* R10 RETRY (quote.md §4.1 H6) */
+#define HOST_FAULT_OVERSIZE_OUT_LEN 6 /* SUCCESS with out_len beyond the buffer (quote.md §2.3 P9) */
+#define HOST_FAULT_OUT_LEN_CHANGES 7 /* out_len rewritten after the guest's first read of it (quote.md §2.3 P9) */
+#define HOST_FAULT_NO_IN_FLIGHT 8 /* status not set to IN_FLIGHT before the call returns (quote.md §2.3 notes) */
+#define HOST_FAULT_NO_INTERRUPT 9 /* completion without the notify vector (quote.md §3.3) */
 /* --- kernel --- */
 #define SLAB_POISON_INUSE 90 /* byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible (Linux include/linux/poison.h (POISON_INUSE)) */
 #define MEASUREMENT_LEN 48 /* every 6.16 measurement file is 48 bytes (ref §2.5) */

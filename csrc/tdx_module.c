@@ -91,6 +91,10 @@ struct tdxm_module {
     _Atomic uint64_t rtmr_exclusive_acquired __attribute__((aligned(CACHE_LINE)));
     _Atomic uint64_t rtmr_exclusive_released;
     _Atomic uint64_t rtmr_busy, extends, verifies, report_interrupts;
+
+    /* The VMM behind TDG.VP.VMCALL: set by the host layer, read by every VMCALL. */
+    _Atomic(tdxm_vmcall_fn) vmcall_fn;
+    void *_Atomic vmm;
 };
 
 #define COUNT(m, field) atomic_fetch_add_explicit(&(m)->field, 1, memory_order_relaxed)
@@ -724,6 +728,45 @@ tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * TDG.VP.VMCALL (leaf 0, quote.md §3, ref §5.1)
+ * ------------------------------------------------------------------------------------------------ */
+
+int tdxm_set_vmm(tdxm_module *m, tdxm_vmcall_fn fn, void *vmm)
+{
+    if (fn != NULL) {
+        void *expected = NULL;
+        if (!atomic_compare_exchange_strong(&m->vmm, &expected, vmm))
+            return -TDXM_EBUSY;
+        atomic_store(&m->vmcall_fn, fn);
+        return 0;
+    }
+    atomic_store(&m->vmcall_fn, (tdxm_vmcall_fn)NULL);
+    atomic_store(&m->vmm, (void *)NULL);
+    return 0;
+}
+
+void *tdxm_vmm(const tdxm_module *m)
+{
+    return atomic_load(&((tdxm_module *)m)->vmm);
+}
+
+/* The module hands the exposed registers to the VMM and resumes the TD: the TDCALL itself succeeds
+ * whatever the VMM answers in R10. RCX's register-exposure mask is not modelled (the reference does
+ * not give its checks): every register is exposed. */
+tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs)
+{
+    tdxm_vmcall_fn fn = atomic_load(&m->vmcall_fn);
+    void *vmm = atomic_load(&m->vmm);
+
+    if (fn == NULL || vmm == NULL) {
+        regs->r10 = TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED;
+        return status_result(TDX_SUCCESS);
+    }
+    fn(vmm, regs);
+    return status_result(TDX_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------------
  * TDCALL dispatch (ref §4.1)
  * ------------------------------------------------------------------------------------------------ */
 
@@ -740,6 +783,11 @@ tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx
         leaf = rax & TDX_RAX_LEAF_MASK;
     }
     switch (leaf) {
+    case TDG_VP_VMCALL: {
+        /* this entry point carries no R10..R15: a VMCALL with sub-function 0 (tdxm_vp_vmcall) */
+        tdxm_vmcall_regs regs = {0, 0, 0, 0, 0, 0};
+        return tdxm_vp_vmcall(m, &regs);
+    }
     case TDG_MR_REPORT:
         return tdxm_mr_report(m, rcx, rdx, r8);
     case TDG_MR_RTMR_EXTEND:

@@ -61,6 +61,17 @@ typedef struct {
     uint64_t report_interrupts; /* 1.5 REPORTs left at step 6 and executed again */
 } tdxm_counters;
 
+/* TDG.VP.VMCALL (TDCALL leaf 0, quote.md §3, ref §5.1): the registers the TD exposes to the VMM.
+ * In: r10 (0 = a standard GHCI call), r11 (sub-function), r12..r15 (its inputs). Out: r10 (the
+ * TDVMCALL status) and r11..r14 (sub-function outputs). */
+typedef struct {
+    uint64_t r10, r11, r12, r13, r14, r15;
+} tdxm_vmcall_regs;
+
+/* The VMM behind TDG.VP.VMCALL (the host layer, csrc/vmm_host.h, installs itself here). It handles
+ * regs in place; it may call back into the module for guest memory only. */
+typedef void (*tdxm_vmcall_fn)(void *vmm, tdxm_vmcall_regs *regs);
+
 /* Lifecycle. tdxm_create returns NULL when memory cannot be allocated, or when cfg->memory_pages is 0
  * or reaches the SHARED bit (GPAW 48, ref §4.3). */
 tdxm_module *tdxm_create(const tdxm_config *cfg);
@@ -77,6 +88,12 @@ size_t tdxm_memory_pages(const tdxm_module *m);
  * tdxm_tdcall dispatches on RAX as ref §4.1 describes for the module's version. */
 tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8);
 tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8);
+/* TDG.VP.VMCALL: the module passes regs to the VMM and resumes the TD with RAX = TDX_SUCCESS. With no
+ * VMM attached every sub-function answers SUBFUNC_UNSUPPORTED, KVM's default (quote.md §3.1). */
+tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs);
+/* Attach (fn != NULL) or detach the VMM. Returns 0, or -TDXM_EBUSY when another VMM is attached. */
+int tdxm_set_vmm(tdxm_module *m, tdxm_vmcall_fn fn, void *vmm);
+void *tdxm_vmm(const tdxm_module *m); /* the attached VMM's context, or NULL */
 tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx);
 tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx);
 

@@ -227,6 +227,25 @@ cdef class Module:
         self._raise_hook_error()
         return _leaf_result(r)
 
+    def tdvmcall(self, r11, r12=0, r13=0, r14=0, r15=0, *, r10=0):
+        """tdvmcall(r11: int, r12=0, r13=0, r14=0, r15=0, *, r10=0) -> (int, int)
+
+        TDG.VP.VMCALL (TDCALL leaf 0, quote.md §3): R11 selects the sub-function; returns the VMM's
+        (R10 status, R11 output). The TDCALL itself always succeeds; with no Host attached every
+        sub-function answers SUBFUNC_UNSUPPORTED.
+        """
+        cdef tdxm_module *m = self._live()
+        cdef tdxm_vmcall_regs regs
+        regs.r10 = _u64(r10, "r10")
+        regs.r11 = _u64(r11, "r11")
+        regs.r12 = _u64(r12, "r12")
+        regs.r13 = _u64(r13, "r13")
+        regs.r14 = _u64(r14, "r14")
+        regs.r15 = _u64(r15, "r15")
+        with nogil:
+            tdxm_vp_vmcall(m, &regs)
+        return regs.r10, regs.r11
+
     def mr_report(self, rcx, rdx, r8=0):
         """mr_report(rcx: int, rdx: int, r8: int = 0) -> int: TDG.MR.REPORT (ref §4.3)."""
         cdef tdxm_module *m = self._live()

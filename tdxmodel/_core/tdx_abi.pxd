@@ -90,7 +90,9 @@ cdef extern from "tdx_abi.h":
     int TDXM_ENOTTY  # ref §0
     int TDXM_EMFILE  # Linux asm-generic/errno-base.h
     int FD_LIMIT  # Linux RLIMIT_NOFILE soft default
+    int TDXM_ETXTBSY  # quote.md §0
     int TDXM_EFBIG  # ref §0
+    int TDXM_ERANGE  # quote.md §0
     int TDXM_ETIMEDOUT  # ref §0
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2
     unsigned long long TDX_CMD_GET_REPORT0  # ref §1, §2.4
@@ -104,6 +106,45 @@ cdef extern from "tdx_abi.h":
     int IOC_SIZEMASK  # ref §1
     int IOC_WRITE  # ref §1
     int IOC_READ  # ref §1
+    int TDVMCALL_GET_TD_VM_CALL_INFO  # quote.md §3.1
+    int TDVMCALL_MAP_GPA  # quote.md §3.1
+    int TDVMCALL_GET_QUOTE  # quote.md §3.1, ref §5.1
+    int TDVMCALL_REPORT_FATAL_ERROR  # quote.md §3.1
+    int TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT  # quote.md §3.1, §3.3
+    int TDVMCALL_INFO_SETUP_EVENT_NOTIFY  # quote.md §3.1
+    int TDVMCALL_STATUS_SUCCESS  # quote.md §3.1
+    int TDVMCALL_STATUS_RETRY  # quote.md §3.1
+    unsigned long long TDVMCALL_STATUS_INVALID_OPERAND  # quote.md §3.1
+    unsigned long long TDVMCALL_STATUS_GPA_INUSE  # quote.md §3.1
+    unsigned long long TDVMCALL_STATUS_ALIGN_ERROR  # quote.md §3.1
+    unsigned long long TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED  # quote.md §3.1
+    int GET_QUOTE_CMD_VER  # quote.md §2.2
+    int QUOTE_HDR_OFF_VERSION  # quote.md §3.2
+    int QUOTE_HDR_OFF_STATUS  # quote.md §3.2
+    int QUOTE_HDR_OFF_IN_LEN  # quote.md §3.2
+    int QUOTE_HDR_OFF_OUT_LEN  # quote.md §3.2
+    int QUOTE_HDR_LEN  # quote.md §3.2
+    int GET_QUOTE_SUCCESS  # quote.md §3.2 (Table 3-11)
+    unsigned long long GET_QUOTE_IN_FLIGHT  # quote.md §3.2
+    unsigned long long GET_QUOTE_ERROR  # quote.md §3.2
+    unsigned long long GET_QUOTE_SERVICE_UNAVAILABLE  # quote.md §3.2
+    int HOST_GET_QUOTE_MAX_BUF_LEN  # quote.md §4.1 H4
+    int HOST_MAX_GET_QUOTE_REQUESTS  # quote.md §4.1 H6
+    int HOST_QGS_TIMEOUT_MS  # quote.md §4.1
+    int HOST_QUOTE_OVERHEAD  # quote.md §4.1 (Analysis)
+    int HOST_SERVICE_TIME_US  # quote.md §2.5
+    int EVENT_NOTIFY_VECTOR_MIN  # quote.md §3.1, §3.3
+    int EVENT_NOTIFY_VECTOR_MAX  # quote.md §3.1, §3.3
+    int HOST_FAULT_NONE  # quote.md §4.1
+    int HOST_FAULT_SERVICE_TIME  # quote.md §4.1
+    int HOST_FAULT_NEVER  # quote.md §2.4
+    int HOST_FAULT_ERROR  # quote.md §4.1
+    int HOST_FAULT_SERVICE_UNAVAILABLE  # quote.md §4.1 H5
+    int HOST_FAULT_RETRY  # quote.md §4.1 H6
+    int HOST_FAULT_OVERSIZE_OUT_LEN  # quote.md §2.3 P9
+    int HOST_FAULT_OUT_LEN_CHANGES  # quote.md §2.3 P9
+    int HOST_FAULT_NO_IN_FLIGHT  # quote.md §2.3 notes
+    int HOST_FAULT_NO_INTERRUPT  # quote.md §3.3
     int SLAB_POISON_INUSE  # Linux include/linux/poison.h (POISON_INUSE)
     int MEASUREMENT_LEN  # ref §2.5
     int TDR_FIELD_REPORT_TYPE_OFF

@@ -45,6 +45,9 @@ cdef extern from "tdx_module.h" nogil:
     ctypedef struct tdxm_module:
         pass
 
+    ctypedef struct tdxm_vmcall_regs:
+        uint64_t r10, r11, r12, r13, r14, r15
+
     ctypedef struct tdxm_counters:
         uint64_t rtmr_shared_acquired, rtmr_shared_released
         uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released
@@ -62,6 +65,7 @@ cdef extern from "tdx_module.h" nogil:
 
     tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8)
     tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8)
+    tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs)
     tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
     tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 

@@ -137,6 +137,7 @@ class Module:
         self._pending_interrupts = 0
         self._step_hook = None
         self._step_hook_error = None
+        self._vmm = None  # the Host behind TDG.VP.VMCALL (tdxmodel._reference.host)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -287,8 +288,8 @@ class Module:
     def tdcall(self, rax: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> int:
         """tdcall(rax, rcx=0, rdx=0, r8=0) -> int: dispatch on RAX (ref §4.1).
 
-        tdxmodel models only the MR leaves; any other leaf answers as an unknown leaf
-        (TDX_OPERAND_INVALID, operand RAX)."""
+        Leaf 0 is TDG.VP.VMCALL with every R register 0 (use tdvmcall() to pass them); the MR leaves
+        are modelled; any other leaf answers as an unknown leaf (TDX_OPERAND_INVALID, operand RAX)."""
         rax, rcx, rdx, r8 = _u64("rax", rax), _u64("rcx", rcx), _u64("rdx", rdx), _u64("r8", r8)
         if self._version_minor == 0:
             leaf = rax  # 1.0 switches on all 64 bits
@@ -296,6 +297,9 @@ class Module:
             if rax >> 24 or (rax >> 16) & 0xFF:  # reserved bits, or a leaf version we do not accept
                 return OPERAND_INVALID_RAX
             leaf = rax & 0xFFFF
+        if leaf == abi.TDG_VP_VMCALL:
+            self._vp_vmcall([0, 0, 0, 0, 0, 0])  # this entry carries no R10..R15: sub-function 0
+            return abi.TDX_SUCCESS
         if leaf == abi.TDG_MR_REPORT:
             return self.mr_report(rcx, rdx, r8)
         if leaf == abi.TDG_MR_RTMR_EXTEND:
@@ -303,6 +307,34 @@ class Module:
         if leaf == abi.TDG_MR_VERIFYREPORT:
             return self.mr_verifyreport(rcx)
         return OPERAND_INVALID_RAX
+
+    # ------------------------------------------------------------------ TDG.VP.VMCALL (quote.md §3)
+    def _set_vmm(self, vmm) -> bool:
+        """Attach (vmm) or detach (None) the VMM; False when another one is attached."""
+        with self._stats_guard:
+            if vmm is not None and self._vmm is not None:
+                return False
+            self._vmm = vmm
+            return True
+
+    def _vp_vmcall(self, regs: list) -> None:
+        """Hand the exposed registers to the VMM; no VMM: SUBFUNC_UNSUPPORTED, KVM's default.
+        RCX's register-exposure mask is not modelled: every register is exposed."""
+        vmm = self._vmm
+        if vmm is None:
+            regs[0] = abi.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+        else:
+            vmm._vmcall(regs)
+
+    def tdvmcall(self, r11: int, r12: int = 0, r13: int = 0, r14: int = 0, r15: int = 0, *,
+                 r10: int = 0) -> Tuple[int, int]:
+        """tdvmcall(r11, r12=0, r13=0, r14=0, r15=0, *, r10=0) -> (R10 status, R11 output).
+
+        TDG.VP.VMCALL (TDCALL leaf 0): the TDCALL itself always succeeds."""
+        regs = [_u64("r10", r10), _u64("r11", r11), _u64("r12", r12), _u64("r13", r13),
+                _u64("r14", r14), _u64("r15", r15)]
+        self._vp_vmcall(regs)
+        return regs[0], regs[1]
 
     def mr_report(self, rcx: int, rdx: int, r8: int = 0) -> int:
         """mr_report(rcx, rdx, r8=0) -> int: TDG.MR.REPORT on GPAs (ref §4.3)."""
