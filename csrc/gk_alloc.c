@@ -8,8 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const uint32_t gk_slab_sizes[NCLASSES] = {8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096};
-#define slab_sizes gk_slab_sizes
+#define slab_sizes TDXM_SLAB_CLASSES /* generated from abi.SLAB_CLASSES */
 
 static int slab_class(size_t size)
 {

@@ -10,33 +10,10 @@
 
 /* ---- names ---------------------------------------------------------------------------------------- */
 
-static const char *const point_names[GK_NUM_POINTS] = {
-    [GK_PT_REPORTDATA_KMALLOC] = "reportdata:kmalloc",
-    [GK_PT_TDREPORT_GET_ZEROED_PAGE] = "tdreport:get_zeroed_page",
-    [GK_PT_TDREPORT_KZALLOC] = "tdreport:kzalloc",
-    [GK_PT_REPORTDATA_COPY_FROM_USER] = "reportdata:copy_from_user",
-    [GK_PT_STATUS_PUT_USER] = "status:put_user",
-    [GK_PT_TDREPORT_COPY_TO_USER] = "tdreport:copy_to_user",
-    [GK_PT_REPORT_BUF_KZALLOC] = "report_buf:kzalloc",
-    [GK_PT_MEASUREMENT_COPY_TO_USER] = "measurement:copy_to_user",
-    [GK_PT_MEASUREMENT_COPY_FROM_USER] = "measurement:copy_from_user",
-};
-static const uint8_t point_caps[GK_NUM_POINTS] = {
-    [GK_PT_REPORTDATA_KMALLOC] = GK_FAILSLAB,
-    [GK_PT_TDREPORT_GET_ZEROED_PAGE] = GK_FAIL_PAGE_ALLOC,
-    [GK_PT_TDREPORT_KZALLOC] = GK_FAILSLAB,
-    [GK_PT_REPORTDATA_COPY_FROM_USER] = GK_FAIL_USERCOPY,
-    [GK_PT_STATUS_PUT_USER] = GK_FAIL_USERCOPY,
-    [GK_PT_TDREPORT_COPY_TO_USER] = GK_FAIL_USERCOPY,
-    [GK_PT_REPORT_BUF_KZALLOC] = GK_FAILSLAB,
-    [GK_PT_MEASUREMENT_COPY_TO_USER] = GK_FAIL_USERCOPY,
-    [GK_PT_MEASUREMENT_COPY_FROM_USER] = GK_FAIL_USERCOPY,
-};
-static const char *const cap_names[GK_NUM_CAPS] = {"failslab", "fail_page_alloc", "fail_usercopy"};
-
-const char *gk_point_name(int point) { return (point >= 0 && point < GK_NUM_POINTS) ? point_names[point] : "?"; }
-int gk_point_capability(int point) { return (point >= 0 && point < GK_NUM_POINTS) ? point_caps[point] : -1; }
-const char *gk_capability_name(int cap) { return (cap >= 0 && cap < GK_NUM_CAPS) ? cap_names[cap] : "?"; }
+/* The tables are generated into tdx_abi.h from tdxmodel/profiles.py POINTS and abi.FAULT_CAPABILITIES. */
+const char *gk_point_name(int point) { return (point >= 0 && point < GK_NUM_POINTS) ? TDXM_POINT_NAMES[point] : "?"; }
+int gk_point_capability(int point) { return (point >= 0 && point < GK_NUM_POINTS) ? TDXM_POINT_CAPS[point] : -1; }
+const char *gk_capability_name(int cap) { return (cap >= 0 && cap < GK_NUM_CAPS) ? TDXM_CAPABILITY_NAMES[cap] : "?"; }
 
 /* SplitMix64 (state += golden gamma, two xor-shift-multiply rounds): see gk_kernel_create in the header. */
 static uint32_t splitmix_below_100(uint64_t *state)
@@ -49,15 +26,15 @@ static uint32_t splitmix_below_100(uint64_t *state)
 
 void gk_fault_attr_defaults(int cap, gk_fault_attr *out)
 {
-    /* ref §7 "Knobs" and "Filters applied first"; abi.FAULT_DEFAULTS holds the same numbers. */
+    /* ref §7 "Knobs" and "Filters applied first"; generated from abi.FAULT_DEFAULTS */
     memset(out, 0, sizeof *out);
-    out->probability = 0;
-    out->interval = 1;
-    out->times = 1;
-    out->space = 0;
-    out->verbose = 2;
-    out->ignore_gfp_wait = (cap == GK_FAILSLAB || cap == GK_FAIL_PAGE_ALLOC);
-    out->min_order = (cap == GK_FAIL_PAGE_ALLOC) ? 1 : 0;
+    out->probability = TDXM_FAULT_DEFAULT_PROBABILITY;
+    out->interval = TDXM_FAULT_DEFAULT_INTERVAL;
+    out->times = TDXM_FAULT_DEFAULT_TIMES;
+    out->space = TDXM_FAULT_DEFAULT_SPACE;
+    out->verbose = TDXM_FAULT_DEFAULT_VERBOSE;
+    out->ignore_gfp_wait = TDXM_FAULT_IGNORE_GFP_WAIT_DEFAULT[cap];
+    out->min_order = (cap == GK_FAIL_PAGE_ALLOC) ? TDXM_FAULT_PAGE_MIN_ORDER_DEFAULT : 0;
     out->task_filter = 0;
 }
 

@@ -12,8 +12,7 @@
 #define CACHE_LINE 64
 
 /* Slab size classes (gk_alloc.c): 8..4096 powers of two plus 96 and 192, like Linux's kmalloc caches. */
-#define NCLASSES 12
-extern const uint32_t gk_slab_sizes[NCLASSES];
+#define NCLASSES TDXM_NUM_SLAB_CLASSES
 
 /* A process's allocation cache (gk_alloc.c "per-process caches"). */
 #define GK_CACHE_DEPTH 4

@@ -22,27 +22,14 @@
 
 /* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (docs/CONTRACT.md "Kernel": pages
  * 0..3 are the host's, 4..15 stay free for host-side test buffers). */
-#define GK_FIRST_PAGE 16
+#define GK_FIRST_PAGE KERNEL_FIRST_PAGE
 #define GK_MAX_ORDER 10
 
 /* ---- fault injection (gk_fault.c) ---------------------------------------------------------------- */
 
-/* Fault-injection capabilities (ref §7). */
-enum gk_capability { GK_FAILSLAB = 0, GK_FAIL_PAGE_ALLOC = 1, GK_FAIL_USERCOPY = 2, GK_NUM_CAPS = 3 };
-
-/* Injection points, named "<object>:<function>" (docs/CONTRACT.md "Injection point names"). */
-enum gk_point {
-    GK_PT_REPORTDATA_KMALLOC = 0,
-    GK_PT_TDREPORT_GET_ZEROED_PAGE,
-    GK_PT_TDREPORT_KZALLOC,
-    GK_PT_REPORTDATA_COPY_FROM_USER,
-    GK_PT_STATUS_PUT_USER,
-    GK_PT_TDREPORT_COPY_TO_USER,
-    GK_PT_REPORT_BUF_KZALLOC,
-    GK_PT_MEASUREMENT_COPY_TO_USER,
-    GK_PT_MEASUREMENT_COPY_FROM_USER,
-    GK_NUM_POINTS
-};
+/* Fault-injection capabilities (enum gk_capability) and injection points (enum gk_point,
+ * "<object>:<function>", docs/CONTRACT.md "Injection point names") are generated into tdx_abi.h from
+ * tdxmodel/abi.py and tdxmodel/profiles.py. */
 const char *gk_point_name(int point);
 int gk_point_capability(int point);
 const char *gk_capability_name(int cap);

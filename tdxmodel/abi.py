@@ -213,7 +213,13 @@ CONSTANTS: List[Const] = [
     _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
        "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
     _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+    _c("KERNEL_FIRST_PAGE", 16, "kernel", "docs/CONTRACT.md \"Kernel\" (design choice)",
+       "the kernel allocator owns guest pages KERNEL_FIRST_PAGE..: 0..3 the host's, 4..15 free for tests"),
 ]
+
+#: kmalloc size classes (design choice after Linux's kmalloc caches: powers of two 8..4096 plus 96
+#: and 192), so power-of-two objects are naturally aligned (ref §2.4 "Alignment").
+SLAB_CLASSES: Tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
 
 #: name -> value, and the names as module attributes (``abi.TDX_SUCCESS``).
 VALUES: Dict[str, int] = {c.name: c.value for c in CONSTANTS}
@@ -257,31 +263,22 @@ HOST_FAULTS: Tuple[str, ...] = ("service_time", "never", "error", "service_unava
                                 "oversize_out_len", "out_len_changes", "no_in_flight", "no_interrupt")
 assert all(VALUES["HOST_FAULT_" + n.upper()] == i + 1 for i, n in enumerate(HOST_FAULTS))
 
-#: Driver generations, by the names the CLI and API use (ref §2.2, §2.4, §2.5).
-DRIVERS: Tuple[str, ...] = ("v4-2022-04", "v6.2", "v6.16")
 
-#: Device node of each generation (ref §1).
-DEVICE_PATHS: Dict[str, str] = {
-    "v4-2022-04": "/dev/tdx-attest",
-    "v6.2": "/dev/tdx_guest",
-    "v6.16": "/dev/tdx_guest",
-}
+def __getattr__(name: str):
+    """``DRIVERS``, ``DEVICE_PATHS``, ``MEASUREMENTS``, ``MEASUREMENT_DIRS``: views of the generation
+    profiles (``tdxmodel.profiles``), which are the one place a generation is described."""
+    from tdxmodel import profiles as _p
+    if name == "DRIVERS":
+        return _p.NAMES
+    if name == "DEVICE_PATHS":
+        return {q.name: q.device_path for q in _p.PROFILES}
+    if name == "MEASUREMENT_DIRS":
+        return next(q.measurement_dirs for q in _p.PROFILES if q.measurement_dirs)
+    if name == "MEASUREMENTS":
+        return {m.name: (m.tdr_offset, m.writable) for m in next(q.measurements for q in _p.PROFILES
+                                                                  if q.measurements)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-#: 6.16 measurement files (ref §2.5): name -> (TDREPORT offset, writable).
-MEASUREMENT_DIRS: Tuple[str, ...] = (
-    "/sys/devices/virtual/misc/tdx_guest/measurements",
-    "/sys/class/misc/tdx_guest/measurements",
-)
-MEASUREMENTS: Dict[str, Tuple[int, bool]] = {
-    "mrtd:sha384": (528, False),
-    "mrconfigid": (576, False),
-    "mrowner": (624, False),
-    "mrownerconfig": (672, False),
-    "rtmr0:sha384": (720, True),
-    "rtmr1:sha384": (768, True),
-    "rtmr2:sha384": (816, True),
-    "rtmr3:sha384": (864, True),
-}
 
 #: Fault-injection capabilities and the kernel defaults of their knobs (ref §7).
 FAULT_CAPABILITIES: Tuple[str, ...] = ("failslab", "fail_page_alloc", "fail_usercopy")

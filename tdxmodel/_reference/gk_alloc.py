@@ -19,9 +19,9 @@ from tdxmodel import abi
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
 #: CONTRACT: pages 0..3 are the host's; the kernel's allocator owns 16..memory_pages-1.
-KERNEL_FIRST_PAGE = 16
+KERNEL_FIRST_PAGE = abi.KERNEL_FIRST_PAGE
 #: Linux's kmalloc caches (kmalloc-8 ... kmalloc-4096, plus kmalloc-96 and kmalloc-192).
-SLAB_CLASSES = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
+SLAB_CLASSES = abi.SLAB_CLASSES
 #: force_misaligned / misaligned_report_buf: the allocation is returned this far past its alignment.
 MISALIGN_OFFSET = 8
 

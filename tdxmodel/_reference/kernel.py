@@ -24,7 +24,7 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel._reference import drivers as _drivers
 from tdxmodel._reference import gk_usermem as _usermem
 from tdxmodel._reference._args import I31, U64 as _U64, check_bool as _check_bool, check_int as _check_int
@@ -51,20 +51,21 @@ class Kernel:
         from tdxmodel._reference.module import Module
         if not isinstance(module, Module):
             raise TypeError(f"module must be a reference-backend Module, not {type(module).__name__}")
-        if not isinstance(driver, str) or driver not in abi.DRIVERS:
-            raise ValueError(f"driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
+        prof = profiles.get(driver)
         if seed is not None:
             _check_int("seed", seed, 0, _U64)
         _check_int("fail_nth", fail_nth, 0, I31)
         _check_bool("misaligned_report_buf", misaligned_report_buf)
-        if misaligned_report_buf and driver != "v6.16":
-            raise ValueError("misaligned_report_buf: only v6.16 allocates a report buffer at init")
+        if misaligned_report_buf and not prof.cached_report_buf:
+            raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
+                             "(only the generations with a cached report buffer, ref §2.5)")
         pages = module.memory_pages
         if pages <= KERNEL_FIRST_PAGE:
             raise ValueError(f"module has {pages} pages; the kernel needs more than {KERNEL_FIRST_PAGE}")
 
         self._module = module
         self._driver_name = driver
+        self.profile = prof
         self._lock = threading.Lock()          # the lock counters
         rng_seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._faults = Faults(rng_seed)
@@ -79,11 +80,11 @@ class Kernel:
         init_task._fail_nth = fail_nth
         saved = self._faults.sweep_settings() if fail_nth else None
         try:
-            self._driver = _drivers.DRIVER_CLASSES[driver](self, init_task, misaligned_report_buf)
+            self._driver = _drivers.DRIVER_CLASSES[prof.ops](self, init_task, misaligned_report_buf)
         finally:
             if saved is not None:
                 self._faults.restore_settings(saved)
-        self._resident = self._driver.RESIDENT
+        self._resident = prof.resident
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -96,7 +97,7 @@ class Kernel:
 
     @property
     def device_path(self) -> str:
-        return abi.DEVICE_PATHS[self._driver_name]
+        return self.profile.device_path
 
     def fault(self, capability: str) -> FaultAttr:
         """fault(capability: str) -> FaultAttr: the live knobs of one capability (ref §7)."""
@@ -118,8 +119,8 @@ class Kernel:
         allocation (use ``misaligned_report_buf`` or ``force_tdcall``): ValueError."""
         if target is not None and target not in ("tdreport", "reportdata"):
             raise ValueError(f"target must be 'tdreport', 'reportdata' or None, not {target!r}")
-        if target is not None and self._driver_name == "v6.16":
-            raise ValueError("target: v6.16 allocates no per-call buffer (ref §2.5); use "
+        if target is not None and self.profile.cached_report_buf:
+            raise ValueError(f"target: {self._driver_name} allocates no per-call buffer (ref §2.5); use "
                              "misaligned_report_buf or force_tdcall")
         self._misaligned = target
 
@@ -153,7 +154,7 @@ class Kernel:
         return Process(self)
 
     def injection_points(self) -> List[str]:
-        return [point for point, _ in self._driver.POINTS]
+        return list(self.profile.points)
 
     def __repr__(self) -> str:
         return f"<reference Kernel {self._driver_name} over {self._module.memory_pages} pages>"
@@ -319,11 +320,11 @@ class Process(_Task, UserMemory):
     def _lookup_path(self, path: str) -> Optional[Tuple[str, str]]:
         if path == self._kernel.device_path:
             return ("device", path)
-        if self._kernel.driver == "v6.16":
-            for d in abi.MEASUREMENT_DIRS:
-                prefix = d + "/"
-                if path.startswith(prefix) and path[len(prefix):] in abi.MEASUREMENTS:
-                    return ("measurement", path[len(prefix):])
+        prof = self._kernel.profile
+        for d in prof.measurement_dirs:
+            prefix = d + "/"
+            if path.startswith(prefix) and prof.measurement(path[len(prefix):]) is not None:
+                return ("measurement", path[len(prefix):])
         return None
 
     def open(self, path: str, flags: int = os.O_RDWR) -> int:
@@ -338,7 +339,7 @@ class Process(_Task, UserMemory):
             return -abi.ENOENT
         kind, name = found
         accmode = flags & _O_ACCMODE
-        if kind == "measurement" and accmode != os.O_RDONLY and not abi.MEASUREMENTS[name][1]:
+        if kind == "measurement" and accmode != os.O_RDONLY and not self._kernel.profile.measurement(name).writable:
             return -abi.EACCES
         with self._lock:
             fd = 3
