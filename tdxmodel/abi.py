@@ -280,6 +280,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: (major, minor) that stat answers for the device node where a transport emulates the node itself
+#: (the LD_PRELOAD library). Every generation registers a misc character device with a dynamic minor
+#: (ref §1): major 10 is Linux's MISC_MAJOR (include/uapi/linux/major.h). The dynamic minor is
+#: whatever misc_register handed out at boot, so no value is "right": we pick 122, one from the range
+#: 6.x kernels hand out downwards from 127, and clients must not rely on it.
+DEVICE_RDEV: Tuple[int, int] = (10, 122)
+
 #: Fault-injection capabilities and the kernel defaults of their knobs (ref §7).
 FAULT_CAPABILITIES: Tuple[str, ...] = ("failslab", "fail_page_alloc", "fail_usercopy")
 FAULT_DEFAULTS: Dict[str, int] = {
