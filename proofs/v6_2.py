@@ -14,10 +14,14 @@ from proofs.abi import CMD_BITS
 from proofs.module_leaves import report_statuses
 from proofs.spec import DriverSpec
 from proofs.symbolic import Injection, Path
+from tdxmodel import profiles as _profiles
 
 A = zabi._abi
-REQ_OFF_REPORTDATA = A.TDX_REPORT_REQ_OFF_REPORTDATA
-REQ_OFF_TDREPORT = A.TDX_REPORT_REQ_OFF_TDREPORT
+#: The generation's facts (request layout, command, errno map): tdxmodel.profiles.
+P = _profiles.get("v6.2")
+REQ = P.report
+REQ_OFF_REPORTDATA = REQ.field("reportdata").offset
+REQ_OFF_TDREPORT = REQ.field("tdreport").offset
 
 
 def tdx_mcall_get_report0(status: z3.BitVecRef) -> z3.BitVecRef:
@@ -57,24 +61,16 @@ def tdx_get_report0(p: Path) -> None:
 def tdx_guest_ioctl(inj: Injection) -> Path:
     """tdx_guest_ioctl(file, cmd, arg): GET_REPORT0 or -ENOTTY (ref §2.4 "Dispatch")."""
     p = Path(inj, "v6.2 tdx_guest_ioctl")
-    p.return_if(inj.cmd != zabi.bv("TDX_CMD_GET_REPORT0", CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
+    p.return_if(inj.cmd != z3.BitVecVal(REQ.value, CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
     tdx_get_report0(p)
     return p
 
 
 DRIVER = DriverSpec(
-    name="v6.2",
-    ref="ref §2.4",
+    profile="v6.2",
     anchor="tdx-guest.c tdx_get_report0 (v6.2-v6.15)",
-    report_cmd="TDX_CMD_GET_REPORT0",
-    user_len=A.TDX_REPORT_REQ_LEN,
-    tdreport_user_off=REQ_OFF_TDREPORT,
-    documented_errnos=("ENOMEM", "EFAULT", "EINVAL", "EIO", "ENOTTY"),
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
-    reference_table=(("LINUX_TDCALL_INVALID_OPERAND", "EINVAL"),),
-    reference_default="EIO",
     reference_failing=lambda status: status != 0,
-    has_mr_lock=False,
     operand_layout={"rcx": ("TDX_REPORT_LEN", 0), "rdx": ("TDX_REPORTDATA_LEN", 0)},
 )

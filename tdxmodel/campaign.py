@@ -2,8 +2,9 @@
 
 ``cases(driver)`` enumerates case specifications; ``run_case(backend_name, driver, spec)`` runs one on a
 fresh Module + Kernel + Process and returns its record; ``run(driver, backend_name)`` runs them all.
-The proofs (issue 4) replay counterexamples through ``run_case`` and compare every record with their
-model, so specs and records are plain JSON and their spellings are stable.
+``run_case`` is the one runner of concrete cases: the proofs' conformance tests and
+``python -m proofs --replay`` run their cases through it too and compare each record with the z3
+encoding, so specs and records are plain JSON and their spellings are stable.
 
 Case specification (a dict; every key always present)::
 
@@ -15,24 +16,27 @@ Case specification (a dict; every key always present)::
     fail_nth      int   0: off; N: Process.fail_nth = N, with the kernel's documented sweep settings
                         (failslab and fail_page_alloc ignore_gfp_wait False, fail_page_alloc
                         min_order 0; ref §7)
-    user_fault    null | {"access": "read" | "write", "at": POSITION}
+    user_fault    null | {"access": "read" | "write", "at": POSITION | int}
                         a genuine page fault in the user buffer. "read" is the REPORTDATA copy-in
                         region (request bytes 0..63), "write" the TDREPORT copy-out region (v4:
                         bytes 0..1023 in place; v6.2+: bytes 64..1087). POSITION names the region
                         offset k of the first faulting byte: "first_byte" k = 0, "middle"
                         k = len // 2, "last_byte" k = len - 1, "page_boundary" k = len (the region
                         ends exactly at a page boundary and the next page faults, so the copy must
-                        stop at the region's end). The page holding offset k and every later page
-                        lose the access ("read": pages become "w"; "write": pages become "r").
+                        stop at the region's end); an int is k itself (0..len). The page holding
+                        offset k and every later page lose the access ("read": pages become "w";
+                        "write": pages become "r").
     partial_to_user  null | int   model-only mid-copy fault: Process.fault_user_copy(
                         "partial_to_user", at=N) (ref §7: a genuine fault leaves a prefix)
-    tdcall        {"outcome": "success" | "operand_invalid" | "busy",
-                   "operand": null | "RCX" | "RDX" | "R8"}
+    tdcall        {"outcome": "success" | "operand_invalid" | "busy" | "forced",
+                   "operand": null | "RCX" | "RDX" | "R8"[, "status": int]}
                         how the REPORT TDCALL ends. operand_invalid RCX/RDX are produced by the
                         module itself through Kernel.force_misaligned("tdreport"/"reportdata") where
                         the driver allocates per call (v4, v6.2) and by Kernel.force_tdcall on v6.16;
                         R8 (drivers always pass 0) by force_tdcall; busy by holding the module's
-                        RTMR lock exclusively (another vCPU extending: TDX_OPERAND_BUSY | RTMR)
+                        RTMR lock exclusively (another vCPU extending: TDX_OPERAND_BUSY | RTMR);
+                        "forced" (operand null) makes the REPORT return "status" through
+                        Kernel.force_tdcall (the proofs' replays of an arbitrary status)
     mr_lock_held  bool  v6.16: another task holds mr_lock and the caller has a signal pending
     description   str   what is injected, in words
 
@@ -64,7 +68,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -81,19 +85,18 @@ TDCALL_OUTCOMES = (("success", None), ("operand_invalid", "RCX"), ("operand_inva
                    ("operand_invalid", "R8"), ("busy", None))
 
 
-def _check_driver(driver: str) -> None:
-    if driver not in abi.DRIVERS:
-        raise ValueError(f"unknown driver {driver!r}; choose one of {', '.join(abi.DRIVERS)}")
+def _check_driver(driver: str) -> profiles.Profile:
+    if driver not in profiles.BY_NAME:
+        raise ValueError(f"unknown driver {driver!r}; choose one of {', '.join(profiles.NAMES)}")
+    return profiles.get(driver)
 
 
 def _layout(driver: str):
-    """(cmd, request length, (read offset, read length), (write offset, write length)) per ref §2."""
-    if driver == "v4-2022-04":  # ref §2.2: one in-place buffer
-        return (abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN, (0, abi.TDX_REPORTDATA_LEN),
-                (0, abi.TDX_REPORT_LEN))
-    return (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN,  # ref §2.4: struct tdx_report_req
-            (abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORTDATA_LEN),
-            (abi.TDX_REPORT_REQ_OFF_TDREPORT, abi.TDX_REPORT_LEN))
+    """(cmd, request length, (read offset, read length), (write offset, write length)): the report
+    command's request layout from the generation's profile (ref §2.2, §2.4)."""
+    req = profiles.get(driver).report
+    rd, tr = req.field("reportdata"), req.field("tdreport")
+    return req.value, req.request_len, (rd.offset, rd.size), (tr.offset, tr.size)
 
 
 def _spec(id_: str, cmd: int, description: str, *, fail_nth: int = 0, user_fault=None,
@@ -117,7 +120,7 @@ def _tdcall_tag(outcome) -> str:
 
 def cases(driver: str) -> List[Dict[str, Any]]:
     """cases(driver: str) -> list[dict]: every case of the campaign for ``driver`` (schema above)."""
-    _check_driver(driver)
+    prof = _check_driver(driver)
     cmd, _, read_region, write_region = _layout(driver)
     out: List[Dict[str, Any]] = []
     # each TDCALL outcome, and under each the fail-nth sweep: n = 1, 2, ... until the fault no longer
@@ -148,15 +151,17 @@ def cases(driver: str) -> List[Dict[str, Any]]:
         out.append(_spec(f"partial_to_user:{at}", cmd,
                          f"copy_to_user faults after {at} of {write_len} bytes", partial_to_user=at))
     # an unknown command: the other generations' number
-    other = abi.TDX_CMD_GET_REPORT0 if cmd == abi.TDX_CMD_GET_TDREPORT else abi.TDX_CMD_GET_TDREPORT
+    other = prof.other_report_cmd()
     out.append(_spec("unknown_cmd", other, f"unknown ioctl command 0x{other:08X}"))
-    if driver == "v6.16":
+    if prof.has_lock("mr_lock"):
         out.append(_spec("mr_lock:eintr", cmd, "mr_lock held by another task, signal pending",
                          mr_lock_held=True))
     return out
 
 
-def _position_offset(at: str, length: int) -> int:
+def _position_offset(at, length: int) -> int:
+    if isinstance(at, int):
+        return at
     return {"first_byte": 0, "middle": length // 2, "last_byte": length - 1, "page_boundary": length}[at]
 
 
@@ -186,19 +191,27 @@ def _validate_spec(spec: Dict[str, Any]) -> None:
         raise ValueError(f"spec lacks {', '.join(missing)}")
     uf = spec["user_fault"]
     if uf is not None and (not isinstance(uf, dict) or uf.get("access") not in ("read", "write")
-                           or uf.get("at") not in POSITIONS):
+                           or not (uf.get("at") in POSITIONS or _is_offset(uf.get("at")))):
         raise ValueError(f"spec user_fault must be null or {{'access': read|write, 'at': "
-                         f"{'|'.join(POSITIONS)}}}, not {uf!r}")
+                         f"{'|'.join(POSITIONS)}|offset}}, not {uf!r}")
     td = spec["tdcall"]
-    if not isinstance(td, dict) or (td.get("outcome"), td.get("operand")) not in TDCALL_OUTCOMES:
-        raise ValueError(f"spec tdcall must be one of {TDCALL_OUTCOMES}, not {td!r}")
+    forced = isinstance(td, dict) and td.get("outcome") == "forced" and td.get("operand") is None \
+        and _is_offset(td.get("status")) and 0 < td["status"] < 1 << 64
+    if not forced and (not isinstance(td, dict)
+                       or (td.get("outcome"), td.get("operand")) not in TDCALL_OUTCOMES):
+        raise ValueError(f"spec tdcall must be one of {TDCALL_OUTCOMES} or forced with a nonzero "
+                         f"64-bit status, not {td!r}")
+
+
+def _is_offset(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     """run_case(backend_name: str | None, driver: str, spec: dict) -> dict
 
     Run one case on a fresh Module + Kernel + Process of the backend and return its record."""
-    _check_driver(driver)
+    prof = _check_driver(driver)
     _validate_spec(spec)
     backend = _backend.load(backend_name)
     module = backend.Module(ModuleConfig(seed=1), memory_pages=MODULE_PAGES)
@@ -216,6 +229,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
         region_off = read_off if uf["access"] == "read" else write_off
         region_len = read_len if uf["access"] == "read" else write_len
         fault_page = WINDOW + 2 * PAGE_SIZE
+        if _position_offset(uf["at"], region_len) > region_len:
+            raise ValueError(f"spec user_fault at {uf['at']} is past the {region_len}-byte region")
         arg = fault_page - (region_off + _position_offset(uf["at"], region_len))
     reportdata = bytes(range(abi.TDX_REPORTDATA_LEN))  # as the kernel selftest fills it (ref §3)
     before = bytearray([FILLER]) * (WINDOW_PAGES * PAGE_SIZE)
@@ -230,9 +245,12 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     outcome, operand = spec["tdcall"]["outcome"], spec["tdcall"]["operand"]
     status: int = abi.TDX_SUCCESS
     rtmr_held = False
-    if outcome == "operand_invalid":
+    if outcome == "forced":
+        status = spec["tdcall"]["status"]
+        kernel.force_tdcall(status, leaf=abi.TDG_MR_REPORT)
+    elif outcome == "operand_invalid":
         status = abi.TDX_OPERAND_INVALID | _OPERAND_IDS[operand]
-        if operand in _MISALIGN_TARGET and driver != "v6.16":
+        if operand in _MISALIGN_TARGET and not prof.cached_report_buf:
             kernel.force_misaligned(_MISALIGN_TARGET[operand])  # the module itself answers
         else:
             kernel.force_tdcall(status, leaf=abi.TDG_MR_REPORT)
@@ -271,9 +289,10 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     after = proc.peek(WINDOW, WINDOW_PAGES * PAGE_SIZE)
     expected = bytearray(before)
     report = module.report(reportdata)
-    if driver == "v4-2022-04" and status != abi.TDX_SUCCESS:
+    wb = prof.status_writeback
+    if wb is not None and status != abi.TDX_SUCCESS:
         masked = status & abi.LINUX_V4_STATUS_MASK  # ref §2.2 #4
-        expected[base:base + 8] = masked.to_bytes(8, "little")
+        expected[base + wb.offset:base + wb.end] = masked.to_bytes(wb.size, "little")
     else:
         expected[base + write_off:base + write_off + write_len] = report
     changed, runs, foreign = 0, [], 0

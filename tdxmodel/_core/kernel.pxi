@@ -1,8 +1,10 @@
 # The guest kernel, its processes and fault knobs: a thin wrapper of csrc/tdx_driver.h and
 # csrc/guest_kernel.h (layer 2; docs/CONTRACT.md "Kernel", "FaultAttr", "Process").
 #
-# Arguments are validated here with the same rules and messages as the reference backend; the GIL is
-# released around every emulated syscall (ioctl / pread / pwrite), which may wait for 6.16's mr_lock.
+# Arguments are validated here with the same rules and messages as the reference backend. An emulated
+# syscall (ioctl / pread / pwrite) runs with the GIL held: it costs well under a microsecond, less than
+# the GIL hand-off two threads taking turns would pay (benchmarks/RESULTS.md "GIL strategy"); where it
+# waits (6.16's contended mr_lock) csrc/gk_sched.h releases the GIL for the wait only.
 # A Process keeps its Kernel alive, and a Kernel its Module, so C pointers never dangle.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MAX
@@ -12,11 +14,45 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 cimport cython
 
 from tdxmodel._core.guest_kernel cimport *
+from tdxmodel._core.gk_sched cimport gk_set_caller_lock_hooks, gk_caller_holds_lock
 from tdxmodel._core.tdx_driver cimport *
+from tdxmodel._core.tdx_abi cimport TDXM_NUM_PROFILES, KERNEL_FIRST_PAGE, TDXM_PROFILES
 
 import os as _os
 
-_DRIVER_IDS = {"v4-2022-04": TD_V4_2022_04, "v6.2": TD_V6_2, "v6.16": TD_V6_16}
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        pass
+    PyThreadState *PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState *state) nogil
+
+
+cdef void *_release_gil() noexcept nogil:
+    # Called by gk_block_begin in a thread that holds the GIL (gk_caller_holds_lock(1)).
+    return <void *>PyEval_SaveThread()
+
+
+cdef void _acquire_gil(void *state) noexcept nogil:
+    PyEval_RestoreThread(<PyThreadState *>state)
+
+
+gk_set_caller_lock_hooks(_release_gil, _acquire_gil)
+
+from tdxmodel import profiles as _profiles
+
+cdef int _profile_id(object prof) except -1:
+    """_profile_id(prof: Profile) -> int: the profile's row in the compiled TDXM_PROFILES[], checked
+    against tdxmodel.profiles so a build older than the table fails loudly instead of misbehaving."""
+    cdef int i = prof.id
+    if i >= TDXM_NUM_PROFILES or TDXM_PROFILES[i].name.decode() != prof.name \
+            or TDXM_PROFILES[i].cmds[0].cmd != prof.report.value \
+            or TDXM_PROFILES[i].npoints != len(prof.points):
+        raise RuntimeError(f"the compiled core's profile table does not match tdxmodel.profiles for "
+                           f"{prof.name}: rebuild (python setup.py build_ext --inplace)")
+    return i
+
+
 _CAPABILITY_IDS = {"failslab": GK_FAILSLAB, "fail_page_alloc": GK_FAIL_PAGE_ALLOC,
                    "fail_usercopy": GK_FAIL_USERCOPY}
 _MISALIGN_TARGETS = {None: TD_MISALIGN_NONE, "tdreport": TD_MISALIGN_TDREPORT,
@@ -82,8 +118,10 @@ cdef class FaultAttr:
         gk_fault_attr_get(self._kernel._gk(), self._cap, &a)
         return a
 
-    cdef int _set(self, gk_fault_attr a) except -1:
-        gk_fault_attr_set(self._kernel._gk(), self._cap, &a)
+    cdef int _set(self, int knob, object value) except -1:
+        """Write one knob and nothing else (a debugfs write), so `times` and `space` that calls use up
+        meanwhile stay used up (ref §7)."""
+        gk_fault_attr_set_knob(self._kernel._gk(), self._cap, knob, <uint64_t>(value & _U64_MAX))
         return 0
 
     @property
@@ -96,9 +134,7 @@ cdef class FaultAttr:
 
     @probability.setter
     def probability(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.probability = _int_arg("probability", value, 0, 100)
-        self._set(a)
+        self._set(GK_KNOB_PROBABILITY, _int_arg("probability", value, 0, 100))
 
     @property
     def interval(self):
@@ -106,10 +142,7 @@ cdef class FaultAttr:
 
     @interval.setter
     def interval(self, value):
-        cdef gk_fault_attr a = self._get()
-        # the kernel's interval is an unsigned long; beyond 2**63-1 no count ever reaches it
-        a.interval = min(_int_arg("interval", value, 1, _U64_MAX), INT64_MAX)
-        self._set(a)
+        self._set(GK_KNOB_INTERVAL, _int_arg("interval", value, 1, _U64_MAX))
 
     @property
     def times(self):
@@ -117,9 +150,7 @@ cdef class FaultAttr:
 
     @times.setter
     def times(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.times = _int_arg("times", value, -1, _I31)
-        self._set(a)
+        self._set(GK_KNOB_TIMES, _int_arg("times", value, -1, _I31))
 
     @property
     def space(self):
@@ -127,9 +158,7 @@ cdef class FaultAttr:
 
     @space.setter
     def space(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.space = _int_arg("space", value, 0, _I31)
-        self._set(a)
+        self._set(GK_KNOB_SPACE, _int_arg("space", value, 0, _I31))
 
     @property
     def verbose(self):
@@ -137,9 +166,7 @@ cdef class FaultAttr:
 
     @verbose.setter
     def verbose(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.verbose = _int_arg("verbose", value, 0, 2)
-        self._set(a)
+        self._set(GK_KNOB_VERBOSE, _int_arg("verbose", value, 0, 2))
 
     @property
     def task_filter(self):
@@ -147,9 +174,7 @@ cdef class FaultAttr:
 
     @task_filter.setter
     def task_filter(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.task_filter = _bool_arg("task_filter", value)
-        self._set(a)
+        self._set(GK_KNOB_TASK_FILTER, int(_bool_arg("task_filter", value)))
 
     @property
     def ignore_gfp_wait(self):
@@ -159,9 +184,7 @@ cdef class FaultAttr:
     def ignore_gfp_wait(self, value):
         if self._cap == GK_FAIL_USERCOPY:
             raise ValueError(f"ignore_gfp_wait: {self.capability} has no such knob (ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.ignore_gfp_wait = _bool_arg("ignore_gfp_wait", value)
-        self._set(a)
+        self._set(GK_KNOB_IGNORE_GFP_WAIT, int(_bool_arg("ignore_gfp_wait", value)))
 
     @property
     def min_order(self):
@@ -171,9 +194,7 @@ cdef class FaultAttr:
     def min_order(self, value):
         if self._cap != GK_FAIL_PAGE_ALLOC:
             raise ValueError(f"min_order: {self.capability} has no such knob (only fail_page_alloc, ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.min_order = _int_arg("min_order", value, 0, 10)
-        self._set(a)
+        self._set(GK_KNOB_MIN_ORDER, _int_arg("min_order", value, 0, 10))
 
     def __repr__(self):
         a = self._get()
@@ -189,15 +210,17 @@ cdef class Kernel:
     """Kernel(module: Module, driver: str, *, seed: int | None = 0, fail_nth: int = 0,
     misaligned_report_buf: bool = False)
 
-    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c, csrc/tdx_driver.c);
-    docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with the documented sweep
-    settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their defaults afterwards.
+    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c and its gk_*.c parts,
+    csrc/tdx_driver.c); docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with
+    the documented sweep settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their
+    defaults afterwards.
     """
 
     cdef td_kernel *tk
     cdef Module _module
     cdef str _driver
     cdef int _driver_id
+    cdef object _profile
     cdef dict _faults
 
     def __cinit__(self, *args, **kwargs):
@@ -216,27 +239,26 @@ cdef class Kernel:
             raise RuntimeError("Kernel is already initialised")
         if not isinstance(module, Module):
             raise TypeError(f"module must be a core-backend Module, not {type(module).__name__}")
-        if not isinstance(driver, str) or driver not in _DRIVER_IDS:
-            raise ValueError(f"driver must be one of {', '.join(_abi.DRIVERS)}, not {driver!r}")
+        prof = _profiles.get(driver)
         if seed is not None:
             _int_arg("seed", seed, 0, _U64_MAX)
         c_fail_nth = _int_arg("fail_nth", fail_nth, 0, _I31)
         c_misaligned = _bool_arg("misaligned_report_buf", misaligned_report_buf)
-        if c_misaligned and driver != "v6.16":
-            raise ValueError("misaligned_report_buf: only v6.16 allocates a report buffer at init")
+        if c_misaligned and not prof.cached_report_buf:
+            raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
+                             "(only the generations with a cached report buffer, ref §2.5)")
         pages = module.memory_pages
-        if pages <= 16:
-            raise ValueError(f"module has {pages} pages; the kernel needs more than 16")
+        if pages <= KERNEL_FIRST_PAGE:
+            raise ValueError(f"module has {pages} pages; the kernel needs more than {KERNEL_FIRST_PAGE}")
         c_seed = int.from_bytes(_os.urandom(8), "little") if seed is None else seed
-        c_driver = _DRIVER_IDS[driver]
+        c_driver = _profile_id(prof)
 
-        # The files this driver exposes, from tdxmodel.abi (the C core spells no path or offset).
-        table = [(_abi.DEVICE_PATHS[driver].encode(), TD_NODE_DEVICE, 0, 0)]
-        if driver == "v6.16":
-            for directory in _abi.MEASUREMENT_DIRS:
-                for name, (offset, writable) in _abi.MEASUREMENTS.items():
-                    table.append((f"{directory}/{name}".encode(), TD_NODE_MEASUREMENT, offset,
-                                  1 if writable else 0))
+        # The files this driver exposes, from its profile (the C core spells no path or offset).
+        table = [(prof.device_path.encode(), TD_NODE_DEVICE, 0, 0)]
+        for directory in prof.measurement_dirs:
+            for mr in prof.measurements:
+                table.append((f"{directory}/{mr.name}".encode(), TD_NODE_MEASUREMENT, mr.tdr_offset,
+                              1 if mr.writable else 0))
         cdef size_t nnodes = len(table)
         nodes = <td_node *>malloc(nnodes * sizeof(td_node))
         if nodes == NULL:
@@ -261,6 +283,7 @@ cdef class Kernel:
         self._module = module
         self._driver = driver
         self._driver_id = c_driver
+        self._profile = prof
         self._faults = {cap: FaultAttr(_INTERNAL, self, _CAPABILITY_IDS[cap])
                         for cap in _abi.FAULT_CAPABILITIES}
 
@@ -287,7 +310,7 @@ cdef class Kernel:
 
     @property
     def device_path(self):
-        return _abi.DEVICE_PATHS[self._driver]
+        return self._profile.device_path
 
     def fault(self, capability):
         """fault(capability: str) -> FaultAttr: the live knobs of one capability (ref §7)."""
@@ -318,8 +341,8 @@ cdef class Kernel:
         allocation (use ``misaligned_report_buf`` or ``force_tdcall``): ValueError."""
         if target is not None and target not in ("tdreport", "reportdata"):
             raise ValueError(f"target must be 'tdreport', 'reportdata' or None, not {target!r}")
-        if target is not None and self._driver == "v6.16":
-            raise ValueError("target: v6.16 allocates no per-call buffer (ref §2.5); use "
+        if target is not None and self._profile.cached_report_buf:
+            raise ValueError(f"target: {self._driver} allocates no per-call buffer (ref §2.5); use "
                              "misaligned_report_buf or force_tdcall")
         td_force_misaligned(self._live(), _MISALIGN_TARGETS[target])
 
@@ -335,7 +358,7 @@ cdef class Kernel:
             raise ValueError("mr_lock is not held by mr_lock_try")
 
     cdef _check_mr_lock(self):
-        if self._driver != "v6.16":
+        if not self._profile.has_lock("mr_lock"):
             raise ValueError(f"driver {self._driver} has no mr_lock (only v6.16, ref §2.5)")
 
     def counters(self):
@@ -560,8 +583,9 @@ cdef class Process:
         cdef uint32_t c_cmd = <uint32_t>c_cmd64
         cdef uint64_t c_arg = _u64_arg("arg", arg)
         cdef long ret
-        with nogil:
-            ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret
@@ -577,11 +601,12 @@ cdef class Process:
         cdef int64_t c_count = -1 if count < 0 else min(count, INT64_MAX)
         cdef int64_t c_offset = -1 if offset < 0 else min(offset, INT64_MAX)
         cdef long ret
-        with nogil:
-            if write:
-                ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
-            else:
-                ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        if write:
+            ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
+        else:
+            ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret
