@@ -34,7 +34,7 @@ def main() -> int:
 
     try:
         result = soak.run(args.seconds, seed=seed, rss_budget=args.rss_budget_mib << 20, check_preload_stat=True,
-                          check_sigterm=True, progress=progress)
+                          check_sigterm=True, check_malformed_logged=True, progress=progress)
     except soak.SoakFailure as e:
         print(f"\nsoak: seed {seed}: {e}")
         return 1

@@ -12,8 +12,7 @@ from tests.fuzz import engine
 FIXED_SEED = 20260301
 OPS_PER_SEED = 50_000
 #: Stream parts left out of the CI run (engine.FEATURES): none may stay here once its fix is in.
-LEFT_OUT: tuple = ("fd_flood", "zero_length_host_access", "knob_u64", "rejected_syscall", "tiny_memory",
-                   "knob_race")
+LEFT_OUT: tuple = ()
 
 
 def _check(seed: int) -> None:

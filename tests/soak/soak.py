@@ -12,7 +12,8 @@ than ``rss_budget`` bytes; debug/counters shows no open file, no allocation beyo
 no lock held, every lock taken released, the module's RTMR lock balanced; state.json, the log and
 the live TD agree and every extend reported successful is in the log (tests/crash/harness.check);
 with ``check_preload_stat``, the preload client saw the device node exist; with ``check_sigterm``,
-SIGTERM with a client holding the device open stops the daemon within 2 s and removes its mount.
+SIGTERM with a client holding the device open stops the daemon within 2 s and removes its mount;
+with ``check_malformed_logged``, the malformed socket messages were logged, rate-limited.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def _junk(rng: random.Random) -> bytes:
 
 
 def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, check_preload_stat: bool = False,
-        check_sigterm: bool = False, cli_extends: bool = True, progress=None) -> Dict[str, Any]:
+        check_sigterm: bool = False, check_malformed_logged: bool = False, cli_extends: bool = True,
+        progress=None) -> Dict[str, Any]:
     from tdxmodel.pytest_plugin import ServedDevice, _is_mounted
     from tests.crash import harness
 
@@ -225,6 +227,11 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
         counts = harness.check(state_dir, confirmed, live=harness._settle(device, state_dir))
         if check_preload_stat and (not preload_saw or any(s != "exists 1" for s in preload_saw)):
             raise SoakFailure(f"under LD_PRELOAD the device node did not exist for a client: {preload_saw[:3]}")
+        if check_malformed_logged:
+            logged = [line for line in device.stderr_text().splitlines() if "bad message" in line]
+            # each malformed message gives a line, at most 10 per 10 s (the rate limit) and a few spare
+            if not logged or len(logged) > stats["malformed"] or len(logged) > 11 * (elapsed // 10 + 2):
+                raise SoakFailure(f"{len(logged)} log lines for {stats['malformed']} malformed messages")
         result = {"seconds": round(elapsed, 1), "fds": [base_fds, end_fds], "rss_growth_kib": (end_rss - base_rss) >> 10,
                   "confirmed_extends": len(confirmed), "reports": m["reports"], **stats, **counts}
         if check_sigterm:
@@ -245,7 +252,7 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
                     raise SoakFailure(f"SIGTERM with a client holding the device open took {took:.1f} s")
             finally:
                 holder.kill()
-                holder.wait(10)
+                holder.communicate(timeout=10)
         return result
     finally:
         for kind, p in procs:
