@@ -290,7 +290,15 @@ enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_NUM_COMMAND_KEYS = 1 };
 #define TDXM_MAX_PROFILE_POINTS 5
 #define TDXM_MAX_ERRNO_MAP 2
 typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */
-typedef struct { unsigned cmd, request_len; int nfields; tdxm_field fields[TDXM_MAX_FIELDS]; } tdxm_command; /* cmd 0: the generation has no such command */
+typedef struct {
+    unsigned cmd, request_len; /* cmd 0: the generation has no such command */
+    int nfields;
+    tdxm_field fields[TDXM_MAX_FIELDS];
+    int nerrno; /* the command's status-to-errno map: status >> 32 -> errno, else the default */
+    unsigned errno_class[TDXM_MAX_ERRNO_MAP];
+    int errno_value[TDXM_MAX_ERRNO_MAP];
+    int errno_default;
+} tdxm_command;
 typedef struct {
     const char *name;
     int ops;                  /* enum tdxm_ops: the C ops table */
@@ -311,7 +319,8 @@ typedef struct {
 static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
         .name = "v4-2022-04", .ops = TDXM_OPS_V4,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}, 0, {0}, {0}, TDXM_EIO}},
         .unknown_cmd_errno = 0,
         .nerrno = 0, .errno_class = {0}, .errno_value = {0},
         .errno_default = TDXM_EIO,
@@ -322,7 +331,8 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     },
     [TDXM_PROFILE_V6_2] = { /* ref §2.4 */
         .name = "v6.2", .ops = TDXM_OPS_V6_2,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
         .errno_default = TDXM_EIO,
@@ -333,7 +343,8 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     },
     [TDXM_PROFILE_V6_16] = { /* ref §2.5 */
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,

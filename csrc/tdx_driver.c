@@ -91,8 +91,9 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
     uint64_t forced;
     if (gk_take_forced_tdcall(tk->gk, leaf, &forced))
         return forced;
-    tdxm_result r = (leaf == TDG_MR_REPORT) ? tdxm_mr_report(tk->m, rcx, rdx, 0)
-                                            : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
+    tdxm_result r = (leaf == TDG_MR_REPORT)        ? tdxm_mr_report(tk->m, rcx, rdx, 0)
+                    : (leaf == TDG_MR_VERIFYREPORT) ? tdxm_mr_verifyreport(tk->m, rcx)
+                                                    : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
     if (r.exit != TDXM_EXIT_NONE) {
         call_exit_kind = r.exit;
         call_exit_gpa = r.exit_gpa;
@@ -101,16 +102,17 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
     return r.rax;
 }
 
-/* A generation's mapping of a failing TDCALL status to -errno: its profile's table on status >> 32,
- * else its default (ref §2.4 row 4, §2.5 table). */
-static long status_errno(const tdxm_profile *prof, uint64_t status)
+/* A command's mapping of a failing TDCALL status to -errno: its profile's table on status >> 32, else
+ * its default (ref §2.4 row 4, §2.5 table). status_errno: the report command's (the generation's). */
+static long cmd_errno(const tdxm_command *cmd, uint64_t status)
 {
     uint64_t cls = status >> 32;
-    for (int i = 0; i < prof->nerrno; i++)
-        if (cls == prof->errno_class[i])
-            return -prof->errno_value[i];
-    return -prof->errno_default;
+    for (int i = 0; i < cmd->nerrno; i++)
+        if (cls == cmd->errno_class[i])
+            return -cmd->errno_value[i];
+    return -cmd->errno_default;
 }
+#define status_errno(prof, status) cmd_errno(&(prof)->cmds[TDXM_CMD_REPORT], (status))
 
 /* The report command's request layout (ref §2.2, §2.4). */
 #define REPORT_CMD(tk) ((tk)->prof->cmds[TDXM_CMD_REPORT])

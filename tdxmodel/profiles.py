@@ -55,6 +55,10 @@ class Command:
     request_len: int            # bytes of the request
     fields: Tuple[Field, ...]
     ref: str
+    # The command's own status-to-errno map where it differs from the generation's (the report's):
+    # (status >> 32, errno) pairs and the errno of any other failing status.
+    errno_map: Optional[Tuple[Tuple[int, int], ...]] = None
+    errno_default: Optional[int] = None
 
     @property
     def value(self) -> int:
@@ -105,8 +109,8 @@ class Profile:
     ops: str                             # C ops table (csrc/tdx_driver.c) and reference driver class
     commands: Tuple[Command, ...]        # the report command first
     unknown_cmd_errno: int               # errno of a command the driver does not know; 0: returns 0
-    errno_map: Tuple[Tuple[int, int], ...]   # (status >> 32, errno) of a failing TDCALL
-    errno_default: int                   # errno of any other failing status
+    errno_map: Tuple[Tuple[int, int], ...]   # (status >> 32, errno) of a failing report TDCALL
+    errno_default: int                   # errno of any other failing status (commands may override)
     points: Tuple[str, ...]              # injection points in the order the driver reaches them
     report_errnos: Tuple[int, ...]       # the documented errno set of the report ioctl (0 implied)
     locks: Tuple[str, ...] = ()          # "mr_lock" (ref §2.5); "quote_lock" (quote.md §2)
@@ -133,11 +137,21 @@ class Profile:
     def has_lock(self, lock: str) -> bool:
         return lock in self.locks
 
-    def status_errno(self, status: int) -> int:
-        """The errno (positive) this generation maps a nonzero TDCALL status to; 0 for success."""
+    def status_errno(self, status: int, command: str = "report") -> int:
+        """The errno (positive) this generation's ``command`` maps a nonzero TDCALL status to; 0 for
+        success."""
         if status == abi.TDX_SUCCESS:
             return 0
-        return dict(self.errno_map).get(abi.status_class(status), self.errno_default)
+        table, default = self.errno_table(command)
+        return dict(table).get(abi.status_class(status), default)
+
+    def errno_table(self, command: str = "report") -> Tuple[Tuple[Tuple[int, int], ...], int]:
+        """(errno map, default errno) of ``command``: its own, else the generation's."""
+        c = self.command(command)
+        if c is None:
+            raise KeyError(f"{self.name} has no command {command!r}")
+        return (c.errno_map if c.errno_map is not None else self.errno_map,
+                c.errno_default if c.errno_default is not None else self.errno_default)
 
     def errno_names(self, errnos) -> Tuple[str, ...]:
         return tuple(ERRNO_NAMES[e] for e in errnos)
