@@ -23,7 +23,7 @@ Every fact cites its section of ``shared/reference/tdx-abi.md`` (ref §N) or ``q
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from tdxmodel import abi
@@ -59,6 +59,7 @@ class Command:
     # (status >> 32, errno) pairs and the errno of any other failing status.
     errno_map: Optional[Tuple[Tuple[int, int], ...]] = None
     errno_default: Optional[int] = None
+    points: Tuple[str, ...] = ()     # the injection points its path can pass, in order
 
     @property
     def value(self) -> int:
@@ -196,6 +197,10 @@ _GET_REPORT0 = Command("report", "TDX_CMD_GET_REPORT0", abi.TDX_REPORT_REQ_LEN,
                        (Field("reportdata", abi.TDX_REPORT_REQ_OFF_REPORTDATA, _RD, IN),
                         Field("tdreport", abi.TDX_REPORT_REQ_OFF_TDREPORT, _TR, OUT)), "ref §1, §2.4")
 
+#: ref §2.4 rows 1-5: the per-call report path of 6.2-6.15 (and of drivers that copied it).
+_V6_2_REPORT_POINTS = ("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                       "tdreport:copy_to_user")
+
 _INVALID = abi.LINUX_TDCALL_INVALID_OPERAND
 _BUSY = abi.LINUX_TDCALL_OPERAND_BUSY
 
@@ -216,7 +221,10 @@ PROFILES: Tuple[Profile, ...] = (
     Profile(
         name="v4-2022-04", ref="ref §2.2", kernel=("v4 patch 2022-04-22", "v4 patch 2022-04-22"),
         device_path="/dev/tdx-attest", misc_name="tdx-attest", ops="v4",
-        commands=(_GET_TDREPORT,), unknown_cmd_errno=0,
+        commands=(replace(_GET_TDREPORT, points=("reportdata:kmalloc", "tdreport:get_zeroed_page",
+                                                 "reportdata:copy_from_user", "status:put_user",
+                                                 "tdreport:copy_to_user")),),
+        unknown_cmd_errno=0,
         errno_map=(), errno_default=abi.EIO,
         points=("reportdata:kmalloc", "tdreport:get_zeroed_page", "reportdata:copy_from_user",
                 "status:put_user", "tdreport:copy_to_user"),
@@ -226,16 +234,16 @@ PROFILES: Tuple[Profile, ...] = (
     Profile(
         name="v6.2", ref="ref §2.4", kernel=("6.2", "6.15"),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
-        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        commands=(replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
-        points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
-                "tdreport:copy_to_user"),
+        points=_V6_2_REPORT_POINTS,
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY)),
     # ref §2.5: 6.16+, the report buffer from init under mr_lock, -ENXIO/-EBUSY, measurement files.
     Profile(
         name="v6.16", ref="ref §2.5", kernel=("6.16", None),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
-        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),),
+        unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
         points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
                 "measurement:copy_to_user", "measurement:copy_from_user"),
@@ -272,6 +280,7 @@ def _check() -> None:
     for p in PROFILES:
         assert p.commands and p.report.key == "report", p.name
         assert all(pt in POINT_CAPABILITY for pt in p.points), p.name
+        assert all(set(c.points) <= set(p.points) for c in p.commands), p.name
         assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
 

@@ -82,7 +82,17 @@ def test_no_case_leaks_locks_or_discloses(results, driver):
 @pytest.mark.parametrize("driver", abi.DRIVERS)
 def test_outcome_classes_match_the_reference(results, driver):
     for backend in backend_names():
-        assert set(results[(backend, driver)]["summary"]["outcomes"]) == EXPECTED_OUTCOMES[driver]
+        outcomes = set(results[(backend, driver)]["summary"]["outcomes"])
+        if driver in EXPECTED_OUTCOMES:
+            assert outcomes == EXPECTED_OUTCOMES[driver]
+        assert {"0", "-EFAULT"} <= outcomes <= _documented_outcomes(driver)
+
+
+def _documented_outcomes(driver):
+    """0 and the documented errno set of the generation's report ioctl (its profile)."""
+    from tdxmodel import profiles
+    prof = profiles.get(driver)
+    return {"0"} | {"-" + n for n in prof.errno_names(prof.report_errnos)}
 
 
 @pytest.mark.parametrize("driver", abi.DRIVERS)
