@@ -180,7 +180,7 @@ def test_cli_table(capsys, driver):
     name = backend_names()[0]
     assert main(["campaign", "--driver", driver, "--backend", name]) == 0
     out = capsys.readouterr().out
-    for outcome in EXPECTED_OUTCOMES[driver]:
+    for outcome in EXPECTED_OUTCOMES.get(driver, {"0", "-EFAULT"}):   # every generation has those two
         assert any(line.split()[0] == outcome for line in out.splitlines() if line.strip())
     assert "total" in out
 
