@@ -181,6 +181,12 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     ("report_buf:kzalloc", "failslab"),
     ("measurement:copy_to_user", "fail_usercopy"),
     ("measurement:copy_from_user", "fail_usercopy"),
+    ("reportmac:kmalloc", "failslab"),
+    ("reportmac:copy_from_user", "fail_usercopy"),
+    ("err_code:copy_to_user", "fail_usercopy"),
+    ("rtmr_index:copy_from_user", "fail_usercopy"),
+    ("extend_data:kmalloc", "failslab"),
+    ("extend_data:copy_from_user", "fail_usercopy"),
 )
 POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
 #: errno value -> its tdxmodel.abi name.
@@ -250,6 +256,41 @@ PROFILES: Tuple[Profile, ...] = (
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock",), measurements=_MEASUREMENTS_6_16, measurement_dirs=_MEASUREMENT_DIRS_6_16,
         resident=1, cached_report_buf=True),
+    # Intel's out-of-tree tdx-guest driver, which DCAP's libtdx_attest and the Python SDKs call (ref §1,
+    # quote.md §2.6; intel/td-partitioning drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 and
+    # arch/x86/coco/tdx/tdx.c @01e17622): GET_REPORT0 as 6.2 (tdx_get_report0; tdx_mcall_get_report0
+    # maps INVALID_OPERAND -> -EINVAL, else -EIO); VERIFY_REPORT (kmalloc(256), copy in, leaf 22, any
+    # nonzero status -> -EIO, err_code copied out whatever the status); EXTEND_RTMR (index byte first,
+    # index < 2 -> -EINVAL, kmalloc(64), 48 B copied in, leaf 2: INVALID -> -EINVAL, BUSY -> -EBUSY,
+    # else -EIO). Its GET_QUOTE (0x80105404, quote_lock) comes with the quote path; until then the
+    # model answers it -ENOTTY like any command it does not know.
+    Profile(
+        name="intel-downstream", ref="quote.md §2.6; ref §1, §2.4",
+        kernel=("td-partitioning 1b3c1894", None),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="intel_downstream",
+        commands=(
+            replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),
+            Command("verify_report", "TDX_CMD_VERIFY_REPORT", abi.TDX_VERIFY_REPORT_REQ_LEN,
+                    (Field("reportmac", 0, abi.TDX_REPORTMACSTRUCT_LEN, IN),
+                     Field("err_code", abi.TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE, 8, OUT)),
+                    "ref §1; quote.md §2.6", errno_map=(), errno_default=abi.EIO,
+                    points=("reportmac:kmalloc", "reportmac:copy_from_user", "err_code:copy_to_user")),
+            Command("extend_rtmr", "TDX_CMD_EXTEND_RTMR", abi.TDX_EXTEND_RTMR_REQ_LEN,
+                    (Field("data", 0, abi.TDX_EXTEND_DATA_LEN, IN),
+                     Field("index", abi.TDX_EXTEND_RTMR_REQ_OFF_INDEX, 1, IN)),
+                    "ref §1, §2.5; quote.md §2.6",
+                    errno_map=((_INVALID, abi.EINVAL), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
+                    points=("rtmr_index:copy_from_user", "extend_data:kmalloc",
+                            "extend_data:copy_from_user")),
+        ),
+        unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
+        points=_V6_2_REPORT_POINTS + ("reportmac:kmalloc", "reportmac:copy_from_user",
+                                      "err_code:copy_to_user", "rtmr_index:copy_from_user",
+                                      "extend_data:kmalloc", "extend_data:copy_from_user"),
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
+        locks=("quote_lock",),
+        traits={"extend_min_index": abi.TDX_DOWNSTREAM_MIN_RTMR}),
 )
 
 _INDEX: Dict[str, int] = {p.name: i for i, p in enumerate(PROFILES)}
