@@ -349,7 +349,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
         .name = "v4-2022-04", .ops = TDXM_OPS_V4,
         .cmds = {
-            [TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}, 0, {0}, {0}, TDXM_EIO}, [TDXM_CMD_VERIFY_REPORT] = {0}, [TDXM_CMD_EXTEND_RTMR] = {0}},
+            [TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}, 0, {0}, {0}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = 0,
         .nerrno = 0, .errno_class = {0}, .errno_value = {0},
         .errno_default = TDXM_EIO,
@@ -361,7 +363,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V6_2] = { /* ref §2.4 */
         .name = "v6.2", .ops = TDXM_OPS_V6_2,
         .cmds = {
-            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO}, [TDXM_CMD_VERIFY_REPORT] = {0}, [TDXM_CMD_EXTEND_RTMR] = {0}},
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
         .errno_default = TDXM_EIO,
@@ -373,7 +377,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V6_16] = { /* ref §2.5 */
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
         .cmds = {
-            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO}, [TDXM_CMD_VERIFY_REPORT] = {0}, [TDXM_CMD_EXTEND_RTMR] = {0}},
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
@@ -385,8 +391,8 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_INTEL_DOWNSTREAM] = { /* quote.md §2.6; ref §1, §2.4 */
         .name = "intel-downstream", .ops = TDXM_OPS_INTEL_DOWNSTREAM,
         .cmds = {
-            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO}, 
-            [TDXM_CMD_VERIFY_REPORT] = {0x81085402U /* TDX_CMD_VERIFY_REPORT */, 264, 2, {{0, 256, 0}, {256, 8, 1}}, 0, {0}, {0}, TDXM_EIO}, 
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0x81085402U /* TDX_CMD_VERIFY_REPORT */, 264, 2, {{0, 256, 0}, {256, 8, 1}}, 0, {0}, {0}, TDXM_EIO},
             [TDXM_CMD_EXTEND_RTMR] = {0x80315403U /* TDX_CMD_EXTEND_RTMR */, 49, 2, {{0, 48, 0}, {48, 1, 0}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_EINVAL, TDXM_EBUSY}, TDXM_EIO}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},

@@ -146,7 +146,7 @@ def _render_profiles() -> list:
         for key in keys:
             c = p.command(key)
             if c is None:
-                cmds.append(f"[TDXM_CMD_{_ident(key)}] = {{0}}")
+                cmds.append(f"\n            [TDXM_CMD_{_ident(key)}] = {{0}}")
                 continue
             fields = ", ".join(f"{{{f.offset}, {f.size}, {1 if f.direction == profiles.OUT else 0}}}"
                                for f in c.fields)
@@ -161,7 +161,7 @@ def _render_profiles() -> list:
         wb = p.status_writeback
         out += [f"    [TDXM_PROFILE_{_ident(p.name)}] = {{ /* {p.ref} */",
                 f'        .name = "{p.name}", .ops = TDXM_OPS_{_ident(p.ops)},',
-                "        .cmds = {" + ", ".join(cmds) + "},",
+                "        .cmds = {" + ",".join(cmds) + "},",
                 f"        .unknown_cmd_errno = {('TDXM_' + _errno_name(p.unknown_cmd_errno)) if p.unknown_cmd_errno else 0},",
                 f"        .nerrno = {len(p.errno_map)}, .errno_class = {{{classes}}}, .errno_value = {{{values}}},",
                 f"        .errno_default = TDXM_{_errno_name(p.errno_default)},",
