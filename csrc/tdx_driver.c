@@ -4,6 +4,7 @@
  * reference table and read command numbers, request offsets and the errno map from the profile.
  */
 #include "tdx_driver.h"
+#include "gk_sched.h"
 
 #include <sched.h>
 #include <stdlib.h>
@@ -142,20 +143,28 @@ static void mr_unlock(td_kernel *tk)
  * delivered by another thread interrupts the wait (ref §2.5 step 1). */
 static int mr_lock_interruptible(td_kernel *tk, gk_task *task)
 {
+    void *token;
+    int ret = -TDXM_EINTR;
+
     if (mr_trylock(tk))
         return 0;
+    token = gk_block_begin(); /* the holder may need the caller's lock to finish */
     for (unsigned spins = 0;; spins++) {
         if (atomic_load(&task->signal_pending))
-            return -TDXM_EINTR;
+            break;
         if (spins < 64) {
             sched_yield();
         } else {
             struct timespec ts = {0, 20000}; /* 20 us: waiting threads leave the cores to others */
             nanosleep(&ts, NULL);
         }
-        if (mr_trylock(tk))
-            return 0;
+        if (mr_trylock(tk)) {
+            ret = 0;
+            break;
+        }
     }
+    gk_block_end(token);
+    return ret;
 }
 
 int td_mr_lock_try(td_kernel *tk)
@@ -671,7 +680,7 @@ static const td_node *fd_node(td_process *p, int fd, int *accmode)
 
 long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
@@ -687,14 +696,16 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 
 long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
-    if (!node || accmode == 1)
+    if (offset < 0) /* ksys_pread64: before the fd lookup (ref §2.5 last paragraph, [26]) */
+        ret = -TDXM_EINVAL;
+    else if (!node || accmode == 1)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
+    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->read_measurement(p, &c, node, addr, count, offset);
@@ -703,14 +714,16 @@ long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offse
 
 long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
-    if (!node || accmode == 0)
+    if (offset < 0) /* ksys_pwrite64: before the fd lookup (ref §2.5 last paragraph, [26]) */
+        ret = -TDXM_EINVAL;
+    else if (!node || accmode == 0)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
+    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->write_measurement(p, &c, node, addr, count, offset);
