@@ -125,7 +125,7 @@ def test_ioctl_threads_v62(benchmark, backend_name, callers, extender):
 @pytest.mark.parametrize("callers", CALLER_COUNTS)
 @pytest.mark.parametrize("drv", ["v6.2", "v6.16"])
 def test_ioctl_batch_threads(benchmark, backend_name, drv, callers, extender):
-    """The driver-path batch (``DriverCaller.ioctl_batch``: one nogil C loop per call on the core), one
+    """The driver-path batch (``TdxGuest.ioctl_batch``: one nogil C loop per call on the core), one
     process per thread. v6.2 takes no lock (ref §2.4); v6.16 serialises every REPORT on mr_lock
     (ref §2.5), so it cannot scale by design. A module BUSY from the extender gives -EIO on v6.2 and
     -EBUSY on v6.16."""
