@@ -34,7 +34,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tdxmodel import abi  # noqa: E402
+from tdxmodel import abi, profiles  # noqa: E402
 from tdxmodel.pytest_plugin import ServedDevice  # noqa: E402
 
 CALLS = 20000
@@ -65,7 +65,7 @@ def build_client(directory: str) -> str:
 
 
 def client_median_ns(client: str, device: ServedDevice, transport: str, calls: int = CALLS) -> float:
-    layout = "v4" if device.driver == "v4-2022-04" else "v6"
+    layout = profiles.get(device.driver).report.client_layout
     if transport == "fuse":
         cmd, env = [client, device.path, layout, str(calls)], None
     else:
@@ -120,7 +120,9 @@ def main() -> int:
               f"client and daemons on CPU {PIN_CPU}")
         # v6.2: FUSE copies the 1088-byte struct; v4: the daemon copies 1024 bytes in place through
         # process_vm_readv/writev (its command encodes 8)
-        for driver in ("v6.2", "v4-2022-04"):
+        # the first generation of each request layout: the struct (v6.2) and the in-place buffer (v4)
+        for driver in [next(p.name for p in profiles.PROFILES if p.report.in_place == in_place)
+                       for in_place in (False, True)]:
             null = start_pinned(driver, "--null")
             emulated = start_pinned(driver)
             try:

@@ -1,6 +1,9 @@
 /*
  * guest_kernel.h - the guest kernel model: page and slab allocators over the module's guest memory,
  * per-process user address spaces, Linux user-copy helpers, fault injection and debug counters.
+ * The one header of four files, each section naming its file: guest_kernel.c (the kernel object),
+ * gk_fault.c, gk_alloc.c, gk_usermem.c; their shared private state is in gk_internal.h. Each pairs
+ * with the reference module of the same name in tdxmodel/_reference/ (kernel.py for guest_kernel.c).
  *
  * Layer 1 (C core). Facts: shared/reference/tdx-abi.md §2 (what the drivers allocate and copy) and §7
  * (the fault-injection vocabulary, should_fail's check order, the kernel defaults). Every function is
@@ -19,25 +22,14 @@
 
 /* The kernel allocator owns guest pages GK_FIRST_PAGE..memory_pages-1 (docs/CONTRACT.md "Kernel": pages
  * 0..3 are the host's, 4..15 stay free for host-side test buffers). */
-#define GK_FIRST_PAGE 16
+#define GK_FIRST_PAGE KERNEL_FIRST_PAGE
 #define GK_MAX_ORDER 10
 
-/* Fault-injection capabilities (ref §7). */
-enum gk_capability { GK_FAILSLAB = 0, GK_FAIL_PAGE_ALLOC = 1, GK_FAIL_USERCOPY = 2, GK_NUM_CAPS = 3 };
+/* ---- fault injection (gk_fault.c) ---------------------------------------------------------------- */
 
-/* Injection points, named "<object>:<function>" (docs/CONTRACT.md "Injection point names"). */
-enum gk_point {
-    GK_PT_REPORTDATA_KMALLOC = 0,
-    GK_PT_TDREPORT_GET_ZEROED_PAGE,
-    GK_PT_TDREPORT_KZALLOC,
-    GK_PT_REPORTDATA_COPY_FROM_USER,
-    GK_PT_STATUS_PUT_USER,
-    GK_PT_TDREPORT_COPY_TO_USER,
-    GK_PT_REPORT_BUF_KZALLOC,
-    GK_PT_MEASUREMENT_COPY_TO_USER,
-    GK_PT_MEASUREMENT_COPY_FROM_USER,
-    GK_NUM_POINTS
-};
+/* Fault-injection capabilities (enum gk_capability) and injection points (enum gk_point,
+ * "<object>:<function>", docs/CONTRACT.md "Injection point names") are generated into tdx_abi.h from
+ * tdxmodel/abi.py and tdxmodel/profiles.py. */
 const char *gk_point_name(int point);
 int gk_point_capability(int point);
 const char *gk_capability_name(int cap);
@@ -80,7 +72,7 @@ typedef struct {
     gk_task *task;
     gk_mm *mm;               /* NULL at module init */
     gk_cache *cache;         /* the process's allocation cache; NULL: the shared allocator only */
-    int bypass_filters;      /* init-time fail-nth: see gk_kernel_init_ctx */
+    int bypass_filters;      /* init-time fail-nth: see td_kernel_create */
     unsigned ntrace;
     gk_trace_entry trace[GK_TRACE_MAX];
     /* model-only genuine fault: the next copy_to_user faults after partial_at bytes (CONTRACT
@@ -100,7 +92,7 @@ typedef struct {
  * with free(). */
 void *gk_zalloc_aligned(size_t size);
 
-/* ---- kernel lifecycle ---------------------------------------------------------------------------- */
+/* ---- kernel lifecycle and counters (guest_kernel.c; gk_get_counters in gk_alloc.c) --------------- */
 
 /* Create the kernel over module m: marks pages GK_FIRST_PAGE.. private (tdxm_set_page_state) and
  * takes them for the allocator. NULL when out of host memory. A module with no page past
@@ -113,6 +105,8 @@ tdxm_module *gk_kernel_module(gk_kernel *k);
 void gk_get_counters(gk_kernel *k, gk_counters *out);
 void gk_set_resident(gk_kernel *k, uint64_t resident);
 void gk_count_lock(gk_kernel *k, int taken); /* 1: taken, 0: released */
+
+/* ---- fault knobs and should_fail (gk_fault.c) ------------------------------------------------------ */
 
 /* Fault knobs. gk_fault_attr_get copies a consistent snapshot; gk_fault_attr_set validates nothing
  * (the Cython layer raises ValueError for out-of-range values); the interval count carries over. */
@@ -128,7 +122,7 @@ int gk_should_fail(gk_ctx *c, int point, int cap, int64_t size, int order);
 void gk_force_tdcall(gk_kernel *k, uint64_t status, int leaf, int64_t count);
 int gk_take_forced_tdcall(gk_kernel *k, int leaf, uint64_t *status);
 
-/* ---- allocators (all return host pointers into guest memory; pa() gives the GPA) ------------------- */
+/* ---- allocators (gk_alloc.c; all return host pointers into guest memory; pa() gives the GPA) ------ */
 enum { GK_ZERO = 1, GK_MISALIGN = 2 };
 /* kmalloc / kzalloc: the injection point `point` (failslab) is checked first; NULL on failure. The
  * object is filled with SLAB_POISON_INUSE unless GK_ZERO. GK_MISALIGN returns the object 8 bytes past
@@ -145,7 +139,7 @@ gk_cache *gk_cache_create(gk_kernel *k);
 void gk_cache_destroy(gk_kernel *k, gk_cache *cache);
 uint64_t gk_pa(gk_kernel *k, const void *ptr);
 
-/* ---- user address spaces ----------------------------------------------------------------------------- */
+/* ---- user address spaces and user copies (gk_usermem.c) -------------------------------------------- */
 enum { GK_PROT_NONE = 0, GK_PROT_READ = 1, GK_PROT_WRITE = 2 };
 /* Largest single mapping, so the per-page table stays small (a model limit, documented in CONTRACT). */
 #define GK_MAX_MAP_PAGES (1ULL << 20)

@@ -1,6 +1,7 @@
 /*
- * tdx_driver.c - the three driver generations (see the header). Each ioctl path is one function whose
- * steps carry the row numbers of its reference table.
+ * tdx_driver.c - the driver generations (see the header). Each generation's row of TDXM_PROFILES names
+ * one ops table below; each ioctl path is one function whose steps carry the row numbers of its
+ * reference table and read command numbers, request offsets and the errno map from the profile.
  */
 #include "tdx_driver.h"
 
@@ -9,10 +10,14 @@
 #include <string.h>
 #include <time.h>
 
+typedef struct td_ops td_ops;
+
 struct td_kernel {
     gk_kernel *gk;
     tdxm_module *m;
-    int driver;
+    int driver;                 /* index of TDXM_PROFILES */
+    const tdxm_profile *prof;
+    const td_ops *ops;
     _Atomic int misalign;
     td_node *nodes;
     size_t nnodes;
@@ -96,16 +101,21 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
     return r.rax;
 }
 
-/* 6.16's mapping of a TDCALL status to errno, shared by REPORT and EXTEND (ref §2.5 table). */
-static long errno_v6_16(uint64_t status)
+/* A generation's mapping of a failing TDCALL status to -errno: its profile's table on status >> 32,
+ * else its default (ref §2.4 row 4, §2.5 table). */
+static long status_errno(const tdxm_profile *prof, uint64_t status)
 {
     uint64_t cls = status >> 32;
-    if (cls == LINUX_TDCALL_INVALID_OPERAND)
-        return -TDXM_ENXIO;
-    if (cls == LINUX_TDCALL_OPERAND_BUSY)
-        return -TDXM_EBUSY;
-    return -TDXM_EIO;
+    for (int i = 0; i < prof->nerrno; i++)
+        if (cls == prof->errno_class[i])
+            return -prof->errno_value[i];
+    return -prof->errno_default;
 }
+
+/* The report command's request layout (ref §2.2, §2.4). */
+#define REPORT_CMD(tk) ((tk)->prof->cmds[TDXM_CMD_REPORT])
+#define REPORTDATA_OFF(tk) (REPORT_CMD(tk).fields[TDXM_FIELD_REPORT_REPORTDATA].offset)
+#define TDREPORT_OFF(tk) (REPORT_CMD(tk).fields[TDXM_FIELD_REPORT_TDREPORT].offset)
 
 /* ---- mr_lock (6.16): an interruptible mutex ------------------------------------------------------- */
 
@@ -169,8 +179,8 @@ int td_mr_lock_release(td_kernel *tk)
 static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
 {
     td_kernel *tk = p->tk;
-    if (cmd != TDX_CMD_GET_TDREPORT)
-        return 0; /* dispatch: an unknown cmd only logs "not supported" and returns 0 */
+    if (cmd != REPORT_CMD(tk).cmd)
+        return -tk->prof->unknown_cmd_errno; /* dispatch: v4 only logs "not supported" and returns 0 */
     int mis = atomic_load(&tk->misalign);
     long ret = 0;
     /* 1: 64-B REPORTDATA, slab, not zeroed */
@@ -186,7 +196,8 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
         goto free_reportdata;
     }
     /* 3: 64 B from user offset 0 */
-    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, reportdata, arg, TDX_REPORTDATA_LEN)) {
+    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, reportdata, arg + REPORTDATA_OFF(tk),
+                          TDX_REPORTDATA_LEN)) {
         ret = -TDXM_EFAULT;
         goto free_both;
     }
@@ -201,12 +212,12 @@ static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
         goto free_both;
     }
     if (wrapper) {
-        (void)gk_put_user_u64(c, GK_PT_STATUS_PUT_USER, arg, wrapper);
+        (void)gk_put_user_u64(c, GK_PT_STATUS_PUT_USER, arg + (uint64_t)tk->prof->status_writeback_off, wrapper);
         ret = -TDXM_EIO;
         goto free_both;
     }
     /* 5: 1024 B back over user offset 0 */
-    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg, tdreport, TDX_REPORT_LEN))
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDREPORT_OFF(tk), tdreport, TDX_REPORT_LEN))
         ret = -TDXM_EFAULT;
 free_both: /* 6 */
     gk_free_pages(c, tdreport, 0);
@@ -220,8 +231,8 @@ free_reportdata:
 static long ioctl_v6_2(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
 {
     td_kernel *tk = p->tk;
-    if (cmd != TDX_CMD_GET_REPORT0)
-        return -TDXM_ENOTTY;
+    if (cmd != REPORT_CMD(tk).cmd)
+        return -tk->prof->unknown_cmd_errno;
     int mis = atomic_load(&tk->misalign);
     long ret = 0;
     /* 1: kmalloc(64), not zeroed */
@@ -238,18 +249,18 @@ static long ioctl_v6_2(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     }
     /* 3: 64 B from arg+0 */
     if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, reportdata,
-                          arg + TDX_REPORT_REQ_OFF_REPORTDATA, TDX_REPORTDATA_LEN)) {
+                          arg + REPORTDATA_OFF(tk), TDX_REPORTDATA_LEN)) {
         ret = -TDXM_EFAULT;
         goto out;
     }
     /* 4: REPORT; status >> 32 == 0xC0000100 -> -EINVAL, any other nonzero -> -EIO */
     uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tdreport), gk_pa(tk->gk, reportdata));
     if (status) {
-        ret = (status >> 32) == LINUX_TDCALL_INVALID_OPERAND ? -TDXM_EINVAL : -TDXM_EIO;
+        ret = status_errno(tk->prof, status);
         goto out;
     }
     /* 5: 1024 B to arg+64 */
-    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDX_REPORT_REQ_OFF_TDREPORT, tdreport,
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDREPORT_OFF(tk), tdreport,
                         TDX_REPORT_LEN))
         ret = -TDXM_EFAULT;
 out: /* 6 */
@@ -265,21 +276,21 @@ static long report_locked_v6_16(td_kernel *tk)
 {
     uint64_t status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
                                     gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
-    return status ? errno_v6_16(status) : 0;
+    return status ? status_errno(tk->prof, status) : 0;
 }
 
 static long ioctl_v6_16(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
 {
     td_kernel *tk = p->tk;
-    if (cmd != TDX_CMD_GET_REPORT0)
-        return -TDXM_ENOTTY;
+    if (cmd != REPORT_CMD(tk).cmd)
+        return -tk->prof->unknown_cmd_errno;
     /* 1: mr_lock, interruptibly */
     long ret = mr_lock_interruptible(tk, &p->task);
     if (ret)
         return ret;
     /* 2: 64 B from arg+0 straight into the cache's REPORTDATA (a fault zero-fills its tail) */
     if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, tk->report_buf + TDR_OFF_REPORTDATA,
-                          arg + TDX_REPORT_REQ_OFF_REPORTDATA, TDX_REPORTDATA_LEN)) {
+                          arg + REPORTDATA_OFF(tk), TDX_REPORTDATA_LEN)) {
         ret = -TDXM_EFAULT;
         goto unlock;
     }
@@ -287,7 +298,7 @@ static long ioctl_v6_16(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     if ((ret = report_locked_v6_16(tk)))
         goto unlock;
     /* 4: 1024 B from the cache to arg+64 */
-    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDX_REPORT_REQ_OFF_TDREPORT, tk->report_buf,
+    if (gk_copy_to_user(c, GK_PT_TDREPORT_COPY_TO_USER, arg + TDREPORT_OFF(tk), tk->report_buf,
                         TDX_REPORT_LEN))
         ret = -TDXM_EFAULT;
 unlock: /* 5 */
@@ -345,7 +356,7 @@ static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uin
     memcpy(extend_buf, data, TDX_EXTEND_DATA_LEN);
     uint64_t status = kernel_tdcall(tk, TDG_MR_RTMR_EXTEND, gk_pa(tk->gk, extend_buf), index);
     if (status) {
-        ret = errno_v6_16(status);
+        ret = status_errno(tk->prof, status);
     } else {
         atomic_store(&tk->mr_stale, 1);
         ret = MEASUREMENT_LEN;
@@ -354,6 +365,57 @@ static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uin
     return ret;
 }
 
+/* tdx_mr_init (ref §2.5 "Init order"): allocate the report buffer, then one REPORT with zero
+ * REPORTDATA; a failure aborts the load. */
+static int init_v6_16(td_kernel *tk, unsigned init_fail_nth, int misaligned_report_buf, uint64_t *init_status)
+{
+    gk_task init_task = {0};
+    atomic_store(&init_task.fail_nth, init_fail_nth);
+    gk_ctx c = {.k = tk->gk, .task = &init_task, .mm = NULL, .bypass_filters = init_fail_nth != 0};
+    tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
+                                GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
+    if (!tk->report_buf)
+        return -TDXM_ENOMEM;
+    call_exit_kind = TDXM_EXIT_NONE;
+    mr_trylock(tk); /* tdx_do_report takes mr_lock; nobody else can hold it yet */
+    *init_status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
+                                 gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
+    mr_unlock(tk);
+    long ret = *init_status ? status_errno(tk->prof, *init_status) : 0;
+    call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
+    if (ret) {
+        gk_kfree(&c, tk->report_buf);
+        tk->report_buf = NULL;
+        return (int)ret;
+    }
+    atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
+    gk_set_resident(tk->gk, 1);
+    return 0;
+}
+
+/* ---- one ops table per generation's code; TDXM_PROFILES[i].ops picks one --------------------------- */
+
+typedef long (*td_ioctl_fn)(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg);
+typedef long (*td_file_fn)(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
+                           int64_t offset);
+struct td_ops {
+    td_ioctl_fn ioctl;
+    /* module init beyond misc_register; NULL: nothing can fail. Returns 0 or -errno. */
+    int (*init)(td_kernel *tk, unsigned init_fail_nth, int misaligned_report_buf, uint64_t *init_status);
+    td_file_fn read_measurement, write_measurement; /* NULL: no measurement files */
+};
+
+static const td_ops ops_v4 = {.ioctl = ioctl_v4};
+static const td_ops ops_v6_2 = {.ioctl = ioctl_v6_2};
+static const td_ops ops_v6_16 = {.ioctl = ioctl_v6_16, .init = init_v6_16,
+                                 .read_measurement = read_measurement, .write_measurement = write_measurement};
+
+static const td_ops *const OPS[TDXM_NUM_OPS] = {
+    [TDXM_OPS_V4] = &ops_v4,
+    [TDXM_OPS_V6_2] = &ops_v6_2,
+    [TDXM_OPS_V6_16] = &ops_v6_16,
+};
+
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
@@ -361,7 +423,7 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
 {
     *err = -TDXM_ENOMEM;
     *init_status = TDX_SUCCESS;
-    if (driver < 0 || driver >= TD_NUM_DRIVERS) {
+    if (driver < 0 || driver >= TDXM_NUM_PROFILES || !OPS[TDXM_PROFILES[driver].ops]) {
         *err = -TDXM_EINVAL;
         return NULL;
     }
@@ -370,6 +432,8 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         return NULL;
     tk->m = m;
     tk->driver = driver;
+    tk->prof = &TDXM_PROFILES[driver];
+    tk->ops = OPS[tk->prof->ops];
     tk->gk = gk_kernel_create(m, seed);
     tk->nodes = calloc(nnodes ? nnodes : 1, sizeof *tk->nodes);
     if (!tk->gk || !tk->nodes)
@@ -381,32 +445,12 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         if (!tk->nodes[i].path)
             goto fail;
     }
-    if (driver == TD_V6_16) {
-        /* tdx_mr_init: allocate, then one REPORT with zero REPORTDATA; a failure aborts the load */
-        gk_task init_task = {0};
-        atomic_store(&init_task.fail_nth, init_fail_nth);
-        gk_ctx c = {.k = tk->gk, .task = &init_task, .mm = NULL, .bypass_filters = init_fail_nth != 0};
-        tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
-                                    GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
-        if (!tk->report_buf) {
-            *err = -TDXM_ENOMEM;
-            goto fail;
-        }
-        call_exit_kind = TDXM_EXIT_NONE;
-        mr_trylock(tk); /* tdx_do_report takes mr_lock; nobody else can hold it yet */
-        *init_status = kernel_tdcall(tk, TDG_MR_REPORT, gk_pa(tk->gk, tk->report_buf),
-                                     gk_pa(tk->gk, tk->report_buf + TDR_OFF_REPORTDATA));
-        mr_unlock(tk);
-        long ret = *init_status ? errno_v6_16(*init_status) : 0;
-        call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
+    if (tk->ops->init) {
+        int ret = tk->ops->init(tk, init_fail_nth, misaligned_report_buf, init_status);
         if (ret) {
-            *err = (int)ret;
-            gk_kfree(&c, tk->report_buf);
-            tk->report_buf = NULL;
+            *err = ret;
             goto fail;
         }
-        atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
-        gk_set_resident(tk->gk, 1);
     }
     *err = 0;
     return tk;
@@ -439,18 +483,11 @@ void td_force_misaligned(td_kernel *tk, int target) { atomic_store(&tk->misalign
 
 int td_injection_points(int driver, int out[GK_NUM_POINTS])
 {
-    static const int v4[] = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_GET_ZEROED_PAGE,
-                             GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_STATUS_PUT_USER,
-                             GK_PT_TDREPORT_COPY_TO_USER};
-    static const int v62[] = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC,
-                              GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER};
-    static const int v616[] = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER,
-                               GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER,
-                               GK_PT_MEASUREMENT_COPY_FROM_USER};
-    const int *src = driver == TD_V4_2022_04 ? v4 : driver == TD_V6_2 ? v62 : v616;
-    int n = driver == TD_V4_2022_04 ? 5 : driver == TD_V6_2 ? 4 : 5;
-    memcpy(out, src, (size_t)n * sizeof(int));
-    return n;
+    if (driver < 0 || driver >= TDXM_NUM_PROFILES)
+        return -TDXM_EINVAL;
+    const tdxm_profile *prof = &TDXM_PROFILES[driver];
+    memcpy(out, prof->points, (size_t)prof->npoints * sizeof(int));
+    return prof->npoints;
 }
 
 td_process *td_process_create(td_kernel *tk)
@@ -561,12 +598,8 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
         ret = -TDXM_EBADF;
     else if (node->kind != TD_NODE_DEVICE)
         ret = -TDXM_ENOTTY;
-    else if (p->tk->driver == TD_V4_2022_04)
-        ret = ioctl_v4(p, &c, cmd, arg);
-    else if (p->tk->driver == TD_V6_2)
-        ret = ioctl_v6_2(p, &c, cmd, arg);
     else
-        ret = ioctl_v6_16(p, &c, cmd, arg);
+        ret = p->tk->ops->ioctl(p, &c, cmd, arg);
     return ctx_finish(&c, p, ret);
 }
 
@@ -579,10 +612,10 @@ long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offse
     long ret;
     if (!node || accmode == 1)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
         ret = -TDXM_EINVAL;
     else
-        ret = read_measurement(p, &c, node, addr, count, offset);
+        ret = p->tk->ops->read_measurement(p, &c, node, addr, count, offset);
     return ctx_finish(&c, p, ret);
 }
 
@@ -595,9 +628,9 @@ long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offs
     long ret;
     if (!node || accmode == 0)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT)
+    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
         ret = -TDXM_EINVAL;
     else
-        ret = write_measurement(p, &c, node, addr, count, offset);
+        ret = p->tk->ops->write_measurement(p, &c, node, addr, count, offset);
     return ctx_finish(&c, p, ret);
 }

@@ -1,8 +1,10 @@
 /*
- * tdx_driver.h - the tdx_guest misc device of three driver generations over the guest kernel model:
- * v4 as posted on 22 Apr 2022 (ref §2.2), upstream 6.2-6.15 (ref §2.4) and 6.16+ with its cached
- * report buffer, mr_lock and sysfs measurement files (ref §2.5). Processes open the nodes and issue
- * open/close/ioctl/pread/pwrite that return what the syscalls would (0 / a size / -errno).
+ * tdx_driver.h - the tdx_guest misc device of every driver generation over the guest kernel model.
+ * A generation is a row of TDXM_PROFILES[] (generated into tdx_abi.h from tdxmodel/profiles.py: its
+ * commands and request layouts, errno map, injection points, locks); its code is the ops table the
+ * row names (tdx_driver.c): v4 as posted on 22 Apr 2022 (ref §2.2), upstream 6.2-6.15 (ref §2.4) and
+ * 6.16+ with its cached report buffer, mr_lock and sysfs measurement files (ref §2.5). Processes open
+ * the nodes and issue open/close/ioctl/pread/pwrite that return what the syscalls would.
  *
  * Layer 1 (C core). Every entry point runs without the GIL; mr_lock is the only thing that waits.
  */
@@ -11,8 +13,6 @@
 
 #include <stdint.h>
 #include "guest_kernel.h"
-
-enum td_driver { TD_V4_2022_04 = 0, TD_V6_2 = 1, TD_V6_16 = 2, TD_NUM_DRIVERS = 3 };
 
 /* Targets of force_misaligned (CONTRACT Kernel.force_misaligned). */
 enum td_misalign { TD_MISALIGN_NONE = 0, TD_MISALIGN_TDREPORT = 1, TD_MISALIGN_REPORTDATA = 2 };
@@ -30,7 +30,7 @@ typedef struct {
 typedef struct td_kernel td_kernel;
 typedef struct td_process td_process;
 
-/* Create the kernel with `driver` loaded. Init follows the driver (6.16: kzalloc the report buffer
+/* Create the kernel with generation `driver` (an index of TDXM_PROFILES) loaded. Init follows the driver (6.16: kzalloc the report buffer
  * (point report_buf:kzalloc) and issue one REPORT with zero REPORTDATA, ref §2.5 "Init order").
  * init_fail_nth arms fail-nth for init; because the fault knobs cannot be set before the kernel
  * exists, an armed init fail-nth bypasses the capability filters (ignore-gfp-wait), as the documented
@@ -45,7 +45,8 @@ void td_force_misaligned(td_kernel *tk, int target);
 /* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when no outside hold. */
 int td_mr_lock_try(td_kernel *tk);
 int td_mr_lock_release(td_kernel *tk);
-/* The injection points of `driver` in the order the driver reaches them; returns how many. */
+/* The injection points of generation `driver` in the order the driver reaches them (its profile's
+ * table); returns how many, or -TDXM_EINVAL for no such generation. */
 int td_injection_points(int driver, int out[GK_NUM_POINTS]);
 
 /* Processes */

@@ -12,10 +12,11 @@
  * that readers on different cores never write the same cache line (issue 5: two report callers must
  * scale): each thread announces itself in its own reader slot, and a writer claims one word and then
  * checks every slot. The protocol (rtmr_lock_shared / rtmr_lock_exclusive) keeps the one-word lock's
- * answers exactly: of a reader and a writer that overlap, exactly one wins. Everything an extend changes (TDINFO, the report
- * template, the MAC midstate) is written only with the lock held exclusive and read by reports only
- * with it held shared. Host snapshots (tdxm_read_tdinfo) must not take the lock (a test may hold it),
- * so writers also bump a sequence counter and readers retry a torn copy (a seqlock).
+ * answers exactly: of a reader and a writer that overlap, exactly one wins. What an extend changes
+ * (the RTMRs, TEE_INFO_HASH, the MAC midstate) is double-buffered: the extender prepares the
+ * inactive copy without the lock and flips `active` with it held exclusive; reports read the active
+ * copy only with it held shared. Host snapshots (tdxm_read_tdinfo) must not take the lock (a test may
+ * hold it), so the flip also bumps a sequence counter and readers retry a torn copy (a seqlock).
  */
 #include "tdx_module.h"
 
@@ -47,6 +48,15 @@ typedef struct {
  * bytes 128..223 (REPORTDATA and the reserved zeros). */
 #define MAC_PREFIX_LEN TDR_FIELD_REPORTDATA_OFF
 #define MAC_TAIL_LEN (TDX_MAC_COVERED_LEN - MAC_PREFIX_LEN)
+#define RTMRS_LEN (TDX_NUM_RTMRS * TDX_SHA384_LEN)
+#define TDINFO_RTMR0 (TDR_OFF_RTMR0 - TDR_OFF_TDINFO)
+
+/* The bytes of a TDREPORT an RTMR extend changes, and the MAC midstate over them. */
+typedef struct {
+    uint8_t head[MAC_PREFIX_LEN];  /* TDREPORT 0..127: REPORTTYPE, CPUSVN, TEE_TCB_INFO_HASH, TEE_INFO_HASH */
+    uint8_t rtmrs[RTMRS_LEN];      /* TDINFO RTMR0..3 (TDREPORT 720..911) */
+    SHA256_CTX mac_after_prefix;   /* HMAC inner state after head */
+} __attribute__((aligned(CACHE_LINE))) tdinfo_cache;
 
 struct tdxm_module {
     /* Immutable after create. */
@@ -66,14 +76,25 @@ struct tdxm_module {
     _Atomic int32_t rtmr_writer __attribute__((aligned(CACHE_LINE)));
     _Atomic uint64_t state_seq;
 
-    /* Written only under the exclusive RTMR lock (and an odd state_seq). */
-    uint8_t tdinfo[TDX_TDINFO_LEN];            /* current TDINFO; the RTMRs live in it */
-    uint8_t report_template[TDX_REPORT_LEN];   /* a TDREPORT with zero REPORTDATA and MAC */
-    SHA256_CTX mac_after_prefix;               /* HMAC inner state after template bytes 0..127 */
+    /* What an extend changes, double-buffered: reports read caches[active] with the lock held shared;
+     * an extender prepares the other one without the lock and publishes it by flipping `active` with
+     * the lock held exclusive (and an odd state_seq). Everything else of a TDREPORT is immutable and
+     * lives in report_template, which reporting cores therefore never miss on. */
+    uint8_t report_template[TDX_REPORT_LEN];   /* the immutable bytes; zero REPORTDATA and MAC */
+    tdinfo_cache caches[2];
+    _Atomic int active;
+    _Atomic int extend_prep;                   /* 1 while an extender owns the inactive cache */
+    _Atomic uint32_t pending_interrupts;       /* ref §4.3 step 6 (1.5): consumed one per check */
+    _Atomic(tdxm_step_hook) step_hook;         /* tests only: called at the points of tdxm_step */
+    void *step_hook_ctx;
 
     _Atomic uint64_t rtmr_exclusive_acquired __attribute__((aligned(CACHE_LINE)));
     _Atomic uint64_t rtmr_exclusive_released;
-    _Atomic uint64_t rtmr_busy, extends, verifies;
+    _Atomic uint64_t rtmr_busy, extends, verifies, report_interrupts;
+
+    /* The VMM behind TDG.VP.VMCALL: set by the host layer, read by every VMCALL. */
+    _Atomic(tdxm_vmcall_fn) vmcall_fn;
+    void *_Atomic vmm;
 };
 
 #define COUNT(m, field) atomic_fetch_add_explicit(&(m)->field, 1, memory_order_relaxed)
@@ -106,17 +127,25 @@ static uint64_t operand_invalid(unsigned operand_id)
  * Caches (ref §4.5)
  * ------------------------------------------------------------------------------------------------ */
 
-/* Recompute TEE_INFO_HASH from the current TDINFO and everything derived from it: the template's
- * TEE_INFO_HASH and TDINFO fields and the MAC midstate after bytes 0..127. The real 1.5 module
- * invalidates its cached TEE_INFO_HASH on every extend and recomputes it at the next report (1.0
- * hashes on every report); recomputing eagerly while the extend still holds the lock exclusive gives
- * every later report the same bytes, so the difference is not observable (ref §4.5). */
-static void refresh_tdinfo_caches(tdxm_module *m)
+/* Fill `next` for RTMR values `rtmrs`: TEE_INFO_HASH = SHA-384 of the whole TDINFO (ref §4.5) and the
+ * MAC midstate after the 128-byte head. The real 1.5 module invalidates its cached TEE_INFO_HASH on
+ * every extend and recomputes it at the next report (1.0 hashes on every report); computing it once
+ * per extend, before the extend is published, gives every later report the same bytes, so the
+ * difference is not observable (ref §4.5). `head` carries the immutable head fields over. */
+static void fill_cache(const tdxm_module *m, const uint8_t head[MAC_PREFIX_LEN],
+                       const uint8_t rtmrs[RTMRS_LEN], tdinfo_cache *next)
 {
-    tdxc_sha384(m->tdinfo, TDX_TDINFO_LEN, m->report_template + TDR_FIELD_TEE_INFO_HASH_OFF);
-    memcpy(m->report_template + TDR_OFF_TDINFO, m->tdinfo, TDX_TDINFO_LEN);
-    m->mac_after_prefix = m->mac.inner;
-    SHA256_Update(&m->mac_after_prefix, m->report_template, MAC_PREFIX_LEN);
+    uint8_t tdinfo[TDX_TDINFO_LEN];
+
+    memcpy(tdinfo, m->report_template + TDR_OFF_TDINFO, TDX_TDINFO_LEN);
+    memcpy(tdinfo + TDINFO_RTMR0, rtmrs, RTMRS_LEN);
+    if (next->rtmrs != rtmrs)
+        memcpy(next->rtmrs, rtmrs, RTMRS_LEN);
+    if (next->head != head)
+        memcpy(next->head, head, MAC_PREFIX_LEN);
+    tdxc_sha384(tdinfo, TDX_TDINFO_LEN, next->head + TDR_FIELD_TEE_INFO_HASH_OFF);
+    next->mac_after_prefix = m->mac.inner;
+    SHA256_Update(&next->mac_after_prefix, next->head, MAC_PREFIX_LEN);
 }
 
 static void state_write_begin(tdxm_module *m)
@@ -130,14 +159,45 @@ static void state_write_end(tdxm_module *m)
     atomic_fetch_add_explicit(&m->state_seq, 1, memory_order_release);
 }
 
-/* Set RTMR[index] (caller holds the lock exclusive). */
-static void store_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
+static void step(tdxm_module *m, int point)
 {
-    state_write_begin(m);
-    memcpy(m->tdinfo + (TDR_OFF_RTMR0 - TDR_OFF_TDINFO) + (size_t)index * TDX_SHA384_LEN, value,
-           TDX_SHA384_LEN);
-    refresh_tdinfo_caches(m);
-    state_write_end(m);
+    tdxm_step_hook hook = atomic_load_explicit(&m->step_hook, memory_order_acquire);
+
+    if (hook != NULL)
+        hook(m->step_hook_ctx, point);
+}
+
+void tdxm_set_step_hook(tdxm_module *m, tdxm_step_hook hook, void *ctx)
+{
+    atomic_store_explicit(&m->step_hook, NULL, memory_order_release);
+    m->step_hook_ctx = ctx;
+    atomic_store_explicit(&m->step_hook, hook, memory_order_release);
+}
+
+void tdxm_inject_interrupts(tdxm_module *m, uint32_t n)
+{
+    atomic_store(&m->pending_interrupts, n);
+}
+
+uint32_t tdxm_pending_interrupts(const tdxm_module *m)
+{
+    return atomic_load(&((tdxm_module *)m)->pending_interrupts);
+}
+
+/* ref §4.3 step 6 (1.5 only): an interrupt pending at the check makes the module leave the TDCALL
+ * without writing RAX or advancing RIP, so the guest executes it again from step 1. */
+static int interrupt_pending(tdxm_module *m)
+{
+    uint32_t n = atomic_load_explicit(&m->pending_interrupts, memory_order_relaxed);
+
+    if (m->version_minor == 0)
+        return 0;
+    while (n != 0)
+        if (atomic_compare_exchange_weak(&m->pending_interrupts, &n, n - 1)) {
+            COUNT(m, report_interrupts);
+            return 1;
+        }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -170,7 +230,6 @@ tdxm_module *tdxm_create(const tdxm_config *cfg)
     memcpy(m->cpusvn, cfg->cpusvn, TDX_CPUSVN_LEN);
     memcpy(m->tee_tcb_info, cfg->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
     memcpy(m->mac_key, cfg->mac_key, TDX_MAC_KEY_LEN);
-    memcpy(m->tdinfo, cfg->tdinfo, TDX_TDINFO_LEN);
     for (int i = 7; i >= 0; i--)
         attributes = (attributes << 8) | cfg->tdinfo[(TDR_OFF_ATTRIBUTES - TDR_OFF_TDINFO) + i];
     m->sept_ve_disable = (attributes & TDX_ATTRIBUTES_SEPT_VE_DISABLE) != 0;
@@ -189,7 +248,14 @@ tdxm_module *tdxm_create(const tdxm_config *cfg)
     /* TEE_TCB_INFO never changes, so its hash is computed once (ref §4.5: 239 bytes). */
     tdxc_sha384(m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN, tpl + TDR_OFF_TEE_TCB_INFO_HASH);
     memcpy(tpl + TDR_OFF_TEE_TCB_INFO, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
-    refresh_tdinfo_caches(m);
+    memcpy(tpl + TDR_OFF_TDINFO, cfg->tdinfo, TDX_TDINFO_LEN);
+    fill_cache(m, tpl, cfg->tdinfo + TDINFO_RTMR0, &m->caches[0]);
+    memset(tpl + TDR_OFF_TEE_INFO_HASH, 0, TDX_SHA384_LEN); /* mutable: lives in the caches */
+    memset(tpl + TDR_OFF_RTMR0, 0, RTMRS_LEN);
+    atomic_init(&m->active, 0);
+    atomic_init(&m->extend_prep, 0);
+    atomic_init(&m->pending_interrupts, 0);
+    atomic_init(&m->step_hook, NULL);
     return m;
 }
 
@@ -401,17 +467,41 @@ void tdxm_rtmr_unlock(tdxm_module *m, int exclusive)
  * TDG.MR.REPORT (leaf 4, ref §4.3)
  * ------------------------------------------------------------------------------------------------ */
 
-/* Steps 6-7: the TDREPORT for reportdata, built into out (the caller holds the lock shared, and
- * reportdata does not overlap out). */
-static void build_report(const tdxm_module *m, const uint8_t reportdata[TDX_REPORTDATA_LEN],
-                         uint8_t out[TDX_REPORT_LEN])
+/* Steps 5-7 into out (which must not overlap reportdata), the RTMR lock window per version (ref §4.3
+ * step 5, "Lock window"): 1.5.01 takes the lock shared only around its snapshot of TDINFO and
+ * TEE_INFO_HASH, checks for an interrupt (step 6) and has the CPU build the MAC without it; 1.0 keeps
+ * it until the CPU has built the report (step 7). Neither holds it for the copy-out (steps 8-9).
+ * Returns TDX_SUCCESS, BUSY, or TDXM_STATUS_INTERRUPTED (nothing written to RAX: re-execute). */
+#define TDXM_STATUS_INTERRUPTED 1 /* never a TDX status: bit 63 clear and class 0 */
+static uint64_t report_steps_5_7(tdxm_module *m, const uint8_t reportdata[TDX_REPORTDATA_LEN],
+                                 uint8_t out[TDX_REPORT_LEN])
 {
-    SHA256_CTX inner = m->mac_after_prefix;
+    const tdinfo_cache *c;
+    SHA256_CTX inner;
+    uint64_t status = rtmr_lock_shared(m);                        /* step 5 */
 
-    memcpy(out, m->report_template, TDX_REPORT_LEN);
+    if (status != TDX_SUCCESS)
+        return status;
+    c = &m->caches[atomic_load_explicit(&m->active, memory_order_acquire)];
+    memcpy(out, m->report_template, TDX_REPORT_LEN);              /* the snapshot */
+    memcpy(out, c->head, MAC_PREFIX_LEN);
+    memcpy(out + TDR_OFF_RTMR0, c->rtmrs, RTMRS_LEN);
     memcpy(out + TDR_OFF_REPORTDATA, reportdata, TDX_REPORTDATA_LEN);
-    SHA256_Update(&inner, out + MAC_PREFIX_LEN, MAC_TAIL_LEN);
+    inner = c->mac_after_prefix;
+    if (m->version_minor != 0) {
+        rtmr_unlock_shared(m);                                    /* 1.5.01: released with the snapshot */
+        step(m, TDXM_STEP_REPORT_SNAPSHOT);
+        if (interrupt_pending(m))                                 /* step 6 */
+            return TDXM_STATUS_INTERRUPTED;
+    } else {
+        step(m, TDXM_STEP_REPORT_SNAPSHOT);
+    }
+    SHA256_Update(&inner, out + MAC_PREFIX_LEN, MAC_TAIL_LEN);    /* step 7: the MAC */
     tdxc_hmac_finish(&m->mac, &inner, out + TDR_OFF_MAC);
+    if (m->version_minor == 0)
+        rtmr_unlock_shared(m);                                    /* 1.0: after SEAMREPORT */
+    step(m, TDXM_STEP_REPORT_BUILT);
+    return TDX_SUCCESS;
 }
 
 tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8)
@@ -424,6 +514,7 @@ tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t 
     uint64_t status;
 
     SLOT_COUNT(reader_slot(m), reports);
+again:
     if (rcx % TDX_REPORT_ALIGN)                                   /* step 1 */
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
     if (rdx % TDX_REPORTDATA_ALIGN)                               /* step 2 */
@@ -435,22 +526,18 @@ tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t 
         return r;
     if (r8 != 0)                                                  /* step 4: full 64-bit compare */
         return status_result(operand_invalid(TDX_OPERAND_ID_R8));
-    status = rtmr_lock_shared(m);                                 /* step 5 */
+    memcpy(reportdata, reportdata_host, TDX_REPORTDATA_LEN);
+    status = report_steps_5_7(m, reportdata, report);             /* steps 5-7, into a temporary */
+    if (status == TDXM_STATUS_INTERRUPTED)
+        goto again;                                               /* the guest executes TDCALL again */
     if (status != TDX_SUCCESS)
         return status_result(status);
-    memcpy(reportdata, reportdata_host, TDX_REPORTDATA_LEN);
-    build_report(m, reportdata, report);                          /* steps 6-7, into a temporary */
-    if (rcx & TDX_GPA_INVALID_MASK) {                             /* step 8 */
-        rtmr_unlock_shared(m);
+    if (rcx & TDX_GPA_INVALID_MASK)                               /* step 8 */
         return status_result(operand_invalid(TDX_OPERAND_ID_RCX));
-    }
     out_host = gpa_walk(m, rcx, &r);                              /* private or shared */
-    if (out_host == NULL) {
-        rtmr_unlock_shared(m);
+    if (out_host == NULL)
         return r;
-    }
     memcpy(out_host, report, TDX_REPORT_LEN);                     /* step 9: the only write */
-    rtmr_unlock_shared(m);
     return status_result(TDX_SUCCESS);
 }
 
@@ -458,18 +545,22 @@ uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportd
 {
     uint8_t reportdata_copy[TDX_REPORTDATA_LEN];
     uint64_t status;
+    int interrupted = 0;
 
     SLOT_COUNT(reader_slot(m), reports);
     if (subtype != 0)                                             /* step 4 */
         return operand_invalid(TDX_OPERAND_ID_R8);
-    status = rtmr_lock_shared(m);                                 /* step 5 */
-    if (status != TDX_SUCCESS)
-        return status;
     /* Copied first: a caller may pass reportdata inside out (6.16 keeps it at buf+128, ref §2.5). */
     memcpy(reportdata_copy, reportdata, TDX_REPORTDATA_LEN);
-    build_report(m, reportdata_copy, out);                        /* nothing can fail after the lock */
-    rtmr_unlock_shared(m);
-    return TDX_SUCCESS;
+    for (;;) {                                                    /* steps 5-7; nothing fails after */
+        status = report_steps_5_7(m, reportdata_copy, out);
+        if (status != TDXM_STATUS_INTERRUPTED)
+            break;
+        interrupted = 1;                                          /* executed again */
+    }
+    if (status != TDX_SUCCESS && interrupted) /* an interrupted attempt had begun filling out */
+        memset(out, 0, TDX_REPORT_LEN);
+    return status;
 }
 
 size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
@@ -491,25 +582,59 @@ size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out
  * TDG.MR.RTMR.EXTEND (leaf 2, ref §4.6)
  * ------------------------------------------------------------------------------------------------ */
 
-/* Steps 3-5 of ref §4.6, shared by the GPA and the host-buffer forms. */
+/* An extender owns the inactive cache while it prepares it: a second extender meeting that owner is
+ * BUSY, as two EXTENDs are on the module's one lock word (ref §4.8). */
+static int extend_prep_claim(tdxm_module *m)
+{
+    int expected = 0;
+
+    return atomic_compare_exchange_strong(&m->extend_prep, &expected, 1);
+}
+
+static void extend_prep_release(tdxm_module *m)
+{
+    atomic_store_explicit(&m->extend_prep, 0, memory_order_release);
+}
+
+/* Publish the prepared cache (the caller holds the lock exclusive and extend_prep): the one moment
+ * reports see the extend. */
+static void publish_cache(tdxm_module *m, int next)
+{
+    state_write_begin(m);
+    atomic_store_explicit(&m->active, next, memory_order_release);
+    state_write_end(m);
+}
+
+/* Steps 3-5 of ref §4.6, shared by the GPA and the host-buffer forms. The new RTMR and every cache
+ * derived from it (TEE_INFO_HASH, the MAC midstate) are computed into the inactive cache before the
+ * lock is taken exclusive, so reports on other vCPUs meet BUSY only for the publish itself. Statuses
+ * and check order are the module's; only the window differs (timing, ref §4.3 "Lock window"). */
 static uint64_t extend_tail(tdxm_module *m, uint64_t index, const uint8_t *data48)
 {
     uint8_t data[TDX_EXTEND_DATA_LEN];
-    uint8_t rtmr[TDX_SHA384_LEN];
+    uint8_t rtmrs[RTMRS_LEN];
     uint64_t status;
-    const uint8_t *current;
+    int cur;
 
     if (index >= TDX_NUM_RTMRS)                                   /* step 3: full 64-bit compare */
         return operand_invalid(TDX_OPERAND_ID_RDX);
-    status = rtmr_lock_exclusive(m);                              /* step 4 */
-    if (status != TDX_SUCCESS)
-        return status;
+    if (!extend_prep_claim(m)) {                                  /* step 4, another EXTEND */
+        COUNT(m, rtmr_busy);
+        return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RTMR;
+    }
     memcpy(data, data48, TDX_EXTEND_DATA_LEN);
-    current = m->tdinfo + (TDR_OFF_RTMR0 - TDR_OFF_TDINFO) + index * TDX_SHA384_LEN;
-    tdxc_sha384_2(current, TDX_SHA384_LEN, data, TDX_EXTEND_DATA_LEN, rtmr); /* step 5, ref §4.5 */
-    store_rtmr(m, (unsigned)index, rtmr);
-    rtmr_unlock_exclusive(m);
-    return TDX_SUCCESS;
+    cur = atomic_load_explicit(&m->active, memory_order_acquire); /* stable: only extenders flip it */
+    memcpy(rtmrs, m->caches[cur].rtmrs, RTMRS_LEN);
+    tdxc_sha384_2(rtmrs + index * TDX_SHA384_LEN, TDX_SHA384_LEN, data, TDX_EXTEND_DATA_LEN,
+                  rtmrs + index * TDX_SHA384_LEN);                /* step 5, ref §4.5 */
+    fill_cache(m, m->caches[cur].head, rtmrs, &m->caches[!cur]);
+    status = rtmr_lock_exclusive(m);                              /* step 4: no REPORT holds it */
+    if (status == TDX_SUCCESS) {
+        publish_cache(m, !cur);
+        rtmr_unlock_exclusive(m);
+    }
+    extend_prep_release(m);
+    return status;
 }
 
 uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48)
@@ -536,14 +661,24 @@ tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
 
 void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN])
 {
+    uint8_t rtmrs[RTMRS_LEN];
+    int cur;
+
     if (index >= TDX_NUM_RTMRS)
         return;
     /* A host-side sync waits for the lock instead of answering BUSY (so it never counts as busy). */
+    while (!extend_prep_claim(m))
+        sched_yield();
+    cur = atomic_load_explicit(&m->active, memory_order_acquire);
+    memcpy(rtmrs, m->caches[cur].rtmrs, RTMRS_LEN);
+    memcpy(rtmrs + (size_t)index * TDX_SHA384_LEN, value, TDX_SHA384_LEN);
+    fill_cache(m, m->caches[cur].head, rtmrs, &m->caches[!cur]);
     while (rtmr_try_claim_exclusive(m) != TDX_SUCCESS)
         sched_yield();
     COUNT(m, rtmr_exclusive_acquired);
-    store_rtmr(m, index, value);
+    publish_cache(m, !cur);
     rtmr_unlock_exclusive(m);
+    extend_prep_release(m);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -593,6 +728,45 @@ tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * TDG.VP.VMCALL (leaf 0, quote.md §3, ref §5.1)
+ * ------------------------------------------------------------------------------------------------ */
+
+int tdxm_set_vmm(tdxm_module *m, tdxm_vmcall_fn fn, void *vmm)
+{
+    if (fn != NULL) {
+        void *expected = NULL;
+        if (!atomic_compare_exchange_strong(&m->vmm, &expected, vmm))
+            return -TDXM_EBUSY;
+        atomic_store(&m->vmcall_fn, fn);
+        return 0;
+    }
+    atomic_store(&m->vmcall_fn, (tdxm_vmcall_fn)NULL);
+    atomic_store(&m->vmm, (void *)NULL);
+    return 0;
+}
+
+void *tdxm_vmm(const tdxm_module *m)
+{
+    return atomic_load(&((tdxm_module *)m)->vmm);
+}
+
+/* The module hands the exposed registers to the VMM and resumes the TD: the TDCALL itself succeeds
+ * whatever the VMM answers in R10. RCX's register-exposure mask is not modelled (the reference does
+ * not give its checks): every register is exposed. */
+tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs)
+{
+    tdxm_vmcall_fn fn = atomic_load(&m->vmcall_fn);
+    void *vmm = atomic_load(&m->vmm);
+
+    if (fn == NULL || vmm == NULL) {
+        regs->r10 = TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED;
+        return status_result(TDX_SUCCESS);
+    }
+    fn(vmm, regs);
+    return status_result(TDX_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------------
  * TDCALL dispatch (ref §4.1)
  * ------------------------------------------------------------------------------------------------ */
 
@@ -609,6 +783,11 @@ tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx
         leaf = rax & TDX_RAX_LEAF_MASK;
     }
     switch (leaf) {
+    case TDG_VP_VMCALL: {
+        /* this entry point carries no R10..R15: a VMCALL with sub-function 0 (tdxm_vp_vmcall) */
+        tdxm_vmcall_regs regs = {0, 0, 0, 0, 0, 0};
+        return tdxm_vp_vmcall(m, &regs);
+    }
     case TDG_MR_REPORT:
         return tdxm_mr_report(m, rcx, rdx, r8);
     case TDG_MR_RTMR_EXTEND:
@@ -629,11 +808,13 @@ void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN])
     for (;;) {
         uint64_t before = atomic_load_explicit(&m->state_seq, memory_order_acquire);
 
-        if (before & 1) { /* an extend is writing */
+        if (before & 1) { /* an extend is publishing */
             sched_yield();
             continue;
         }
-        memcpy(out, m->tdinfo, TDX_TDINFO_LEN);
+        memcpy(out, m->report_template + TDR_OFF_TDINFO, TDX_TDINFO_LEN);
+        memcpy(out + TDINFO_RTMR0,
+               m->caches[atomic_load_explicit(&m->active, memory_order_acquire)].rtmrs, RTMRS_LEN);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&m->state_seq, memory_order_relaxed) == before)
             return;
@@ -671,6 +852,7 @@ void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
     out->rtmr_busy = LOAD(rtmr_busy);
     out->extends = LOAD(extends);
     out->verifies = LOAD(verifies);
+    out->report_interrupts = LOAD(report_interrupts);
 #undef LOAD
 }
 

@@ -58,7 +58,19 @@ typedef struct {
     uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released;
     uint64_t rtmr_busy;       /* lock attempts that answered TDX_OPERAND_BUSY */
     uint64_t reports, extends, verifies;
+    uint64_t report_interrupts; /* 1.5 REPORTs left at step 6 and executed again */
 } tdxm_counters;
+
+/* TDG.VP.VMCALL (TDCALL leaf 0, quote.md §3, ref §5.1): the registers the TD exposes to the VMM.
+ * In: r10 (0 = a standard GHCI call), r11 (sub-function), r12..r15 (its inputs). Out: r10 (the
+ * TDVMCALL status) and r11..r14 (sub-function outputs). */
+typedef struct {
+    uint64_t r10, r11, r12, r13, r14, r15;
+} tdxm_vmcall_regs;
+
+/* The VMM behind TDG.VP.VMCALL (the host layer, csrc/vmm_host.h, installs itself here). It handles
+ * regs in place; it may call back into the module for guest memory only. */
+typedef void (*tdxm_vmcall_fn)(void *vmm, tdxm_vmcall_regs *regs);
 
 /* Lifecycle. tdxm_create returns NULL when memory cannot be allocated, or when cfg->memory_pages is 0
  * or reaches the SHARED bit (GPAW 48, ref §4.3). */
@@ -76,12 +88,19 @@ size_t tdxm_memory_pages(const tdxm_module *m);
  * tdxm_tdcall dispatches on RAX as ref §4.1 describes for the module's version. */
 tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8);
 tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8);
+/* TDG.VP.VMCALL: the module passes regs to the VMM and resumes the TD with RAX = TDX_SUCCESS. With no
+ * VMM attached every sub-function answers SUBFUNC_UNSUPPORTED, KVM's default (quote.md §3.1). */
+tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs);
+/* Attach (fn != NULL) or detach the VMM. Returns 0, or -TDXM_EBUSY when another VMM is attached. */
+int tdxm_set_vmm(tdxm_module *m, tdxm_vmcall_fn fn, void *vmm);
+void *tdxm_vmm(const tdxm_module *m); /* the attached VMM's context, or NULL */
 tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx);
 tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx);
 
 /* The same leaves on host buffers instead of GPAs: the address checks are skipped, everything after
  * them (R8/index checks, lock, build, MAC) is identical. Used by the convenience API and the batch path.
- * tdxm_report_direct writes out[1024] only on TDX_SUCCESS. */
+ * tdxm_report_direct writes out[1024] on TDX_SUCCESS; on a failure out is untouched (or zeroed, when
+ * an interrupted attempt had begun filling it). */
 uint64_t tdxm_report_direct(tdxm_module *m, uint8_t *out, const uint8_t *reportdata, uint64_t subtype);
 uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data48);
 uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
@@ -108,11 +127,25 @@ void tdxm_rtmr_unlock(tdxm_module *m, int exclusive);
 int tdxm_rtmr_unlock_checked(tdxm_module *m, int exclusive);
 
 /* Host-side state sync (not a TDX operation): set RTMR[index] (index < TDX_NUM_RTMRS, else ignored) to
- * value, waiting for the exclusive RTMR lock (spinning with sched_yield) and refreshing every cache
- * (TEE_INFO_HASH, the report template, the MAC midstate). Never call it while holding the lock. */
+ * value, waiting for any extender and then for the exclusive RTMR lock (spinning with sched_yield),
+ * with every cache refreshed (TEE_INFO_HASH, the MAC midstate). Never call it while holding the lock. */
 void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN]);
 
 void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out);
+
+/* Interrupts pending for the TD (ref §4.3 step 6, 1.5 only): each REPORT that passes step 5 while n > 0
+ * consumes one and leaves without writing RAX; the guest executes the TDCALL again, so every caller
+ * here (the GPA leaf, the host-buffer form, the batch) re-executes it transparently. 1.0 never checks. */
+void tdxm_inject_interrupts(tdxm_module *m, uint32_t n);
+uint32_t tdxm_pending_interrupts(const tdxm_module *m);
+
+/* Test hook: the points inside a REPORT at which tests interleave other work deterministically.
+ * SNAPSHOT: TDINFO and TEE_INFO_HASH are taken (1.5.01 has released the RTMR lock here, 1.0 still
+ * holds it); BUILT: the MAC is done (neither version holds it), before the copy-out (ref §4.3). The
+ * hook runs in the reporting thread; NULL removes it. */
+enum tdxm_step { TDXM_STEP_REPORT_SNAPSHOT = 1, TDXM_STEP_REPORT_BUILT = 2 };
+typedef void (*tdxm_step_hook)(void *ctx, int point);
+void tdxm_set_step_hook(tdxm_module *m, tdxm_step_hook hook, void *ctx);
 
 /* Floors measured in the same benchmark run (issue 5): one HMAC-SHA-256 over 224 bytes with a
  * precomputed key state, and one SHA-384 over 512 bytes, each repeated n times. */

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from proofs import v4_2022_04
 from proofs.drivers import DRIVERS
 from proofs.outcome import materialise, predict
 from proofs.symbolic import ConcreteInjection
@@ -26,9 +25,9 @@ _STATUS = {("success", None): abi.TDX_SUCCESS,
 def _regions(driver: str):
     """(read region, write region) of the request as the campaign schema defines them: the REPORTDATA
     copy-in and the TDREPORT copy-out, each (offset from arg, length) (ref §2.2, §2.4)."""
-    spec = DRIVERS[driver]
-    return ((abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORTDATA_LEN),
-            (spec.tdreport_user_off, abi.TDX_REPORT_LEN))
+    req = DRIVERS[driver].p.report
+    rd, tr = req.field("reportdata"), req.field("tdreport")
+    return (rd.offset, rd.size), (tr.offset, tr.size)
 
 
 def _position(at: str, length: int) -> int:
@@ -41,8 +40,9 @@ def _copies(driver: str):
     (read_off, read_len), (write_off, write_len) = _regions(driver)
     out = {"reportdata:copy_from_user": (read_off, read_len, "read"),
            "tdreport:copy_to_user": (write_off, write_len, "write")}
-    if driver == "v4-2022-04":
-        out["status:put_user"] = (0, v4_2022_04.STATUS_WORD_LEN, "write")   # ref §2.2 row 4
+    wb = DRIVERS[driver].p.status_writeback
+    if wb is not None:
+        out["status:put_user"] = (wb.offset, wb.size, "write")   # ref §2.2 row 4
     return out
 
 

@@ -204,7 +204,7 @@ def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: Ke
     kernel = make_kernel(spec.name)
     proc = kernel.process()
     read_limit = injection.limits.get("reportdata:copy_from_user")
-    read_off = abi.TDX_REPORT_REQ_OFF_REPORTDATA
+    read_off = spec.p.report.field("reportdata").offset
     proc.mmap(USER_BASE, 3 * PAGE, "rw")
     if read_limit is not None and read_limit < abi.TDX_REPORTDATA_LEN:
         arg = USER_BASE + 2 * PAGE - (read_off + read_limit)
@@ -297,7 +297,7 @@ def case_space(spec: DriverSpec) -> List[Tuple[str, ConcreteInjection]]:
     TDG.MR.REPORT can return; v4's put_user meeting a read-only buffer; 6.16's interrupted mr_lock."""
     from proofs.module_leaves import report_statuses
     cmd = abi.VALUES[spec.report_cmd]
-    other_cmd = abi.TDX_CMD_GET_REPORT0 if cmd == abi.TDX_CMD_GET_TDREPORT else abi.TDX_CMD_GET_TDREPORT
+    other_cmd = spec.p.other_report_cmd()
     statuses = [z3.simplify(s).as_long() for s in report_statuses()][1:]
     cases: List[Tuple[str, ConcreteInjection]] = [
         ("success", ConcreteInjection(cmd)),

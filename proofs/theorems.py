@@ -22,7 +22,7 @@ from proofs.interleave import serialisation_claim
 from proofs.module_leaves import operand_checks_claim, tdg_mr_report
 from proofs.spec import DriverSpec
 from proofs.symbolic import NON_DISCLOSING, Injection, Kind, Path, in_range
-from tdxmodel import errors as _errors
+from tdxmodel import profiles as _profiles
 
 A = zabi._abi
 THEOREMS: Tuple[str, ...] = ("no_leak", "errno_contract", "no_silent_loss", "no_disclosure",
@@ -121,18 +121,19 @@ def theorem_no_disclosure(spec: DriverSpec) -> Obligation:
 def reference_mapping(spec: DriverSpec, status: z3.BitVecRef) -> z3.BitVecRef:
     """The reference's status table for the version, as a term (ref §2.2 row 4, §2.4 row 4, §2.5)."""
     w = status.size()
-    ret = zabi.neg_errno(spec.reference_default, w)
+    ret = -z3.BitVecVal(spec.reference_default, w)
     for cls, err in reversed(spec.reference_table):
-        ret = z3.If(zabi.status_class(status) == zabi.bv(cls, w), zabi.neg_errno(err, w), ret)
+        ret = z3.If(zabi.status_class(status) == z3.BitVecVal(cls, w), -z3.BitVecVal(err, w), ret)
     return z3.If(spec.reference_failing(status), ret, z3.BitVecVal(0, w))
 
 
 def emulator_mapping(driver: str, status: z3.BitVecRef) -> z3.BitVecRef:
-    """tdxmodel.errors.ERRNO_PROFILES[driver] (the emulator's one translator) as a term."""
+    """The generation's errno map (tdxmodel.profiles, read by tdxmodel.errors, the emulator's one
+    translator) as a term."""
     w = status.size()
-    table, default = _errors.ERRNO_PROFILES[driver]
-    ret = -z3.BitVecVal(default, w)
-    for cls, err in table.items():
+    prof = _profiles.get(driver)
+    ret = -z3.BitVecVal(prof.errno_default, w)
+    for cls, err in prof.errno_map:
         ret = z3.If(zabi.status_class(status) == cls, -z3.BitVecVal(err, w), ret)
     return z3.If(status == 0, z3.BitVecVal(0, w), ret)
 
@@ -140,7 +141,7 @@ def emulator_mapping(driver: str, status: z3.BitVecRef) -> z3.BitVecRef:
 def theorem_status_mapping(spec: DriverSpec, width: int = zabi.REG_BITS) -> Obligation:
     """Status mapping: for every 64-bit TDCALL status, the driver's mapping code yields a value of the
     documented set (total), equal to the reference's table for the version; and the emulator's
-    translator (tdxmodel.errors.ERRNO_PROFILES) agrees with it for every status the module can
+    translator (the profile's errno map) agrees with it for every status the module can
     produce (SUCCESS, or a nonzero class in bits 63:32, ref §4.1)."""
     status = z3.BitVec("status", width)
     code = spec.status_to_ret(status)

@@ -78,20 +78,12 @@ def _status_write(p: Path, i: z3.BitVecRef, after) -> z3.BoolRef:
 
 
 DRIVER = DriverSpec(
-    name="v4-2022-04",
-    ref="ref §2.2",
+    profile="v4-2022-04",
     anchor="attest.c tdx_get_tdreport (v4 patch, 22 Apr 2022)",
-    report_cmd="TDX_CMD_GET_TDREPORT",
-    user_len=A.TDX_REPORT_LEN,
-    tdreport_user_off=0,
-    documented_errnos=("ENOMEM", "EFAULT", "EIO"),
     ioctl=tdx_attest_ioctl,
     status_to_ret=status_to_ret,
-    reference_table=(),
-    reference_default="EIO",
     # ref §2.2 row 4: "nonzero result" of the wrapper, i.e. of status & 0xFFFFFFFF00000000.
     reference_failing=lambda status: (status & zabi.bv("TDX_STATUS_CLASS_MASK", status.size())) != 0,
-    has_mr_lock=False,
     documented_failure_write=_status_write,
     operand_layout={"rcx": ("TDX_PAGE_SIZE", 0), "rdx": ("TDX_REPORTDATA_LEN", 0)},
 )

@@ -82,19 +82,11 @@ def tdx_mr_init(inj: Injection) -> InitPath:
 
 
 DRIVER = DriverSpec(
-    name="v6.16",
-    ref="ref §2.5",
+    profile="v6.16",
     anchor="tdx-guest.c tdx_do_report (v6.16+, 9026983cd740)",
-    report_cmd="TDX_CMD_GET_REPORT0",
-    user_len=A.TDX_REPORT_REQ_LEN,
-    tdreport_user_off=A.TDX_REPORT_REQ_OFF_TDREPORT,
-    documented_errnos=("ENOTTY", "EINTR", "EFAULT", "ENXIO", "EBUSY", "EIO"),
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
-    reference_table=(("LINUX_TDCALL_INVALID_OPERAND", "ENXIO"), ("LINUX_TDCALL_OPERAND_BUSY", "EBUSY")),
-    reference_default="EIO",
     reference_failing=lambda status: status != 0,
-    has_mr_lock=True,
     init=tdx_mr_init,
     operand_layout={"rcx": ("TDX_REPORT_LEN", 0), "rdx": ("TDX_REPORT_LEN", REPORTDATA_IN_BUF)},
 )

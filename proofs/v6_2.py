@@ -63,18 +63,10 @@ def tdx_guest_ioctl(inj: Injection) -> Path:
 
 
 DRIVER = DriverSpec(
-    name="v6.2",
-    ref="ref §2.4",
+    profile="v6.2",
     anchor="tdx-guest.c tdx_get_report0 (v6.2-v6.15)",
-    report_cmd="TDX_CMD_GET_REPORT0",
-    user_len=A.TDX_REPORT_REQ_LEN,
-    tdreport_user_off=REQ_OFF_TDREPORT,
-    documented_errnos=("ENOMEM", "EFAULT", "EINVAL", "EIO", "ENOTTY"),
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
-    reference_table=(("LINUX_TDCALL_INVALID_OPERAND", "EINVAL"),),
-    reference_default="EIO",
     reference_failing=lambda status: status != 0,
-    has_mr_lock=False,
     operand_layout={"rcx": ("TDX_REPORT_LEN", 0), "rdx": ("TDX_REPORTDATA_LEN", 0)},
 )

@@ -18,6 +18,9 @@ PUBLIC_API = (
     "Kernel",
     "Process",
     "FaultAttr",
+    "Clock",
+    "Host",
+    "TestQuoteProducer",
 )
 
 BACKENDS = ("core", "reference")

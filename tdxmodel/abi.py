@@ -149,7 +149,9 @@ CONSTANTS: List[Const] = [
        "errno: open() past the per-process descriptor limit (RLIMIT_NOFILE soft default 1024)"),
     _c("FD_LIMIT", 1024, "kernel", "Linux RLIMIT_NOFILE soft default",
        "descriptors per emulated process: fds 0..FD_LIMIT-1, so open() gives -EMFILE past it"),
+    _c("ETXTBSY", 26, "errno", "quote.md §0", "errno: configfs fd used for both reading and writing"),
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
+    _c("ERANGE", 34, "errno", "quote.md §0", "errno"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     # --- ioctl numbers ---------------------------------------------------------------------
     _c("TDX_CMD_GET_TDREPORT", 0xC0085401, "ioctl", "ref §1, §2.2", "v4 (2022-04): _IOWR('T', 0x01, __u64)"),
@@ -165,10 +167,66 @@ CONSTANTS: List[Const] = [
     _c("IOC_WRITE", 1, "ioctl", "ref §1", "direction: user -> kernel"),
     _c("IOC_READ", 2, "ioctl", "ref §1", "direction: kernel -> user"),
     # --- kernel model -------------------------------------------------------------------------
+    # --- TDG.VP.VMCALL (TDCALL leaf 0): sub-functions in R11 (quote.md §3.1, ref §5.1) --------
+    _c("TDVMCALL_GET_TD_VM_CALL_INFO", 0x10000, "tdvmcall", "quote.md §3.1", "GetTdVmCallInfo: R12 = leaf 0 or 1"),
+    _c("TDVMCALL_MAP_GPA", 0x10001, "tdvmcall", "quote.md §3.1", "MapGPA (not modelled: SUBFUNC_UNSUPPORTED)"),
+    _c("TDVMCALL_GET_QUOTE", 0x10002, "tdvmcall", "quote.md §3.1, ref §5.1", "GetQuote: R12 = shared GPA, R13 = size"),
+    _c("TDVMCALL_REPORT_FATAL_ERROR", 0x10003, "tdvmcall", "quote.md §3.1", "ReportFatalError (not modelled)"),
+    _c("TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT", 0x10004, "tdvmcall", "quote.md §3.1, §3.3",
+       "SetupEventNotifyInterrupt: R12 = vector 32..255"),
+    _c("TDVMCALL_INFO_SETUP_EVENT_NOTIFY", 1 << 1, "tdvmcall", "quote.md §3.1",
+       "GetTdVmCallInfo leaf 1, R11 bit 1: SetupEventNotifyInterrupt supported (bit 0, GetQuote, is reserved)"),
+    # --- TDVMCALL completion status in R10 (quote.md §3.1) ---------------------------------
+    _c("TDVMCALL_STATUS_SUCCESS", 0x0, "tdvmcall_status", "quote.md §3.1", "R10 SUCCESS"),
+    _c("TDVMCALL_STATUS_RETRY", 0x1, "tdvmcall_status", "quote.md §3.1", "R10 RETRY (QEMU: 16 requests in flight)"),
+    _c("TDVMCALL_STATUS_INVALID_OPERAND", 0x8000000000000000, "tdvmcall_status", "quote.md §3.1", "R10 INVALID_OPERAND"),
+    _c("TDVMCALL_STATUS_GPA_INUSE", 0x8000000000000001, "tdvmcall_status", "quote.md §3.1", "R10 GPA_INUSE (MapGPA only)"),
+    _c("TDVMCALL_STATUS_ALIGN_ERROR", 0x8000000000000002, "tdvmcall_status", "quote.md §3.1", "R10 ALIGN_ERROR"),
+    _c("TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED", 0x8000000000000003, "tdvmcall_status", "quote.md §3.1",
+       "R10 SUBFUNC_UNSUPPORTED: KVM's answer to a TDVMCALL nobody handles"),
+    # --- GetQuote shared buffer (quote.md §2.2, §3.2; ref §5.2) -----------------------------
+    _c("GET_QUOTE_CMD_VER", 1, "quote_buf", "quote.md §2.2", "header version"),
+    _c("QUOTE_HDR_OFF_VERSION", 0, "quote_buf", "quote.md §3.2", "u64 version"),
+    _c("QUOTE_HDR_OFF_STATUS", 8, "quote_buf", "quote.md §3.2", "u64 status"),
+    _c("QUOTE_HDR_OFF_IN_LEN", 16, "quote_buf", "quote.md §3.2", "u32 in_len"),
+    _c("QUOTE_HDR_OFF_OUT_LEN", 20, "quote_buf", "quote.md §3.2", "u32 out_len"),
+    _c("QUOTE_HDR_LEN", 24, "quote_buf", "quote.md §3.2", "data starts at 24"),
+    _c("GET_QUOTE_SUCCESS", 0, "quote_status", "quote.md §3.2 (Table 3-11)", "buffer status SUCCESS"),
+    _c("GET_QUOTE_IN_FLIGHT", 0xFFFFFFFFFFFFFFFF, "quote_status", "quote.md §3.2", "buffer status IN_FLIGHT: the VMM owns the buffer"),
+    _c("GET_QUOTE_ERROR", 0x8000000000000000, "quote_status", "quote.md §3.2", "buffer status ERROR"),
+    _c("GET_QUOTE_SERVICE_UNAVAILABLE", 0x8000000000000001, "quote_status", "quote.md §3.2",
+       "buffer status SERVICE_UNAVAILABLE (QEMU: QGS_UNAVAILABLE)"),
+    # --- host (QEMU) limits (quote.md §4.1) -------------------------------------------------
+    _c("HOST_GET_QUOTE_MAX_BUF_LEN", 128 * 1024, "host", "quote.md §4.1 H4", "QEMU TDX_GET_QUOTE_MAX_BUF_LEN"),
+    _c("HOST_MAX_GET_QUOTE_REQUESTS", 16, "host", "quote.md §4.1 H6", "QEMU TDX_MAX_GET_QUOTE_REQUEST"),
+    _c("HOST_QGS_TIMEOUT_MS", 30000, "host", "quote.md §4.1", "QEMU TRANSACTION_TIMEOUT on the virtual clock: expiry gives ERROR"),
+    _c("HOST_QUOTE_OVERHEAD", 52, "host", "quote.md §4.1 (Analysis)",
+       "24-B buffer header + 4-B frame length + 24-B QGS response header: the quote is at most size - 52"),
+    _c("HOST_SERVICE_TIME_US", 4676, "host", "quote.md §2.5",
+       "default quote service time: the 0.004676 s measured inside wait_for_quote_completion (choice)"),
+    _c("EVENT_NOTIFY_VECTOR_MIN", 32, "host", "quote.md §3.1, §3.3", "lowest valid notify vector"),
+    _c("EVENT_NOTIFY_VECTOR_MAX", 255, "host", "quote.md §3.1, §3.3", "highest valid notify vector"),
+    # --- host fault menu: index of each name in HOST_FAULTS (a contract, also in campaign JSON) --
+    _c("HOST_FAULT_NONE", 0, "host_fault", "quote.md §4.1", "QEMU's behaviour"),
+    _c("HOST_FAULT_SERVICE_TIME", 1, "host_fault", "quote.md §4.1", "the quote takes `seconds`"),
+    _c("HOST_FAULT_NEVER", 2, "host_fault", "quote.md §2.4", "never completes (no transaction timer either)"),
+    _c("HOST_FAULT_ERROR", 3, "host_fault", "quote.md §4.1", "completes with status ERROR"),
+    _c("HOST_FAULT_SERVICE_UNAVAILABLE", 4, "host_fault", "quote.md §4.1 H5", "no quote service: status SERVICE_UNAVAILABLE, R10 SUCCESS"),
+    _c("HOST_FAULT_RETRY", 5, "host_fault", "quote.md §4.1 H6", "R10 RETRY"),
+    _c("HOST_FAULT_OVERSIZE_OUT_LEN", 6, "host_fault", "quote.md §2.3 P9", "SUCCESS with out_len beyond the buffer"),
+    _c("HOST_FAULT_OUT_LEN_CHANGES", 7, "host_fault", "quote.md §2.3 P9", "out_len rewritten after the guest's first read of it"),
+    _c("HOST_FAULT_NO_IN_FLIGHT", 8, "host_fault", "quote.md §2.3 notes", "status not set to IN_FLIGHT before the call returns"),
+    _c("HOST_FAULT_NO_INTERRUPT", 9, "host_fault", "quote.md §3.3", "completion without the notify vector"),
     _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
        "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
     _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+    _c("KERNEL_FIRST_PAGE", 16, "kernel", "docs/CONTRACT.md \"Kernel\" (design choice)",
+       "the kernel allocator owns guest pages KERNEL_FIRST_PAGE..: 0..3 the host's, 4..15 free for tests"),
 ]
+
+#: kmalloc size classes (design choice after Linux's kmalloc caches: powers of two 8..4096 plus 96
+#: and 192), so power-of-two objects are naturally aligned (ref §2.4 "Alignment").
+SLAB_CLASSES: Tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
 
 #: name -> value, and the names as module attributes (``abi.TDX_SUCCESS``).
 VALUES: Dict[str, int] = {c.name: c.value for c in CONSTANTS}
@@ -206,31 +264,35 @@ TDREPORT_FIELDS: List[Tuple[str, int, int, str]] = [
     ("reserved_960", 960, 64, "ref §4.4"),
 ]
 
-#: Driver generations, by the names the CLI and API use (ref §2.2, §2.4, §2.5).
-DRIVERS: Tuple[str, ...] = ("v4-2022-04", "v6.2", "v6.16")
+#: The host fault menu (quote.md §4.1): names are a contract (campaign JSON, Host API); each name's
+#: number is HOST_FAULT_<NAME> (0, HOST_FAULT_NONE, is QEMU's own behaviour: no fault).
+HOST_FAULTS: Tuple[str, ...] = ("service_time", "never", "error", "service_unavailable", "retry",
+                                "oversize_out_len", "out_len_changes", "no_in_flight", "no_interrupt")
+assert all(VALUES["HOST_FAULT_" + n.upper()] == i + 1 for i, n in enumerate(HOST_FAULTS))
 
-#: Device node of each generation (ref §1).
-DEVICE_PATHS: Dict[str, str] = {
-    "v4-2022-04": "/dev/tdx-attest",
-    "v6.2": "/dev/tdx_guest",
-    "v6.16": "/dev/tdx_guest",
-}
 
-#: 6.16 measurement files (ref §2.5): name -> (TDREPORT offset, writable).
-MEASUREMENT_DIRS: Tuple[str, ...] = (
-    "/sys/devices/virtual/misc/tdx_guest/measurements",
-    "/sys/class/misc/tdx_guest/measurements",
-)
-MEASUREMENTS: Dict[str, Tuple[int, bool]] = {
-    "mrtd:sha384": (528, False),
-    "mrconfigid": (576, False),
-    "mrowner": (624, False),
-    "mrownerconfig": (672, False),
-    "rtmr0:sha384": (720, True),
-    "rtmr1:sha384": (768, True),
-    "rtmr2:sha384": (816, True),
-    "rtmr3:sha384": (864, True),
-}
+def __getattr__(name: str):
+    """``DRIVERS``, ``DEVICE_PATHS``, ``MEASUREMENTS``, ``MEASUREMENT_DIRS``: views of the generation
+    profiles (``tdxmodel.profiles``), which are the one place a generation is described."""
+    from tdxmodel import profiles as _p
+    if name == "DRIVERS":
+        return _p.NAMES
+    if name == "DEVICE_PATHS":
+        return {q.name: q.device_path for q in _p.PROFILES}
+    if name == "MEASUREMENT_DIRS":
+        return next(q.measurement_dirs for q in _p.PROFILES if q.measurement_dirs)
+    if name == "MEASUREMENTS":
+        return {m.name: (m.tdr_offset, m.writable) for m in next(q.measurements for q in _p.PROFILES
+                                                                  if q.measurements)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: (major, minor) that stat answers for the device node where a transport emulates the node itself
+#: (the LD_PRELOAD library). Every generation registers a misc character device with a dynamic minor
+#: (ref §1): major 10 is Linux's MISC_MAJOR (include/uapi/linux/major.h). The dynamic minor is
+#: whatever misc_register handed out at boot, so no value is "right": we pick 122, one from the range
+#: 6.x kernels hand out downwards from 127, and clients must not rely on it.
+DEVICE_RDEV: Tuple[int, int] = (10, 122)
 
 #: Fault-injection capabilities and the kernel defaults of their knobs (ref §7).
 FAULT_CAPABILITIES: Tuple[str, ...] = ("failslab", "fail_page_alloc", "fail_usercopy")

@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tdxmodel import _backend, abi, errors
+from tdxmodel import _backend, abi, errors, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE = abi.TDX_PAGE_SIZE
@@ -65,11 +65,10 @@ Progress = Optional[Callable[[str], None]]
 # ---------------------------------------------------------------------------------------------
 
 def _request_layout(driver: str) -> Tuple[int, int, int]:
-    """(ioctl cmd, REPORTDATA offset, TDREPORT offset) in the user buffer (ref §2.2, §2.4)."""
-    if driver == "v4-2022-04":
-        # One in-place buffer: REPORTDATA in bytes 0..63, the TDREPORT written over 0..1023.
-        return abi.TDX_CMD_GET_TDREPORT, 0, 0
-    return abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORT_REQ_OFF_TDREPORT
+    """(ioctl cmd, REPORTDATA offset, TDREPORT offset) in the user buffer: the profile's report
+    request layout (ref §2.2, §2.4)."""
+    req = profiles.get(driver).report
+    return req.value, req.field("reportdata").offset, req.field("tdreport").offset
 
 
 def measurement_path(index: int) -> str:
@@ -136,7 +135,7 @@ class DriverCaller:
     def _measurement_fd(self, index: int) -> int:
         fd = self._measurement_fds.get(index)
         if fd is None:
-            if self.driver != "v6.16":
+            if not profiles.get(self.driver).measurements:
                 raise ValueError(f"driver {self.driver} has no measurement files (ref §2.5: v6.16+)")
             fd = errors.check_ret(self.process.open(measurement_path(index), os.O_RDWR),
                                   f"open {measurement_path(index)}")
@@ -190,10 +189,8 @@ def ioctl_batch(process, fd: int, reportdata, fail_nth=None, *, cmd: int = abi.T
                              f"{schedule.shape} {schedule.dtype}")
         if n and (schedule.min() < 0 or schedule.max() > 0x7FFFFFFF):
             raise ValueError("fail_nth values must be in 0..2**31-1")
-    if cmd == abi.TDX_CMD_GET_TDREPORT:
-        reportdata_off = tdreport_off = 0
-    else:
-        reportdata_off, tdreport_off = abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORT_REQ_OFF_TDREPORT
+    req = profiles.report_command(cmd)   # the request layout that number names (ref §2.2, §2.4)
+    reportdata_off, tdreport_off = req.field("reportdata").offset, req.field("tdreport").offset
     native = _native_ioctl_batch(process)
     if native is not None:  # the core: one nogil C loop (csrc/tdx_batch.c)
         return native(process, fd, cmd, buffer, reportdata_off, tdreport_off, rows, schedule)
@@ -401,7 +398,7 @@ class _Extender:
     """Issues one RTMR extend the way the driver under test allows (see the module docstring)."""
 
     def __init__(self, kernel, module, driver: str) -> None:
-        self.via_driver = driver == "v6.16" and kernel is not None
+        self.via_driver = bool(profiles.get(driver).measurements) and kernel is not None
         self.caller = DriverCaller(kernel) if self.via_driver else None
         self.module = module
         self.data = hashlib.sha384(b"tdxmodel bench extend").digest()
@@ -840,7 +837,7 @@ def stress_driver(kernel, threads: int = 4, ops_per_thread: int = 200, extend_ra
     measurement file. Each thread is its own process. Every call takes ``mr_lock``, so no call may
     see -EBUSY (ref §4.8); any nonzero result is recorded in ``errnos``.
     """
-    if kernel.driver != "v6.16":
+    if not profiles.get(kernel.driver).measurements:
         raise ValueError(f"stress_driver needs the v6.16 driver (measurement files), not {kernel.driver}")
     module = kernel.module
     log = StressLog(initial=tuple(module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)))

@@ -64,7 +64,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -81,19 +81,18 @@ TDCALL_OUTCOMES = (("success", None), ("operand_invalid", "RCX"), ("operand_inva
                    ("operand_invalid", "R8"), ("busy", None))
 
 
-def _check_driver(driver: str) -> None:
-    if driver not in abi.DRIVERS:
-        raise ValueError(f"unknown driver {driver!r}; choose one of {', '.join(abi.DRIVERS)}")
+def _check_driver(driver: str) -> profiles.Profile:
+    if driver not in profiles.BY_NAME:
+        raise ValueError(f"unknown driver {driver!r}; choose one of {', '.join(profiles.NAMES)}")
+    return profiles.get(driver)
 
 
 def _layout(driver: str):
-    """(cmd, request length, (read offset, read length), (write offset, write length)) per ref §2."""
-    if driver == "v4-2022-04":  # ref §2.2: one in-place buffer
-        return (abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN, (0, abi.TDX_REPORTDATA_LEN),
-                (0, abi.TDX_REPORT_LEN))
-    return (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN,  # ref §2.4: struct tdx_report_req
-            (abi.TDX_REPORT_REQ_OFF_REPORTDATA, abi.TDX_REPORTDATA_LEN),
-            (abi.TDX_REPORT_REQ_OFF_TDREPORT, abi.TDX_REPORT_LEN))
+    """(cmd, request length, (read offset, read length), (write offset, write length)): the report
+    command's request layout from the generation's profile (ref §2.2, §2.4)."""
+    req = profiles.get(driver).report
+    rd, tr = req.field("reportdata"), req.field("tdreport")
+    return req.value, req.request_len, (rd.offset, rd.size), (tr.offset, tr.size)
 
 
 def _spec(id_: str, cmd: int, description: str, *, fail_nth: int = 0, user_fault=None,
@@ -117,7 +116,7 @@ def _tdcall_tag(outcome) -> str:
 
 def cases(driver: str) -> List[Dict[str, Any]]:
     """cases(driver: str) -> list[dict]: every case of the campaign for ``driver`` (schema above)."""
-    _check_driver(driver)
+    prof = _check_driver(driver)
     cmd, _, read_region, write_region = _layout(driver)
     out: List[Dict[str, Any]] = []
     # each TDCALL outcome, and under each the fail-nth sweep: n = 1, 2, ... until the fault no longer
@@ -148,9 +147,9 @@ def cases(driver: str) -> List[Dict[str, Any]]:
         out.append(_spec(f"partial_to_user:{at}", cmd,
                          f"copy_to_user faults after {at} of {write_len} bytes", partial_to_user=at))
     # an unknown command: the other generations' number
-    other = abi.TDX_CMD_GET_REPORT0 if cmd == abi.TDX_CMD_GET_TDREPORT else abi.TDX_CMD_GET_TDREPORT
+    other = prof.other_report_cmd()
     out.append(_spec("unknown_cmd", other, f"unknown ioctl command 0x{other:08X}"))
-    if driver == "v6.16":
+    if prof.has_lock("mr_lock"):
         out.append(_spec("mr_lock:eintr", cmd, "mr_lock held by another task, signal pending",
                          mr_lock_held=True))
     return out
@@ -198,7 +197,7 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     """run_case(backend_name: str | None, driver: str, spec: dict) -> dict
 
     Run one case on a fresh Module + Kernel + Process of the backend and return its record."""
-    _check_driver(driver)
+    prof = _check_driver(driver)
     _validate_spec(spec)
     backend = _backend.load(backend_name)
     module = backend.Module(ModuleConfig(seed=1), memory_pages=MODULE_PAGES)
@@ -232,7 +231,7 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     rtmr_held = False
     if outcome == "operand_invalid":
         status = abi.TDX_OPERAND_INVALID | _OPERAND_IDS[operand]
-        if operand in _MISALIGN_TARGET and driver != "v6.16":
+        if operand in _MISALIGN_TARGET and not prof.cached_report_buf:
             kernel.force_misaligned(_MISALIGN_TARGET[operand])  # the module itself answers
         else:
             kernel.force_tdcall(status, leaf=abi.TDG_MR_REPORT)
@@ -271,9 +270,10 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     after = proc.peek(WINDOW, WINDOW_PAGES * PAGE_SIZE)
     expected = bytearray(before)
     report = module.report(reportdata)
-    if driver == "v4-2022-04" and status != abi.TDX_SUCCESS:
+    wb = prof.status_writeback
+    if wb is not None and status != abi.TDX_SUCCESS:
         masked = status & abi.LINUX_V4_STATUS_MASK  # ref §2.2 #4
-        expected[base:base + 8] = masked.to_bytes(8, "little")
+        expected[base + wb.offset:base + wb.end] = masked.to_bytes(wb.size, "little")
     else:
         expected[base + write_off:base + write_off + write_len] = report
     changed, runs, foreign = 0, [], 0

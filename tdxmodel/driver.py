@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-from tdxmodel import _backend, abi, errors
+from tdxmodel import _backend, abi, errors, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -35,8 +35,7 @@ class TdxGuest:
 
     def __init__(self, driver: str = "v6.2", backend: Optional[str] = None,
                  config: Optional[ModuleConfig] = None, *, memory_pages: int = 64) -> None:
-        if driver not in abi.DRIVERS:
-            raise ValueError(f"driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
+        self.profile = profiles.get(driver)
         if config is not None and not isinstance(config, ModuleConfig):
             raise TypeError(f"config must be a ModuleConfig, not {type(config).__name__}")
         self.backend = _backend.load(backend)
@@ -82,24 +81,27 @@ class TdxGuest:
         fd = self._fd_or_raise()
         p = self.process
         padded = bytes(reportdata).ljust(abi.TDX_REPORTDATA_LEN, b"\0")
-        if self.driver == "v4-2022-04":
-            cmd, report_off, length = abi.TDX_CMD_GET_TDREPORT, 0, abi.TDX_REPORT_LEN
-        else:
-            cmd, report_off, length = (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_OFF_TDREPORT,
-                                       abi.TDX_REPORT_REQ_LEN)
-        p.poke(REQUEST_ADDR, padded + bytes(length - len(padded)))
-        ret = p.ioctl(fd, cmd, REQUEST_ADDR)
+        req = self.profile.report   # its request layout (ref §2.2, §2.4)
+        rd_off, report_off = req.field("reportdata").offset, req.field("tdreport").offset
+        request = bytearray(req.request_len)
+        request[rd_off:rd_off + abi.TDX_REPORTDATA_LEN] = padded
+        p.poke(REQUEST_ADDR, bytes(request))
+        ret = p.ioctl(fd, req.value, REQUEST_ADDR)
         if ret < 0:
             status = None
-            if self.driver == "v4-2022-04" and ret == -abi.EIO:  # ref §2.2 #4: status in bytes 0..7
-                status = int.from_bytes(p.peek(REQUEST_ADDR, 8), "little") or None
+            wb = self.profile.status_writeback
+            if wb is not None and ret == -self.profile.errno_default:  # ref §2.2 #4: status written back
+                status = int.from_bytes(p.peek(REQUEST_ADDR + wb.offset, wb.size), "little") or None
             errors.check_ret(ret, "TDX get report ioctl", status=status)
         return p.peek(REQUEST_ADDR + report_off, abi.TDX_REPORT_LEN)
 
     def _measurement_path(self, name: str) -> str:
-        if name not in abi.MEASUREMENTS:
-            raise ValueError(f"name must be one of {', '.join(abi.MEASUREMENTS)}, not {name!r}")
-        return f"{abi.MEASUREMENT_DIRS[0]}/{name}"
+        # a generation without measurement files answers ENOENT at open, for the names others have
+        names = [m.name for m in self.profile.measurements] or list(abi.MEASUREMENTS)
+        if name not in names:
+            raise ValueError(f"name must be one of {', '.join(names)}, not {name!r}")
+        dirs = self.profile.measurement_dirs or abi.MEASUREMENT_DIRS
+        return f"{dirs[0]}/{name}"
 
     def read_measurement(self, name: str) -> bytes:
         """read_measurement(name: str) -> bytes

@@ -15,6 +15,7 @@ import os as _os
 from typing import Dict, Optional, Tuple, Type
 
 from tdxmodel import abi
+from tdxmodel import profiles as _profiles
 
 
 class TdxError(OSError):
@@ -96,7 +97,6 @@ class VirtualizationException(TdExit):
     kind = "#VE"
 
 
-# Exact (class, operand) entries override the class-only table (h5py's two-table scheme).
 _STATUS_CLASSES: Dict[int, Tuple[Type[TdxError], str]] = {
     abi.status_class(abi.TDX_OPERAND_INVALID): (OperandInvalid, "TDX_OPERAND_INVALID"),
     abi.status_class(abi.TDX_OPERAND_BUSY): (OperandBusy, "TDX_OPERAND_BUSY"),
@@ -109,21 +109,10 @@ OPERAND_NAMES: Dict[int, str] = {
     abi.TDX_OPERAND_ID_R8: "R8", abi.TDX_OPERAND_ID_RTMR: "RTMR",
 }
 
-#: Per driver generation: TDCALL status class -> errno, and the errno of any other nonzero status
-#: (ref §2.2, §2.4, §2.5). v4 returns -EIO for every failure.
-ERRNO_PROFILES: Dict[str, Tuple[Dict[int, int], int]] = {
-    "v4-2022-04": ({}, abi.EIO),
-    "v6.2": ({abi.LINUX_TDCALL_INVALID_OPERAND: abi.EINVAL}, abi.EIO),
-    "v6.16": ({abi.LINUX_TDCALL_INVALID_OPERAND: abi.ENXIO, abi.LINUX_TDCALL_OPERAND_BUSY: abi.EBUSY}, abi.EIO),
-}
-
-
 def status_errno(status: int, profile: str) -> int:
-    """The errno (positive) a driver generation maps a nonzero TDCALL status to, or 0 for success."""
-    if status == abi.TDX_SUCCESS:
-        return 0
-    table, default = ERRNO_PROFILES[profile]
-    return table.get(abi.status_class(status), default)
+    """The errno (positive) driver generation ``profile`` maps a nonzero TDCALL status to, or 0 for
+    success: the generation's errno map (``tdxmodel.profiles``; ref §2.2, §2.4, §2.5)."""
+    return _profiles.get(profile).status_errno(status)
 
 
 def describe_status(status: int) -> str:

@@ -39,7 +39,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 START_TIMEOUT = 30.0
@@ -182,8 +182,9 @@ class ServedDevice:
 
     def measurements(self) -> Dict[str, bytes]:
         """The TD's measurement registers: the 6.16 files, or else the RTMRs of the state."""
-        if self.driver == "v6.16":
-            return {name: self.control(f"measurements/{name}").read_bytes() for name in abi.MEASUREMENTS}
+        prof = profiles.get(self.driver)
+        if prof.measurements:
+            return {m.name: self.control(f"measurements/{m.name}").read_bytes() for m in prof.measurements}
         from tdxmodel.state import StateStore
         cfg = StateStore(str(self.state)).load()
         out = {f"rtmr{i}:sha384": cfg.rtmr[i] for i in range(abi.TDX_NUM_RTMRS)}
@@ -197,7 +198,7 @@ class ServedDevice:
     def extend(self, index: int, data: bytes) -> None:
         """Extend RTMR[index]: through the 6.16 measurement file, else through the state directory
         (as `tdxmodel extend` does; the daemon applies it within a fraction of a second)."""
-        if self.driver == "v6.16":
+        if profiles.get(self.driver).measurement(f"rtmr{index}:sha384") is not None:
             fd = os.open(self.control(f"measurements/rtmr{index}:sha384"), os.O_WRONLY)
             try:
                 os.write(fd, data)

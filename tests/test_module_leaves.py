@@ -179,7 +179,7 @@ TDCALL_ROWS = [
     ("1.5 leaf 4 version 255", "1.5", 4 | 0xFF << 16, OUT, RD, OI_RAX),
     ("1.5 reserved bit 24", "1.5", 4 | 1 << 24, OUT, RD, OI_RAX),
     ("1.5 reserved bit 63", "1.5", 4 | BIT63, OUT, RD, OI_RAX),
-    ("1.5 leaf 0 (VMCALL) is not modelled", "1.5", 0, OUT, RD, OI_RAX),
+    ("1.5 leaf 0 is TDG.VP.VMCALL: the TDCALL itself succeeds", "1.5", 0, OUT, RD, SUCCESS),
     ("1.5 unknown leaf 3", "1.5", 3, OUT, RD, OI_RAX),
     ("1.5 unknown leaf 0xFFFF", "1.5", 0xFFFF, OUT, RD, OI_RAX),
     ("1.0 leaf 4", "1.0", 4, OUT, RD, SUCCESS),

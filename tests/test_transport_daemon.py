@@ -228,9 +228,9 @@ def test_malformed_socket_messages_end_only_that_connection():
         device, windows = protocol.hello(d.socket)
         assert device == abi.DEVICE_PATHS["v6.2"]
         assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
-        for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, 1, 9, 0),
-                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, 1 << 30),
-                     protocol.HEADER.pack(protocol.MAGIC, 1, protocol.OP_IOCTL, protocol.IOCTL.size)
+        for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, 9, 0),
+                     protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, 1 << 30),
+                     protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, protocol.IOCTL.size)
                      + protocol.IOCTL.pack(0, 0, 0, 0, 0, 0)):  # an ioctl before any open
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(10)

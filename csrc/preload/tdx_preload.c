@@ -36,12 +36,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "tdx_abi.h"
-#include "tdx_fuse.h"
+#include "tdx_usercopy.h"
+#include "tdx_wire.h"
 
 #define MAX_FDS 65536
-/* x86-64 host pages: process_vm_readv/writev stop at their boundaries */
-#define PAGE ((uint32_t)TDX_PAGE_SIZE)
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char device_path[TDXW_MAX_PATH];
@@ -223,23 +221,7 @@ static uint32_t window_of(unsigned long cmd)
 /* Own memory, without faulting: process_vm_readv/writev on ourselves stop at the first bad page. */
 static uint32_t self_copy(uint64_t addr, uint8_t *buf, uint32_t len, int writing)
 {
-    pid_t me = getpid();
-    uint32_t done = 0;
-    while (done < len) {
-        uint32_t chunk = PAGE - (uint32_t)((addr + done) % PAGE);
-        if (chunk > len - done)
-            chunk = len - done;
-        struct iovec local = {buf + done, chunk};
-        struct iovec remote = {(void *)(uintptr_t)(addr + done), chunk};
-        ssize_t n = writing ? process_vm_writev(me, &local, 1, &remote, 1, 0)
-                            : process_vm_readv(me, &local, 1, &remote, 1, 0);
-        if (n <= 0)
-            break;
-        done += (uint32_t)n;
-        if ((uint32_t)n < chunk)
-            break;
-    }
-    return done;
+    return writing ? tdxu_vm_write(getpid(), addr, buf, len) : tdxu_vm_read(getpid(), addr, buf, len);
 }
 
 static int forward_ioctl(int fd, unsigned long cmd, void *arg)

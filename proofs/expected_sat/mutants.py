@@ -127,7 +127,7 @@ MUTANTS: List[Mutant] = [
                                                                   status_to_ret=v6_2.tdx_mcall_get_report0))),
     Mutant("v6.16 without mr_lock (as 6.15)", "serialisation",
            "ref §2.5 'mr_lock serialises every REPORT and EXTEND'; ref §4.8 'Linux <=6.15'",
-           lambda: BUILDERS["serialisation"](dataclasses.replace(v6_16.DRIVER, has_mr_lock=False))),
+           lambda: BUILDERS["serialisation"](dataclasses.replace(v6_16.DRIVER, override={"has_mr_lock": False}))),
     Mutant("TDG.MR.REPORT checking R8 before RDX", "operand_checks",
            "ref §4.3 check order rows 1-4",
            lambda: _operand_obligation(_report_r8_before_rdx)),
@@ -168,6 +168,6 @@ def _v4_fixed_ioctl(inj: Injection) -> Path:
 
 
 V4_FIXED = dataclasses.replace(v4_2022_04.DRIVER, ioctl=_v4_fixed_ioctl,
-                               documented_errnos=v4_2022_04.DRIVER.documented_errnos + ("ENOTTY",))
+                               override={"documented_errnos": v4_2022_04.DRIVER.documented_errnos + ("ENOTTY",)})
 #: (variant, theorems it must prove)
 FIXED = [(V4_FIXED, ("no_leak", "errno_contract", "no_silent_loss", "no_disclosure"))]

@@ -1,7 +1,8 @@
 """The Cython core backend (layer 2 over the C core in csrc/)."""
 
 try:
-    from tdxmodel._core._ext import BACKEND_NAME, FaultAttr, Kernel, Module, Process  # noqa: F401
+    from tdxmodel._core._ext import (BACKEND_NAME, Clock, FaultAttr, Host, Kernel, Module,  # noqa: F401
+                                      Process, TestQuoteProducer)
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "tdxmodel's compiled core is not built (or is out of date). Run the install command from "

@@ -7,6 +7,7 @@ Each .pxi owns one C object type; the .pxd files beside them declare the C world
 BACKEND_NAME = "core"
 
 include "module.pxi"
+include "host.pxi"
 include "kernel.pxi"
-include "fuse.pxi"
+include "devpath.pxi"
 include "batch.pxi"

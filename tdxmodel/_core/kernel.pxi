@@ -13,10 +13,24 @@ cimport cython
 
 from tdxmodel._core.guest_kernel cimport *
 from tdxmodel._core.tdx_driver cimport *
+from tdxmodel._core.tdx_abi cimport TDXM_NUM_PROFILES, KERNEL_FIRST_PAGE, TDXM_PROFILES
 
 import os as _os
 
-_DRIVER_IDS = {"v4-2022-04": TD_V4_2022_04, "v6.2": TD_V6_2, "v6.16": TD_V6_16}
+from tdxmodel import profiles as _profiles
+
+cdef int _profile_id(object prof) except -1:
+    """_profile_id(prof: Profile) -> int: the profile's row in the compiled TDXM_PROFILES[], checked
+    against tdxmodel.profiles so a build older than the table fails loudly instead of misbehaving."""
+    cdef int i = prof.id
+    if i >= TDXM_NUM_PROFILES or TDXM_PROFILES[i].name.decode() != prof.name \
+            or TDXM_PROFILES[i].cmds[0].cmd != prof.report.value \
+            or TDXM_PROFILES[i].npoints != len(prof.points):
+        raise RuntimeError(f"the compiled core's profile table does not match tdxmodel.profiles for "
+                           f"{prof.name}: rebuild (python setup.py build_ext --inplace)")
+    return i
+
+
 _CAPABILITY_IDS = {"failslab": GK_FAILSLAB, "fail_page_alloc": GK_FAIL_PAGE_ALLOC,
                    "fail_usercopy": GK_FAIL_USERCOPY}
 _MISALIGN_TARGETS = {None: TD_MISALIGN_NONE, "tdreport": TD_MISALIGN_TDREPORT,
@@ -189,15 +203,17 @@ cdef class Kernel:
     """Kernel(module: Module, driver: str, *, seed: int | None = 0, fail_nth: int = 0,
     misaligned_report_buf: bool = False)
 
-    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c, csrc/tdx_driver.c);
-    docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with the documented sweep
-    settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their defaults afterwards.
+    The guest kernel with one driver generation loaded, in C (csrc/guest_kernel.c and its gk_*.c parts,
+    csrc/tdx_driver.c); docs/CONTRACT.md "Kernel". ``fail_nth`` arms fail-nth for init, which runs with
+    the documented sweep settings (ignore-gfp-wait N, min-order 0, ref §7); the knobs are at their
+    defaults afterwards.
     """
 
     cdef td_kernel *tk
     cdef Module _module
     cdef str _driver
     cdef int _driver_id
+    cdef object _profile
     cdef dict _faults
 
     def __cinit__(self, *args, **kwargs):
@@ -216,27 +232,26 @@ cdef class Kernel:
             raise RuntimeError("Kernel is already initialised")
         if not isinstance(module, Module):
             raise TypeError(f"module must be a core-backend Module, not {type(module).__name__}")
-        if not isinstance(driver, str) or driver not in _DRIVER_IDS:
-            raise ValueError(f"driver must be one of {', '.join(_abi.DRIVERS)}, not {driver!r}")
+        prof = _profiles.get(driver)
         if seed is not None:
             _int_arg("seed", seed, 0, _U64_MAX)
         c_fail_nth = _int_arg("fail_nth", fail_nth, 0, _I31)
         c_misaligned = _bool_arg("misaligned_report_buf", misaligned_report_buf)
-        if c_misaligned and driver != "v6.16":
-            raise ValueError("misaligned_report_buf: only v6.16 allocates a report buffer at init")
+        if c_misaligned and not prof.cached_report_buf:
+            raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
+                             "(only the generations with a cached report buffer, ref §2.5)")
         pages = module.memory_pages
-        if pages <= 16:
-            raise ValueError(f"module has {pages} pages; the kernel needs more than 16")
+        if pages <= KERNEL_FIRST_PAGE:
+            raise ValueError(f"module has {pages} pages; the kernel needs more than {KERNEL_FIRST_PAGE}")
         c_seed = int.from_bytes(_os.urandom(8), "little") if seed is None else seed
-        c_driver = _DRIVER_IDS[driver]
+        c_driver = _profile_id(prof)
 
-        # The files this driver exposes, from tdxmodel.abi (the C core spells no path or offset).
-        table = [(_abi.DEVICE_PATHS[driver].encode(), TD_NODE_DEVICE, 0, 0)]
-        if driver == "v6.16":
-            for directory in _abi.MEASUREMENT_DIRS:
-                for name, (offset, writable) in _abi.MEASUREMENTS.items():
-                    table.append((f"{directory}/{name}".encode(), TD_NODE_MEASUREMENT, offset,
-                                  1 if writable else 0))
+        # The files this driver exposes, from its profile (the C core spells no path or offset).
+        table = [(prof.device_path.encode(), TD_NODE_DEVICE, 0, 0)]
+        for directory in prof.measurement_dirs:
+            for mr in prof.measurements:
+                table.append((f"{directory}/{mr.name}".encode(), TD_NODE_MEASUREMENT, mr.tdr_offset,
+                              1 if mr.writable else 0))
         cdef size_t nnodes = len(table)
         nodes = <td_node *>malloc(nnodes * sizeof(td_node))
         if nodes == NULL:
@@ -261,6 +276,7 @@ cdef class Kernel:
         self._module = module
         self._driver = driver
         self._driver_id = c_driver
+        self._profile = prof
         self._faults = {cap: FaultAttr(_INTERNAL, self, _CAPABILITY_IDS[cap])
                         for cap in _abi.FAULT_CAPABILITIES}
 
@@ -287,7 +303,7 @@ cdef class Kernel:
 
     @property
     def device_path(self):
-        return _abi.DEVICE_PATHS[self._driver]
+        return self._profile.device_path
 
     def fault(self, capability):
         """fault(capability: str) -> FaultAttr: the live knobs of one capability (ref §7)."""
@@ -318,8 +334,8 @@ cdef class Kernel:
         allocation (use ``misaligned_report_buf`` or ``force_tdcall``): ValueError."""
         if target is not None and target not in ("tdreport", "reportdata"):
             raise ValueError(f"target must be 'tdreport', 'reportdata' or None, not {target!r}")
-        if target is not None and self._driver == "v6.16":
-            raise ValueError("target: v6.16 allocates no per-call buffer (ref §2.5); use "
+        if target is not None and self._profile.cached_report_buf:
+            raise ValueError(f"target: {self._driver} allocates no per-call buffer (ref §2.5); use "
                              "misaligned_report_buf or force_tdcall")
         td_force_misaligned(self._live(), _MISALIGN_TARGETS[target])
 
@@ -335,7 +351,7 @@ cdef class Kernel:
             raise ValueError("mr_lock is not held by mr_lock_try")
 
     cdef _check_mr_lock(self):
-        if self._driver != "v6.16":
+        if not self._profile.has_lock("mr_lock"):
             raise ValueError(f"driver {self._driver} has no mr_lock (only v6.16, ref §2.5)")
 
     def counters(self):

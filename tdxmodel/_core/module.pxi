@@ -1,10 +1,13 @@
 # The TDX module model: a thin wrapper of csrc/tdx_module.h (layer 2; docs/CONTRACT.md "Module").
 #
-# Every leaf and batch call releases the GIL around the C call only; arguments are validated before,
-# results translated after (tdxmodel.errors is the one translator). The C object lives as long as the
+# A single leaf keeps the GIL: it never waits (contention answers BUSY, ref §4.8) and costs 0.2-1.5 us,
+# less than what releasing and re-taking the GIL costs two threads that take turns (they convoy on it:
+# benchmarks/RESULTS.md "GIL strategy"). Calls that run long or wait release it around the C call
+# only: report_batch and set_rtmr. Arguments are validated before, results translated after
+# (tdxmodel.errors is the one translator). The C object lives as long as the
 # Python one; the Kernel (kernel.pxi) keeps a reference to its Module and uses Module.ptr.
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -63,6 +66,21 @@ cdef object _leaf_result(tdxm_result r):
     raise _errors.EptViolation(r.exit_gpa)
 
 
+#: Names of the REPORT points a step hook sees (csrc/tdx_module.h enum tdxm_step).
+_STEP_NAMES = {TDXM_STEP_REPORT_SNAPSHOT: "snapshot", TDXM_STEP_REPORT_BUILT: "built"}
+
+
+cdef void _step_trampoline(void *ctx, int point) noexcept with gil:
+    # Called from C in the reporting thread (GIL released or not); errors go to the module's sink
+    # and are raised by the leaf wrapper once the leaf has returned.
+    cdef Module module = <Module>ctx
+    try:
+        module._step_hook(_STEP_NAMES.get(point, point))
+    except BaseException as exc:  # noqa: B036 - an error sink, re-raised after the leaf returns
+        if module._step_hook_error is None:
+            module._step_hook_error = exc
+
+
 cdef class Module:
     """Module(config: ModuleConfig, memory_pages: int = 1024)
 
@@ -72,9 +90,13 @@ cdef class Module:
     """
 
     cdef tdxm_module *ptr   # used by kernel.pxi through _live()
+    cdef object _step_hook        # tests: callable(point: str), see _set_step_hook
+    cdef object _step_hook_error  # the first exception the hook raised, until re-raised
 
     def __cinit__(self, *args, **kwargs):
         self.ptr = NULL
+        self._step_hook = None
+        self._step_hook_error = None
 
     def __init__(self, config, memory_pages=1024):
         cdef tdxm_config cfg
@@ -112,6 +134,7 @@ cdef class Module:
 
     def __dealloc__(self):
         if self.ptr != NULL:
+            tdxm_set_step_hook(self.ptr, NULL, NULL)
             tdxm_destroy(self.ptr)
             self.ptr = NULL
 
@@ -200,17 +223,36 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t a = _u64(rax, "rax"), c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx"), e = _u64(r8, "r8")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_tdcall(m, a, c, d, e)
+        r = tdxm_tdcall(m, a, c, d, e)  # GIL kept: see the header
+        self._raise_hook_error()
         return _leaf_result(r)
+
+    def tdvmcall(self, r11, r12=0, r13=0, r14=0, r15=0, *, r10=0):
+        """tdvmcall(r11: int, r12=0, r13=0, r14=0, r15=0, *, r10=0) -> (int, int)
+
+        TDG.VP.VMCALL (TDCALL leaf 0, quote.md §3): R11 selects the sub-function; returns the VMM's
+        (R10 status, R11 output). The TDCALL itself always succeeds; with no Host attached every
+        sub-function answers SUBFUNC_UNSUPPORTED.
+        """
+        cdef tdxm_module *m = self._live()
+        cdef tdxm_vmcall_regs regs
+        regs.r10 = _u64(r10, "r10")
+        regs.r11 = _u64(r11, "r11")
+        regs.r12 = _u64(r12, "r12")
+        regs.r13 = _u64(r13, "r13")
+        regs.r14 = _u64(r14, "r14")
+        regs.r15 = _u64(r15, "r15")
+        with nogil:
+            tdxm_vp_vmcall(m, &regs)
+        return regs.r10, regs.r11
 
     def mr_report(self, rcx, rdx, r8=0):
         """mr_report(rcx: int, rdx: int, r8: int = 0) -> int: TDG.MR.REPORT (ref §4.3)."""
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx"), e = _u64(r8, "r8")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_report(m, c, d, e)
+        r = tdxm_mr_report(m, c, d, e)  # GIL kept: see the header
+        self._raise_hook_error()
         return _leaf_result(r)
 
     def mr_rtmr_extend(self, rcx, rdx):
@@ -218,8 +260,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx"), d = _u64(rdx, "rdx")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_rtmr_extend(m, c, d)
+        r = tdxm_mr_rtmr_extend(m, c, d)  # GIL kept: see the header
         return _leaf_result(r)
 
     def mr_verifyreport(self, rcx):
@@ -227,8 +268,7 @@ cdef class Module:
         cdef tdxm_module *m = self._live()
         cdef uint64_t c = _u64(rcx, "rcx")
         cdef tdxm_result r
-        with nogil:
-            r = tdxm_mr_verifyreport(m, c)
+        r = tdxm_mr_verifyreport(m, c)  # GIL kept: see the header
         return _leaf_result(r)
 
     # ------------------------------------------------------------------ the leaves on host buffers
@@ -249,8 +289,8 @@ cdef class Module:
         sub = _u64(subtype, "subtype")
         memset(rdbuf, 0, sizeof(rdbuf))
         memcpy(rdbuf, <const char *>rd, len(rd))
-        with nogil:
-            status = tdxm_report_direct(m, out, rdbuf, sub)
+        status = tdxm_report_direct(m, out, rdbuf, sub)  # GIL kept: see the header
+        self._raise_hook_error()
         _errors.check_status(status, leaf="TDG.MR.REPORT")
         return PyBytes_FromStringAndSize(<char *>out, sizeof(out))
 
@@ -268,8 +308,7 @@ cdef class Module:
         if len(payload) != _abi.TDX_EXTEND_DATA_LEN:
             raise ValueError(f"data must be {_abi.TDX_EXTEND_DATA_LEN} bytes, got {len(payload)}")
         p = <const uint8_t *><const char *>payload
-        with nogil:
-            status = tdxm_extend_direct(m, idx, p)
+        status = tdxm_extend_direct(m, idx, p)  # GIL kept: see the header
         _errors.check_status(status, leaf="TDG.MR.RTMR.EXTEND")
 
     def verify(self, report):
@@ -285,8 +324,7 @@ cdef class Module:
         if len(rep) < _abi.TDX_REPORTMACSTRUCT_LEN:
             raise ValueError(f"report must be at least {_abi.TDX_REPORTMACSTRUCT_LEN} bytes, got {len(rep)}")
         p = <const uint8_t *><const char *>rep
-        with nogil:
-            status = tdxm_verify_direct(m, p)
+        status = tdxm_verify_direct(m, p)  # GIL kept: see the header
         return status
 
     # ------------------------------------------------------------------ state
@@ -366,6 +404,7 @@ cdef class Module:
         status_view = statuses
         with nogil:
             tdxm_report_batch(m, &rd_view[0, 0], &out_view[0, 0], &status_view[0], n)
+        self._raise_hook_error()
         return reports, statuses
 
     # ------------------------------------------------------------------ debug counters
@@ -382,7 +421,44 @@ cdef class Module:
             "reports": c.reports,
             "extends": c.extends,
             "verifies": c.verifies,
+            "report_interrupts": c.report_interrupts,
         }
+
+    # ------------------------------------------------------------------ interrupts (ref §4.3 step 6)
+    def inject_interrupts(self, n):
+        """inject_interrupts(n: int) -> None: n interrupts pending for the TD (replacing any count).
+
+        On TDX 1.5 each REPORT that passes step 5 consumes one and is executed again from step 1, as
+        the guest re-executes a TDCALL the module left without writing RAX; 1.0 never checks.
+        """
+        tdxm_inject_interrupts(self._live(), <uint32_t>_count(n, "n", 0xFFFFFFFF))
+
+    @property
+    def pending_interrupts(self):
+        """pending_interrupts -> int: interrupts not yet consumed by a REPORT."""
+        return tdxm_pending_interrupts(self._live())
+
+    # ------------------------------------------------------------------ test hook
+    def _set_step_hook(self, hook):
+        """_set_step_hook(hook: callable(point: str) | None) -> None
+
+        Tests only: call ``hook("snapshot")`` and ``hook("built")`` inside every REPORT (csrc/tdx_module.h
+        enum tdxm_step), in the reporting thread, to interleave work at exact points. An exception the
+        hook raises is raised by the leaf call once the leaf has returned.
+        """
+        cdef tdxm_module *m = self._live()
+        if hook is not None and not callable(hook):
+            raise TypeError(f"hook must be callable or None, not {type(hook).__name__}")
+        tdxm_set_step_hook(m, NULL, NULL)
+        self._step_hook = hook
+        if hook is not None:
+            tdxm_set_step_hook(m, _step_trampoline, <void *>self)
+        self._raise_hook_error()
+
+    cdef _raise_hook_error(self):
+        if self._step_hook_error is not None:
+            exc, self._step_hook_error = self._step_hook_error, None
+            raise exc
 
 
 def _floor_hmac224(key, n):

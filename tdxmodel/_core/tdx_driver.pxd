@@ -7,9 +7,6 @@ from tdxmodel._core.tdx_module cimport tdxm_module
 
 cdef extern from "tdx_driver.h" nogil:
     enum:
-        TD_V4_2022_04
-        TD_V6_2
-        TD_V6_16
         TD_MISALIGN_NONE
         TD_MISALIGN_TDREPORT
         TD_MISALIGN_REPORTDATA

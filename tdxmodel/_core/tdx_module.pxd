@@ -1,7 +1,7 @@
 # Declarations of csrc/tdx_module.h: only what the Cython layer uses (uvloop's includes/ style).
 # Omitted: tdxm_rtmr_unlock (the wrapper uses the checked variant).
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint32_t, uint8_t, uint64_t
 
 # Sizes as compile-time constants, for array declarations. The values come from the generated
 # tdx_abi.h (tdx_abi.pxd declares the same macros as ints, which Cython cannot use as dimensions).
@@ -45,11 +45,15 @@ cdef extern from "tdx_module.h" nogil:
     ctypedef struct tdxm_module:
         pass
 
+    ctypedef struct tdxm_vmcall_regs:
+        uint64_t r10, r11, r12, r13, r14, r15
+
     ctypedef struct tdxm_counters:
         uint64_t rtmr_shared_acquired, rtmr_shared_released
         uint64_t rtmr_exclusive_acquired, rtmr_exclusive_released
         uint64_t rtmr_busy
         uint64_t reports, extends, verifies
+        uint64_t report_interrupts
 
     tdxm_module *tdxm_create(const tdxm_config *cfg)
     void tdxm_destroy(tdxm_module *m)
@@ -61,6 +65,7 @@ cdef extern from "tdx_module.h" nogil:
 
     tdxm_result tdxm_tdcall(tdxm_module *m, uint64_t rax, uint64_t rcx, uint64_t rdx, uint64_t r8)
     tdxm_result tdxm_mr_report(tdxm_module *m, uint64_t rcx, uint64_t rdx, uint64_t r8)
+    tdxm_result tdxm_vp_vmcall(tdxm_module *m, tdxm_vmcall_regs *regs)
     tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
     tdxm_result tdxm_mr_verifyreport(tdxm_module *m, uint64_t rcx)
 
@@ -80,6 +85,14 @@ cdef extern from "tdx_module.h" nogil:
     void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t *value)
 
     void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
+
+    void tdxm_inject_interrupts(tdxm_module *m, uint32_t n)
+    uint32_t tdxm_pending_interrupts(const tdxm_module *m)
+    enum:
+        TDXM_STEP_REPORT_SNAPSHOT
+        TDXM_STEP_REPORT_BUILT
+    ctypedef void (*tdxm_step_hook)(void *ctx, int point) noexcept nogil
+    void tdxm_set_step_hook(tdxm_module *m, tdxm_step_hook hook, void *ctx)
 
     void tdxm_floor_hmac224(const uint8_t *key, size_t n, uint8_t *out)
     void tdxm_floor_sha384_512(size_t n, uint8_t *out)

@@ -1,19 +1,19 @@
-"""The three tdx_guest driver generations, one class each, step by step against the reference tables.
+"""The tdx_guest driver code, one class per ops of ``tdxmodel.profiles`` (``Profile.ops``), step by step
+against the reference tables. Command numbers, request offsets, the errno map, the injection points
+and what stays resident come from the kernel's profile (``kernel.profile``).
 
 Layer 2 (reference backend). Each ``ioctl`` reads top to bottom like its table: the comment ``# §2.4 #3``
 names the row of ref §2.4 the next lines implement. The kernel services (allocators, user copies,
 TDCALL, mr_lock) are ``tdxmodel._reference.kernel.Kernel`` methods; ``task`` is the calling Process.
 
 Every exit path frees what it allocated, except what a generation documents it keeps (6.16's report
-buffer, ``RESIDENT``). A TD exit raised by the module (``tdxmodel.errors.TdExit``: only possible when
+buffer, ``Profile.resident``). A TD exit raised by the module (``tdxmodel.errors.TdExit``: only possible when
 someone unmapped the kernel's own pages) propagates after the same cleanup.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Tuple
-
 from tdxmodel import abi, errors
 
 _REPORT_LEN = abi.TDX_REPORT_LEN
@@ -25,22 +25,16 @@ class DriverV4:
     0, and a TDCALL failure put_user()s the masked status into user bytes 0..7 and returns -EIO
     whatever put_user returned."""
 
-    NAME = "v4-2022-04"
-    RESIDENT = 0
-    POINTS: Tuple[Tuple[str, str], ...] = (
-        ("reportdata:kmalloc", "failslab"),
-        ("tdreport:get_zeroed_page", "fail_page_alloc"),
-        ("reportdata:copy_from_user", "fail_usercopy"),
-        ("status:put_user", "fail_usercopy"),
-        ("tdreport:copy_to_user", "fail_usercopy"),
-    )
+    OPS = "v4"
 
     def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
         self.k = kernel  # init: platform registration cannot fail in the model
+        self.p = kernel.profile
 
     def ioctl(self, task, cmd: int, arg: int) -> int:
-        if cmd != abi.TDX_CMD_GET_TDREPORT:
-            return 0  # §2.2 dispatch: an unknown cmd only logs "not supported" and returns 0
+        req = self.p.report
+        if cmd != req.value:
+            return -self.p.unknown_cmd_errno  # §2.2 dispatch: v4 only logs "not supported": 0
         k = self.k
         # §2.2 #1: 64-byte REPORTDATA from the slab, not zeroed
         reportdata = k.kmalloc(task, _REPORTDATA_LEN, "reportdata:kmalloc",
@@ -54,7 +48,8 @@ class DriverV4:
             return -abi.ENOMEM
         try:
             # §2.2 #3: REPORTDATA from user offset 0
-            if k.copy_from_user(task, "reportdata:copy_from_user", reportdata, arg, _REPORTDATA_LEN):
+            if k.copy_from_user(task, "reportdata:copy_from_user", reportdata,
+                                arg + req.field("reportdata").offset, _REPORTDATA_LEN):
                 return -abi.EFAULT
             # §2.2 #4: tdx_mcall_tdreport; on failure the masked status goes to user bytes 0..7 and
             # the put_user result is overwritten: -EIO either way
@@ -62,10 +57,11 @@ class DriverV4:
             # nonzero status with bits 63:32 clear would pass as success (no module status does).
             wrapped = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0) & abi.LINUX_V4_STATUS_MASK
             if wrapped:
-                k.put_user(task, "status:put_user", wrapped, arg)
+                k.put_user(task, "status:put_user", wrapped, arg + self.p.status_writeback.offset)
                 return -abi.EIO
             # §2.2 #5: the TDREPORT over user bytes 0..1023, in place
-            if k.copy_to_user(task, "tdreport:copy_to_user", arg, tdreport, _REPORT_LEN):
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg + req.field("tdreport").offset,
+                              tdreport, _REPORT_LEN):
                 return -abi.EFAULT
             # §2.2 #6
             return 0
@@ -77,21 +73,16 @@ class DriverV4:
 class DriverV62:
     """Upstream v6.2-v6.15, TDX_CMD_GET_REPORT0 on struct tdx_report_req (ref §2.4). No lock."""
 
-    NAME = "v6.2"
-    RESIDENT = 0
-    POINTS: Tuple[Tuple[str, str], ...] = (
-        ("reportdata:kmalloc", "failslab"),
-        ("tdreport:kzalloc", "failslab"),
-        ("reportdata:copy_from_user", "fail_usercopy"),
-        ("tdreport:copy_to_user", "fail_usercopy"),
-    )
+    OPS = "v6_2"
 
     def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
         self.k = kernel  # init: a TDX guest CPU is always present in the model
+        self.p = kernel.profile
 
     def ioctl(self, task, cmd: int, arg: int) -> int:
-        if cmd != abi.TDX_CMD_GET_REPORT0:
-            return -abi.ENOTTY  # §2.4 dispatch
+        req = self.p.report
+        if cmd != req.value:
+            return -self.p.unknown_cmd_errno  # §2.4 dispatch
         k = self.k
         # §2.4 #1: kmalloc(64), not zeroed
         reportdata = k.kmalloc(task, _REPORTDATA_LEN, "reportdata:kmalloc",
@@ -107,14 +98,14 @@ class DriverV62:
         try:
             # §2.4 #3: 64 bytes from arg+0
             if k.copy_from_user(task, "reportdata:copy_from_user", reportdata,
-                                arg + abi.TDX_REPORT_REQ_OFF_REPORTDATA, _REPORTDATA_LEN):
+                                arg + req.field("reportdata").offset, _REPORTDATA_LEN):
                 return -abi.EFAULT
             # §2.4 #4: TDG.MR.REPORT; status>>32 == 0xC0000100 -> -EINVAL, other nonzero -> -EIO
             status = k.tdcall(abi.TDG_MR_REPORT, tdreport, reportdata, 0)
             if status != abi.TDX_SUCCESS:
-                return -errors.status_errno(status, self.NAME)
+                return -self.p.status_errno(status)
             # §2.4 #5: 1024 bytes to arg+64
-            if k.copy_to_user(task, "tdreport:copy_to_user", arg + abi.TDX_REPORT_REQ_OFF_TDREPORT,
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg + req.field("tdreport").offset,
                               tdreport, _REPORT_LEN):
                 return -abi.EFAULT
             # §2.4 #6
@@ -128,18 +119,11 @@ class DriverV616:
     """v6.16+: the report buffer allocated at init, mr_lock, -ENXIO/-EBUSY/-EINTR and the measurement
     files (ref §2.5)."""
 
-    NAME = "v6.16"
-    RESIDENT = 1  # the report buffer, kept from init to exit
-    POINTS: Tuple[Tuple[str, str], ...] = (
-        ("report_buf:kzalloc", "failslab"),
-        ("reportdata:copy_from_user", "fail_usercopy"),
-        ("tdreport:copy_to_user", "fail_usercopy"),
-        ("measurement:copy_to_user", "fail_usercopy"),
-        ("measurement:copy_from_user", "fail_usercopy"),
-    )
+    OPS = "v6_16"
 
     def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
         self.k = kernel
+        self.p = kernel.profile
         self.mr_lock = threading.Lock()
         self.stale = True  # §2.5 "Read": the cache starts stale (read and written under mr_lock)
         self._last_status = abi.TDX_SUCCESS
@@ -161,7 +145,7 @@ class DriverV616:
         """§2.5 #3: TDG.MR.REPORT with RCX = pa(buf), RDX = pa(buf+128); -ENXIO / -EBUSY / -EIO."""
         status = self.k.tdcall(abi.TDG_MR_REPORT, self.buf, self.buf + abi.TDR_OFF_REPORTDATA, 0)
         self._last_status = status
-        return -errors.status_errno(status, self.NAME) if status != abi.TDX_SUCCESS else 0
+        return -self.p.status_errno(status) if status != abi.TDX_SUCCESS else 0
 
     def _do_report(self, task) -> int:
         """tdx_do_report(NULL, NULL): the refresh (and init) form, REPORTDATA as it sits at buf+128."""
@@ -174,8 +158,9 @@ class DriverV616:
             self.k.mutex_unlock(self.mr_lock)
 
     def ioctl(self, task, cmd: int, arg: int) -> int:
-        if cmd != abi.TDX_CMD_GET_REPORT0:
-            return -abi.ENOTTY
+        req = self.p.report
+        if cmd != req.value:
+            return -self.p.unknown_cmd_errno
         k = self.k
         # §2.5 #1: take mr_lock interruptibly
         ret = k.mutex_lock_interruptible(task, self.mr_lock)
@@ -184,14 +169,14 @@ class DriverV616:
         try:
             # §2.5 #2: 64 bytes from arg+0 to buf+128 (a fault may leave them partly copied or zeroed)
             if k.copy_from_user(task, "reportdata:copy_from_user", self.buf + abi.TDR_OFF_REPORTDATA,
-                                arg + abi.TDX_REPORT_REQ_OFF_REPORTDATA, _REPORTDATA_LEN):
+                                arg + req.field("reportdata").offset, _REPORTDATA_LEN):
                 return -abi.EFAULT
             # §2.5 #3
             ret = self._report_locked()
             if ret:
                 return ret
             # §2.5 #4: 1024 bytes from the cache to arg+64
-            if k.copy_to_user(task, "tdreport:copy_to_user", arg + abi.TDX_REPORT_REQ_OFF_TDREPORT,
+            if k.copy_to_user(task, "tdreport:copy_to_user", arg + req.field("tdreport").offset,
                               self.buf, _REPORT_LEN):
                 return -abi.EFAULT
             return 0
@@ -201,7 +186,8 @@ class DriverV616:
 
     # -- measurement files (§2.5 "Measurement files") -----------------------------------------------
     def read_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
-        field_offset, live = abi.MEASUREMENTS[name]
+        mr = self.p.measurement(name)
+        field_offset, live = mr.tdr_offset, mr.live
         size = abi.MEASUREMENT_LEN
         if offset >= size or count == 0:  # sysfs: nothing to read past the end
             return 0
@@ -224,7 +210,8 @@ class DriverV616:
         return n
 
     def write_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
-        index = int(name[len("rtmr")])  # only rtmrN:sha384 opens for writing (0644)
+        mr = self.p.measurement(name)  # only the RTMRs open for writing (0644)
+        index = (mr.tdr_offset - abi.TDR_OFF_RTMR0) // abi.TDX_SHA384_LEN
         # §2.5 "Write": offset != 0 or count != 48 -> -EINVAL
         if offset != 0 or count != abi.MEASUREMENT_LEN:
             return -abi.EINVAL
@@ -241,11 +228,12 @@ class DriverV616:
             k.write(self.buf + abi.TDR_OFF_REPORTDATA, data)
             status = k.tdcall(abi.TDG_MR_RTMR_EXTEND, self.buf + abi.TDR_OFF_REPORTDATA, index)
             if status != abi.TDX_SUCCESS:
-                return -errors.status_errno(status, self.NAME)
+                return -self.p.status_errno(status)
             self.stale = True  # a successful write makes the cache stale
         finally:
             k.mutex_unlock(self.mr_lock)
         return count
 
 
-DRIVER_CLASSES = {cls.NAME: cls for cls in (DriverV4, DriverV62, DriverV616)}
+#: Profile.ops -> driver class.
+DRIVER_CLASSES = {cls.OPS: cls for cls in (DriverV4, DriverV62, DriverV616)}

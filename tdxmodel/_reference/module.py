@@ -133,7 +133,11 @@ class Module:
         self._lock = _RtmrLock()
         self._state_guard = threading.Lock()  # consistent snapshots of TDINFO for inspection
         self._stats_guard = threading.Lock()
-        self._stats = {"reports": 0, "extends": 0, "verifies": 0}
+        self._stats = {"reports": 0, "extends": 0, "verifies": 0, "report_interrupts": 0}
+        self._pending_interrupts = 0
+        self._step_hook = None
+        self._step_hook_error = None
+        self._vmm = None  # the Host behind TDG.VP.VMCALL (tdxmodel._reference.host)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -206,12 +210,12 @@ class Module:
         return base
 
     # ------------------------------------------------------------------ report construction
-    def _build_report(self, reportdata: bytes) -> bytes:
-        """The 1024-byte TDREPORT (ref §4.4), built in a zeroed buffer as the module does."""
+    def _build_report(self, reportdata: bytes, tdinfo: bytes) -> bytes:
+        """The 1024-byte TDREPORT (ref §4.4) for a TDINFO snapshot, built in a zeroed buffer as the
+        module does."""
         r = bytearray(abi.TDX_REPORT_LEN)
         r[0:4] = bytes([abi.TDX_REPORTTYPE_TYPE, abi.TDX_REPORTTYPE_SUBTYPE, self._report_version, 0])
         r[abi.TDR_OFF_CPUSVN:abi.TDR_OFF_CPUSVN + 16] = self._cpusvn
-        tdinfo = bytes(self._tdinfo)
         r[abi.TDR_OFF_TEE_TCB_INFO_HASH:abi.TDR_OFF_TEE_TCB_INFO_HASH + 48] = hashlib.sha384(self._tee_tcb_info).digest()
         r[abi.TDR_OFF_TEE_INFO_HASH:abi.TDR_OFF_TEE_INFO_HASH + 48] = hashlib.sha384(tdinfo).digest()
         r[abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + 64] = reportdata
@@ -219,6 +223,58 @@ class Module:
         r[abi.TDR_OFF_TEE_TCB_INFO:abi.TDR_OFF_TEE_TCB_INFO + abi.TDX_TEE_TCB_INFO_LEN] = self._tee_tcb_info
         r[abi.TDR_OFF_TDINFO:] = tdinfo
         return bytes(r[:abi.TDX_REPORT_LEN])
+
+    _INTERRUPTED = object()
+
+    def _report_steps_5_7(self, reportdata: bytes):
+        """Rows 5-7 of ref §4.3 with the RTMR lock window of the module's version ("Lock window"):
+        1.5.01 holds the lock shared only for its snapshot of TDINFO and TEE_INFO_HASH, then checks
+        for an interrupt (row 6); 1.0 holds it until the report is built (row 7). Neither holds it
+        for the copy-out. Returns (status, report), or (_INTERRUPTED, None): the TDCALL left without
+        writing RAX, so the guest executes it again."""
+        status = self._lock.try_acquire(exclusive=False)         # row 5
+        if status:
+            return status, None
+        if self._version_minor != 0:
+            with self._state_guard:
+                tdinfo = bytes(self._tdinfo)                     # the snapshot
+            self._lock.release(exclusive=False)
+            self._step("snapshot")
+            if self._take_interrupt():                           # row 6 (1.5)
+                return self._INTERRUPTED, None
+            report = self._build_report(reportdata, tdinfo)      # row 7
+        else:
+            try:
+                with self._state_guard:
+                    tdinfo = bytes(self._tdinfo)
+                self._step("snapshot")
+                report = self._build_report(reportdata, tdinfo)  # row 7
+            finally:
+                self._lock.release(exclusive=False)
+        self._step("built")
+        return abi.TDX_SUCCESS, report
+
+    def _take_interrupt(self) -> bool:
+        with self._stats_guard:
+            if self._pending_interrupts == 0:
+                return False
+            self._pending_interrupts -= 1
+            self._stats["report_interrupts"] += 1
+            return True
+
+    def _step(self, point: str) -> None:
+        hook = self._step_hook
+        if hook is not None:
+            try:
+                hook(point)
+            except BaseException as exc:  # noqa: BLE001 - the sink; raised once the leaf returned
+                if self._step_hook_error is None:
+                    self._step_hook_error = exc
+
+    def _raise_hook_error(self) -> None:
+        exc, self._step_hook_error = self._step_hook_error, None
+        if exc is not None:
+            raise exc
 
     def _mac(self, covered: bytes) -> bytes:
         """HMAC-SHA-256 with the platform key over REPORTMACSTRUCT bytes 0..223 (ref §4.5 design choice)."""
@@ -232,8 +288,8 @@ class Module:
     def tdcall(self, rax: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> int:
         """tdcall(rax, rcx=0, rdx=0, r8=0) -> int: dispatch on RAX (ref §4.1).
 
-        tdxmodel models only the MR leaves; any other leaf answers as an unknown leaf
-        (TDX_OPERAND_INVALID, operand RAX)."""
+        Leaf 0 is TDG.VP.VMCALL with every R register 0 (use tdvmcall() to pass them); the MR leaves
+        are modelled; any other leaf answers as an unknown leaf (TDX_OPERAND_INVALID, operand RAX)."""
         rax, rcx, rdx, r8 = _u64("rax", rax), _u64("rcx", rcx), _u64("rdx", rdx), _u64("r8", r8)
         if self._version_minor == 0:
             leaf = rax  # 1.0 switches on all 64 bits
@@ -241,6 +297,9 @@ class Module:
             if rax >> 24 or (rax >> 16) & 0xFF:  # reserved bits, or a leaf version we do not accept
                 return OPERAND_INVALID_RAX
             leaf = rax & 0xFFFF
+        if leaf == abi.TDG_VP_VMCALL:
+            self._vp_vmcall([0, 0, 0, 0, 0, 0])  # this entry carries no R10..R15: sub-function 0
+            return abi.TDX_SUCCESS
         if leaf == abi.TDG_MR_REPORT:
             return self.mr_report(rcx, rdx, r8)
         if leaf == abi.TDG_MR_RTMR_EXTEND:
@@ -249,10 +308,50 @@ class Module:
             return self.mr_verifyreport(rcx)
         return OPERAND_INVALID_RAX
 
+    # ------------------------------------------------------------------ TDG.VP.VMCALL (quote.md §3)
+    def _set_vmm(self, vmm) -> bool:
+        """Attach (vmm) or detach (None) the VMM; False when another one is attached."""
+        with self._stats_guard:
+            if vmm is not None and self._vmm is not None:
+                return False
+            self._vmm = vmm
+            return True
+
+    def _vp_vmcall(self, regs: list) -> None:
+        """Hand the exposed registers to the VMM; no VMM: SUBFUNC_UNSUPPORTED, KVM's default.
+        RCX's register-exposure mask is not modelled: every register is exposed."""
+        vmm = self._vmm
+        if vmm is None:
+            regs[0] = abi.TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+        else:
+            vmm._vmcall(regs)
+
+    def tdvmcall(self, r11: int, r12: int = 0, r13: int = 0, r14: int = 0, r15: int = 0, *,
+                 r10: int = 0) -> Tuple[int, int]:
+        """tdvmcall(r11, r12=0, r13=0, r14=0, r15=0, *, r10=0) -> (R10 status, R11 output).
+
+        TDG.VP.VMCALL (TDCALL leaf 0): the TDCALL itself always succeeds."""
+        regs = [_u64("r10", r10), _u64("r11", r11), _u64("r12", r12), _u64("r13", r13),
+                _u64("r14", r14), _u64("r15", r15)]
+        self._vp_vmcall(regs)
+        return regs[0], regs[1]
+
     def mr_report(self, rcx: int, rdx: int, r8: int = 0) -> int:
         """mr_report(rcx, rdx, r8=0) -> int: TDG.MR.REPORT on GPAs (ref §4.3)."""
         rcx, rdx, r8 = _u64("rcx", rcx), _u64("rdx", rdx), _u64("r8", r8)
         self._count("reports")
+        try:
+            return self._mr_report(rcx, rdx, r8)
+        finally:
+            self._raise_hook_error()
+
+    def _mr_report(self, rcx: int, rdx: int, r8: int) -> int:
+        while True:
+            status = self._mr_report_once(rcx, rdx, r8)
+            if status is not self._INTERRUPTED:
+                return status                                    # else the guest executes it again
+
+    def _mr_report_once(self, rcx: int, rdx: int, r8: int):
         try:
             if rcx % abi.TDX_REPORT_ALIGN:                       # row 1
                 return OPERAND_INVALID_RCX
@@ -263,18 +362,14 @@ class Module:
             rd_off = self._walk(rdx)                             # row 3b
             if r8 != 0:                                          # row 4
                 return OPERAND_INVALID_R8
-            status = self._lock.try_acquire(exclusive=False)     # row 5
-            if status:
+            status, report = self._report_steps_5_7(bytes(self._memory[rd_off:rd_off + 64]))  # rows 5-7
+            if status:                                           # BUSY, or interrupted
                 return status
-            try:
-                report = self._build_report(bytes(self._memory[rd_off:rd_off + 64]))  # rows 6-7
-                if self._gpa_invalid(rcx):                       # row 8
-                    return OPERAND_INVALID_RCX
-                out_off = self._walk(rcx)
-                self._memory[out_off:out_off + abi.TDX_REPORT_LEN] = report  # row 9
-                return abi.TDX_SUCCESS
-            finally:
-                self._lock.release(exclusive=False)
+            if self._gpa_invalid(rcx):                           # row 8
+                return OPERAND_INVALID_RCX
+            out_off = self._walk(rcx)
+            self._memory[out_off:out_off + abi.TDX_REPORT_LEN] = report  # row 9
+            return abi.TDX_SUCCESS
         except _TdExitSignal as sig:
             raise sig.exc from None
 
@@ -341,13 +436,10 @@ class Module:
         self._count("reports")
         if subtype != 0:
             return OPERAND_INVALID_R8, None
-        status = self._lock.try_acquire(exclusive=False)
-        if status:
-            return status, None
-        try:
-            return abi.TDX_SUCCESS, self._build_report(reportdata)
-        finally:
-            self._lock.release(exclusive=False)
+        while True:                                              # rows 5-7, executed again if interrupted
+            status, report = self._report_steps_5_7(reportdata)
+            if status is not self._INTERRUPTED:
+                return status, report
 
     def report(self, reportdata=b"", subtype: int = 0) -> bytes:
         """report(reportdata: bytes = b"", subtype: int = 0) -> bytes: TDG.MR.REPORT on a host buffer."""
@@ -356,6 +448,7 @@ class Module:
             raise ValueError(f"reportdata is {len(reportdata)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
         subtype = _u64("subtype", subtype)
         status, report = self._report_direct(reportdata.ljust(abi.TDX_REPORTDATA_LEN, b"\0"), subtype)
+        self._raise_hook_error()
         errors.check_status(status, leaf="TDG.MR.REPORT")
         assert report is not None
         return report
@@ -390,6 +483,7 @@ class Module:
             statuses[i] = status
             if report is not None:
                 out[i] = np.frombuffer(report, dtype=np.uint8)
+        self._raise_hook_error()
         return out, statuses
 
     # ------------------------------------------------------------------ state
@@ -430,6 +524,29 @@ class Module:
 
     def rtmr_unlock(self, exclusive: bool) -> None:
         self._lock.release(bool(exclusive))
+
+    # ------------------------------------------------------------------ interrupts (ref §4.3 row 6)
+    def inject_interrupts(self, n: int) -> None:
+        """inject_interrupts(n: int) -> None: n interrupts pending for the TD (replacing any count);
+        each 1.5 REPORT passing row 5 consumes one and is executed again; 1.0 never checks."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if not 0 <= n <= 0xFFFFFFFF:
+            raise ValueError(f"n must be in [0, {0xFFFFFFFF}], got {n}")
+        with self._stats_guard:
+            self._pending_interrupts = n
+
+    @property
+    def pending_interrupts(self) -> int:
+        with self._stats_guard:
+            return self._pending_interrupts
+
+    def _set_step_hook(self, hook) -> None:
+        """Tests only: call ``hook("snapshot")`` and ``hook("built")`` inside every REPORT."""
+        if hook is not None and not callable(hook):
+            raise TypeError(f"hook must be callable or None, not {type(hook).__name__}")
+        self._step_hook = hook
+        self._raise_hook_error()
 
     def counters(self) -> Dict[str, int]:
         with self._lock._guard, self._stats_guard:

@@ -1,6 +1,6 @@
 """The handler behind ``tdxmodel serve``: every request runs on the emulated kernel (layer 4).
 
-``EmulatedDevice`` is the object ``tdxmodel._core.DeviceServer`` calls (with the GIL) for the device
+``EmulatedDevice`` is the object ``tdxmodel.transport._server.DeviceServer`` calls (with the GIL) for the device
 file, the socket and the control files. It speaks to the emulator only through the backend's public
 API (docs/CONTRACT.md: ``Kernel.process``, ``Process.open/ioctl/pread/pwrite/poke/peek/mmap``,
 ``Kernel.fault``, ``Process.fail_nth``), so it serves either backend.
@@ -35,7 +35,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 
 PAGE = abi.TDX_PAGE_SIZE
 #: Where an open file's mirror of the client's memory lives in its emulated Process (any page-aligned
@@ -60,9 +60,7 @@ def driver_windows(driver: str) -> Dict[int, int]:
 
     v4 reads 64 bytes and writes the 1024-byte TDREPORT in place (ref §2.2) though its command encodes
     8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5)."""
-    if driver == "v4-2022-04":
-        return {abi.TDX_CMD_GET_TDREPORT: abi.TDX_REPORT_LEN}
-    return {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+    return {c.value: c.request_len for c in profiles.get(driver).commands}
 
 
 class _FailNth:
@@ -104,7 +102,7 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock; ``watch_state()`` applies the store's RTMRs
+    made through the measurement files, under its lock; ``sync_state()`` applies the store's RTMRs
     when its generation changes."""
 
     def __init__(self, kernel: Any, *, store: Any = None,
@@ -112,6 +110,7 @@ class EmulatedDevice:
         self.kernel = kernel
         self.module = kernel.module
         self.driver = kernel.driver
+        self.profile = profiles.get(kernel.driver)
         self.store = store
         self.log = log or (lambda msg: print(f"tdxmodel serve: {msg}", file=sys.stderr, flush=True))
         self.errors: List[BaseException] = []
@@ -128,21 +127,22 @@ class EmulatedDevice:
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
         self._mr_lock_held = False
-        if self.driver == "v6.16":
+        if self.profile.measurements:
             self._open_measurements()
         if store is not None:
             self._generation = store.generation()
 
     # ------------------------------------------------------------------ the device file
-    def attach_fast_path(self, server: Any) -> None:
-        """Route ioctls through the server's nogil path (core backend only): the server then also
-        holds the pending fail-nth, so both paths count the same points."""
+    def attach_fast_path(self, path: Any) -> None:
+        """Route ioctls through the core's nogil path (a ``tdxmodel._core._ext.DevicePath``, which
+        the transport calls in C): it then also holds the pending fail-nth, so both paths count the
+        same points."""
         from tdxmodel._core import _ext
         if (_ext.USER_BASE, _ext.MIRROR_PAGES) != (USER_BASE, MIRROR_PAGES):
             raise RuntimeError("the C mirror layout differs from tdxmodel.transport.device's")
-        server.fail_nth_set(self._fail_nth.fail_nth_get())
-        self._fast = server
-        self._fail_nth = server
+        path.fail_nth_set(self._fail_nth.fail_nth_get())
+        self._fast = path
+        self._fail_nth = path
 
     def open(self, flags: int, pid: int) -> int:
         process = self.kernel.process()
@@ -246,14 +246,12 @@ class EmulatedDevice:
             self._write_fail_nth)
         add("debug/counters", 0o444, lambda size, off: _text(json.dumps(self.counters()) + "\n", off),
             lambda data, off: -errno.EACCES)
-        if self.driver == "v6.16":
+        if self.profile.has_lock("mr_lock"):
             add("debug/mr_lock", 0o600, lambda size, off: _text(f"{int(self._mr_lock_held)}\n", off),
                 self._write_mr_lock)
-        for name, (_off, writable) in abi.MEASUREMENTS.items():
-            if self.driver != "v6.16":
-                break
-            add(f"measurements/{name}", 0o644 if writable else 0o444, self._measurement_reader(name),
-                self._measurement_writer(name))
+        for mr in self.profile.measurements:
+            add(f"measurements/{mr.name}", mr.mode, self._measurement_reader(mr.name),
+                self._measurement_writer(mr.name))
         return out
 
     def counters(self) -> Dict[str, Any]:
@@ -335,9 +333,10 @@ class EmulatedDevice:
     def _open_measurements(self) -> None:
         p = self.kernel.process()
         p.mmap(CONTROL_BASE, CONTROL_LEN, "rw")
-        for name, (_off, writable) in abi.MEASUREMENTS.items():
-            path = f"{abi.MEASUREMENT_DIRS[0]}/{name}"
-            fd = p.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        for mr in self.profile.measurements:
+            name = mr.name
+            path = f"{self.profile.measurement_dirs[0]}/{name}"
+            fd = p.open(path, os.O_RDWR if mr.writable else os.O_RDONLY)
             if fd < 0:
                 raise OSError(-fd, f"the emulated kernel has no {path}")
             self._measurement_fds[name] = fd

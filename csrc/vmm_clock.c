@@ -1,0 +1,121 @@
+/*
+ * vmm_clock.c - the platform clock (vmm_clock.h).
+ */
+#include "vmm_clock.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct vmm_clock {
+    int real;
+    _Atomic uint64_t virtual_ns; /* virtual time */
+    uint64_t epoch_ns;           /* real: CLOCK_MONOTONIC at creation */
+    pthread_mutex_t lock;        /* guards the listener */
+    vmm_clock_listener listener;
+    void *listener_ctx;
+};
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+vmm_clock *vmm_clock_create(int real)
+{
+    vmm_clock *c = calloc(1, sizeof *c);
+
+    if (c == NULL)
+        return NULL;
+    c->real = real != 0;
+    c->epoch_ns = monotonic_ns();
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void vmm_clock_destroy(vmm_clock *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+int vmm_clock_is_real(const vmm_clock *c)
+{
+    return c->real;
+}
+
+uint64_t vmm_clock_now_ns(vmm_clock *c)
+{
+    if (c->real)
+        return monotonic_ns() - c->epoch_ns;
+    return atomic_load(&c->virtual_ns);
+}
+
+static void run_listener(vmm_clock *c)
+{
+    vmm_clock_listener fn;
+    void *ctx;
+
+    pthread_mutex_lock(&c->lock);
+    fn = c->listener;
+    ctx = c->listener_ctx;
+    pthread_mutex_unlock(&c->lock);
+    if (fn != NULL)
+        fn(ctx, vmm_clock_now_ns(c));
+}
+
+static void virtual_move_to(vmm_clock *c, uint64_t target)
+{
+    uint64_t now = atomic_load(&c->virtual_ns);
+
+    while (now < target && !atomic_compare_exchange_weak(&c->virtual_ns, &now, target))
+        ;
+}
+
+void vmm_clock_sleep_ns(vmm_clock *c, uint64_t ns)
+{
+    if (c->real) {
+        struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    } else {
+        uint64_t start = atomic_load(&c->virtual_ns);
+        virtual_move_to(c, start + ns);
+    }
+    run_listener(c);
+}
+
+int vmm_clock_advance_ns(vmm_clock *c, uint64_t ns)
+{
+    if (c->real)
+        return -1;
+    atomic_fetch_add(&c->virtual_ns, ns);
+    run_listener(c);
+    return 0;
+}
+
+void vmm_clock_poll(vmm_clock *c)
+{
+    run_listener(c);
+}
+
+int vmm_clock_set_listener(vmm_clock *c, vmm_clock_listener fn, void *ctx)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if (fn != NULL && c->listener != NULL)
+        rc = -1;
+    else {
+        c->listener = fn;
+        c->listener_ctx = fn != NULL ? ctx : NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}

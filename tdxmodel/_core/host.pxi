@@ -1,0 +1,247 @@
+# The host layer: the platform clock and the VMM (KVM + QEMU + the quote service), thin wrappers of
+# csrc/vmm_clock.h and csrc/vmm_host.h (docs/CONTRACT.md "Clock", "Host", "TestQuoteProducer").
+
+from libc.stdlib cimport malloc, free
+from tdxmodel._core.vmm_host cimport *
+
+from tdxmodel import host_faults as _host_faults
+from tdxmodel.host_faults import TestQuoteProducer
+
+_CLOCK_KINDS = ("virtual", "real")
+
+
+cdef class Clock:
+    """Clock(kind: str = "virtual")
+
+    The one platform clock: the guest kernel's sleeps and the host's completions. "virtual" moves only
+    when someone sleeps or advances it (a 30 s timeout takes no wall time); "real" is CLOCK_MONOTONIC.
+    """
+
+    cdef vmm_clock *ptr
+
+    def __cinit__(self, *args, **kwargs):
+        self.ptr = NULL
+
+    def __init__(self, kind="virtual"):
+        if kind not in _CLOCK_KINDS:
+            raise ValueError(f"clock kind must be one of {', '.join(_CLOCK_KINDS)}, not {kind!r}")
+        if self.ptr != NULL:
+            raise RuntimeError("Clock is already initialised")
+        self.ptr = vmm_clock_create(1 if kind == "real" else 0)
+        if self.ptr == NULL:
+            raise MemoryError("cannot allocate a clock")
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            vmm_clock_destroy(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def kind(self):
+        """kind -> str: "virtual" or "real"."""
+        return "real" if vmm_clock_is_real(self.ptr) else "virtual"
+
+    def now_ns(self):
+        """now_ns() -> int: nanoseconds since the clock was made."""
+        return vmm_clock_now_ns(self.ptr)
+
+    def sleep_ns(self, ns):
+        """sleep_ns(ns: int) -> None: sleep (virtual: move time on), then let the host complete what is due."""
+        cdef uint64_t n = _u64(ns, "ns")
+        with nogil:
+            vmm_clock_sleep_ns(self.ptr, n)
+
+    def advance_ns(self, ns):
+        """advance_ns(ns: int) -> None: virtual only (ValueError on a real clock)."""
+        cdef uint64_t n = _u64(ns, "ns")
+        cdef int rc
+        with nogil:
+            rc = vmm_clock_advance_ns(self.ptr, n)
+        if rc != 0:
+            raise ValueError("a real clock cannot be advanced; sleep_ns() instead")
+
+    def poll(self):
+        """poll() -> None: let the host complete what is due now."""
+        with nogil:
+            vmm_clock_poll(self.ptr)
+
+    def __repr__(self):
+        return f"<Clock {self.kind} at {self.now_ns()} ns, core>"
+
+
+cdef int _py_produce(void *ctx, const uint8_t *inp, size_t in_len, uint8_t *out, size_t cap,
+                     size_t *out_len) noexcept with gil:
+    """A Python producer called from C (any thread): 0 and the bytes, or 1 when it raised."""
+    cdef bytes q
+    try:
+        q = bytes((<object>ctx).produce(PyBytes_FromStringAndSize(<const char *>inp, in_len)))
+    except BaseException:
+        return 1
+    out_len[0] = len(q)
+    if <size_t>len(q) <= cap:
+        memcpy(out, <const char *>q, len(q))
+    return 0
+
+
+_DEFAULT = object()
+
+
+cdef class Host:
+    """Host(module, *, producer=<the default producer>, clock=None)
+
+    The VMM behind the module's TDG.VP.VMCALL: KVM, QEMU's GetQuote / SetupEventNotifyInterrupt /
+    GetTdVmCallInfo handlers (quote.md §3, §4.1 H1-H9) and the quote service. ``producer`` has
+    ``produce(payload: bytes) -> bytes``; None means no quote service is configured (H5). ``clock``:
+    a Clock, or "virtual" / "real"; default a new virtual clock.
+    """
+
+    cdef vmm_host *ptr
+    cdef object _module, _clock, _producer
+
+    def __cinit__(self, *args, **kwargs):
+        self.ptr = NULL
+
+    def __init__(self, module, *, producer=_DEFAULT, clock=None):
+        if self.ptr != NULL:
+            raise RuntimeError("Host is already initialised")
+        if not isinstance(module, Module):
+            raise TypeError(f"module must be a core Module, not {type(module).__name__}")
+        if clock is None or isinstance(clock, str):
+            clock = Clock(clock or "virtual")
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock or 'virtual'/'real', not {type(clock).__name__}")
+        if producer is _DEFAULT:
+            producer = TestQuoteProducer()
+        if producer is not None and not callable(getattr(producer, "produce", None)):
+            raise TypeError("producer must have a produce(payload: bytes) -> bytes method, or be None")
+        self._module = module
+        self._clock = clock
+        self._producer = producer
+        self.ptr = vmm_host_create((<Module>module)._live(), (<Clock>clock).ptr, NULL, NULL)
+        if self.ptr == NULL:
+            raise ValueError("the module already has a host, or the clock already serves one")
+        self._install_producer()
+
+    cdef _install_producer(self):
+        p = self._producer
+        if p is None:
+            vmm_host_set_producer(self.ptr, NULL, NULL)
+        elif type(p) is TestQuoteProducer:
+            vmm_host_set_producer(self.ptr, vmm_test_producer, NULL)
+        else:
+            vmm_host_set_producer(self.ptr, _py_produce, <void *>p)
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            with nogil:
+                vmm_host_destroy(self.ptr)
+            self.ptr = NULL
+
+    cdef inline vmm_host *_live(self) except NULL:
+        if self.ptr == NULL:
+            raise RuntimeError("Host is closed")
+        return self.ptr
+
+    def close(self):
+        """close() -> None: detach from the module and the clock (pending requests are dropped)."""
+        if self.ptr != NULL:
+            with nogil:
+                vmm_host_destroy(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def module(self):
+        return self._module
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @property
+    def producer(self):
+        return self._producer
+
+    @producer.setter
+    def producer(self, p):
+        if p is not None and not callable(getattr(p, "produce", None)):
+            raise TypeError("producer must have a produce(payload: bytes) -> bytes method, or be None")
+        self._live()
+        old = self._producer
+        self._producer = p
+        self._install_producer()
+        del old
+
+    @property
+    def notify_vector(self):
+        """notify_vector -> int | None: the vector SetupEventNotifyInterrupt registered."""
+        cdef unsigned v
+        cdef vmm_host *h = self._live()
+        with nogil:
+            v = vmm_host_notify_vector(h)
+        return v if v else None
+
+    def push_fault(self, fault=None, **params):
+        """push_fault(fault=None, *, seconds=..., out_len=...) -> None: the next GetQuote's behaviour."""
+        cdef vmm_fault f
+        cdef int rc
+        kind, service_ns, out_len = _host_faults.parse(fault, **params)
+        f.kind = kind
+        f.service_ns = service_ns
+        f.out_len = out_len
+        cdef vmm_host *h = self._live()
+        with nogil:
+            rc = vmm_host_push_fault(h, &f)
+        if rc != 0:
+            raise ValueError("the host's fault queue is full")
+
+    def set_schedule(self, specs, cycle=False):
+        """set_schedule(specs: list, cycle: bool = False) -> None: one spec per GetQuote once the
+        pushed faults are used up; QEMU's behaviour after the end unless cycle."""
+        cdef vmm_fault *arr
+        cdef size_t n, i
+        cdef int rc, cyc
+        cdef vmm_host *h
+        parsed = [_host_faults.parse(s) for s in specs]
+        n = len(parsed)
+        arr = <vmm_fault *>malloc((n if n else 1) * sizeof(vmm_fault))
+        if arr == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                arr[i].kind, arr[i].service_ns, arr[i].out_len = parsed[i]
+            h = self._live()
+            cyc = 1 if cycle else 0
+            with nogil:
+                rc = vmm_host_set_schedule(h, arr, n, cyc)
+        finally:
+            free(arr)
+        if rc != 0:
+            raise MemoryError()
+
+    def clear_faults(self):
+        """clear_faults() -> None: QEMU's behaviour from the next request."""
+        cdef vmm_host *h = self._live()
+        with nogil:
+            vmm_host_clear_faults(h)
+
+    def guest_read(self, gpa, n):
+        """guest_read(gpa: int, n: int) -> None: the guest read shared bytes (out_len_changes hook)."""
+        cdef uint64_t g = _u64(gpa, "gpa")
+        cdef size_t count = _count(n, "n", _U64_MAX)
+        cdef vmm_host *h = self._live()
+        with nogil:
+            vmm_host_guest_read(h, g, count)
+
+    def counters(self):
+        """counters() -> dict: vmcalls, get_quotes, accepted, completed, in_flight, leaked_slots,
+        retries, interrupts, last_vector."""
+        cdef vmm_counters c
+        cdef vmm_host *h = self._live()
+        with nogil:
+            vmm_host_get_counters(h, &c)
+        return {"vmcalls": c.vmcalls, "get_quotes": c.get_quotes, "accepted": c.accepted,
+                "completed": c.completed, "in_flight": c.in_flight, "leaked_slots": c.leaked_slots,
+                "retries": c.retries, "interrupts": c.interrupts, "last_vector": c.last_vector}
+
+    def __repr__(self):
+        return f"<Host on {self._module!r}, {self._clock!r}, core>"

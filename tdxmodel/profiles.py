@@ -1,0 +1,265 @@
+"""Driver generations as data: one ``Profile`` per generation (layer 0, beside ``tdxmodel.abi``).
+
+A profile is the only place a generation is described: its device node, every ioctl command with its
+request layout, the status-to-errno map, the injection points in the order the driver reaches them,
+its locks, its measurement files, and the quote-provider traits. Everything else reads it:
+
+* ``python -m tdxmodel._gen_abi`` writes ``PROFILES`` into ``csrc/tdx_abi.h`` as ``TDXM_PROFILES[]``
+  (one row per generation; ``.ops`` names the C ops table ``csrc/tdx_driver.c`` dispatches through),
+  and ``tests/test_abi_drift.py`` fails when the header and this table drift;
+* the reference model picks its driver class by ``Profile.ops``; the Cython layer, ``errors``,
+  the campaign, the client, the transports, the benchmarks, the pytest plugin and the proofs read the
+  fields below. Code never compares a generation's name: it asks the profile
+  (``p.has_lock("mr_lock")``, ``p.report.field("tdreport")``, ``p.cached_report_buf`` ...).
+
+Adding a generation (CONTRIBUTING.md "Adding a driver generation" is the worked example): append a
+``Profile`` to ``PROFILES`` (reusing an ``ops`` when its ioctl paths are those of an existing
+generation, e.g. a quote provider that only adds ``quote`` traits), add any new injection point to
+``POINTS`` and any new ioctl number to ``tdxmodel.abi``, regenerate, and write the ops (C) and driver
+class (reference) only if the generation has a step table of its own.
+
+Every fact cites its section of ``shared/reference/tdx-abi.md`` (ref §N) or ``quote.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from tdxmodel import abi
+
+IN = "in"     # user -> kernel (copy_from_user)
+OUT = "out"   # kernel -> user (copy_to_user)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One region of an ioctl request: ``size`` bytes at ``offset`` from ``arg``."""
+
+    name: str
+    offset: int
+    size: int
+    direction: str   # IN or OUT
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class Command:
+    """An ioctl command and the layout of the request ``arg`` points to."""
+
+    key: str                    # what code asks for: "report", "extend_rtmr", "verify_report", ...
+    name: str                   # the tdxmodel.abi constant of its number
+    request_len: int            # bytes of the request
+    fields: Tuple[Field, ...]
+    ref: str
+
+    @property
+    def value(self) -> int:
+        return abi.VALUES[self.name]
+
+    @property
+    def in_place(self) -> bool:
+        """The output overwrites the input (v4's one buffer, ref §2.2) rather than following it."""
+        return self.field("tdreport").offset == self.field("reportdata").offset
+
+    @property
+    def client_layout(self) -> str:
+        """The layout argument of the C test clients (tests/clients/*.c): "v4" in place, "v6" struct."""
+        return "v4" if self.in_place else "v6"
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.name} has no field {name!r}")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A sysfs measurement file (ref §2.5 "Measurement files"): 48 bytes of the TDREPORT."""
+
+    name: str
+    tdr_offset: int
+    mode: int          # 0o644 (LIVE | WRITABLE: the RTMRs) or 0o444
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.mode & 0o200)
+
+    @property
+    def live(self) -> bool:
+        """LIVE registers are refreshed from a new REPORT when the cache is stale (the RTMRs)."""
+        return self.writable
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str                            # the spelling of the CLI and API (--driver, Kernel(driver=))
+    ref: str                             # the reference section of its step table
+    kernel: Tuple[str, Optional[str]]    # first and last kernel version (None: still current)
+    device_path: str
+    misc_name: str
+    ops: str                             # C ops table (csrc/tdx_driver.c) and reference driver class
+    commands: Tuple[Command, ...]        # the report command first
+    unknown_cmd_errno: int               # errno of a command the driver does not know; 0: returns 0
+    errno_map: Tuple[Tuple[int, int], ...]   # (status >> 32, errno) of a failing TDCALL
+    errno_default: int                   # errno of any other failing status
+    points: Tuple[str, ...]              # injection points in the order the driver reaches them
+    report_errnos: Tuple[int, ...]       # the documented errno set of the report ioctl (0 implied)
+    locks: Tuple[str, ...] = ()          # "mr_lock" (ref §2.5); "quote_lock" (quote.md §2)
+    measurements: Tuple[Measurement, ...] = ()
+    measurement_dirs: Tuple[str, ...] = ()
+    resident: int = 0                    # allocations kept from init to exit
+    cached_report_buf: bool = False      # one report buffer from init (6.16); else per-call buffers
+    status_writeback: Optional[Field] = None   # v4 put_user()s the masked status here on failure
+    quote: Optional[Mapping[str, Any]] = None  # quote-provider traits (configfs-tsm generations)
+    traits: Mapping[str, Any] = field(default_factory=dict)  # anything else a generation needs
+
+    @property
+    def id(self) -> int:
+        """Index in PROFILES: the row of TDXM_PROFILES[] in the generated header."""
+        return _INDEX[self.name]
+
+    @property
+    def report(self) -> Command:
+        return self.commands[0]
+
+    def command(self, key: str) -> Optional[Command]:
+        return next((c for c in self.commands if c.key == key), None)
+
+    def has_lock(self, lock: str) -> bool:
+        return lock in self.locks
+
+    def status_errno(self, status: int) -> int:
+        """The errno (positive) this generation maps a nonzero TDCALL status to; 0 for success."""
+        if status == abi.TDX_SUCCESS:
+            return 0
+        return dict(self.errno_map).get(abi.status_class(status), self.errno_default)
+
+    def errno_names(self, errnos) -> Tuple[str, ...]:
+        return tuple(ERRNO_NAMES[e] for e in errnos)
+
+    def point_capabilities(self) -> Tuple[Tuple[str, str], ...]:
+        return tuple((p, POINT_CAPABILITY[p]) for p in self.points)
+
+    def measurement(self, name: str) -> Optional[Measurement]:
+        return next((m for m in self.measurements if m.name == name), None)
+
+    def other_report_cmd(self) -> int:
+        """A command this generation does not know: another generation's report number."""
+        own = {c.value for c in self.commands}
+        return next(p.report.value for p in PROFILES if p.report.value not in own)
+
+
+#: Every injection point, "<object>:<function>" (docs/CONTRACT.md "Injection point names"), with its
+#: fault capability (ref §7). The order is the C enum's (generated as GK_PT_*).
+POINTS: Tuple[Tuple[str, str], ...] = (
+    ("reportdata:kmalloc", "failslab"),
+    ("tdreport:get_zeroed_page", "fail_page_alloc"),
+    ("tdreport:kzalloc", "failslab"),
+    ("reportdata:copy_from_user", "fail_usercopy"),
+    ("status:put_user", "fail_usercopy"),
+    ("tdreport:copy_to_user", "fail_usercopy"),
+    ("report_buf:kzalloc", "failslab"),
+    ("measurement:copy_to_user", "fail_usercopy"),
+    ("measurement:copy_from_user", "fail_usercopy"),
+)
+POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
+#: errno value -> its tdxmodel.abi name.
+ERRNO_NAMES: Dict[int, str] = {c.value: c.name for c in abi.CONSTANTS if c.group == "errno"}
+
+_RD = abi.TDX_REPORTDATA_LEN
+_TR = abi.TDX_REPORT_LEN
+
+# ref §2.2: one buffer of >= 1024 B; REPORTDATA read from bytes 0..63, the TDREPORT written in place.
+_GET_TDREPORT = Command("report", "TDX_CMD_GET_TDREPORT", _TR,
+                        (Field("reportdata", 0, _RD, IN), Field("tdreport", 0, _TR, OUT)), "ref §1, §2.2")
+# ref §2.4: struct tdx_report_req {u8 reportdata[64]; u8 tdreport[1024];}, 1088 B, no padding.
+_GET_REPORT0 = Command("report", "TDX_CMD_GET_REPORT0", abi.TDX_REPORT_REQ_LEN,
+                       (Field("reportdata", abi.TDX_REPORT_REQ_OFF_REPORTDATA, _RD, IN),
+                        Field("tdreport", abi.TDX_REPORT_REQ_OFF_TDREPORT, _TR, OUT)), "ref §1, §2.4")
+
+_INVALID = abi.LINUX_TDCALL_INVALID_OPERAND
+_BUSY = abi.LINUX_TDCALL_OPERAND_BUSY
+
+#: 6.16 measurement files (ref §2.5): name, TDREPORT offset (ref §4.4), mode.
+_MEASUREMENTS_6_16 = (
+    Measurement("mrtd:sha384", abi.TDR_OFF_MRTD, 0o444),
+    Measurement("mrconfigid", abi.TDR_OFF_MRCONFIGID, 0o444),
+    Measurement("mrowner", abi.TDR_OFF_MROWNER, 0o444),
+    Measurement("mrownerconfig", abi.TDR_OFF_MROWNERCONFIG, 0o444),
+) + tuple(Measurement(f"rtmr{i}:sha384", abi.TDR_OFF_RTMR0 + i * abi.TDX_SHA384_LEN, 0o644)
+          for i in range(abi.TDX_NUM_RTMRS))
+_MEASUREMENT_DIRS_6_16 = ("/sys/devices/virtual/misc/tdx_guest/measurements",   # ref §1
+                          "/sys/class/misc/tdx_guest/measurements")
+
+PROFILES: Tuple[Profile, ...] = (
+    # ref §2.2: the v4 patch as posted (never merged), defects included: an unknown cmd returns 0,
+    # any TDCALL failure -EIO with the masked status put_user()ed into bytes 0..7.
+    Profile(
+        name="v4-2022-04", ref="ref §2.2", kernel=("v4 patch 2022-04-22", "v4 patch 2022-04-22"),
+        device_path="/dev/tdx-attest", misc_name="tdx-attest", ops="v4",
+        commands=(_GET_TDREPORT,), unknown_cmd_errno=0,
+        errno_map=(), errno_default=abi.EIO,
+        points=("reportdata:kmalloc", "tdreport:get_zeroed_page", "reportdata:copy_from_user",
+                "status:put_user", "tdreport:copy_to_user"),
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EIO),
+        status_writeback=Field("status", 0, 8, OUT)),
+    # ref §2.4: upstream 6.2-6.15, no lock, per-call kmalloc/kzalloc.
+    Profile(
+        name="v6.2", ref="ref §2.4", kernel=("6.2", "6.15"),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
+        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
+        points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                "tdreport:copy_to_user"),
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY)),
+    # ref §2.5: 6.16+, the report buffer from init under mr_lock, -ENXIO/-EBUSY, measurement files.
+    Profile(
+        name="v6.16", ref="ref §2.5", kernel=("6.16", None),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
+        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
+        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
+                "measurement:copy_to_user", "measurement:copy_from_user"),
+        report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
+        locks=("mr_lock",), measurements=_MEASUREMENTS_6_16, measurement_dirs=_MEASUREMENT_DIRS_6_16,
+        resident=1, cached_report_buf=True),
+)
+
+_INDEX: Dict[str, int] = {p.name: i for i, p in enumerate(PROFILES)}
+BY_NAME: Dict[str, Profile] = {p.name: p for p in PROFILES}
+#: Generation names, in table order (the CLI's --driver choices).
+NAMES: Tuple[str, ...] = tuple(BY_NAME)
+#: The C ops tables, in first-use order (generated as TDXM_OPS_*).
+OPS: Tuple[str, ...] = tuple(dict.fromkeys(p.ops for p in PROFILES))
+
+
+def get(name: str) -> Profile:
+    """The profile of generation ``name``; ValueError naming the choices otherwise."""
+    try:
+        return BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"driver must be one of {', '.join(NAMES)}, not {name!r}") from None
+
+
+def report_command(cmd: int) -> Command:
+    """The report command numbered ``cmd`` (its layout is the same in every generation that has it)."""
+    for p in PROFILES:
+        if p.report.value == cmd:
+            return p.report
+    raise ValueError(f"0x{cmd:08X} is the report command of no driver generation")
+
+
+def _check() -> None:
+    for p in PROFILES:
+        assert p.commands and p.report.key == "report", p.name
+        assert all(pt in POINT_CAPABILITY for pt in p.points), p.name
+        assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
+        assert bool(p.measurements) == bool(p.measurement_dirs), p.name
+
+
+_check()
