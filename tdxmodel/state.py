@@ -133,21 +133,15 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     """atomic_write(path, data: bytes, mode=0o644) -> None
 
     Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one: a
-    temp file in the same directory, fsync, ``os.replace``, then fsync of the directory. Only a
-    regular file (or nothing) is replaced: a symlink, a device, a FIFO or a directory at ``path`` is
-    an OSError, never replaced by a regular file."""
+    temp file in the same directory, fsync, ``os.replace``, then fsync of the directory. The rename
+    replaces the directory entry, whatever it is (a planted link is replaced, never followed); for a
+    path a user names, where a device or a link must not be replaced, the CLI's ``write_output``
+    decides first."""
     path = pathlib.Path(path)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise OSError(errno.EEXIST, f"is {kind}; refusing to replace it", str(path))
         _replace_at(dir_fd, path.name, bytes(data), mode)
     finally:
         os.close(dir_fd)
@@ -305,6 +299,36 @@ class StateStore:
             config, source = self._config_from_toml(path)
             self._init(dir_fd, config, source, old)
             return config
+
+    # ------------------------------------------------------------------ for tdxmodel.host.collateral
+    # It keeps its PKI files beside the state and holds ``_locked()`` across them and a config change,
+    # so it needs the lock-held read and write without taking the lock again.
+    def _mkdir(self) -> None:
+        os.close(self._open_dir(create=True))
+
+    def _read(self, locked: bool = False) -> Dict[str, Any]:
+        """The current state document (every committed extend applied); ``locked``: the caller holds
+        ``_locked()``, so killed writers' leftovers are completed too."""
+        if not locked:
+            return self._snapshot()[0]
+        dir_fd = self._open_dir(create=True)
+        try:
+            return self._current_locked(dir_fd)[0]
+        finally:
+            os.close(dir_fd)
+
+    def _write(self, config: ModuleConfig, generation: int, source: Optional[Dict[str, str]]) -> Dict[str, Any]:
+        """With ``_locked()`` held: write ``config`` as the state of ``generation`` (RTMRs unchanged:
+        only extends change them, through the log)."""
+        dir_fd = self._open_dir(create=True)
+        try:
+            doc, current, _ = self._current_locked(dir_fd)
+            if tuple(config.rtmr) != tuple(current.rtmr):
+                raise ValueError("only extend changes the RTMRs (the log is their history)")
+            return self._write_state(dir_fd, dict(doc, generation=max(generation, doc["generation"] + 1),
+                                                  config=config.to_dict(), config_source=source))
+        finally:
+            os.close(dir_fd)
 
     # ------------------------------------------------------------------ the directory and its files
     def _module_for(self, config: ModuleConfig) -> Any:

@@ -137,7 +137,7 @@ def write_output(path: str, data: bytes) -> None:
         raise CliError(f"{path}: cannot write: {e.strerror}") from None
     if st is None or stat.S_ISREG(st.st_mode):
         try:
-            atomic_write(path, data)  # re-checks under its own directory handle: never replaces a link
+            atomic_write(path, data)  # rename: a link raced in is replaced, never followed
         except OSError as e:
             raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
         return
