@@ -4,6 +4,7 @@
  * reference table and read command numbers, request offsets and the errno map from the profile.
  */
 #include "tdx_driver.h"
+#include "gk_sched.h"
 
 #include <sched.h>
 #include <stdlib.h>
@@ -140,20 +141,28 @@ static void mr_unlock(td_kernel *tk)
  * delivered by another thread interrupts the wait (ref §2.5 step 1). */
 static int mr_lock_interruptible(td_kernel *tk, gk_task *task)
 {
+    void *token;
+    int ret = -TDXM_EINTR;
+
     if (mr_trylock(tk))
         return 0;
+    token = gk_block_begin(); /* the holder may need the caller's lock to finish */
     for (unsigned spins = 0;; spins++) {
         if (atomic_load(&task->signal_pending))
-            return -TDXM_EINTR;
+            break;
         if (spins < 64) {
             sched_yield();
         } else {
             struct timespec ts = {0, 20000}; /* 20 us: waiting threads leave the cores to others */
             nanosleep(&ts, NULL);
         }
-        if (mr_trylock(tk))
-            return 0;
+        if (mr_trylock(tk)) {
+            ret = 0;
+            break;
+        }
     }
+    gk_block_end(token);
+    return ret;
 }
 
 int td_mr_lock_try(td_kernel *tk)

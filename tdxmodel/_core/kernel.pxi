@@ -1,8 +1,10 @@
 # The guest kernel, its processes and fault knobs: a thin wrapper of csrc/tdx_driver.h and
 # csrc/guest_kernel.h (layer 2; docs/CONTRACT.md "Kernel", "FaultAttr", "Process").
 #
-# Arguments are validated here with the same rules and messages as the reference backend; the GIL is
-# released around every emulated syscall (ioctl / pread / pwrite), which may wait for 6.16's mr_lock.
+# Arguments are validated here with the same rules and messages as the reference backend. An emulated
+# syscall (ioctl / pread / pwrite) runs with the GIL held: it costs well under a microsecond, less than
+# the GIL hand-off two threads taking turns would pay (benchmarks/RESULTS.md "GIL strategy"); where it
+# waits (6.16's contended mr_lock) csrc/gk_sched.h releases the GIL for the wait only.
 # A Process keeps its Kernel alive, and a Kernel its Module, so C pointers never dangle.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MAX
@@ -12,10 +14,30 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 cimport cython
 
 from tdxmodel._core.guest_kernel cimport *
+from tdxmodel._core.gk_sched cimport gk_set_caller_lock_hooks, gk_caller_holds_lock
 from tdxmodel._core.tdx_driver cimport *
 from tdxmodel._core.tdx_abi cimport TDXM_NUM_PROFILES, KERNEL_FIRST_PAGE, TDXM_PROFILES
 
 import os as _os
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        pass
+    PyThreadState *PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState *state) nogil
+
+
+cdef void *_release_gil() noexcept nogil:
+    # Called by gk_block_begin in a thread that holds the GIL (gk_caller_holds_lock(1)).
+    return <void *>PyEval_SaveThread()
+
+
+cdef void _acquire_gil(void *state) noexcept nogil:
+    PyEval_RestoreThread(<PyThreadState *>state)
+
+
+gk_set_caller_lock_hooks(_release_gil, _acquire_gil)
 
 from tdxmodel import profiles as _profiles
 
@@ -576,8 +598,9 @@ cdef class Process:
         cdef uint32_t c_cmd = <uint32_t>c_cmd64
         cdef uint64_t c_arg = _u64_arg("arg", arg)
         cdef long ret
-        with nogil:
-            ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret
@@ -593,11 +616,12 @@ cdef class Process:
         cdef int64_t c_count = -1 if count < 0 else min(count, INT64_MAX)
         cdef int64_t c_offset = -1 if offset < 0 else min(offset, INT64_MAX)
         cdef long ret
-        with nogil:
-            if write:
-                ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
-            else:
-                ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        if write:
+            ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
+        else:
+            ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret
