@@ -598,7 +598,7 @@ static const td_node *fd_node(td_process *p, int fd, int *accmode)
 
 long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
@@ -614,14 +614,16 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 
 long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
-    if (!node || accmode == 1)
+    if (offset < 0) /* ksys_pread64: before the fd lookup (ref §2.5 last paragraph, [26]) */
+        ret = -TDXM_EINVAL;
+    else if (!node || accmode == 1)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
+    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->read_measurement(p, &c, node, addr, count, offset);
@@ -630,14 +632,16 @@ long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offse
 
 long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
 {
-    int accmode;
+    int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
-    if (!node || accmode == 0)
+    if (offset < 0) /* ksys_pwrite64: before the fd lookup (ref §2.5 last paragraph, [26]) */
+        ret = -TDXM_EINVAL;
+    else if (!node || accmode == 0)
         ret = -TDXM_EBADF;
-    else if (count < 0 || offset < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
+    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->write_measurement(p, &c, node, addr, count, offset);

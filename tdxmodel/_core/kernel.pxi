@@ -118,8 +118,10 @@ cdef class FaultAttr:
         gk_fault_attr_get(self._kernel._gk(), self._cap, &a)
         return a
 
-    cdef int _set(self, gk_fault_attr a) except -1:
-        gk_fault_attr_set(self._kernel._gk(), self._cap, &a)
+    cdef int _set(self, int knob, object value) except -1:
+        """Write one knob and nothing else (a debugfs write), so `times` and `space` that calls use up
+        meanwhile stay used up (ref §7)."""
+        gk_fault_attr_set_knob(self._kernel._gk(), self._cap, knob, <uint64_t>(value & _U64_MAX))
         return 0
 
     @property
@@ -132,9 +134,7 @@ cdef class FaultAttr:
 
     @probability.setter
     def probability(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.probability = _int_arg("probability", value, 0, 100)
-        self._set(a)
+        self._set(GK_KNOB_PROBABILITY, _int_arg("probability", value, 0, 100))
 
     @property
     def interval(self):
@@ -142,10 +142,7 @@ cdef class FaultAttr:
 
     @interval.setter
     def interval(self, value):
-        cdef gk_fault_attr a = self._get()
-        # the kernel's interval is an unsigned long; beyond 2**63-1 no count ever reaches it
-        a.interval = min(_int_arg("interval", value, 1, _U64_MAX), INT64_MAX)
-        self._set(a)
+        self._set(GK_KNOB_INTERVAL, _int_arg("interval", value, 1, _U64_MAX))
 
     @property
     def times(self):
@@ -153,9 +150,7 @@ cdef class FaultAttr:
 
     @times.setter
     def times(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.times = _int_arg("times", value, -1, _I31)
-        self._set(a)
+        self._set(GK_KNOB_TIMES, _int_arg("times", value, -1, _I31))
 
     @property
     def space(self):
@@ -163,9 +158,7 @@ cdef class FaultAttr:
 
     @space.setter
     def space(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.space = _int_arg("space", value, 0, _I31)
-        self._set(a)
+        self._set(GK_KNOB_SPACE, _int_arg("space", value, 0, _I31))
 
     @property
     def verbose(self):
@@ -173,9 +166,7 @@ cdef class FaultAttr:
 
     @verbose.setter
     def verbose(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.verbose = _int_arg("verbose", value, 0, 2)
-        self._set(a)
+        self._set(GK_KNOB_VERBOSE, _int_arg("verbose", value, 0, 2))
 
     @property
     def task_filter(self):
@@ -183,9 +174,7 @@ cdef class FaultAttr:
 
     @task_filter.setter
     def task_filter(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.task_filter = _bool_arg("task_filter", value)
-        self._set(a)
+        self._set(GK_KNOB_TASK_FILTER, int(_bool_arg("task_filter", value)))
 
     @property
     def ignore_gfp_wait(self):
@@ -195,9 +184,7 @@ cdef class FaultAttr:
     def ignore_gfp_wait(self, value):
         if self._cap == GK_FAIL_USERCOPY:
             raise ValueError(f"ignore_gfp_wait: {self.capability} has no such knob (ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.ignore_gfp_wait = _bool_arg("ignore_gfp_wait", value)
-        self._set(a)
+        self._set(GK_KNOB_IGNORE_GFP_WAIT, int(_bool_arg("ignore_gfp_wait", value)))
 
     @property
     def min_order(self):
@@ -207,9 +194,7 @@ cdef class FaultAttr:
     def min_order(self, value):
         if self._cap != GK_FAIL_PAGE_ALLOC:
             raise ValueError(f"min_order: {self.capability} has no such knob (only fail_page_alloc, ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.min_order = _int_arg("min_order", value, 0, 10)
-        self._set(a)
+        self._set(GK_KNOB_MIN_ORDER, _int_arg("min_order", value, 0, 10))
 
     def __repr__(self):
         a = self._get()

@@ -77,6 +77,8 @@ class UserMemory:
         _check_int("n", n, 0, _U64)
         if addr + n > _U64 + 1:
             raise ValueError("addr + n is beyond the 64-bit address space")
+        if n == 0:  # no byte, so no page is named (as the core, and as a 0-byte copy never faults)
+            return
         for p in range(addr // PAGE_SIZE, (addr + n + PAGE_SIZE - 1) // PAGE_SIZE):
             if p not in self._pages:
                 raise ValueError(f"addr: page 0x{p * PAGE_SIZE:x} is not mapped")
