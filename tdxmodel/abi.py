@@ -99,6 +99,13 @@ CONSTANTS: List[Const] = [
        "TDINFO.ATTRIBUTES bit 28: a PENDING page gives an EPT-violation exit instead of #VE"),
     _c("TDX_TCB_VALID_1_0", 0x1FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID without TEE_TCB_SVN2"),
     _c("TDX_TCB_VALID_1_5", 0x301FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5)"),
+    # TEE_TCB_SVN byte 1 names the module's major version: verifiers look the module identity up as
+    # TDX_%02X of it (quote.md §5.5 step 4). Measured: 1.5 platforms carry 01 there, a 1.0 one 00
+    # (quote.md §5.7 samples; ../testdata/dcap-tdreport-hw.bin, VALID 0x1FF).
+    _c("TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE", 1, "report", "quote.md §5.5",
+       "TEE_TCB_SVN byte holding the TDX module's major version"),
+    _c("TDX_MODULE_MAJOR_1_0", 0, "report", "quote.md §5.7", "TEE_TCB_SVN[1] of a 1.0 module"),
+    _c("TDX_MODULE_MAJOR_1_5", 1, "report", "quote.md §5.7", "TEE_TCB_SVN[1] of a 1.5 module"),
     # --- TDREPORT offsets (see also TDREPORT_FIELDS) -----------------------------------------
     _c("TDR_OFF_REPORTTYPE", 0, "offset", "ref §4.4", "REPORTTYPE"),
     _c("TDR_OFF_CPUSVN", 16, "offset", "ref §4.4", "CPUSVN"),
@@ -152,6 +159,23 @@ CONSTANTS: List[Const] = [
     _c("TDX_REPORT_REQ_LEN", 1088, "ioctl", "ref §2.4", "sizeof(struct tdx_report_req)"),
     _c("TDX_REPORT_REQ_OFF_REPORTDATA", 0, "ioctl", "ref §2.4", "tdx_report_req.reportdata"),
     _c("TDX_REPORT_REQ_OFF_TDREPORT", 64, "ioctl", "ref §2.4", "tdx_report_req.tdreport"),
+    # Intel's out-of-tree tdx-guest driver (ref §1 table, quote.md §2.6; confirmed against
+    # intel/td-partitioning include/uapi/linux/tdx-guest.h @074bb0ff and
+    # drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894)
+    _c("TDX_CMD_VERIFY_REPORT", 0x81085402, "ioctl", "ref §1; quote.md §2.6",
+       "Intel downstream: _IOR('T', 2, struct tdx_verify_report_req)"),
+    _c("TDX_VERIFY_REPORT_REQ_LEN", 264, "ioctl", "ref §1",
+       "sizeof(struct tdx_verify_report_req {u8 reportmac[256]; u64 err_code;})"),
+    _c("TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE", 256, "ioctl", "ref §1", "tdx_verify_report_req.err_code"),
+    _c("TDX_CMD_EXTEND_RTMR", 0x80315403, "ioctl", "ref §1; quote.md §2.6",
+       "Intel downstream: _IOR('T', 3, struct tdx_extend_rtmr_req); 'read' although the kernel reads"),
+    _c("TDX_EXTEND_RTMR_REQ_LEN", 49, "ioctl", "ref §1",
+       "sizeof(struct tdx_extend_rtmr_req {u8 data[48]; u8 index;}), no padding"),
+    _c("TDX_EXTEND_RTMR_REQ_OFF_INDEX", 48, "ioctl", "ref §1", "tdx_extend_rtmr_req.index"),
+    _c("TDX_DOWNSTREAM_MIN_RTMR", 2, "ioctl", "ref §2.5 CONFLICT; quote.md §2.6",
+       "Intel downstream EXTEND_RTMR refuses index < 2 (BIOS and kernel RTMRs). The reference names "
+       "-EPERM (libtdx_attest's driver) and -EINVAL (td-partitioning); we model td-partitioning "
+       "tdx-guest.c @1b3c1894 tdx_extend_rtmr: -EINVAL"),
     _c("IOC_NRSHIFT", 0, "ioctl", "ref §1", "ioctl number bits 7:0"),
     _c("IOC_TYPESHIFT", 8, "ioctl", "ref §1", "ioctl type bits 15:8"),
     _c("IOC_SIZESHIFT", 16, "ioctl", "ref §1", "ioctl size bits 29:16"),

@@ -52,6 +52,9 @@ cdef extern from "tdx_abi.h":
     int TDX_ATTRIBUTES_SEPT_VE_DISABLE  # ref §4.3, §4.4
     int TDX_TCB_VALID_1_0  # ref §4.4
     int TDX_TCB_VALID_1_5  # ref §4.4
+    int TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE  # quote.md §5.5
+    int TDX_MODULE_MAJOR_1_0  # quote.md §5.7
+    int TDX_MODULE_MAJOR_1_5  # quote.md §5.7
     int TDR_OFF_REPORTTYPE  # ref §4.4
     int TDR_OFF_CPUSVN  # ref §4.4
     int TDR_OFF_TEE_TCB_INFO_HASH  # ref §4.4
@@ -99,6 +102,13 @@ cdef extern from "tdx_abi.h":
     int TDX_REPORT_REQ_LEN  # ref §2.4
     int TDX_REPORT_REQ_OFF_REPORTDATA  # ref §2.4
     int TDX_REPORT_REQ_OFF_TDREPORT  # ref §2.4
+    unsigned long long TDX_CMD_VERIFY_REPORT  # ref §1; quote.md §2.6
+    int TDX_VERIFY_REPORT_REQ_LEN  # ref §1
+    int TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE  # ref §1
+    unsigned long long TDX_CMD_EXTEND_RTMR  # ref §1; quote.md §2.6
+    int TDX_EXTEND_RTMR_REQ_LEN  # ref §1
+    int TDX_EXTEND_RTMR_REQ_OFF_INDEX  # ref §1
+    int TDX_DOWNSTREAM_MIN_RTMR  # ref §2.5 CONFLICT; quote.md §2.6
     int IOC_NRSHIFT  # ref §1
     int IOC_TYPESHIFT  # ref §1
     int IOC_SIZESHIFT  # ref §1
