@@ -48,6 +48,10 @@ CFLAGS = ["-O2", "-g", "-std=gnu11", "-pthread", "-Wall", "-Wno-unused-function"
 if os.environ.get("TDXMODEL_DEBUG"):  # an unoptimised build for gdb; no code reads a macro
     CFLAGS += ["-O0"]
 LDFLAGS = ["-pthread"]
+# TDXMODEL_SANITIZE=address,undefined: the core and the transports with ASan+UBSan (.ci/sanitize builds
+# such a copy in its own directory; the preload library stays plain, it is loaded into any program).
+SANITIZE = os.environ.get("TDXMODEL_SANITIZE")
+SAN_FLAGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"] if SANITIZE else []
 
 fuse_includes, fuse_cflags = split_cflags(pkg_config("--cflags", "fuse3"))
 fuse_libs = pkg_config("--libs", "fuse3")
@@ -59,8 +63,8 @@ core = Extension(
     "tdxmodel._core._ext",
     sources=["tdxmodel/_core/_ext.pyx"] + sorted(glob.glob("csrc/*.c")),
     include_dirs=["csrc", "tdxmodel/_core"],
-    extra_compile_args=CFLAGS,
-    extra_link_args=LDFLAGS + crypto_libs,
+    extra_compile_args=CFLAGS + SAN_FLAGS,
+    extra_link_args=LDFLAGS + SAN_FLAGS + crypto_libs,
     depends=glob.glob("csrc/*.h") + glob.glob("csrc/transport/tdx_ops.h")
     + glob.glob("tdxmodel/_core/*.pxd") + glob.glob("tdxmodel/_core/*.pxi"),
 )
@@ -69,8 +73,8 @@ transport = Extension(
     "tdxmodel.transport._server",
     sources=["tdxmodel/transport/_server.pyx"] + sorted(glob.glob("csrc/transport/*.c")),
     include_dirs=["csrc/transport", "csrc"] + fuse_includes,
-    extra_compile_args=CFLAGS + fuse_cflags,
-    extra_link_args=LDFLAGS + fuse_libs,
+    extra_compile_args=CFLAGS + SAN_FLAGS + fuse_cflags,
+    extra_link_args=LDFLAGS + SAN_FLAGS + fuse_libs,
     depends=glob.glob("csrc/transport/*.h") + ["csrc/tdx_abi.h"]
     + glob.glob("tdxmodel/transport/*.pxd"),
 )

@@ -76,78 +76,14 @@ def make_module(backend):
         assert_module_balanced(m)
 
 
-class LockCheckedKernel:
-    """A Kernel whose processes check, right after every 6.16 call that returns an error, that
-    mr_lock is free (unless the test holds it from outside with mr_lock_try): an error path that
-    leaks the lock fails there, instead of hanging the next call that waits for it. Only while one
-    thread uses the kernel: another thread's call may hold the lock legitimately."""
-
-    def __init__(self, kernel):
-        self._k = kernel
-        self.outside_holds = 0
-        self.threads = set()
-
-    def __getattr__(self, name):
-        return getattr(self._k, name)
-
-    def mr_lock_try(self):
-        got = self._k.mr_lock_try()
-        self.outside_holds += bool(got)
-        return got
-
-    def mr_lock_release(self):
-        self._k.mr_lock_release()
-        self.outside_holds -= 1
-
-    def process(self):
-        return _LockCheckedProcess(self, self._k.process())
-
-    def after_call(self, what, ret):
-        import threading
-        self.threads.add(threading.get_ident())
-        if ret < 0 and self._k.driver == "v6.16" and len(self.threads) == 1:
-            held = self._k.counters()["locks_held"]
-            assert held == self.outside_holds, f"{what} returned {ret} with mr_lock still held"
-
-
-class _LockCheckedProcess:
-    def __init__(self, kernel, process):
-        self._kernel = kernel
-        self._p = process
-
-    def __getattr__(self, name):
-        return getattr(self._p, name)
-
-    def __setattr__(self, name, value):
-        if name in ("_kernel", "_p"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._p, name, value)
-
-    def _checked(self, name, *args):
-        ret = getattr(self._p, name)(*args)
-        self._kernel.after_call(name, ret)
-        return ret
-
-    def ioctl(self, fd, cmd, arg):
-        return self._checked("ioctl", fd, cmd, arg)
-
-    def pread(self, fd, addr, count, offset):
-        return self._checked("pread", fd, addr, count, offset)
-
-    def pwrite(self, fd, addr, count, offset):
-        return self._checked("pwrite", fd, addr, count, offset)
-
-
 @pytest.fixture
 def make_kernel(backend, make_module):
     """``make_kernel(driver, **config_fields)`` -> backend Kernel over a fresh Module; asserted
-    balanced (allocations and locks) at teardown; 6.16 error returns checked at once for a leaked
-    mr_lock (LockCheckedKernel)."""
+    balanced (allocations and locks) at teardown."""
     made = []
 
     def factory(driver, seed=0, **fields):
-        k = LockCheckedKernel(backend.Kernel(make_module(**fields), driver, seed=seed))
+        k = backend.Kernel(make_module(**fields), driver, seed=seed)
         made.append(k)
         return k
 

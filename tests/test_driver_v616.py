@@ -11,6 +11,8 @@ import pytest
 from tdxmodel import abi, errors
 from tdxmodel.config import ModuleConfig
 
+from tests.lockcheck import LockCheckedKernel
+
 DRIVER = "v6.16"
 PAGE = abi.TDX_PAGE_SIZE
 REQ = 0x20000
@@ -33,8 +35,9 @@ def balanced(k):
 
 @pytest.fixture
 def dev(make_kernel):
-    k = make_kernel(DRIVER, mrconfigid=bytes([7]) * 48, mrowner=bytes([8]) * 48,
-                    mrownerconfig=bytes([9]) * 48)
+    """A 6.16 kernel whose every error return is checked at once for a leaked mr_lock."""
+    k = LockCheckedKernel(make_kernel(DRIVER, mrconfigid=bytes([7]) * 48, mrowner=bytes([8]) * 48,
+                                      mrownerconfig=bytes([9]) * 48))
     p = k.process()
     p.mmap(REQ - PAGE, 3 * PAGE, "rw")
     p.poke(REQ - PAGE, bytes([FILL]) * 3 * PAGE)

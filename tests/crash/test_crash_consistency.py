@@ -16,3 +16,15 @@ def test_killed_measurement_file_writers_lose_nothing(fuzz_seed):
     from tests.crash import harness
     r = harness.kill_under_daemon(6, random.Random(fuzz_seed), kill_daemon=False, cli_extends=False)
     assert r["kills"] >= 12 and r["confirmed"] > 0
+
+
+def test_killed_extend_writers_lose_nothing(tmp_path, fuzz_seed):
+    from tests.crash import harness
+    r = harness.kill_extenders(tmp_path / "state", 24, random.Random(fuzz_seed))
+    assert r["kills"] == 24 and r["temp_files"] == 0
+
+
+def test_daemon_killed_under_load_loses_nothing(fuzz_seed):
+    from tests.crash import harness
+    r = harness.kill_under_daemon(4, random.Random(fuzz_seed), kill_daemon=True, cli_extends=False)
+    assert r["kills"] >= 12

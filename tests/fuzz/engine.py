@@ -32,7 +32,7 @@ import random
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from tdxmodel import _backend, abi, errors
+from tdxmodel import _backend, abi, errors, profiles
 from tdxmodel import report as report_mod
 from tdxmodel.config import ModuleConfig
 
@@ -53,6 +53,16 @@ STATUSES = (abi.TDX_SUCCESS, abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RCX,
             abi.TDX_OPERAND_BUSY_HOST_PRIORITY, 0x8000000000000000, 1)
 LEAVES = (abi.TDG_MR_REPORT, abi.TDG_MR_RTMR_EXTEND, abi.TDG_MR_VERIFYREPORT, abi.TDG_VP_VMCALL, 1, 3, 23)
 MDIR = abi.MEASUREMENT_DIRS
+#: Every generation's ioctl commands (tdxmodel.profiles): each driver also gets the others'.
+COMMANDS = tuple(sorted({c.value for prof in profiles.PROFILES for c in prof.commands}))
+
+
+def _profile(driver: str):
+    return profiles.BY_NAME[driver]
+
+
+def _report_command(driver: str):
+    return next(c for c in _profile(driver).commands if c.key == "report")
 
 
 # ---------------------------------------------------------------------------- generation
@@ -131,7 +141,7 @@ def _episode(r: random.Random) -> Tuple:
         if kernel else r.choice((1, 4, 16, 24))
     driver = r.choice(abi.DRIVERS) if kernel else None
     init_nth = r.choice((0, 0, 0, 0, 1, 2)) if kernel else 0
-    misaligned = kernel and driver == "v6.16" and r.random() < 0.1
+    misaligned = kernel and bool(_profile(driver).cached_report_buf) and r.random() < 0.1
     seed = r.choice((0, 11, r.getrandbits(64)))
     return ("episode", _config_fields(r), pages, driver, seed, init_nth, misaligned)
 
@@ -142,9 +152,9 @@ def _op(r: random.Random, driver: Optional[str], pages: int) -> Tuple:
     if driver is None:
         k = 0.55 + 0.45 * k  # module-only episode: the module part of the table
     if k < 0.17:
-        cmd = r.choice((abi.TDX_CMD_GET_TDREPORT, abi.TDX_CMD_GET_REPORT0, abi.TDX_CMD_GET_REPORT0,
-                        abi.TDX_CMD_GET_TDREPORT, 0, r.getrandbits(32), r.choice(VFS_CMDS),
-                        abi.TDX_CMD_GET_REPORT0 ^ (1 << r.randrange(32)), 1 << 32, -1))
+        cmd = r.choice((r.choice(COMMANDS), r.choice(COMMANDS), r.choice(COMMANDS), r.choice(COMMANDS), 0,
+                        r.getrandbits(32), r.choice(VFS_CMDS), r.choice(COMMANDS) ^ (1 << r.randrange(32)),
+                        1 << 32, -1))
         return ("ioctl", _fdi(r), cmd, _uaddr(r) if r.random() < 0.9 else r.choice((0, -1, 1 << 64)))
     if k < 0.22:
         names = [abi.DEVICE_PATHS[d] for d in abi.DRIVERS] + [f"{r.choice(MDIR)}/{m}" for m in abi.MEASUREMENTS]
@@ -314,7 +324,7 @@ class _Run:
     def _open_defaults(self) -> None:
         """fds[0] the device; on 6.16 fds[1] an RTMR file read-write, fds[2] MRTD read-only."""
         self.fds = [self.p.open(self.k.device_path)]
-        if self.k.driver == "v6.16":
+        if _profile(self.k.driver).measurements:
             self.fds += [self.p.open(f"{MDIR[0]}/rtmr2:sha384", os.O_RDWR),
                          self.p.open(f"{MDIR[1]}/mrtd:sha384", os.O_RDONLY)]
         self.fds = [fd for fd in self.fds if fd >= 0]
@@ -433,14 +443,16 @@ class _Run:
         this thread keeps setting ``knob`` to its current value: the failures must stop at the limit."""
         import threading
         k = self.k
-        cap = "fail_usercopy" if k.driver == "v6.16" else "failslab"
+        command = _report_command(k.driver)
+        # the first point of the report path decides what to fail (6.16 allocates nothing per call)
+        cap = profiles.POINT_CAPABILITY[command.points[0]]
         attr = k.fault(cap)
         saved = {n: getattr(attr, n) for n in ("probability", "interval", "times", "space", "task_filter")}
-        if cap == "failslab":
+        if cap != "fail_usercopy":
             saved["ignore_gfp_wait"] = attr.ignore_gfp_wait
             attr.ignore_gfp_wait = False
         attr.probability, attr.interval, attr.space, attr.task_filter, attr.times = 100, 1, 0, False, times
-        cmd = abi.TDX_CMD_GET_TDREPORT if k.driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+        cmd = command.value
         rets: List[int] = []
 
         def caller():
