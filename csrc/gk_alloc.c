@@ -297,7 +297,7 @@ void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
 {
     gk_kernel *k = c->k;
     /* the space budget counts pages here: mm/fail_page_alloc.c passes 1 << order (ref §7 [21]) */
-    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
+    if (!(flags & GK_NOFAIL) && gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
         return NULL;
     if (order < 0 || order > GK_MAX_ORDER)
         return NULL;
@@ -380,7 +380,7 @@ void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
             cls = -1;
     }
     /* the space budget counts the cache's object size, as failslab passes s->object_size */
-    if (gk_should_fail(c, point, GK_FAILSLAB, cls >= 0 ? (int64_t)slab_sizes[cls] : (int64_t)size, 0))
+    if (!(flags & GK_NOFAIL) && gk_should_fail(c, point, GK_FAILSLAB, cls >= 0 ? (int64_t)slab_sizes[cls] : (int64_t)size, 0))
         return NULL;
     if (cls < 0)
         return NULL;

@@ -211,3 +211,6 @@ STEPS: Dict[str, Dict[str, str]] = {
               "status_mapping": "§2.5 table", "operand_checks": "§4.3, §4.6, §2.5 row 3",
               "serialisation": "§2.5 mr_lock, §4.8"},
 }
+# The configfs-tsm generations keep the ioctl path of their profile's ops: the same rows (quote.md §2.1).
+for _p in _profiles.PROFILES:
+    STEPS.setdefault(_p.name, next(STEPS[n] for n in list(STEPS) if _profiles.get(n).ops == _p.ops))

@@ -34,7 +34,7 @@ class TdxGuest:
     are the backend objects underneath (the pyzmq "sugar over backend" split)."""
 
     def __init__(self, driver: str = "v6.2", backend: Optional[str] = None,
-                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 64) -> None:
+                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 128) -> None:
         self.profile = profiles.get(driver)
         if config is not None and not isinstance(config, ModuleConfig):
             raise TypeError(f"config must be a ModuleConfig, not {type(config).__name__}")
