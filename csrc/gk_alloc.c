@@ -77,9 +77,26 @@ void gk_get_counters(gk_kernel *k, gk_counters *out)
 
 /* ---- page allocator: a bitmap of free pages, first fit at natural alignment ------------------------ */
 
+static int page_free(const gk_kernel *k, size_t i)
+{
+    return (int)((k->free_bits[i / 64] >> (i % 64)) & 1);
+}
+
 static int64_t find_free_run(gk_kernel *k, int order)
 {
     size_t run = (size_t)1 << order;
+    /* the buddy allocator's blocks are naturally aligned in physical memory: index + first pfn */
+    size_t phase = (run - (size_t)(k->base_gpa / PAGE) % run) % run;
+    if (phase != 0) {
+        for (size_t i = phase; i + run <= k->npages; i += run) {
+            size_t j = 0;
+            while (j < run && page_free(k, i + j))
+                j++;
+            if (j == run)
+                return (int64_t)i;
+        }
+        return -1;
+    }
     if (order < 6) {
         uint64_t mask = (run == 64) ? ~0ULL : ((1ULL << run) - 1);
         for (size_t w = 0; w * 64 < k->npages; w++) {

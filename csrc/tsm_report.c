@@ -74,6 +74,7 @@ struct tsm_state {
     int registered;
     unsigned count;                 /* 6.16: provider.count */
     _Atomic int quote_lock;
+    _Atomic int quote_outside_hold;
     uint8_t *quote_buf;             /* host view of the shared buffer */
     uint64_t quote_gpa;
 };
@@ -873,6 +874,23 @@ int tsm_register(tsm_state *s)
 }
 
 int tsm_registered(tsm_state *s) { return s->registered; }
+
+int tsm_quote_lock_try(tsm_state *s)
+{
+    if (!quote_trylock(s))
+        return 0;
+    atomic_store(&s->quote_outside_hold, 1);
+    return 1;
+}
+
+int tsm_quote_lock_release(tsm_state *s)
+{
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(&s->quote_outside_hold, &expected, 0))
+        return -TDXM_EINVAL;
+    quote_unlock(s);
+    return 0;
+}
 
 int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen)
 {

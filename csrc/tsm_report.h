@@ -55,6 +55,11 @@ void tsm_unregister(tsm_state *s);
 int tsm_register(tsm_state *s); /* 0, or -EBUSY */
 int tsm_registered(tsm_state *s);
 
+/* quote_lock from outside (a test playing another task; only tdx_report_new takes it, under the tsm
+ * write lock): 1 taken, 0 busy; release: 0, or -EINVAL when there is no outside hold. */
+int tsm_quote_lock_try(tsm_state *s);
+int tsm_quote_lock_release(tsm_state *s);
+
 /* Model-only (tests): set an item's generation counters (the wrap guard needs 2^64 writes). */
 int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen);
 /* The quote buffer's GPA and size; the number of quotes in flight in the host's view (status IN_FLIGHT). */

@@ -389,6 +389,15 @@ cdef class Kernel:
             rc = tsm_register(s)
         return rc
 
+    def quote_lock_try(self):
+        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        return bool(tsm_quote_lock_try(self._tsm()))
+
+    def quote_lock_release(self):
+        """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
+        if tsm_quote_lock_release(self._tsm()) != 0:
+            raise ValueError("quote_lock is not held by quote_lock_try")
+
     @property
     def tsm_registered(self):
         return bool(tsm_registered(self._tsm()))

@@ -68,6 +68,8 @@ cdef extern from "tsm_report.h" nogil:
     void tsm_unregister(tsm_state *s)
     int tsm_register(tsm_state *s)
     int tsm_registered(tsm_state *s)
+    int tsm_quote_lock_try(tsm_state *s)
+    int tsm_quote_lock_release(tsm_state *s)
     int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen)
     uint64_t tsm_quote_buf_gpa(tsm_state *s)
     unsigned tsm_quote_buf_size(tsm_state *s)

@@ -162,6 +162,23 @@ class Kernel:
         """tsm_register() -> int: 0, or -EBUSY (already registered; 6.16+: items exist)."""
         return self._tsm_or_raise().register()
 
+    def quote_lock_try(self) -> bool:
+        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        t = self._tsm_or_raise()
+        if not t.quote_lock.acquire(blocking=False):
+            return False
+        self._count_lock(+1)
+        t.quote_outside_hold = True
+        return True
+
+    def quote_lock_release(self) -> None:
+        """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
+        t = self._tsm_or_raise()
+        if not getattr(t, "quote_outside_hold", False):
+            raise ValueError("quote_lock is not held by quote_lock_try")
+        t.quote_outside_hold = False
+        self.mutex_unlock(t.quote_lock)
+
     @property
     def tsm_registered(self) -> bool:
         return self._tsm_or_raise().registered
