@@ -24,7 +24,8 @@ int gk_alloc_init(gk_kernel *k)
     k->free_bits = calloc(words ? words : 1, sizeof(uint64_t));
     k->page_kind = calloc(k->npages ? k->npages : 1, 1);
     k->page_info = calloc(k->npages ? k->npages : 1, 1);
-    if (!k->free_bits || !k->page_kind || !k->page_info) {
+    k->slab_inuse = calloc(k->npages ? k->npages : 1, sizeof(uint16_t));
+    if (!k->free_bits || !k->page_kind || !k->page_info || !k->slab_inuse) {
         gk_alloc_fini(k);
         return -1;
     }
@@ -47,6 +48,7 @@ void gk_alloc_fini(gk_kernel *k)
     free(k->free_bits);
     free(k->page_kind);
     free(k->page_info);
+    free(k->slab_inuse);
 }
 
 void gk_get_counters(gk_kernel *k, gk_counters *out)
@@ -177,11 +179,57 @@ static int slab_refill_locked(gk_kernel *k, int cls)
     if (page < 0)
         return -1;
     k->page_info[page] = (uint8_t)cls;
+    k->slab_inuse[page] = 0;
     size_t base = (size_t)page * PAGE;
     for (size_t i = nobj; i-- > 0;) /* lowest address on top */
         k->slab_free[cls].off[k->slab_free[cls].n++] = base + i * size;
     k->slab_free[cls].total += nobj;
     return 0;
+}
+
+/* Push / pop one object of the shared free stack of class cls (room reserved at refill). Under
+ * alloc_lock. */
+static void slab_push_locked(gk_kernel *k, int cls, uint64_t off)
+{
+    k->slab_free[cls].off[k->slab_free[cls].n++] = off;
+    k->slab_inuse[off / PAGE]--;
+}
+
+static uint64_t slab_pop_locked(gk_kernel *k, int cls)
+{
+    uint64_t off = k->slab_free[cls].off[--k->slab_free[cls].n];
+    k->slab_inuse[off / PAGE]++;
+    return off;
+}
+
+/* Give every empty slab's page back to the page allocator; returns how many. Under alloc_lock, with
+ * the per-process caches drained first (a cached object keeps its slab in use). The model's SLUB keeps
+ * no empty slab once memory runs out (docs/CONTRACT.md "Kernel-model details"), as the reference
+ * frees one as soon as it empties: only addresses differ, never whether an allocation fails. */
+static size_t slab_reclaim_locked(gk_kernel *k)
+{
+    size_t pages = 0;
+    for (int cls = 0; cls < NCLASSES; cls++) {
+        size_t w = 0;
+        for (size_t i = 0; i < k->slab_free[cls].n; i++) {
+            uint64_t off = k->slab_free[cls].off[i];
+            if (k->slab_inuse[off / PAGE] != 0)
+                k->slab_free[cls].off[w++] = off;
+        }
+        if (w == k->slab_free[cls].n)
+            continue;
+        /* an empty slab has all its objects on the stack: what was dropped is whole slabs */
+        k->slab_free[cls].total -= k->slab_free[cls].n - w;
+        k->slab_free[cls].n = w;
+    }
+    for (size_t page = 0; page < k->npages; page++) {
+        if (k->page_kind[page] == PG_SLAB && k->slab_inuse[page] == 0) {
+            k->page_kind[page] = PG_FREE;
+            mark_pages(k, page, 1, 1);
+            pages++;
+        }
+    }
+    return pages;
 }
 
 /* ---- per-process caches (Linux's per-CPU caches, one per emulated task) --------------------------
@@ -196,7 +244,7 @@ static void cache_drain_locked(gk_kernel *k, gk_cache *cc) /* alloc_lock and cc-
 {
     for (int cls = 0; cls < NCLASSES; cls++) {
         while (cc->slab[cls].n)
-            k->slab_free[cls].off[k->slab_free[cls].n++] = cc->slab[cls].off[--cc->slab[cls].n];
+            slab_push_locked(k, cls, cc->slab[cls].off[--cc->slab[cls].n]);
     }
     while (cc->pages.n)
         pages_put_locked(k, (size_t)cc->pages.first[--cc->pages.n], 0);
@@ -219,6 +267,16 @@ static int drain_all_caches(gk_kernel *k)
         pthread_mutex_unlock(&cc->lock);
     }
     pthread_mutex_unlock(&k->cache_registry_lock);
+    return any;
+}
+
+/* Before an allocation may fail: drain the caches, then free the empty slabs; 1 if anything came back. */
+static int reclaim(gk_kernel *k)
+{
+    int any = drain_all_caches(k);
+    pthread_mutex_lock(&k->alloc_lock);
+    any |= slab_reclaim_locked(k) != 0;
+    pthread_mutex_unlock(&k->alloc_lock);
     return any;
 }
 
@@ -305,7 +363,7 @@ static int64_t take_pages(gk_ctx *c, int order)
             count_alloc(c, 0);
             return first;
         }
-        if (attempt || !drain_all_caches(k))
+        if (attempt || !reclaim(k))
             return -1;
     }
 }
@@ -372,13 +430,13 @@ static int64_t take_object(gk_ctx *c, int cls)
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&k->alloc_lock);
         if (k->slab_free[cls].n || slab_refill_locked(k, cls) == 0) {
-            int64_t off = (int64_t)k->slab_free[cls].off[--k->slab_free[cls].n];
+            int64_t off = (int64_t)slab_pop_locked(k, cls);
             pthread_mutex_unlock(&k->alloc_lock);
             count_alloc(c, 1);
             return off;
         }
         pthread_mutex_unlock(&k->alloc_lock);
-        if (attempt || !drain_all_caches(k))
+        if (attempt || !reclaim(k))
             return -1;
     }
 }
@@ -433,7 +491,7 @@ void gk_kfree(gk_ctx *c, void *ptr)
         pthread_mutex_unlock(&cc->lock);
     }
     pthread_mutex_lock(&k->alloc_lock);
-    k->slab_free[cls].off[k->slab_free[cls].n++] = obj; /* room reserved at refill */
+    slab_push_locked(k, cls, obj);
     pthread_mutex_unlock(&k->alloc_lock);
     atomic_fetch_add_explicit(&k->frees, 1, memory_order_relaxed);
 }

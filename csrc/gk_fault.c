@@ -61,13 +61,42 @@ void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out)
     pthread_mutex_unlock(&k->fault_lock);
 }
 
-void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *in)
+void gk_fault_attr_set_knob(gk_kernel *k, int cap, int knob, uint64_t value)
 {
+    if (cap < 0 || cap >= GK_NUM_CAPS)
+        return;
+    gk_fault_attr *a = &k->attr[cap];
     pthread_mutex_lock(&k->fault_lock);
-    uint64_t count = k->attr[cap].count;
-    k->attr[cap] = *in;
-    k->attr[cap].count = count;
-    atomic_store(&k->armed[cap], in->probability != 0);
+    switch (knob) {
+    case GK_KNOB_PROBABILITY:
+        a->probability = (int)value;
+        atomic_store(&k->armed[cap], a->probability != 0);
+        break;
+    case GK_KNOB_INTERVAL:
+        a->interval = value;
+        break;
+    case GK_KNOB_TIMES:
+        a->times = (int64_t)value;
+        break;
+    case GK_KNOB_SPACE:
+        a->space = (int64_t)value;
+        break;
+    case GK_KNOB_VERBOSE:
+        a->verbose = (int)value;
+        break;
+    /* the filters are read without the lock (filtered_out): store them atomically */
+    case GK_KNOB_IGNORE_GFP_WAIT:
+        __atomic_store_n(&a->ignore_gfp_wait, (int)value, __ATOMIC_RELAXED);
+        break;
+    case GK_KNOB_MIN_ORDER:
+        __atomic_store_n(&a->min_order, (int)value, __ATOMIC_RELAXED);
+        break;
+    case GK_KNOB_TASK_FILTER:
+        a->task_filter = (int)value;
+        break;
+    default:
+        break;
+    }
     pthread_mutex_unlock(&k->fault_lock);
 }
 
@@ -130,7 +159,7 @@ static int should_fail_attr(gk_ctx *c, int cap, int64_t size)
     }
     if (a->interval > 1) { /* 7 */
         a->count++;
-        if (a->count % (uint64_t)a->interval)
+        if (a->count % a->interval)
             goto no;
     }
     if ((uint32_t)a->probability <= splitmix_below_100(&k->rng[cap]))

@@ -44,6 +44,7 @@ struct gk_kernel {
     uint64_t *free_bits; /* bit set = page free */
     uint8_t *page_kind;
     uint8_t *page_info;  /* PG_HEAD: order; PG_SLAB: class */
+    uint16_t *slab_inuse; /* PG_SLAB: objects not in the shared free stack (handed out or cached) */
     /* per class, a stack of free object offsets kept outside guest memory, so kfree leaves the
      * object's bytes as they were (a freed report stays visible, as in the reference) */
     struct {

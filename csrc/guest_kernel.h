@@ -37,7 +37,7 @@ const char *gk_capability_name(int cap);
 /* One capability's knobs (ref §7 "Knobs"; defaults in gk_fault_attr_defaults). */
 typedef struct {
     int probability;     /* percent, 0..100 */
-    int64_t interval;    /* >= 1 */
+    uint64_t interval;   /* >= 1; the kernel's unsigned long */
     int64_t times;       /* -1 unlimited, else >= 0; decremented on each failure */
     int64_t space;       /* byte budget consumed before failures start */
     int verbose;
@@ -108,11 +108,26 @@ void gk_count_lock(gk_kernel *k, int taken); /* 1: taken, 0: released */
 
 /* ---- fault knobs and should_fail (gk_fault.c) ------------------------------------------------------ */
 
-/* Fault knobs. gk_fault_attr_get copies a consistent snapshot; gk_fault_attr_set validates nothing
- * (the Cython layer raises ValueError for out-of-range values); the interval count carries over. */
+/* One knob of gk_fault_attr (the debugfs file of the same name, ref §7 "Knobs"). */
+enum gk_knob {
+    GK_KNOB_PROBABILITY = 0,
+    GK_KNOB_INTERVAL,
+    GK_KNOB_TIMES,
+    GK_KNOB_SPACE,
+    GK_KNOB_VERBOSE,
+    GK_KNOB_IGNORE_GFP_WAIT,
+    GK_KNOB_MIN_ORDER,
+    GK_KNOB_TASK_FILTER,
+    GK_NUM_KNOBS
+};
+
+/* Fault knobs. gk_fault_attr_get copies a consistent snapshot. gk_fault_attr_set_knob writes one knob
+ * under the fault lock and nothing else, as a debugfs write does: `times` and `space` that calls use
+ * up meanwhile stay used up. It validates nothing (the Cython layer raises ValueError for
+ * out-of-range values); `value` is the knob's value cast to 64 bits (times -1 as all ones). */
 void gk_fault_attr_defaults(int cap, gk_fault_attr *out);
 void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out);
-void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *in);
+void gk_fault_attr_set_knob(gk_kernel *k, int cap, int knob, uint64_t value);
 
 /* should_fail for capability cap at point `point` (ref §7 check order), recording the point in the
  * trace. `size` feeds the space budget; `order` is the page order (fail_page_alloc's min-order). */

@@ -70,7 +70,8 @@ unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX]);
 int td_last_exit(td_process *p, uint64_t *gpa);
 
 /* accmode: flags & O_ACCMODE (0 read, 1 write, 2 both; 3 is kept and allows both, as Linux stores it).
- * fd >= 3, or -ENOENT / -EACCES / -EMFILE. count < 0 or offset < 0 -> -EINVAL (after -EBADF). */
+ * fd >= 3, or -ENOENT / -EACCES / -EMFILE. pread/pwrite: offset < 0 -> -EINVAL before the fd lookup,
+ * count < 0 -> -EINVAL after -EBADF (ksys_pread64, rw_verify_area). */
 int td_open(td_process *p, const char *path, int accmode);
 int td_close(td_process *p, int fd);
 long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg);

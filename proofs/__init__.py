@@ -9,5 +9,6 @@ Layout:
 - ``theorems``: the seven theorems, stated once, instantiated per driver;
 - ``expected`` and ``expected_sat/``: expected counterexamples (with citations) and wrong encodings;
 - ``engine``, ``runner``, ``__main__``: solving, the matrix, ``python -m proofs``;
-- ``outcome``, ``campaign_bridge``, ``replay``: one concrete case in z3 and on the emulator.
+- ``outcome``, ``replay``: one concrete case in z3 and on the emulator, run by the campaign's one runner
+  (``tdxmodel.campaign.run_case``).
 """

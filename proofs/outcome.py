@@ -1,27 +1,30 @@
-"""One concrete case, twice: solved in the z3 encoding, and run on the emulator through the Process API.
+"""One concrete case, twice: solved in the z3 encoding, and run on the emulator by the one campaign
+runner, ``tdxmodel.campaign.run_case``.
 
 ``predict(spec, injection)`` pins the encoding's environment variables to a ``ConcreteInjection`` and
 solves for the outcome: the return value, whether anything leaked, the injectable points passed (in
 order, with the one that failed), and the provenance of every byte of the caller's buffer.
 ``materialise`` turns that provenance into bytes, given the caller's original buffer and the
-module's TDREPORT. ``run`` performs the same case on an emulator backend. ``compare`` lists every
-difference; the conformance tests and ``python -m proofs --replay`` require none.
+module's TDREPORT. A campaign case specification and a concrete injection translate both ways
+(``injection_of``, ``spec_of``); ``expected_record`` states what ``run_case`` must record for a case
+and ``differences`` lists every disagreement: the conformance tests and ``python -m proofs --replay``
+require none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import z3
 
+from proofs.drivers import DRIVERS
 from proofs.engine import SolverUnknown
 from proofs.spec import DriverSpec
 from proofs.symbolic import ConcreteInjection, Injection, Kind, Path
-from tdxmodel import abi
+from tdxmodel import _backend, abi, campaign
+from tdxmodel.config import ModuleConfig
 
-PAGE = abi.TDX_PAGE_SIZE
-USER_BASE = 0x10000          # where the caller's three-page window is mapped
 _U64 = (1 << 64) - 1
 _SOLVER_TIMEOUT_MS = 10_000
 
@@ -32,16 +35,6 @@ class Predicted:
     leaked: bool
     points: List[Tuple[str, str, bool]]          # (point, capability, failed), in order
     provenance: List[Tuple[int, int]]            # per caller byte: (Kind, index)
-
-
-@dataclass
-class Observed:
-    ret: int
-    leaked: bool
-    points: List[Tuple[str, str, bool]]
-    before: bytes
-    after: bytes
-    report: bytes = b""                          # the module's TDREPORT for this call's REPORTDATA
 
 
 def signed(value: int, bits: int = 64) -> int:
@@ -182,80 +175,101 @@ def materialise(provenance: List[Tuple[int, int]], before: bytes, report: bytes,
     return out
 
 
-def _pattern(n: int) -> bytes:
-    # Distinct, nonzero, not the slab poison: any byte the call changes is visible.
-    return bytes(((i * 37 + 11) % 251) + 1 for i in range(n))
+# ---- the campaign's cases in the encoding (tdxmodel.campaign.run_case is the one runner) --------------
+
+_STATUS = {("success", None): abi.TDX_SUCCESS,
+           ("operand_invalid", "RCX"): abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RCX,
+           ("operand_invalid", "RDX"): abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RDX,
+           ("operand_invalid", "R8"): abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_R8,
+           ("busy", None): abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR}
 
 
-KernelFactory = Callable[[str], object]
+def _regions(driver: str):
+    """(read region, write region) of the request as the campaign schema defines them: the REPORTDATA
+    copy-in and the TDREPORT copy-out, each (offset from arg, length), from the profile."""
+    req = DRIVERS[driver].p.report
+    rd, tr = req.field("reportdata"), req.field("tdreport")
+    return (rd.offset, rd.size), (tr.offset, tr.size)
 
 
-def run(backend, spec: DriverSpec, injection: ConcreteInjection, make_kernel: KernelFactory,
-        concurrent_extend: bool = False) -> Observed:
-    """run(backend, spec, injection, make_kernel) -> Observed: the case on the emulator (Process API).
+def _position(at, length: int) -> int:
+    """The campaign schema's POSITION names (or an offset): region offset of the first faulting byte."""
+    if isinstance(at, int):
+        return at
+    return {"first_byte": 0, "middle": length // 2, "last_byte": length - 1, "page_boundary": length}[at]
 
-    Realisation of each injection kind (ref §7): an allocation or user-copy point failing -> fail-nth
-    with the documented sweep settings (ignore-gfp-wait N, min-order 0); a read limit -> the caller's
-    buffer placed so that its byte sits at a page boundary before an unmapped page; a write limit ->
-    ``fault_user_copy("partial_to_user", at)``; put_user's limit -> the first page read-only; a TDCALL
-    status -> ``force_tdcall``; mr_lock interrupted -> the lock held elsewhere and a signal pending.
-    ``concurrent_extend``: another vCPU's TDG.MR.RTMR.EXTEND is in flight during the call (the module's
-    RTMR lock held exclusively, ref §4.8), instead of a forced status."""
-    kernel = make_kernel(spec.name)
-    proc = kernel.process()
-    read_limit = injection.limits.get("reportdata:copy_from_user")
-    read_off = spec.p.report.field("reportdata").offset
-    proc.mmap(USER_BASE, 3 * PAGE, "rw")
-    if read_limit is not None and read_limit < abi.TDX_REPORTDATA_LEN:
-        arg = USER_BASE + 2 * PAGE - (read_off + read_limit)
-        proc.mprotect(USER_BASE + 2 * PAGE, PAGE, "")   # mapped (peek/poke work) but inaccessible
-    else:
-        arg = USER_BASE + PAGE
-    before = _pattern(spec.user_len)
-    proc.poke(arg, before)
-    put_limit = injection.limits.get("status:put_user")
-    if put_limit is not None and put_limit < 8:
-        # put_user is one 8-byte store, all or nothing: a read-only buffer makes it fault.
-        proc.mprotect(USER_BASE, 3 * PAGE, "r")
-    write_limit = injection.limits.get("tdreport:copy_to_user")
-    if write_limit is not None and write_limit < abi.TDX_REPORT_LEN:
-        proc.fault_user_copy("partial_to_user", at=write_limit)
-    if injection.tdcall_status != abi.TDX_SUCCESS and not concurrent_extend:
-        kernel.force_tdcall(injection.tdcall_status, leaf=abi.TDG_MR_REPORT)
-    fd = proc.open(kernel.device_path)
-    if fd < 0:
-        raise RuntimeError(f"open({kernel.device_path}) returned {fd}")
-    held = extending = False
+
+def _copies(driver: str):
+    """The user accesses of the ioctl: point -> (offset from arg, length, permission)."""
+    (read_off, read_len), (write_off, write_len) = _regions(driver)
+    out = {"reportdata:copy_from_user": (read_off, read_len, "read"),
+           "tdreport:copy_to_user": (write_off, write_len, "write")}
+    wb = DRIVERS[driver].p.status_writeback
+    if wb is not None:
+        out["status:put_user"] = (wb.offset, wb.size, "write")   # ref §2.2 row 4
+    return out
+
+
+def injection_of(driver: str, spec: Dict[str, Any], encoding: Optional[DriverSpec] = None) -> ConcreteInjection:
+    """injection_of(driver, spec) -> ConcreteInjection: a campaign case specification
+    (schema: tdxmodel.campaign) as the encoding's concrete injection."""
+    td = spec["tdcall"]
+    status = td["status"] if td["outcome"] == "forced" else _STATUS[(td["outcome"], td["operand"])]
+    limits: Dict[str, int] = {}
+    uf = spec["user_fault"]
+    if uf is not None:
+        read_region, write_region = _regions(driver)
+        region_off, region_len = read_region if uf["access"] == "read" else write_region
+        first_bad = region_off + _position(uf["at"], region_len)  # from arg; later pages lose it too
+        for point, (start, length, access) in _copies(driver).items():
+            if access == uf["access"] and start + length > first_bad:
+                limits[point] = max(0, first_bad - start)
+    if spec["partial_to_user"] is not None:
+        point = "tdreport:copy_to_user"
+        limits[point] = min(limits.get(point, spec["partial_to_user"]), spec["partial_to_user"])
+    concrete = ConcreteInjection(cmd=spec["cmd"], tdcall_status=status, limits=limits,
+                                 lock_interrupted=bool(spec["mr_lock_held"]))
+    if spec["fail_nth"]:
+        passed = predict(encoding or DRIVERS[driver], concrete).points
+        if spec["fail_nth"] <= len(passed):   # beyond the last point the fault never fires (ref §7)
+            concrete.failed_point = passed[spec["fail_nth"] - 1][0]
+    return concrete
+
+
+def spec_of(driver: str, concrete: ConcreteInjection, label: str = "concrete case",
+            concurrent_extend: bool = False) -> Dict[str, Any]:
+    """spec_of(driver, concrete, label) -> dict: the campaign case that realises a concrete injection
+    (the inverse of ``injection_of``), for ``tdxmodel.campaign.run_case``.
+
+    A failing point -> fail-nth N, its position among the points the case passes (with the documented
+    sweep settings, ref §7); a copy-in limit -> a genuine fault at that byte of the REPORTDATA; a
+    copy-out limit -> ``partial_to_user``; put_user's limit -> the status word's page read-only; a
+    TDCALL status -> forced (``Kernel.force_tdcall``); ``concurrent_extend`` -> another vCPU's EXTEND
+    in flight (the module's RTMR lock held, ref §4.8); mr_lock interrupted -> held elsewhere with a
+    signal pending."""
+    (read_off, read_len), (write_off, write_len) = _regions(driver)
+    user_fault = None
+    read_limit = concrete.limits.get("reportdata:copy_from_user")
+    if read_limit is not None and read_limit < read_len:
+        user_fault = {"access": "read", "at": read_limit}
+    put_limit = concrete.limits.get("status:put_user")
+    wb = DRIVERS[driver].p.status_writeback
+    if put_limit is not None and wb is not None and put_limit < wb.size:
+        if user_fault is not None:
+            raise ValueError("a case cannot fault both the copy-in and put_user")
+        user_fault = {"access": "write", "at": wb.offset - write_off}   # put_user is one store
+    write_limit = concrete.limits.get("tdreport:copy_to_user")
+    partial = write_limit if write_limit is not None and write_limit < write_len else None
     if concurrent_extend:
-        extending = kernel.module.rtmr_lock_try(True) == abi.TDX_SUCCESS
-        if not extending:
-            raise RuntimeError("could not take the module's RTMR lock for the concurrent extend")
-    if injection.lock_interrupted:
-        held = kernel.mr_lock_try()
-        proc.signal_pending = True
-    if injection.failed_point is not None:
-        for cap in ("failslab", "fail_page_alloc"):
-            kernel.fault(cap).ignore_gfp_wait = False
-        kernel.fault("fail_page_alloc").min_order = 0
-        proc.fail_nth = _nth(spec, injection)
-    try:
-        ret = proc.ioctl(fd, injection.cmd, arg)
-    finally:
-        proc.fail_nth = 0
-        proc.signal_pending = False
-        if held:
-            kernel.mr_lock_release()
-        if extending:
-            kernel.module.rtmr_unlock(True)
-    trace = [tuple(t) for t in proc.last_trace()]
-    c = kernel.counters()
-    leaked = c["outstanding"] != c["resident"] or c["locks_held"] != 0
-    after = proc.peek(arg, spec.user_len)
-    report = b""
-    if injection.tdcall_status == abi.TDX_SUCCESS:
-        report = kernel.module.report(before[read_off:read_off + abi.TDX_REPORTDATA_LEN])
-    proc.close(fd)
-    return Observed(ret, leaked, trace, before, after, report)
+        tdcall = {"outcome": "busy", "operand": None}
+    elif concrete.tdcall_status == abi.TDX_SUCCESS:
+        tdcall = {"outcome": "success", "operand": None}
+    else:
+        tdcall = {"outcome": "forced", "operand": None, "status": concrete.tdcall_status}
+    fail_nth = _nth(DRIVERS[driver], concrete) if concrete.failed_point is not None else 0
+    return {"id": label, "cmd": concrete.cmd, "fail_nth": fail_nth, "user_fault": user_fault,
+            "partial_to_user": partial, "tdcall": tdcall, "mr_lock_held": concrete.lock_interrupted,
+            "description": label}
 
 
 def _nth(spec: DriverSpec, injection: ConcreteInjection) -> int:
@@ -268,26 +282,67 @@ def _nth(spec: DriverSpec, injection: ConcreteInjection) -> int:
     return names.index(injection.failed_point) + 1
 
 
-def compare(pred: Predicted, obs: Observed, status: int) -> List[str]:
-    """Every difference between the encoding's outcome and the emulator's (empty: they agree)."""
-    diffs = []
-    if pred.ret != obs.ret:
-        diffs.append(f"ret: z3 {pred.ret}, emulator {obs.ret}")
-    if pred.leaked != obs.leaked:
-        diffs.append(f"leaked: z3 {pred.leaked}, emulator {obs.leaked}")
-    if pred.points != obs.points:
-        diffs.append(f"points passed: z3 {pred.points}, emulator {obs.points}")
-    values = materialise(pred.provenance, obs.before, obs.report, status)
-    bad = [i for i, v in enumerate(values) if v is None or v != obs.after[i]]
-    if bad:
-        i = bad[0]
-        diffs.append(f"user bytes differ at {len(bad)} offsets, first {i}: z3 {Kind(pred.provenance[i][0]).name}"
-                     f"[{pred.provenance[i][1]}] = {values[i]}, emulator {obs.after[i]}")
-    return diffs
+def _runs(after: List[int], before: bytes) -> List[Dict[str, Any]]:
+    runs, start = [], None
+    for i, (old, new) in enumerate(zip(before, after)):
+        if old != new and start is None:
+            start = i
+        elif old == new and start is not None:
+            runs.append({"offset": start, "hex": bytes(after[start:i]).hex()})
+            start = None
+    if start is not None:
+        runs.append({"offset": start, "hex": bytes(after[start:]).hex()})
+    return runs
 
 
-def changed_offsets(obs: Observed) -> List[int]:
-    return [i for i in range(len(obs.before)) if obs.before[i] != obs.after[i]]
+def caller_buffer(driver: str) -> bytes:
+    """The request as run_case fills it: the selftest's REPORTDATA 0..63 (ref §3), FILLER elsewhere."""
+    (read_off, read_len), _write = _regions(driver)
+    buf = bytearray([campaign.FILLER]) * DRIVERS[driver].user_len
+    buf[read_off:read_off + read_len] = bytes(range(read_len))
+    return bytes(buf)
+
+
+def module_report(backend_name: str) -> bytes:
+    """The TDREPORT run_case's module produces for the selftest REPORTDATA (ref §3): the one value the
+    encoding does not compute (hashes and MAC). Same config and memory as run_case."""
+    be = _backend.load(backend_name)
+    return be.Module(ModuleConfig(seed=1), memory_pages=campaign.MODULE_PAGES).report(
+        bytes(range(abi.TDX_REPORTDATA_LEN)))
+
+
+def expected_record(driver: str, spec: Dict[str, Any], report: bytes,
+                    encoding: Optional[DriverSpec] = None) -> Dict[str, Any]:
+    """What run_case must record for ``spec``, solved in the encoding (``encoding``: another than the
+    driver's own, e.g. a mutant); ``report`` is the module's TDREPORT for the case's REPORTDATA."""
+    enc = encoding or DRIVERS[driver]
+    concrete = injection_of(driver, spec, enc)
+    pred = predict(enc, concrete)
+    before = caller_buffer(driver)
+    values = materialise(pred.provenance, before, report, concrete.tdcall_status)
+    if any(v is None for v in values):
+        raise ValueError(f"{spec['id']}: the encoding writes bytes of no knowable value")
+    after = [int(v) for v in values]
+    runs = _runs(after, before)
+    return {"ret": pred.ret, "leaked": pred.leaked,
+            "trace": [list(p) for p in pred.points],
+            "user_changed": sum(len(r["hex"]) // 2 for r in runs), "changed": runs,
+            "fail_nth_fired": (concrete.failed_point is not None) if spec["fail_nth"] else None}
+
+
+def differences(expected: Dict[str, Any], record: Dict[str, Any]) -> List[str]:
+    """Every disagreement between the encoding's expected record and run_case's (empty: they agree)."""
+    out = []
+    leaked = bool(record["leaked"]) or bool(record["locks_held"])
+    checks = [("ret", expected["ret"], record["ret"]), ("leaked", expected["leaked"], leaked),
+              ("trace", expected["trace"], record["trace"]),
+              ("fail_nth_fired", expected["fail_nth_fired"], record["fail_nth_fired"]),
+              ("user_changed", expected["user_changed"], record["user_changed"]),
+              ("changed", expected["changed"], record["changed"])]
+    for name, want, got in checks:
+        if want != got:
+            out.append(f"{name}: z3 {want!r}, run_case {got!r}")
+    return out
 
 
 def case_space(spec: DriverSpec) -> List[Tuple[str, ConcreteInjection]]:

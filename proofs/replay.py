@@ -1,10 +1,10 @@
 """Replaying a counterexample on the emulator: ``python -m proofs --replay THEOREM --driver NAME``.
 
 The solver's model is turned into a concrete case (``injection_from_counterexample``), the case is
-solved once more in the encoding (``outcome.predict``) and run on each emulator backend through the
-Process API (``outcome.run``); the replay succeeds when the emulator shows the same return value and
-the same bytes in the caller's buffer (``outcome.compare``), and, for the theorem's own claim, the
-value the counterexample reported.
+solved once more in the encoding (``outcome.expected_record``) and run on each emulator backend by
+the campaign's one runner (``tdxmodel.campaign.run_case`` on ``outcome.spec_of`` the case); the replay
+succeeds when the record shows the same return value, points and bytes in the caller's buffer
+(``outcome.differences``), and, for the theorem's own claim, the value the counterexample reported.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import z3
 from proofs.drivers import DRIVERS
 from proofs.engine import COUNTEREXAMPLE
 from proofs.interleave import STEPS
-from proofs.outcome import Observed, Predicted, changed_offsets, compare, predict, run
+from proofs.outcome import Predicted, differences, expected_record, module_report, predict, spec_of
 from proofs.runner import Result, prove
 from proofs.spec import DriverSpec
 from proofs.symbolic import ConcreteInjection, Injection, Kind
-from tdxmodel import _backend, abi
-from tdxmodel.config import ModuleConfig
+from tdxmodel import _backend, abi, campaign
 
 PATH_THEOREMS = ("no_leak", "errno_contract", "no_silent_loss", "no_disclosure")
 
@@ -98,16 +97,9 @@ def _predicted_changes(pred: Predicted) -> List[int]:
             if not (kind == Kind.ORIGINAL and index == i)]
 
 
-def default_kernel_factory(backend) -> Callable[[str], object]:
-    def make(driver: str):
-        return backend.Kernel(backend.Module(ModuleConfig(seed=1)), driver)
-    return make
-
-
 def replay(theorem: str, driver: str, backends: Sequence[str] = (),
-           make_kernel: Optional[Callable[[object], Callable[[str], object]]] = None,
            result: Optional[Result] = None) -> Tuple[bool, List[str]]:
-    """replay(theorem, driver, backends=(), make_kernel=None, result=None) -> (ok, lines)
+    """replay(theorem, driver, backends=(), result=None) -> (ok, lines)
 
     ``backends`` defaults to every backend that exports a Kernel."""
     spec = DRIVERS[driver]
@@ -148,21 +140,30 @@ def replay(theorem: str, driver: str, backends: Sequence[str] = (),
         if claim_ret is not None and pred.ret != claim_ret:
             ok = False
             lines.append(f"MISMATCH: the counterexample says ret={claim_ret}, the path gives {pred.ret}")
+    case = spec_of(driver, concrete, f"replay:{theorem}", concurrent_extend=concurrent)
     names = list(backends) or [b for b in _backend.BACKENDS if _has_kernel(b)]
     for name in names:
-        be = _backend.load(name)
-        factory = (make_kernel or default_kernel_factory)(be)
-        obs: Observed = run(be, spec, concrete, factory, concurrent_extend=concurrent)
-        lines.append(f"{name:8}: ret={obs.ret} leaked={obs.leaked} user bytes changed: "
-                     f"{describe_runs(changed_offsets(obs))}")
-        diffs = compare(pred, obs, concrete.tdcall_status) if pred is not None else []
-        if claim_ret is not None and obs.ret != claim_ret:
-            diffs.append(f"ret: counterexample {claim_ret}, emulator {obs.ret}")
+        record = campaign.run_case(name, driver, case)
+        leaked = bool(record["leaked"]) or bool(record["locks_held"])
+        lines.append(f"{name:8}: ret={record['ret']} leaked={leaked} user bytes changed: "
+                     f"{describe_runs(_record_changes(record))}")
+        diffs = []
+        if pred is not None:
+            diffs = differences(expected_record(driver, case, module_report(name)), record)
+        elif claim_ret is None:
+            diffs.append("nothing to compare: the encoding cannot solve the case")
+        if claim_ret is not None and record["ret"] != claim_ret:
+            diffs.append(f"ret: counterexample {claim_ret}, emulator {record['ret']}")
         for d in diffs:
             lines.append(f"  MISMATCH {d}")
         ok = ok and not diffs
     lines.append("replayed: the emulator shows the same outcome" if ok else "replay FAILED")
     return ok, lines
+
+
+def _record_changes(record) -> List[int]:
+    """The changed offsets from arg that a run_case record lists as runs."""
+    return [r["offset"] + i for r in record["changed"] for i in range(len(r["hex"]) // 2)]
 
 
 def _has_kernel(name: str) -> bool:

@@ -7,9 +7,8 @@ import functools
 
 import pytest
 
-from proofs.campaign_bridge import differences, expected_record
+from proofs.outcome import differences, expected_record, module_report
 from tdxmodel import abi, campaign
-from tdxmodel.config import ModuleConfig
 
 pytestmark = pytest.mark.proof
 
@@ -17,14 +16,7 @@ CASES = [(d, spec["id"]) for d in abi.DRIVERS for spec in campaign.cases(d)]
 _SPECS = {(d, spec["id"]): spec for d in abi.DRIVERS for spec in campaign.cases(d)}
 
 
-@functools.lru_cache(maxsize=None)
-def _module_report(backend_name):
-    # The TDREPORT run_case's module produces for the selftest REPORTDATA (ref §3): the one value the
-    # encoding does not compute (hashes and MAC). Same config and memory as run_case.
-    from tdxmodel import _backend
-    be = _backend.load(backend_name)
-    return be.Module(ModuleConfig(seed=1), memory_pages=campaign.MODULE_PAGES).report(
-        bytes(range(abi.TDX_REPORTDATA_LEN)))
+_module_report = functools.lru_cache(maxsize=None)(module_report)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,8 +13,12 @@ from proofs.abi import CMD_BITS
 from proofs.module_leaves import report_statuses
 from proofs.spec import DriverSpec, InitPath
 from proofs.symbolic import Injection, KBuf, Kind, Path, Prov
+from tdxmodel import profiles as _profiles
 
 A = zabi._abi
+#: The generation's facts (request layout, command, errno map): tdxmodel.profiles.
+P = _profiles.get("v6.16")
+REQ = P.report
 REPORTDATA_IN_BUF = A.TDR_OFF_REPORTDATA      # REPORTDATA is copied to tdx_report_buf + 128 (ref §2.5)
 
 
@@ -38,14 +42,14 @@ def tdx_do_report(p: Path, report_buf: KBuf) -> None:
     """tdx_do_report(argp): ref §2.5 ioctl rows 1-5."""
     w = p.inj.reg_bits
     p.return_if(p.mutex_lock_interruptible("mr_lock"), zabi.neg_errno("EINTR", w))           # 1
-    not_copied = p.copy_from_user(report_buf, REPORTDATA_IN_BUF, A.TDX_REPORT_REQ_OFF_REPORTDATA,
+    not_copied = p.copy_from_user(report_buf, REPORTDATA_IN_BUF, REQ.field("reportdata").offset,
                                   A.TDX_REPORTDATA_LEN, point="reportdata:copy_from_user")    # 2
     p.goto_if(not_copied != 0, zabi.neg_errno("EFAULT", w))
     status = p.tdcall_mr_report(report_buf, 0, report_buf, REPORTDATA_IN_BUF, report_statuses(w))  # 3
     ret = tdx_mcall_get_report0(status)
     p.assign_ret(ret)
     p.goto_if(ret != 0)                                                                      # + WARN_ONCE
-    not_copied = p.copy_to_user(A.TDX_REPORT_REQ_OFF_TDREPORT, report_buf, 0, A.TDX_REPORT_LEN,
+    not_copied = p.copy_to_user(REQ.field("tdreport").offset, report_buf, 0, A.TDX_REPORT_LEN,
                                 point="tdreport:copy_to_user")                               # 4
     with p.when(not_copied != 0):
         p.assign_ret(zabi.neg_errno("EFAULT", w))
@@ -59,7 +63,7 @@ def tdx_guest_ioctl(inj: Injection) -> Path:
     p = Path(inj, "v6.16 tdx_guest_ioctl")
     report_buf = report_buf_after_init()
     p.buffers.append(report_buf)
-    p.return_if(inj.cmd != zabi.bv("TDX_CMD_GET_REPORT0", CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
+    p.return_if(inj.cmd != z3.BitVecVal(REQ.value, CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
     tdx_do_report(p, report_buf)
     return p
 
@@ -84,6 +88,10 @@ def tdx_mr_init(inj: Injection) -> InitPath:
 DRIVER = DriverSpec(
     profile="v6.16",
     anchor="tdx-guest.c tdx_do_report (v6.16+, 9026983cd740)",
+    steps={"no_leak": "§2.5 rows 1-5, Init", "errno_contract": "§2.5 rows 1-5",
+           "no_silent_loss": "§2.5 rows 2-4, §7", "no_disclosure": "§2.5 rows 2-4, §7",
+           "status_mapping": "§2.5 table", "operand_checks": "§4.3, §4.6, §2.5 row 3",
+           "serialisation": "§2.5 mr_lock, §4.8"},
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
     reference_failing=lambda status: status != 0,

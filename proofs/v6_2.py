@@ -14,10 +14,14 @@ from proofs.abi import CMD_BITS
 from proofs.module_leaves import report_statuses
 from proofs.spec import DriverSpec
 from proofs.symbolic import Injection, Path
+from tdxmodel import profiles as _profiles
 
 A = zabi._abi
-REQ_OFF_REPORTDATA = A.TDX_REPORT_REQ_OFF_REPORTDATA
-REQ_OFF_TDREPORT = A.TDX_REPORT_REQ_OFF_TDREPORT
+#: The generation's facts (request layout, command, errno map): tdxmodel.profiles.
+P = _profiles.get("v6.2")
+REQ = P.report
+REQ_OFF_REPORTDATA = REQ.field("reportdata").offset
+REQ_OFF_TDREPORT = REQ.field("tdreport").offset
 
 
 def tdx_mcall_get_report0(status: z3.BitVecRef) -> z3.BitVecRef:
@@ -57,7 +61,7 @@ def tdx_get_report0(p: Path) -> None:
 def tdx_guest_ioctl(inj: Injection) -> Path:
     """tdx_guest_ioctl(file, cmd, arg): GET_REPORT0 or -ENOTTY (ref §2.4 "Dispatch")."""
     p = Path(inj, "v6.2 tdx_guest_ioctl")
-    p.return_if(inj.cmd != zabi.bv("TDX_CMD_GET_REPORT0", CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
+    p.return_if(inj.cmd != z3.BitVecVal(REQ.value, CMD_BITS), zabi.neg_errno("ENOTTY", inj.reg_bits))
     tdx_get_report0(p)
     return p
 
@@ -65,6 +69,10 @@ def tdx_guest_ioctl(inj: Injection) -> Path:
 DRIVER = DriverSpec(
     profile="v6.2",
     anchor="tdx-guest.c tdx_get_report0 (v6.2-v6.15)",
+    steps={"no_leak": "§2.4 rows 1-6", "errno_contract": "§2.4 Dispatch, rows 1-6",
+           "no_silent_loss": "§2.4 rows 4-5, §7", "no_disclosure": "§2.4 rows 1-5, §7",
+           "status_mapping": "§2.4 row 4", "operand_checks": "§4.3, §4.6, §2.4 Alignment",
+           "serialisation": "§2.4 (no lock), §4.8"},
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
     reference_failing=lambda status: status != 0,

@@ -2,8 +2,9 @@
 
 ``cases(driver)`` enumerates case specifications; ``run_case(backend_name, driver, spec)`` runs one on a
 fresh Module + Kernel + Process and returns its record; ``run(driver, backend_name)`` runs them all.
-The proofs (issue 4) replay counterexamples through ``run_case`` and compare every record with their
-model, so specs and records are plain JSON and their spellings are stable.
+``run_case`` is the one runner of concrete cases: the proofs' conformance tests and
+``python -m proofs --replay`` run their cases through it too and compare each record with the z3
+encoding, so specs and records are plain JSON and their spellings are stable.
 
 Case specification (a dict; every key always present)::
 
@@ -15,24 +16,27 @@ Case specification (a dict; every key always present)::
     fail_nth      int   0: off; N: Process.fail_nth = N, with the kernel's documented sweep settings
                         (failslab and fail_page_alloc ignore_gfp_wait False, fail_page_alloc
                         min_order 0; ref §7)
-    user_fault    null | {"access": "read" | "write", "at": POSITION}
+    user_fault    null | {"access": "read" | "write", "at": POSITION | int}
                         a genuine page fault in the user buffer. "read" is the REPORTDATA copy-in
                         region (request bytes 0..63), "write" the TDREPORT copy-out region (v4:
                         bytes 0..1023 in place; v6.2+: bytes 64..1087). POSITION names the region
                         offset k of the first faulting byte: "first_byte" k = 0, "middle"
                         k = len // 2, "last_byte" k = len - 1, "page_boundary" k = len (the region
                         ends exactly at a page boundary and the next page faults, so the copy must
-                        stop at the region's end). The page holding offset k and every later page
-                        lose the access ("read": pages become "w"; "write": pages become "r").
+                        stop at the region's end); an int is k itself (0..len). The page holding
+                        offset k and every later page lose the access ("read": pages become "w";
+                        "write": pages become "r").
     partial_to_user  null | int   model-only mid-copy fault: Process.fault_user_copy(
                         "partial_to_user", at=N) (ref §7: a genuine fault leaves a prefix)
-    tdcall        {"outcome": "success" | "operand_invalid" | "busy",
-                   "operand": null | "RCX" | "RDX" | "R8"}
+    tdcall        {"outcome": "success" | "operand_invalid" | "busy" | "forced",
+                   "operand": null | "RCX" | "RDX" | "R8"[, "status": int]}
                         how the REPORT TDCALL ends. operand_invalid RCX/RDX are produced by the
                         module itself through Kernel.force_misaligned("tdreport"/"reportdata") where
                         the driver allocates per call (v4, v6.2) and by Kernel.force_tdcall on v6.16;
                         R8 (drivers always pass 0) by force_tdcall; busy by holding the module's
-                        RTMR lock exclusively (another vCPU extending: TDX_OPERAND_BUSY | RTMR)
+                        RTMR lock exclusively (another vCPU extending: TDX_OPERAND_BUSY | RTMR);
+                        "forced" (operand null) makes the REPORT return "status" through
+                        Kernel.force_tdcall (the proofs' replays of an arbitrary status)
     mr_lock_held  bool  v6.16: another task holds mr_lock and the caller has a signal pending
     description   str   what is injected, in words
 
@@ -156,7 +160,9 @@ def cases(driver: str) -> List[Dict[str, Any]]:
     return out
 
 
-def _position_offset(at: str, length: int) -> int:
+def _position_offset(at, length: int) -> int:
+    if isinstance(at, int):
+        return at
     return {"first_byte": 0, "middle": length // 2, "last_byte": length - 1, "page_boundary": length}[at]
 
 
@@ -186,12 +192,20 @@ def _validate_spec(spec: Dict[str, Any]) -> None:
         raise ValueError(f"spec lacks {', '.join(missing)}")
     uf = spec["user_fault"]
     if uf is not None and (not isinstance(uf, dict) or uf.get("access") not in ("read", "write")
-                           or uf.get("at") not in POSITIONS):
+                           or not (uf.get("at") in POSITIONS or _is_offset(uf.get("at")))):
         raise ValueError(f"spec user_fault must be null or {{'access': read|write, 'at': "
-                         f"{'|'.join(POSITIONS)}}}, not {uf!r}")
+                         f"{'|'.join(POSITIONS)}|offset}}, not {uf!r}")
     td = spec["tdcall"]
-    if not isinstance(td, dict) or (td.get("outcome"), td.get("operand")) not in TDCALL_OUTCOMES:
-        raise ValueError(f"spec tdcall must be one of {TDCALL_OUTCOMES}, not {td!r}")
+    forced = isinstance(td, dict) and td.get("outcome") == "forced" and td.get("operand") is None \
+        and _is_offset(td.get("status")) and 0 < td["status"] < 1 << 64
+    if not forced and (not isinstance(td, dict)
+                       or (td.get("outcome"), td.get("operand")) not in TDCALL_OUTCOMES):
+        raise ValueError(f"spec tdcall must be one of {TDCALL_OUTCOMES} or forced with a nonzero "
+                         f"64-bit status, not {td!r}")
+
+
+def _is_offset(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -216,6 +230,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
         region_off = read_off if uf["access"] == "read" else write_off
         region_len = read_len if uf["access"] == "read" else write_len
         fault_page = WINDOW + 2 * PAGE_SIZE
+        if _position_offset(uf["at"], region_len) > region_len:
+            raise ValueError(f"spec user_fault at {uf['at']} is past the {region_len}-byte region")
         arg = fault_page - (region_off + _position_offset(uf["at"], region_len))
     reportdata = bytes(range(abi.TDX_REPORTDATA_LEN))  # as the kernel selftest fills it (ref §3)
     before = bytearray([FILLER]) * (WINDOW_PAGES * PAGE_SIZE)
@@ -230,7 +246,10 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     outcome, operand = spec["tdcall"]["outcome"], spec["tdcall"]["operand"]
     status: int = abi.TDX_SUCCESS
     rtmr_held = False
-    if outcome == "operand_invalid":
+    if outcome == "forced":
+        status = spec["tdcall"]["status"]
+        kernel.force_tdcall(status, leaf=abi.TDG_MR_REPORT)
+    elif outcome == "operand_invalid":
         status = abi.TDX_OPERAND_INVALID | _OPERAND_IDS[operand]
         if operand in _MISALIGN_TARGET and not prof.cached_report_buf:
             kernel.force_misaligned(_MISALIGN_TARGET[operand])  # the module itself answers

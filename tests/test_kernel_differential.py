@@ -17,6 +17,7 @@ PAGE = abi.TDX_PAGE_SIZE
 WINDOW = 0x30000
 PAGES = 4
 MDIR = abi.MEASUREMENT_DIRS[0]
+UNMAPPED = 0x90000
 STATUSES = [abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_R8, abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR,
             abi.TDX_INVALID_CPUSVN]
 
@@ -29,7 +30,8 @@ def backend_names():
 op = st.one_of(
     st.tuples(st.just("mprotect"), st.integers(0, PAGES - 1), st.sampled_from(["", "r", "w", "rw"])),
     st.tuples(st.just("knob"), st.sampled_from(abi.FAULT_CAPABILITIES),
-              st.sampled_from(["probability", "interval", "times", "space"]), st.integers(-1, 100)),
+              st.sampled_from(["probability", "interval", "times", "space", "verbose"]),
+              st.one_of(st.integers(-1, 100), st.just(2**64 - 1), st.just(2**63))),
     st.tuples(st.just("gfp"), st.sampled_from(["failslab", "fail_page_alloc"]), st.booleans()),
     st.tuples(st.just("min_order"), st.integers(0, 1)),
     st.tuples(st.just("fail_nth"), st.integers(0, 6)),
@@ -39,14 +41,20 @@ op = st.one_of(
     st.tuples(st.just("mread"), st.sampled_from(sorted(abi.MEASUREMENTS)), st.integers(0, 60),
               st.integers(0, 50), st.integers(0, 2 * PAGE)),
     st.tuples(st.just("mwrite"), st.integers(0, 3), st.sampled_from([48, 47]), st.integers(0, 2 * PAGE)),
+    # cases the backends once disagreed on (docs/CONTRACT.md "Kernel-model details")
+    st.tuples(st.just("misalign"), st.sampled_from([None, "tdreport", "reportdata"])),
+    st.tuples(st.just("zero_bytes"), st.sampled_from([UNMAPPED, UNMAPPED + 1, WINDOW + PAGES * PAGE + 3])),
+    st.tuples(st.just("rejected"), st.sampled_from(["cmd", "arg", "fd_type", "close_type", "addr"])),
+    st.tuples(st.just("neg_offset"), st.booleans(), st.sampled_from(["own", "bad"])),
+    st.tuples(st.just("fill_fds")),
 )
 
 
-def replay(name, driver, ops):
+def replay(name, driver, ops, memory_pages=24):
     backend = _backend.load(name)
     q = profiles.get(driver).quote  # room for the quote buffer too (quote.md §2.2)
-    k = backend.Kernel(backend.Module(ModuleConfig(seed=5), memory_pages=24 + (2 << q.buf_order if q else 0)),
-                       driver, seed=11)
+    memory_pages += 2 << q.buf_order if q else 0
+    k = backend.Kernel(backend.Module(ModuleConfig(seed=5), memory_pages=memory_pages), driver, seed=11)
     p = k.process()
     p.mmap(WINDOW, PAGES * PAGE, "rw")
     p.poke(WINDOW, bytes(i * 7 % 251 for i in range(PAGES * PAGE)))
@@ -62,7 +70,7 @@ def replay(name, driver, ops):
             attr = k.fault(o[1])
             try:
                 setattr(attr, o[2], o[3])
-                ret = "set"
+                ret = ("set", getattr(attr, o[2]), attr.times, attr.space)
             except ValueError:
                 ret = "ValueError"
         elif kind == "gfp":
@@ -84,6 +92,32 @@ def replay(name, driver, ops):
             ret = (f, p.pread(f, WINDOW + o[4], o[2], o[3]) if f >= 0 else None)
             if f >= 0:
                 p.close(f)
+        elif kind == "misalign":
+            try:
+                k.force_misaligned(o[1])
+                ret = "set"
+            except ValueError:
+                ret = "ValueError"
+        elif kind == "zero_bytes":
+            ret = (p.peek(o[1], 0), p.poke(o[1], b""))
+        elif kind == "rejected":
+            call = {"cmd": lambda: p.ioctl(fd, 1 << 32, WINDOW), "arg": lambda: p.ioctl(fd, own, -1),
+                    "fd_type": lambda: p.ioctl(str(fd), own, WINDOW), "close_type": lambda: p.close(None),
+                    "addr": lambda: p.pread(fd, -1, 48, 0)}[o[1]]
+            try:
+                call()
+            except (TypeError, ValueError) as e:
+                ret = type(e).__name__
+        elif kind == "neg_offset":
+            f = fd if o[2] == "own" else 99
+            ret = (p.pwrite if o[1] else p.pread)(f, WINDOW, 48, -1)
+        elif kind == "fill_fds":
+            opened, r = [], 0
+            while r >= 0 and len(opened) <= abi.FD_LIMIT:  # bounded even where a limit is missing
+                r = p.open(k.device_path)
+                if r >= 0:
+                    opened.append(r)
+            ret = (len(opened), r, [p.close(f) for f in opened].count(0))
         else:  # mwrite
             f = p.open(f"{MDIR}/rtmr{o[1]}:sha384", os.O_WRONLY)
             ret = (f, p.pwrite(f, WINDOW + o[3], o[2], 0) if f >= 0 else None)
@@ -96,9 +130,11 @@ def replay(name, driver, ops):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(driver=st.sampled_from(abi.DRIVERS), ops=st.lists(op, min_size=1, max_size=14))
-def test_backends_agree_on_random_sequences(driver, ops):
-    logs = {name: replay(name, driver, ops) for name in backend_names()}
+@given(driver=st.sampled_from(abi.DRIVERS), ops=st.lists(op, min_size=1, max_size=14),
+       memory_pages=st.sampled_from([17, 18, 19, 24]))
+def test_backends_agree_on_random_sequences(driver, ops, memory_pages):
+    """17..19 pages leave the kernel 1..3 pages: slabs of several size classes must share them."""
+    logs = {name: replay(name, driver, ops, memory_pages) for name in backend_names()}
     first = next(iter(logs.values()))
     for name, log in logs.items():
         for step, (a, b) in enumerate(zip(first, log)):

@@ -90,6 +90,7 @@ operations = st.one_of(
     st.tuples(st.just("write"), st.integers(FIRST, LAST - 1), offsets, st.binary(min_size=1, max_size=96)),
     st.tuples(st.just("set_page_state"), st.integers(FIRST, LAST - 1), st.integers(1, 3),
               st.sampled_from(STATES)),
+    st.tuples(st.just("inject_interrupts"), st.integers(0, 3)),  # ref §4.3 row 6 (1.5 only)
 )
 
 configs = st.fixed_dictionaries({
@@ -125,6 +126,9 @@ def run(m, op):
             page, offset, data = args
             m.write_memory(page * PAGE + offset, data[:PAGE - offset])
             return ("ok", None)
+        if kind == "inject_interrupts":
+            m.inject_interrupts(*args)
+            return ("ok", m.pending_interrupts)
         if kind == "set_page_state":
             page, n, state = args
             m.set_page_state(page * PAGE, min(n, LAST - page), state)
@@ -139,7 +143,7 @@ def run(m, op):
 
 def snapshot(m):
     return (m.read_memory(0, MEMORY_PAGES * PAGE), m.tdinfo(),
-            tuple(m.page_state(p * PAGE) for p in range(MEMORY_PAGES)), m.counters())
+            tuple(m.page_state(p * PAGE) for p in range(MEMORY_PAGES)), m.counters(), m.pending_interrupts)
 
 
 def make_pair(config):
@@ -163,7 +167,7 @@ def test_core_equals_reference(config, ops):
     for step, op in enumerate(ops):
         outcome = run(core, op)
         assert outcome == run(ref, op), f"step {step}: {op}"
-        if op[0] not in ("write", "set_page_state", "plant_report"):
+        if op[0] not in ("write", "set_page_state", "plant_report", "inject_interrupts"):
             shown = hex(outcome[1]) if isinstance(outcome[1], int) and outcome[0] == "value" else outcome[0]
             event(f"{op[0]} -> {shown}")
         assert snapshot(core) == snapshot(ref), f"state differs after step {step}: {op}"

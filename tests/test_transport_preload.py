@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 
@@ -128,3 +129,66 @@ def test_without_a_daemon_nothing_is_intercepted(selftest_client, tmp_path):
                        text=True, timeout=30, env=env)
     assert r.returncode == 1
     assert f"errno {errno.ENOENT}" in r.stderr  # the real open: this machine has no TDX device
+
+
+STAT_ENTRY_POINTS = ["stat", "lstat", "fstatat", "fstatat_nofollow", "stat64", "lstat64", "fstatat64",
+                     "__xstat", "__lxstat", "__fxstatat", "__xstat64", "__lxstat64", "statx",
+                     "fstat", "fstat64", "__fxstat", "fstatat_empty", "statx_empty"]
+
+
+@pytest.mark.parametrize("driver", ["v6.2", "v4-2022-04"])
+def test_every_stat_and_access_entry_point_sees_a_character_device(tmp_path_factory, driver):
+    """A client that checks the node before opening it (stat, access, the glibc-internal __xstat
+    family, statx, fstat of the fd) sees a character device with the daemon's mode and a misc device
+    number, not ENOENT (this machine has no TDX device)."""
+    client = compile_client(tmp_path_factory, "stat_variants")
+    with ServedDevice(driver, mode=0o660) as d:
+        r = subprocess.run([client, d.device_node], capture_output=True, text=True, timeout=30,
+                           env=d.preload_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    major, minor = abi.DEVICE_RDEV
+    expected = f"mode={stat.S_IFCHR | 0o660:o} rdev={major}:{minor}"
+    assert {name: lines.get(name) for name in STAT_ENTRY_POINTS} == {name: expected
+                                                                      for name in STAT_ENTRY_POINTS}
+    ok = "0 0"
+    assert [lines[n] for n in ("access_rw", "faccessat", "faccessat_eaccess", "euidaccess")] == [ok] * 4
+    assert lines["access_x"] == f"-1 {errno.EACCES}"  # no x bit: not even root may execute it
+
+
+PY_STAT = r"""
+import os, stat, sys
+path = sys.argv[1]
+print(os.path.exists(path), stat.S_ISCHR(os.stat(path).st_mode), stat.S_ISCHR(os.lstat(path).st_mode))
+st = os.stat(path)
+print(oct(stat.S_IMODE(st.st_mode)), os.major(st.st_rdev), os.minor(st.st_rdev), st.st_uid, st.st_size)
+print(os.access(path, os.R_OK | os.W_OK), os.access(path, os.X_OK),
+      os.access(path, os.R_OK, effective_ids=True))
+fd = os.open(path, os.O_RDWR)
+print(stat.S_ISCHR(os.fstat(fd).st_mode), os.fstat(fd).st_rdev == st.st_rdev)
+os.close(fd)
+# other paths pass through
+print(os.path.exists("/"), os.path.exists(path + "-not-there"), os.path.isdir(os.path.dirname(path) or "/"))
+"""
+
+
+def test_python_sees_the_node_under_preload(served):
+    d = served("v6.2")
+    r = subprocess.run([sys.executable, "-c", PY_STAT, d.device_node], capture_output=True, text=True,
+                       timeout=30, env=d.preload_env())
+    assert r.returncode == 0, r.stderr
+    major, minor = abi.DEVICE_RDEV
+    assert r.stdout.splitlines() == [
+        "True True True",
+        f"0o600 {major} {minor} 0 0",
+        "True False True",
+        "True True",
+        "True False True",
+    ]
+
+
+def test_without_a_daemon_stat_passes_through(tmp_path):
+    env = dict(os.environ, TDXMODEL_SOCKET=str(tmp_path / "nothing"), LD_PRELOAD=str(PRELOAD_LIBRARY))
+    r = subprocess.run([sys.executable, "-c", "import os, sys; print(os.path.exists(sys.argv[1]))",
+                        abi.DEVICE_PATHS["v6.2"]], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "False"

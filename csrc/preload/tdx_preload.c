@@ -12,7 +12,8 @@
  * process_vm_readv/process_vm_writev on our own pid, which fail at the first bad page instead of
  * crashing - and writes back the bytes the emulated kernel changed, so partial copies and -EFAULT
  * are as the emulated driver makes them. close ends the connection (the daemon closes the emulated
- * file).
+ * file). The stat and access families answer for the path (and fstat for our fds) as for the
+ * character device the daemon serves (node_stat below), so clients that check first find it.
  *
  * It cannot reach: statically linked programs and Go binaries (they make raw syscalls, no libc),
  * fopen/freopen (glibc opens internally without the exported symbols), fcntl(F_DUPFD) copies (dup,
@@ -32,16 +33,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <grp.h>
 
-#include "tdx_abi.h"
-#include "tdx_fuse.h"
+#include "tdx_usercopy.h"
+#include "tdx_wire.h"
 
 #define MAX_FDS 65536
-/* x86-64 host pages: process_vm_readv/writev stop at their boundaries */
-#define PAGE ((uint32_t)TDX_PAGE_SIZE)
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char device_path[TDXW_MAX_PATH];
@@ -49,6 +51,9 @@ static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct tdxw_window windows[TDXW_MAX_WINDOWS];
 static uint32_t nwindows;
 static int enabled;
+/* what stat answers for the node (HELLO): its permission bits, device number and times */
+static uint32_t node_mode, node_rdev_major, node_rdev_minor;
+static int64_t node_mtime;
 /* fd -> id of the connection (the open file) it refers to, 0 if the fd is not ours. dup'd fds share
  * the id, as they share the open file. Calls on one connection are serialised by a striped lock on
  * the id, so two threads never interleave messages on one socket. */
@@ -69,6 +74,33 @@ static int (*real_close)(int);
 static int (*real_dup)(int);
 static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
+static int (*real_stat)(const char *, struct stat *);
+static int (*real_lstat)(const char *, struct stat *);
+static int (*real_fstat)(int, struct stat *);
+static int (*real_fstatat)(int, const char *, struct stat *, int);
+static int (*real_stat64)(const char *, struct stat64 *);
+static int (*real_lstat64)(const char *, struct stat64 *);
+static int (*real_fstat64)(int, struct stat64 *);
+static int (*real_fstatat64)(int, const char *, struct stat64 *, int);
+static int (*real___xstat)(int, const char *, struct stat *);
+static int (*real___lxstat)(int, const char *, struct stat *);
+static int (*real___fxstat)(int, int, struct stat *);
+static int (*real___fxstatat)(int, int, const char *, struct stat *, int);
+static int (*real___xstat64)(int, const char *, struct stat64 *);
+static int (*real___lxstat64)(int, const char *, struct stat64 *);
+static int (*real___fxstat64)(int, int, struct stat64 *);
+static int (*real___fxstatat64)(int, int, const char *, struct stat64 *, int);
+static int (*real_statx)(int, const char *, int, unsigned int, struct statx *);
+static int (*real_access)(const char *, int);
+static int (*real_faccessat)(int, const char *, int, int);
+static int (*real_euidaccess)(const char *, int);
+static int (*real_eaccess)(const char *, int);
+
+static void *resolve_compat(const char *name)
+{
+    void *f = dlsym(RTLD_NEXT, name);
+    return f ? f : dlvsym(RTLD_NEXT, name, "GLIBC_2.2.5"); /* x86-64's first symbol version */
+}
 
 static void resolve(void)
 {
@@ -85,6 +117,29 @@ static void resolve(void)
     real_dup = dlsym(RTLD_NEXT, "dup");
     real_dup2 = dlsym(RTLD_NEXT, "dup2");
     real_dup3 = dlsym(RTLD_NEXT, "dup3");
+    real_stat = dlsym(RTLD_NEXT, "stat");
+    real_lstat = dlsym(RTLD_NEXT, "lstat");
+    real_fstat = dlsym(RTLD_NEXT, "fstat");
+    real_fstatat = dlsym(RTLD_NEXT, "fstatat");
+    real_stat64 = dlsym(RTLD_NEXT, "stat64");
+    real_lstat64 = dlsym(RTLD_NEXT, "lstat64");
+    real_fstat64 = dlsym(RTLD_NEXT, "fstat64");
+    real_fstatat64 = dlsym(RTLD_NEXT, "fstatat64");
+    /* glibc < 2.33 exports only these (the stat family was inline wrappers around them); newer glibc
+     * keeps them as compat symbols for old binaries, which dlsym does not return by default */
+    real___xstat = resolve_compat("__xstat");
+    real___lxstat = resolve_compat("__lxstat");
+    real___fxstat = resolve_compat("__fxstat");
+    real___fxstatat = resolve_compat("__fxstatat");
+    real___xstat64 = resolve_compat("__xstat64");
+    real___lxstat64 = resolve_compat("__lxstat64");
+    real___fxstat64 = resolve_compat("__fxstat64");
+    real___fxstatat64 = resolve_compat("__fxstatat64");
+    real_statx = dlsym(RTLD_NEXT, "statx");
+    real_access = dlsym(RTLD_NEXT, "access");
+    real_faccessat = dlsym(RTLD_NEXT, "faccessat");
+    real_euidaccess = dlsym(RTLD_NEXT, "euidaccess");
+    real_eaccess = dlsym(RTLD_NEXT, "eaccess");
 }
 
 static int full_io(int fd, void *buf, size_t len, int writing)
@@ -159,6 +214,10 @@ static void init(void)
                  override && *override ? override : hello.device_path);
         nwindows = hello.nwindows < TDXW_MAX_WINDOWS ? hello.nwindows : TDXW_MAX_WINDOWS;
         memcpy(windows, hello.windows, sizeof(windows));
+        node_mode = hello.mode & 07777;
+        node_rdev_major = hello.rdev_major;
+        node_rdev_minor = hello.rdev_minor;
+        node_mtime = hello.mtime;
         enabled = device_path[0] != 0;
     }
     real_close(fd);
@@ -223,23 +282,7 @@ static uint32_t window_of(unsigned long cmd)
 /* Own memory, without faulting: process_vm_readv/writev on ourselves stop at the first bad page. */
 static uint32_t self_copy(uint64_t addr, uint8_t *buf, uint32_t len, int writing)
 {
-    pid_t me = getpid();
-    uint32_t done = 0;
-    while (done < len) {
-        uint32_t chunk = PAGE - (uint32_t)((addr + done) % PAGE);
-        if (chunk > len - done)
-            chunk = len - done;
-        struct iovec local = {buf + done, chunk};
-        struct iovec remote = {(void *)(uintptr_t)(addr + done), chunk};
-        ssize_t n = writing ? process_vm_writev(me, &local, 1, &remote, 1, 0)
-                            : process_vm_readv(me, &local, 1, &remote, 1, 0);
-        if (n <= 0)
-            break;
-        done += (uint32_t)n;
-        if ((uint32_t)n < chunk)
-            break;
-    }
-    return done;
+    return writing ? tdxu_vm_write(getpid(), addr, buf, len) : tdxu_vm_read(getpid(), addr, buf, len);
 }
 
 static int forward_ioctl(int fd, unsigned long cmd, void *arg)
@@ -415,4 +458,273 @@ int dup3(int oldfd, int newfd, int flags)
     pthread_once(&once, init);
     int r = real_dup3(oldfd, newfd, flags);
     return r < 0 ? r : note_dup(oldfd, r);
+}
+
+/* ------------------------------------------------------------------- stat and access of the node */
+
+/* The node, as the kernel would describe a misc device the daemon serves: a character device
+ * (S_IFCHR) with the daemon's --mode, owned by root, with the misc device number the daemon sends
+ * (tdxmodel.abi.DEVICE_RDEV), on devtmpfs (st_dev 0:5, as /dev usually is), size 0, and the daemon's
+ * start as its times. The inode number is ours to pick. fstat of an fd of the device gives the same. */
+#define NODE_DEV_MAJOR 0u
+#define NODE_DEV_MINOR 5u
+#define NODE_INO 1000u
+
+_Static_assert(sizeof(struct stat) == sizeof(struct stat64), "x86-64: struct stat is struct stat64");
+
+static void node_stat(struct stat *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->st_dev = makedev(NODE_DEV_MAJOR, NODE_DEV_MINOR);
+    st->st_ino = NODE_INO;
+    st->st_mode = S_IFCHR | node_mode;
+    st->st_nlink = 1;
+    st->st_uid = 0;
+    st->st_gid = 0;
+    st->st_rdev = makedev(node_rdev_major, node_rdev_minor);
+    st->st_size = 0;
+    st->st_blksize = 4096;
+    st->st_blocks = 0;
+    st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = (time_t)node_mtime;
+}
+
+static int node_stat64(struct stat64 *st)
+{
+    struct stat tmp;
+    node_stat(&tmp);
+    memcpy(st, &tmp, sizeof(tmp));
+    return 0;
+}
+
+static int node_statx(unsigned int mask, struct statx *stx)
+{
+    (void)mask; /* the basic stats are all known: answer them whatever was asked, as the kernel may */
+    struct stat st;
+    node_stat(&st);
+    memset(stx, 0, sizeof(*stx));
+    stx->stx_mask = STATX_BASIC_STATS;
+    stx->stx_blksize = (uint32_t)st.st_blksize;
+    stx->stx_nlink = (uint32_t)st.st_nlink;
+    stx->stx_uid = st.st_uid;
+    stx->stx_gid = st.st_gid;
+    stx->stx_mode = (uint16_t)st.st_mode;
+    stx->stx_ino = st.st_ino;
+    stx->stx_size = 0;
+    stx->stx_blocks = 0;
+    stx->stx_atime.tv_sec = stx->stx_mtime.tv_sec = stx->stx_ctime.tv_sec = node_mtime;
+    stx->stx_rdev_major = node_rdev_major;
+    stx->stx_rdev_minor = node_rdev_minor;
+    stx->stx_dev_major = NODE_DEV_MAJOR;
+    stx->stx_dev_minor = NODE_DEV_MINOR;
+    return 0;
+}
+
+/* A path that names the node, or an empty path with AT_EMPTY_PATH on one of its fds. */
+static int names_node(int dirfd, const char *path, int flags)
+{
+    if (path && !*path && (flags & AT_EMPTY_PATH)) {
+        pthread_once(&once, init);
+        return conn(dirfd) != 0;
+    }
+    return is_device(dirfd, path);
+}
+
+static int in_group(gid_t gid, int effective)
+{
+    if ((effective ? getegid() : getgid()) == gid)
+        return 1;
+    gid_t groups[256];
+    int n = getgroups(256, groups);
+    for (int i = 0; i < n; i++)
+        if (groups[i] == gid)
+            return 1;
+    return 0;
+}
+
+/* access(2) on the node, as the kernel checks a root-owned character device: root may read and write
+ * whatever the mode, and execute only if some x bit is set; others get the group or other bits. The
+ * real uid/gid are checked, or the effective ones for AT_EACCESS / euidaccess. */
+static int node_access(int mode, int effective)
+{
+    if (mode & ~(R_OK | W_OK | X_OK)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (mode == F_OK)
+        return 0;
+    uid_t uid = effective ? geteuid() : getuid();
+    unsigned granted;
+    if (uid == 0)
+        granted = R_OK | W_OK | ((node_mode & 0111) ? X_OK : 0);
+    else if (in_group(0, effective))
+        granted = (node_mode >> 3) & 7;
+    else
+        granted = node_mode & 7;
+    if ((unsigned)mode & ~granted) {
+        errno = EACCES;
+        return -1;
+    }
+    return 0;
+}
+
+int stat(const char *path, struct stat *st)
+{
+    if (is_device(AT_FDCWD, path)) {
+        node_stat(st);
+        return 0;
+    }
+    return real_stat(path, st);
+}
+
+int lstat(const char *path, struct stat *st)
+{
+    if (is_device(AT_FDCWD, path)) {
+        node_stat(st);
+        return 0;
+    }
+    return real_lstat(path, st);
+}
+
+int fstat(int fd, struct stat *st)
+{
+    pthread_once(&once, init);
+    if (conn(fd)) {
+        node_stat(st);
+        return 0;
+    }
+    return real_fstat(fd, st);
+}
+
+int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+{
+    if (names_node(dirfd, path, flags)) {
+        node_stat(st);
+        return 0;
+    }
+    return real_fstatat(dirfd, path, st, flags);
+}
+
+int stat64(const char *path, struct stat64 *st)
+{
+    return is_device(AT_FDCWD, path) ? node_stat64(st) : real_stat64(path, st);
+}
+
+int lstat64(const char *path, struct stat64 *st)
+{
+    return is_device(AT_FDCWD, path) ? node_stat64(st) : real_lstat64(path, st);
+}
+
+int fstat64(int fd, struct stat64 *st)
+{
+    pthread_once(&once, init);
+    return conn(fd) ? node_stat64(st) : real_fstat64(fd, st);
+}
+
+int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
+{
+    return names_node(dirfd, path, flags) ? node_stat64(st) : real_fstatat64(dirfd, path, st, flags);
+}
+
+/* The glibc-internal entry points of glibc < 2.33 (`ver` is _STAT_VER; on x86-64 one struct layout
+ * serves every version). Without the compat symbol, fall back to the plain call. */
+int __xstat(int ver, const char *path, struct stat *st)
+{
+    if (is_device(AT_FDCWD, path)) {
+        node_stat(st);
+        return 0;
+    }
+    return real___xstat ? real___xstat(ver, path, st) : real_stat(path, st);
+}
+
+int __lxstat(int ver, const char *path, struct stat *st)
+{
+    if (is_device(AT_FDCWD, path)) {
+        node_stat(st);
+        return 0;
+    }
+    return real___lxstat ? real___lxstat(ver, path, st) : real_lstat(path, st);
+}
+
+int __fxstat(int ver, int fd, struct stat *st)
+{
+    pthread_once(&once, init);
+    if (conn(fd)) {
+        node_stat(st);
+        return 0;
+    }
+    return real___fxstat ? real___fxstat(ver, fd, st) : real_fstat(fd, st);
+}
+
+int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags)
+{
+    if (names_node(dirfd, path, flags)) {
+        node_stat(st);
+        return 0;
+    }
+    return real___fxstatat ? real___fxstatat(ver, dirfd, path, st, flags)
+                           : real_fstatat(dirfd, path, st, flags);
+}
+
+int __xstat64(int ver, const char *path, struct stat64 *st)
+{
+    if (is_device(AT_FDCWD, path))
+        return node_stat64(st);
+    return real___xstat64 ? real___xstat64(ver, path, st) : real_stat64(path, st);
+}
+
+int __lxstat64(int ver, const char *path, struct stat64 *st)
+{
+    if (is_device(AT_FDCWD, path))
+        return node_stat64(st);
+    return real___lxstat64 ? real___lxstat64(ver, path, st) : real_lstat64(path, st);
+}
+
+int __fxstat64(int ver, int fd, struct stat64 *st)
+{
+    pthread_once(&once, init);
+    if (conn(fd))
+        return node_stat64(st);
+    return real___fxstat64 ? real___fxstat64(ver, fd, st) : real_fstat64(fd, st);
+}
+
+int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags)
+{
+    if (names_node(dirfd, path, flags))
+        return node_stat64(st);
+    return real___fxstatat64 ? real___fxstatat64(ver, dirfd, path, st, flags)
+                             : real_fstatat64(dirfd, path, st, flags);
+}
+
+int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
+{
+    if (names_node(dirfd, path, flags))
+        return node_statx(mask, stx);
+    if (!real_statx) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return real_statx(dirfd, path, flags, mask, stx);
+}
+
+int access(const char *path, int mode)
+{
+    return is_device(AT_FDCWD, path) ? node_access(mode, 0) : real_access(path, mode);
+}
+
+/* glibc's faccessat is the faccessat2 system call (flags included) with a fallback to faccessat */
+int faccessat(int dirfd, const char *path, int mode, int flags)
+{
+    if (names_node(dirfd, path, flags))
+        return node_access(mode, (flags & AT_EACCESS) != 0);
+    return real_faccessat(dirfd, path, mode, flags);
+}
+
+int euidaccess(const char *path, int mode)
+{
+    return is_device(AT_FDCWD, path) ? node_access(mode, 1) : real_euidaccess(path, mode);
+}
+
+int eaccess(const char *path, int mode)
+{
+    return is_device(AT_FDCWD, path) ? node_access(mode, 1) : real_eaccess(path, mode);
 }

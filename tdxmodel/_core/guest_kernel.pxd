@@ -16,6 +16,14 @@ cdef extern from "guest_kernel.h" nogil:
         GK_PROT_READ
         GK_PROT_WRITE
         GK_MAX_MAP_PAGES
+        GK_KNOB_PROBABILITY
+        GK_KNOB_INTERVAL
+        GK_KNOB_TIMES
+        GK_KNOB_SPACE
+        GK_KNOB_VERBOSE
+        GK_KNOB_IGNORE_GFP_WAIT
+        GK_KNOB_MIN_ORDER
+        GK_KNOB_TASK_FILTER
 
     ctypedef struct gk_kernel:
         pass
@@ -24,7 +32,7 @@ cdef extern from "guest_kernel.h" nogil:
 
     ctypedef struct gk_fault_attr:
         int probability
-        int64_t interval
+        uint64_t interval
         int64_t times
         int64_t space
         int verbose
@@ -50,7 +58,7 @@ cdef extern from "guest_kernel.h" nogil:
 
     void gk_get_counters(gk_kernel *k, gk_counters *out)
     void gk_fault_attr_get(gk_kernel *k, int cap, gk_fault_attr *out)
-    void gk_fault_attr_set(gk_kernel *k, int cap, const gk_fault_attr *attr)
+    void gk_fault_attr_set_knob(gk_kernel *k, int cap, int knob, uint64_t value)
     void gk_force_tdcall(gk_kernel *k, uint64_t status, int leaf, int64_t count)
 
     int gk_mm_map(gk_mm *mm, uint64_t addr, uint64_t length, int prot)

@@ -1,8 +1,10 @@
 # The guest kernel, its processes and fault knobs: a thin wrapper of csrc/tdx_driver.h and
 # csrc/guest_kernel.h (layer 2; docs/CONTRACT.md "Kernel", "FaultAttr", "Process").
 #
-# Arguments are validated here with the same rules and messages as the reference backend; the GIL is
-# released around every emulated syscall (ioctl / pread / pwrite), which may wait for 6.16's mr_lock.
+# Arguments are validated here with the same rules and messages as the reference backend. An emulated
+# syscall (ioctl / pread / pwrite) runs with the GIL held: it costs well under a microsecond, less than
+# the GIL hand-off two threads taking turns would pay (benchmarks/RESULTS.md "GIL strategy"); where it
+# waits (6.16's contended mr_lock) csrc/gk_sched.h releases the GIL for the wait only.
 # A Process keeps its Kernel alive, and a Kernel its Module, so C pointers never dangle.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MAX
@@ -13,10 +15,30 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 cimport cython
 
 from tdxmodel._core.guest_kernel cimport *
+from tdxmodel._core.gk_sched cimport gk_set_caller_lock_hooks, gk_caller_holds_lock
 from tdxmodel._core.tdx_driver cimport *
 from tdxmodel._core.tdx_abi cimport TDXM_NUM_PROFILES, KERNEL_FIRST_PAGE, TDXM_PROFILES
 
 import os as _os
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        pass
+    PyThreadState *PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState *state) nogil
+
+
+cdef void *_release_gil() noexcept nogil:
+    # Called by gk_block_begin in a thread that holds the GIL (gk_caller_holds_lock(1)).
+    return <void *>PyEval_SaveThread()
+
+
+cdef void _acquire_gil(void *state) noexcept nogil:
+    PyEval_RestoreThread(<PyThreadState *>state)
+
+
+gk_set_caller_lock_hooks(_release_gil, _acquire_gil)
 
 from tdxmodel import profiles as _profiles
 
@@ -97,8 +119,10 @@ cdef class FaultAttr:
         gk_fault_attr_get(self._kernel._gk(), self._cap, &a)
         return a
 
-    cdef int _set(self, gk_fault_attr a) except -1:
-        gk_fault_attr_set(self._kernel._gk(), self._cap, &a)
+    cdef int _set(self, int knob, object value) except -1:
+        """Write one knob and nothing else (a debugfs write), so `times` and `space` that calls use up
+        meanwhile stay used up (ref §7)."""
+        gk_fault_attr_set_knob(self._kernel._gk(), self._cap, knob, <uint64_t>(value & _U64_MAX))
         return 0
 
     @property
@@ -111,9 +135,7 @@ cdef class FaultAttr:
 
     @probability.setter
     def probability(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.probability = _int_arg("probability", value, 0, 100)
-        self._set(a)
+        self._set(GK_KNOB_PROBABILITY, _int_arg("probability", value, 0, 100))
 
     @property
     def interval(self):
@@ -121,10 +143,7 @@ cdef class FaultAttr:
 
     @interval.setter
     def interval(self, value):
-        cdef gk_fault_attr a = self._get()
-        # the kernel's interval is an unsigned long; beyond 2**63-1 no count ever reaches it
-        a.interval = min(_int_arg("interval", value, 1, _U64_MAX), INT64_MAX)
-        self._set(a)
+        self._set(GK_KNOB_INTERVAL, _int_arg("interval", value, 1, _U64_MAX))
 
     @property
     def times(self):
@@ -132,9 +151,7 @@ cdef class FaultAttr:
 
     @times.setter
     def times(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.times = _int_arg("times", value, -1, _I31)
-        self._set(a)
+        self._set(GK_KNOB_TIMES, _int_arg("times", value, -1, _I31))
 
     @property
     def space(self):
@@ -142,9 +159,7 @@ cdef class FaultAttr:
 
     @space.setter
     def space(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.space = _int_arg("space", value, 0, _I31)
-        self._set(a)
+        self._set(GK_KNOB_SPACE, _int_arg("space", value, 0, _I31))
 
     @property
     def verbose(self):
@@ -152,9 +167,7 @@ cdef class FaultAttr:
 
     @verbose.setter
     def verbose(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.verbose = _int_arg("verbose", value, 0, 2)
-        self._set(a)
+        self._set(GK_KNOB_VERBOSE, _int_arg("verbose", value, 0, 2))
 
     @property
     def task_filter(self):
@@ -162,9 +175,7 @@ cdef class FaultAttr:
 
     @task_filter.setter
     def task_filter(self, value):
-        cdef gk_fault_attr a = self._get()
-        a.task_filter = _bool_arg("task_filter", value)
-        self._set(a)
+        self._set(GK_KNOB_TASK_FILTER, int(_bool_arg("task_filter", value)))
 
     @property
     def ignore_gfp_wait(self):
@@ -174,9 +185,7 @@ cdef class FaultAttr:
     def ignore_gfp_wait(self, value):
         if self._cap == GK_FAIL_USERCOPY:
             raise ValueError(f"ignore_gfp_wait: {self.capability} has no such knob (ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.ignore_gfp_wait = _bool_arg("ignore_gfp_wait", value)
-        self._set(a)
+        self._set(GK_KNOB_IGNORE_GFP_WAIT, int(_bool_arg("ignore_gfp_wait", value)))
 
     @property
     def min_order(self):
@@ -186,9 +195,7 @@ cdef class FaultAttr:
     def min_order(self, value):
         if self._cap != GK_FAIL_PAGE_ALLOC:
             raise ValueError(f"min_order: {self.capability} has no such knob (only fail_page_alloc, ref §7)")
-        cdef gk_fault_attr a = self._get()
-        a.min_order = _int_arg("min_order", value, 0, 10)
-        self._set(a)
+        self._set(GK_KNOB_MIN_ORDER, _int_arg("min_order", value, 0, 10))
 
     def __repr__(self):
         a = self._get()
@@ -740,8 +747,9 @@ cdef class Process:
         cdef uint32_t c_cmd = <uint32_t>c_cmd64
         cdef uint64_t c_arg = _u64_arg("arg", arg)
         cdef long ret
-        with nogil:
-            ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        ret = td_ioctl(p, c_fd, c_cmd, c_arg)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret
@@ -757,11 +765,12 @@ cdef class Process:
         cdef int64_t c_count = -1 if count < 0 else min(count, INT64_MAX)
         cdef int64_t c_offset = -1 if offset < 0 else min(offset, INT64_MAX)
         cdef long ret
-        with nogil:
-            if write:
-                ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
-            else:
-                ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(1)  # GIL kept; released only if the call waits (gk_sched.h)
+        if write:
+            ret = td_pwrite(p, c_fd, c_addr, c_count, c_offset)
+        else:
+            ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
+        gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
         return ret

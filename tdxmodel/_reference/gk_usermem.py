@@ -77,6 +77,8 @@ class UserMemory:
         _check_int("n", n, 0, _U64)
         if addr + n > _U64 + 1:
             raise ValueError("addr + n is beyond the 64-bit address space")
+        if n == 0:  # no byte, so no page is named (as the core, and as a 0-byte copy never faults)
+            return
         for p in range(addr // PAGE_SIZE, (addr + n + PAGE_SIZE - 1) // PAGE_SIZE):
             if p not in self._pages:
                 raise ValueError(f"addr: page 0x{p * PAGE_SIZE:x} is not mapped")
@@ -165,6 +167,19 @@ def copy_to_user(faults, memory, task, point: str, uaddr: int, ksrc: int, n: int
         task._partial_to_user = None
     copied = task._write_user(uaddr, memory.read_memory(ksrc, limit))
     return n - copied
+
+
+def copy_out(faults, task, point: str, uaddr: int, data: bytes) -> int:
+    """copy_out(...) -> int: copy_to_user from a kernel value that is not in guest memory (a stack
+    variable of the driver): bytes not copied; the copied prefix stays."""
+    n = len(data)
+    if faults.inject(task, point, "fail_usercopy", 1):
+        return n
+    limit = n
+    if task._partial_to_user is not None:  # model-only genuine mid-copy fault, one shot
+        limit = min(n, task._partial_to_user)
+        task._partial_to_user = None
+    return n - task._write_user(uaddr, data[:limit])
 
 
 def put_user(faults, task, point: str, value: int, uaddr: int) -> int:

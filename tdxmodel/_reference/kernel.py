@@ -301,6 +301,11 @@ class Kernel:
         """copy_to_user(task, point, uaddr, ksrc, n) -> int: bytes not copied; the copied prefix stays."""
         return _usermem.copy_to_user(self._faults, self._module, task, point, uaddr, ksrc, n)
 
+    def copy_out(self, task: "Process", point: str, uaddr: int, data: bytes) -> int:
+        """copy_out(task, point, uaddr, data) -> int: copy_to_user of a driver's stack value: bytes
+        not copied; the copied prefix stays."""
+        return _usermem.copy_out(self._faults, task, point, uaddr, data)
+
     def put_user(self, task: "Process", point: str, value: int, uaddr: int) -> int:
         """put_user(task, point, value, uaddr) -> int: 0 or -EFAULT; one 8-byte store, all or nothing."""
         return _usermem.put_user(self._faults, task, point, value, uaddr)
@@ -425,9 +430,11 @@ class Process(_Task, UserMemory):
         if kind == "measurement" and accmode != os.O_RDONLY and not self._kernel.profile.measurement(name).writable:
             return -abi.EACCES
         with self._lock:
-            fd = 3
+            fd = 3  # 0-2 are stdio
             while fd in self._files:
                 fd += 1
+            if fd >= abi.FD_LIMIT:  # RLIMIT_NOFILE (abi.FD_LIMIT)
+                return -abi.EMFILE
             self._files[fd] = _OpenFile(kind, name, accmode)
         return fd
 
@@ -437,8 +444,8 @@ class Process(_Task, UserMemory):
 
     def close(self, fd: int) -> int:
         """close(fd: int) -> int: 0 or -EBADF."""
-        self._begin()
         _check_int("fd", fd)
+        self._begin()
         with self._lock:
             f = self._files.pop(fd, None)
         if f is None:
@@ -452,10 +459,11 @@ class Process(_Task, UserMemory):
 
         ``cmd`` is an unsigned 32-bit number and ``arg`` an unsigned 64-bit address (ValueError
         outside those ranges)."""
-        self._begin()
-        f = self._file(fd)
+        _check_int("fd", fd)
         _check_int("cmd", cmd, 0, (1 << 32) - 1)
         _check_int("arg", arg, 0, _U64)
+        self._begin()  # a call refused above made no syscall: the last trace stays
+        f = self._file(fd)
         if f is None:
             return -abi.EBADF
         if f.kind != "device":
@@ -472,18 +480,23 @@ class Process(_Task, UserMemory):
         return self._rw(fd, addr, count, offset, write=True)
 
     def _rw(self, fd: int, addr: int, count: int, offset: int, *, write: bool) -> int:
-        self._begin()
-        f = self._file(fd)
+        _check_int("fd", fd)
         _check_int("addr", addr, 0, _U64)
         _check_int("count", count)
         _check_int("offset", offset)
+        self._begin()
+        # ksys_pread64 / ksys_pwrite64: a negative position is -EINVAL before the fd is looked up
+        # (ref §2.5 last paragraph, [26]); a negative count only after the access mode (rw_verify_area)
+        if offset < 0:
+            return -abi.EINVAL
+        f = self._file(fd)
         if f is None:
             return -abi.EBADF
         if f.accmode == (os.O_RDONLY if write else os.O_WRONLY):
             return -abi.EBADF
-        if f.kind == "configfs" and count >= 0 and offset >= 0:
+        if f.kind == "configfs" and count >= 0:
             return self._cfs_rw(f, addr, count, offset, write)[0]
-        if count < 0 or offset < 0 or f.kind in ("device", "configfs"):
+        if count < 0 or f.kind in ("device", "configfs"):
             return -abi.EINVAL
         drv = self._kernel._driver
         if write:

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "campaign",
     "serve",  # serve, preload-path
     "bench",
+    "quote",  # quote [show|verify], collateral export, tcb, pccs
 ]
 
 

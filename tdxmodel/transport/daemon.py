@@ -105,15 +105,22 @@ class Daemon:
         self._bound = False
         self._mounted = False
         self._fuse_conn: Optional[int] = None
+        self._backend: Any = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
-        from tdxmodel._core._ext import NODE_CONTROL, NODE_DEVICE, NODE_DIR, DeviceServer
+        from tdxmodel.transport._server import NODE_CONTROL, NODE_DEVICE, NODE_DIR, DeviceServer
 
         if os.geteuid() != 0:
             raise DaemonError("serving needs root (FUSE allow_other, process_vm_readv on clients, binds)")
         if not os.path.exists("/dev/fuse"):
-            raise DaemonError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+            raise DaemonError("/dev/fuse is missing: load the fuse module (in a container, give it the "
+                              "host's /dev/fuse)")
+        if not self.null:
+            try:
+                self._backend = _backend.load(self.backend_name)
+            except ImportError as e:
+                raise DaemonError(f"backend {self.backend_name or _backend.default_name()}: {e}") from None
         self._prepare_mount_point()
         if self.socket_path:
             self._prepare_socket_path()
@@ -121,11 +128,15 @@ class Daemon:
             handler = None
         else:
             handler = self._make_device()
-        # the ioctl hot path runs without the GIL when the emulator is the C core
-        fast = handler is not None and self._backend.BACKEND_NAME == "core"
+        # the ioctl hot path runs without the GIL when the emulator is the C core, which lends the
+        # transport its C path; the reference backend is served through Python alone
+        fast = None
+        if handler is not None and self._backend.BACKEND_NAME == "core":
+            from tdxmodel._core._ext import DevicePath
+            fast = DevicePath()
+            handler.attach_fast_path(fast)
         self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver], fast)
-        if fast:
-            handler.attach_fast_path(self.server)
+        self.server.set_rdev(abi.DEVICE_RDEV[0], abi.DEVICE_RDEV[1])
         from tdxmodel.transport.device import driver_windows
         for cmd, window in driver_windows(self.driver).items():
             self.server.set_window(cmd, window)
@@ -172,7 +183,7 @@ class Daemon:
         from tdxmodel.state import StateStore
         from tdxmodel.transport.device import EmulatedDevice
 
-        backend = self._backend = _backend.load(self.backend_name)
+        backend = self._backend
         store = StateStore(self.state, backend=backend)
         module = backend.Module(store.load())
         kernel = backend.Kernel(module, self.driver)

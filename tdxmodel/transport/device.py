@@ -1,6 +1,6 @@
 """The handler behind ``tdxmodel serve``: every request runs on the emulated kernel (layer 4).
 
-``EmulatedDevice`` is the object ``tdxmodel._core.DeviceServer`` calls (with the GIL) for the device
+``EmulatedDevice`` is the object ``tdxmodel.transport._server.DeviceServer`` calls (with the GIL) for the device
 file, the socket and the control files. It speaks to the emulator only through the backend's public
 API (docs/CONTRACT.md: ``Kernel.process``, ``Process.open/ioctl/pread/pwrite/poke/peek/mmap``,
 ``Kernel.fault``, ``Process.fail_nth``), so it serves either backend.
@@ -102,7 +102,7 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock; ``watch_state()`` applies the store's RTMRs
+    made through the measurement files, under its lock; ``sync_state()`` applies the store's RTMRs
     when its generation changes."""
 
     def __init__(self, kernel: Any, *, store: Any = None,
@@ -133,15 +133,16 @@ class EmulatedDevice:
             self._generation = store.generation()
 
     # ------------------------------------------------------------------ the device file
-    def attach_fast_path(self, server: Any) -> None:
-        """Route ioctls through the server's nogil path (core backend only): the server then also
-        holds the pending fail-nth, so both paths count the same points."""
+    def attach_fast_path(self, path: Any) -> None:
+        """Route ioctls through the core's nogil path (a ``tdxmodel._core._ext.DevicePath``, which
+        the transport calls in C): it then also holds the pending fail-nth, so both paths count the
+        same points."""
         from tdxmodel._core import _ext
         if (_ext.USER_BASE, _ext.MIRROR_PAGES) != (USER_BASE, MIRROR_PAGES):
             raise RuntimeError("the C mirror layout differs from tdxmodel.transport.device's")
-        server.fail_nth_set(self._fail_nth.fail_nth_get())
-        self._fast = server
-        self._fail_nth = server
+        path.fail_nth_set(self._fail_nth.fail_nth_get())
+        self._fast = path
+        self._fail_nth = path
 
     def open(self, flags: int, pid: int) -> int:
         process = self.kernel.process()

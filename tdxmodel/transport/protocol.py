@@ -1,12 +1,13 @@
 """The Unix-socket protocol between ``tdxmodel serve --socket`` and the LD_PRELOAD library.
 
-The C definition is ``csrc/tdx_fuse.h`` (``struct tdxw_*``); this module mirrors it for Python
-clients and tests. Host-local: native byte order (little-endian on x86-64).
+The C definition is ``csrc/transport/tdx_wire.h`` (``struct tdxw_*``); this module mirrors it for
+Python clients and tests. Host-local: native byte order (little-endian on x86-64).
 
 A connection carries, in order:
 
-1. any number of ``HELLO`` exchanges: the reply names the device node the daemon serves and, per
-   known ioctl command, the "window": how many bytes from ``arg`` the driver may read or write
+1. any number of ``HELLO`` exchanges: the reply names the device node the daemon serves, what stat
+   answers for it (its mode, a misc device number ``abi.DEVICE_RDEV``, the daemon's start time) and,
+   per known ioctl command, the "window": how many bytes from ``arg`` the driver may read or write
    (TDX_CMD_GET_REPORT0: 1088, v4's TDX_CMD_GET_TDREPORT: 1024; ref §2.2, §2.4);
 2. one ``OPEN`` (the client's open flags); the reply's result is 0 or -errno. From then on the
    connection *is* one open file of the device; closing it closes the emulated file;
@@ -15,24 +16,25 @@ A connection carries, in order:
    offset, same permissions) in the emulated Process, runs the ioctl, and replies with the result
    (0 / -errno) and the range of bytes the emulated kernel changed, which the client writes back.
 
-Every message is a 12-byte header (magic "TDXM", version 1, op, payload length) and a payload.
+Every message is a 12-byte header (magic "TDXM", version 2, op, payload length) and a payload. A
+malformed message ends its connection and the daemon logs what was wrong (rate-limited).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 MAGIC = 0x4D584454
-VERSION = 1
+VERSION = 2
 OP_HELLO, OP_OPEN, OP_IOCTL = 0, 1, 2
 MAX_WINDOW = 8192
 MAX_PATH = 256
 MAX_WINDOWS = 16
 
 HEADER = struct.Struct("<IHHI")
-HELLO = struct.Struct(f"<{MAX_PATH}sII" + "QII" * MAX_WINDOWS)
+HELLO = struct.Struct(f"<{MAX_PATH}sIIIIq" + "QII" * MAX_WINDOWS)
 OPEN = struct.Struct("<iI")
 IOCTL = struct.Struct("<QQIIII")
 REPLY = struct.Struct("<qII")
@@ -56,17 +58,31 @@ def _recv_message(sock: socket.socket) -> bytes:
     return _recv_exact(sock, length)
 
 
-def hello(path: str) -> Tuple[str, Dict[int, int]]:
-    """hello(path: str) -> (device_path, {cmd: window}): ask a daemon what it serves."""
+class Hello(NamedTuple):
+    device: str                #: the node the preload library intercepts
+    mode: int                  #: permission bits of the device node
+    rdev: Tuple[int, int]      #: (major, minor) stat answers for it
+    mtime: int                 #: its times (the daemon's start), seconds since the epoch
+    windows: Dict[int, int]    #: {cmd: bytes from arg the driver may touch}
+
+
+def hello_info(path: str) -> Hello:
+    """hello_info(path: str) -> Hello: ask a daemon what it serves."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(path)
         s.sendall(HEADER.pack(MAGIC, VERSION, OP_HELLO, 0))
         fields = HELLO.unpack(_recv_message(s))
     device = fields[0].split(b"\0", 1)[0].decode()
-    n = fields[1]
-    windows = {fields[3 + 3 * i]: fields[4 + 3 * i] for i in range(min(n, MAX_WINDOWS))}
-    return device, windows
+    n, mode, major, minor, mtime = fields[1:6]
+    windows = {fields[6 + 3 * i]: fields[7 + 3 * i] for i in range(min(n, MAX_WINDOWS))}
+    return Hello(device, mode, (major, minor), mtime, windows)
+
+
+def hello(path: str) -> Tuple[str, Dict[int, int]]:
+    """hello(path: str) -> (device_path, {cmd: window}): ask a daemon what it serves."""
+    info = hello_info(path)
+    return info.device, info.windows
 
 
 class Client:

@@ -1,29 +1,39 @@
-# The transports of `tdxmodel serve` (csrc/tdx_fuse.h): a FUSE file system and a Unix socket, over a
-# handler that is either the null handler (benchmarks: the transport alone) or a Python object
-# (tdxmodel.transport.device.EmulatedDevice) called with the GIL. Layer 2: thin; the policy lives in
-# tdxmodel/transport/.
+# cython: language_level=3
+"""The transports of ``tdxmodel serve`` (csrc/transport/): a FUSE file system and a Unix socket over
+one device, as its own extension module, so the core (``tdxmodel._core._ext``) links no libfuse and
+the reference backend serves without the core.
+
+The device is either the null handler (benchmarks: the transport alone) or a Python object
+(tdxmodel.transport.device.EmulatedDevice) called with the GIL, whose exceptions go to its
+``callback_error`` (the error sink) and answer -EIO. With the core backend, the ioctl and interrupt
+entries come from the core's ``DevicePath.fastpath()`` table instead and run without the GIL.
+Thin: the policy lives in tdxmodel/transport/*.py.
+"""
 
 from cpython.buffer cimport PyBUF_WRITE
 from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.errno cimport EIO, EINVAL
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.types cimport off_t
 
-from tdxmodel._core.tdx_fuse cimport *
+from tdxmodel.transport.tdx_ops cimport *
+from tdxmodel.transport.tdx_server cimport *
+from tdxmodel.transport.tdx_fuse cimport *
+from tdxmodel.transport.tdx_socket cimport *
 
 cdef struct _Ctx:
-    void *py            # the Python handler (borrowed; DeviceServer.handler keeps it alive)
-    tdxf_core *core     # the nogil ioctl path, or NULL
+    void *py                    # the Python handler (borrowed; DeviceServer.handler keeps it alive)
+    const tdxf_fastpath *fast   # the core's nogil ioctl path, or NULL
 
 
 NODE_DIR = TDXF_NODE_DIR
 NODE_DEVICE = TDXF_NODE_DEVICE
 NODE_CONTROL = TDXF_NODE_CONTROL
 MAX_WINDOW = TDXW_MAX_WINDOW
-USER_BASE = TDXF_USER_BASE
-MIRROR_PAGES = TDXF_MIRROR_PAGES
-MAX_CORE_FILES = 4096
+if MAX_WINDOW > 8192:  # _py_ioctl's saved copy
+    raise ImportError("csrc/transport/tdx_wire.h: TDXW_MAX_WINDOW grew past _py_ioctl's buffer")
 
 
 cdef inline object _py(void *ctx):
@@ -58,23 +68,29 @@ cdef void _py_release(void *ctx, uint64_t handle) noexcept with gil:
 
 
 cdef long _py_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept with gil:
+    # An internal error must not reach the client's memory: the image is put back as it came.
+    cdef unsigned char saved[8192]  # TDXW_MAX_WINDOW, which bounds call.window
+    memcpy(saved, call.image, call.window)
     cdef object view = PyMemoryView_FromMemory(<char *>call.image, call.window, PyBUF_WRITE)
     try:
         return _py(ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
                                    call.writable)
     except BaseException as e:
+        memcpy(call.image, saved, call.window)
         _sink(ctx, e)
         return -EIO
     finally:
         view.release()  # the image lives on a C stack: no reference may outlive the call
 
 
-cdef long _core_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept nogil:
-    return tdxf_core_ioctl((<_Ctx *>ctx).core, call)
+cdef long _fast_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept nogil:
+    cdef const tdxf_fastpath *f = (<_Ctx *>ctx).fast
+    return f.ioctl(f.ctx, call)
 
 
-cdef void _core_interrupt(void *ctx, uint64_t handle, int on) noexcept nogil:
-    tdxf_core_interrupt((<_Ctx *>ctx).core, handle, on)
+cdef void _fast_interrupt(void *ctx, uint64_t handle, int on) noexcept nogil:
+    cdef const tdxf_fastpath *f = (<_Ctx *>ctx).fast
+    f.interrupt(f.ctx, handle, on)
 
 
 cdef void _py_interrupt(void *ctx, uint64_t handle, int on) noexcept with gil:
@@ -110,7 +126,7 @@ cdef int _py_control_write(void *ctx, int node, uint32_t pid, const char *buf, s
 
 
 cdef class DeviceServer:
-    """DeviceServer(handler: object | None, device_path: str)
+    """DeviceServer(handler: object | None, device_path: str, fast_path: object | None = None)
 
     One served device: a file tree and a command -> window table, reachable through FUSE
     (fuse_mount/fuse_run/fuse_stop) and a Unix socket (socket_listen/socket_run/socket_stop).
@@ -118,20 +134,24 @@ cdef class DeviceServer:
     with open(flags, pid) -> handle | -errno, release(handle), ioctl(handle, pid, cmd, arg, image,
     readable, writable) -> int, control_read(node, pid, size, offset) -> bytes | -errno,
     control_write(node, pid, data, offset) -> int, callback_error(exc), and optionally
-    interrupt(handle, on: bool) (a FUSE client got a signal during its ioctl / that call ended). fuse_run and socket_run block
-    (GIL released): call them from their own threads.
+    interrupt(handle, on: bool) (a FUSE client got a signal during its ioctl / that call ended).
+    `fast_path` is an object whose fastpath() gives a tdxf_fastpath capsule (the core's DevicePath):
+    ioctls and interrupts then run in C without the GIL. fuse_run and socket_run block (GIL
+    released): call them from their own threads.
     """
     cdef tdxf_server *s
     cdef tdxf_handler ops
     cdef _Ctx ctx
     cdef readonly object handler
-    cdef readonly bint fast_path
+    cdef readonly object fast_path  # keeps the capsule's table alive as long as the server
     cdef bint mounted
 
-    def __cinit__(self, handler, str device_path, bint fast_path=False):
+    def __cinit__(self, handler, str device_path, fast_path=None):
         self.ctx.py = NULL
-        self.ctx.core = NULL
+        self.ctx.fast = NULL
         if handler is None:
+            if fast_path is not None:
+                raise ValueError("the null server has no fast path")
             self.ops = tdxf_null_handler
         else:
             for name in ("open", "release", "ioctl", "control_read", "control_write", "callback_error"):
@@ -145,17 +165,15 @@ cdef class DeviceServer:
             self.ops.interrupt = NULL
             if callable(getattr(handler, "interrupt", None)):
                 self.ops.interrupt = _py_interrupt
-            if fast_path:
-                # the hot path without the GIL: needs the C core's Process (core_register)
-                self.ctx.core = tdxf_core_new(MAX_CORE_FILES)
-                if self.ctx.core == NULL:
-                    raise MemoryError()
-                self.ops.ioctl = _core_ioctl
-                self.ops.interrupt = _core_interrupt
-                self.fast_path = True
+            if fast_path is not None:
+                self.ctx.fast = <const tdxf_fastpath *>PyCapsule_GetPointer(fast_path.fastpath(),
+                                                                          TDXF_FASTPATH_CAPSULE)
+                self.ops.ioctl = _fast_ioctl
+                self.ops.interrupt = _fast_interrupt
             self.ops.control_read = _py_control_read
             self.ops.control_write = _py_control_write
         self.handler = handler  # keeps ctx alive as long as the server
+        self.fast_path = fast_path
         self.s = tdxf_server_new(&self.ops, device_path.encode())
         if self.s == NULL:
             raise MemoryError()
@@ -165,45 +183,11 @@ cdef class DeviceServer:
         if self.s != NULL:
             tdxf_server_free(self.s)
             self.s = NULL
-        if self.ctx.core != NULL:
-            tdxf_core_free(self.ctx.core)
-            self.ctx.core = NULL
 
-    cdef tdxf_core *_core(self) except NULL:
-        if self.ctx.core == NULL:
-            raise ValueError("this server has no core fast path (fast_path=False)")
-        return self.ctx.core
-
-    def core_register(self, process, int fd):
-        """core_register(process: core Process, fd: int) -> int handle: route this open file's ioctls
-        through the nogil path. The process must map MIRROR_PAGES pages rw at USER_BASE and stay
-        alive until core_unregister."""
-        cdef tdxf_core *c = self._core()
-        if not isinstance(process, Process):
-            raise TypeError("process must be a core backend Process")
-        r = tdxf_core_register(c, <void *>(<Process>process)._live(), fd)
-        if r < 0:
-            raise OSError(-r, "too many open device files")
-        return r
-
-    def core_unregister(self, uint64_t handle):
-        """core_unregister(handle: int) -> None: waits for a call in progress on it."""
-        cdef tdxf_core *c = self._core()
-        with nogil:
-            tdxf_core_unregister(c, handle)
-
-    def fail_nth_arm(self):
-        """fail_nth_arm() -> int: take the daemon-wide pending fail-nth for one syscall."""
-        return tdxf_core_fail_nth_arm(self._core())
-
-    def fail_nth_disarm(self, unsigned left):
-        tdxf_core_fail_nth_disarm(self._core(), left)
-
-    def fail_nth_set(self, unsigned n):
-        tdxf_core_fail_nth_set(self._core(), n)
-
-    def fail_nth_get(self):
-        return tdxf_core_fail_nth_get(self._core())
+    def set_rdev(self, uint32_t major, uint32_t minor):
+        """set_rdev(major: int, minor: int) -> None: the device number the preload library's stat
+        answers for the node (sent in HELLO)."""
+        tdxf_set_rdev(self.s, major, minor)
 
     def set_window(self, uint64_t cmd, uint32_t window):
         """set_window(cmd: int, window: int) -> None: bytes the driver may touch from arg for cmd."""
@@ -266,4 +250,4 @@ cdef class DeviceServer:
         tdxf_get_counters(self.s, &c)
         return {"fuse_ioctls": c.fuse_ioctls, "socket_ioctls": c.socket_ioctls, "opens": c.opens,
                 "releases": c.releases, "vm_reads": c.vm_reads, "vm_writes": c.vm_writes,
-                "client_gone": c.client_gone}
+                "client_gone": c.client_gone, "malformed": c.malformed}

@@ -1,0 +1,61 @@
+/*
+ * tdx_ops.h - the interface between a transport (FUSE, socket) and the device it serves.
+ *
+ * The request model: an ioctl is (cmd, arg) plus a mirror of the client's memory from arg on, over
+ * the "window" of bytes the driver may touch for that cmd. The mirror records how many bytes from
+ * arg the client can read and write, so the device can reproduce the client's page permissions in
+ * the emulated Process's user memory (the page offset of arg is kept, so faults fall on the same
+ * byte). After the call the transport writes back the bytes the device changed.
+ *
+ * A device is a table of callbacks (tdxf_handler). The transport extension fills it with Python
+ * callbacks (called with the GIL) or the null handler; the C core may supply the ioctl and
+ * interrupt entries itself (tdxf_fastpath, csrc/tdx_devpath.h), so the hot path needs no GIL. Header
+ * only: the core includes it without linking the transport.
+ */
+#ifndef TDX_OPS_H
+#define TDX_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct {
+    uint64_t handle;   /* what open() returned for this open file */
+    uint32_t pid;      /* client process (FUSE request tgid, or SO_PEERCRED pid) */
+    uint64_t cmd;
+    uint64_t arg;      /* the client's raw arg */
+    uint8_t *image;    /* mirror of client bytes [arg, arg + window); the device updates it in place */
+    uint32_t window;
+    uint32_t readable; /* client bytes readable from arg (<= window) */
+    uint32_t writable; /* client bytes writable from arg (<= readable) */
+} tdxf_ioctl_call;
+
+/* What the transports call. Every function may be called from many threads at once. */
+typedef struct {
+    void *ctx;
+    /* open the device for a client: 0 and *handle, or -errno */
+    int (*open)(void *ctx, int flags, uint32_t pid, uint64_t *handle);
+    void (*release)(void *ctx, uint64_t handle);
+    /* run one ioctl: 0 / positive, or -errno; may change image[0 .. writable) */
+    long (*ioctl)(void *ctx, tdxf_ioctl_call *call);
+    /* control files (FUSE only): bytes read / written, or -errno */
+    int (*control_read)(void *ctx, int node, uint32_t pid, char *buf, size_t size, off_t offset);
+    int (*control_write)(void *ctx, int node, uint32_t pid, const char *buf, size_t size,
+                         off_t offset);
+    /* FUSE only, may be NULL: the client of the ioctl in progress on `handle` got a signal (on = 1;
+     * called from another thread while ioctl runs), or that call has ended (on = 0). The emulated
+     * task sees a pending signal in between: 6.16's mr_lock_interruptible gives -EINTR (ref §2.5). */
+    void (*interrupt)(void *ctx, uint64_t handle, int on);
+} tdxf_handler;
+
+/* The entries a device implemented in C lends the transport (no GIL). Passed between the two
+ * extension modules in a PyCapsule named TDXF_FASTPATH_CAPSULE. */
+typedef struct {
+    void *ctx;
+    long (*ioctl)(void *ctx, tdxf_ioctl_call *call);
+    void (*interrupt)(void *ctx, uint64_t handle, int on);
+} tdxf_fastpath;
+
+#define TDXF_FASTPATH_CAPSULE "tdxmodel.tdxf_fastpath"
+
+#endif /* TDX_OPS_H */

@@ -1,0 +1,107 @@
+/*
+ * tdx_server.h - one served device for `tdxmodel serve` (layer 4, C part): a handler (tdx_ops.h), a
+ * file tree for FUSE (tdx_fuse.h), a cmd -> window table for both transports, counters, and the
+ * rate-limited log of bad client input. The transports are tdx_fuse.c and tdx_socket.c; the wire
+ * format of the socket is tdx_wire.h; client-memory copies are tdx_usercopy.h.
+ */
+#ifndef TDX_SERVER_H
+#define TDX_SERVER_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include "tdx_ops.h"
+#include "tdx_wire.h"
+
+/* The null handler: open gives handle 0, ioctl returns 0 and changes nothing (benchmarks). */
+extern const tdxf_handler tdxf_null_handler;
+
+enum tdxf_node_kind { TDXF_NODE_DIR = 0, TDXF_NODE_DEVICE = 1, TDXF_NODE_CONTROL = 2 };
+
+#define TDXF_MAX_NODES 64
+#define TDXF_MAX_CONNS 1024
+#define TDXF_NAME_MAX 64
+
+/* Bad client input is logged, never fatal (QEMU's LOG_GUEST_ERROR): at most TDXF_LOG_BURST lines
+ * per TDXF_LOG_WINDOW seconds, then one line saying the rest of the window is suppressed; the next
+ * line after the window counts what was suppressed. */
+#define TDXF_LOG_BURST 10u
+#define TDXF_LOG_WINDOW 10
+
+typedef struct {
+    char name[TDXF_NAME_MAX];
+    uint64_t parent;
+    int kind;
+    unsigned mode;
+    uint64_t size;
+    int node_id;
+} tdxf_node;
+
+/* Only the transport C files touch the fields; everyone else uses the functions below. */
+typedef struct tdxf_server {
+    tdxf_handler handler;
+    char device_path[TDXW_MAX_PATH];
+    struct tdxw_window windows[TDXW_MAX_WINDOWS];
+    uint32_t nwindows;
+    uint32_t rdev_major, rdev_minor;
+    tdxf_node nodes[TDXF_MAX_NODES]; /* nodes[i] has inode i + 1; nodes[0] is the root */
+    int nnodes;
+    struct timespec started;
+    /* FUSE (tdx_fuse.c) */
+    struct fuse_session *se;
+    int max_threads;
+    atomic_int fuse_stopping;
+    atomic_int loop_running;
+    pthread_t loop_thread;
+    pthread_mutex_t stop_lock;
+    /* socket (tdx_socket.c) */
+    int listen_fd;
+    atomic_int socket_stopping;
+    atomic_int socket_threads;
+    pthread_mutex_t conn_lock;
+    int conn_fds[TDXF_MAX_CONNS]; /* open connections, -1 when free: stop shuts them down */
+    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    /* the log of bad client input */
+    pthread_mutex_t log_lock;
+    struct timespec log_window;
+    uint32_t log_lines;
+    uint64_t log_suppressed;
+    /* counters */
+    atomic_uint_fast64_t c_fuse_ioctls, c_socket_ioctls, c_opens, c_releases, c_vm_reads, c_vm_writes,
+        c_client_gone, c_malformed;
+} tdxf_server;
+
+/* A server: one handler and the node the preload library intercepts. NULL on allocation failure. */
+tdxf_server *tdxf_server_new(const tdxf_handler *handler, const char *device_path);
+void tdxf_server_free(tdxf_server *s); /* the transports must be stopped first */
+
+/* Bytes the driver may touch from arg for cmd (0 for unknown commands: the driver touches none).
+ * Returns 0, or -EINVAL when the table is full or the window exceeds TDXW_MAX_WINDOW. */
+int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window);
+uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd);
+/* The device number stat answers for the node under the preload library (HELLO). */
+void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor);
+/* The HELLO reply: device path, the device node's mode, rdev, start time and the window table. */
+void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out);
+
+/* Add a node under parent (1 = the mount's root). Returns its inode number (>= 2) or -errno.
+ * Control nodes carry `node_id`, passed to control_read/control_write. Files report size `size`
+ * (reads are direct: the handler decides how much is there). */
+long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, unsigned mode,
+                   uint64_t size, int node_id);
+
+/* One line on stderr about bad input from client `pid`, rate-limited as described above. */
+void tdxf_log_client_error(tdxf_server *s, uint32_t pid, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Counters for tests and benchmarks. */
+typedef struct {
+    uint64_t fuse_ioctls, socket_ioctls, opens, releases, vm_reads, vm_writes, client_gone, malformed;
+} tdxf_counters;
+void tdxf_get_counters(const tdxf_server *s, tdxf_counters *out);
+
+#endif /* TDX_SERVER_H */

@@ -1,0 +1,31 @@
+# Declarations of csrc/transport/tdx_ops.h: the device interface the transports call.
+from libc.stdint cimport uint32_t, uint64_t, uint8_t
+from posix.types cimport off_t
+
+cdef extern from "tdx_ops.h" nogil:
+    ctypedef struct tdxf_ioctl_call:
+        uint64_t handle
+        uint32_t pid
+        uint64_t cmd
+        uint64_t arg
+        uint8_t *image
+        uint32_t window
+        uint32_t readable
+        uint32_t writable
+
+    ctypedef struct tdxf_handler:
+        void *ctx
+        int (*open)(void *ctx, int flags, uint32_t pid, uint64_t *handle) noexcept
+        void (*release)(void *ctx, uint64_t handle) noexcept
+        long (*ioctl)(void *ctx, tdxf_ioctl_call *call) noexcept
+        int (*control_read)(void *ctx, int node, uint32_t pid, char *buf, size_t size, off_t offset) noexcept
+        int (*control_write)(void *ctx, int node, uint32_t pid, const char *buf, size_t size,
+                             off_t offset) noexcept
+        void (*interrupt)(void *ctx, uint64_t handle, int on) noexcept
+
+    ctypedef struct tdxf_fastpath:
+        void *ctx
+        long (*ioctl)(void *ctx, tdxf_ioctl_call *call) noexcept nogil
+        void (*interrupt)(void *ctx, uint64_t handle, int on) noexcept nogil
+
+    const char *TDXF_FASTPATH_CAPSULE
