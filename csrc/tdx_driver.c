@@ -185,6 +185,13 @@ int td_mr_lock_release(td_kernel *tk)
     return 0;
 }
 
+/* Host-side state sync (not a driver path): after the module's RTMRs were set from outside, the
+ * tsm-mr cache of the LIVE registers is stale, as after the driver's own extend (ref §2.5). */
+void td_mr_cache_stale(td_kernel *tk)
+{
+    atomic_store(&tk->mr_stale, 1);
+}
+
 /* ---- v4, 22 Apr 2022 (ref §2.2) ------------------------------------------------------------------- */
 
 static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
