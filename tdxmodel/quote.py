@@ -548,20 +548,51 @@ def load_root(root: Union[bytes, str, x509.Certificate, pathlib.Path]) -> x509.C
         raise ValueError("the root is not a PEM or DER X.509 certificate") from None
 
 
-def _chain(pem: str, what: str) -> List[x509.Certificate]:
+# Signature checks over identical bytes give identical answers, so they are memoised: the PCK chain,
+# the collateral's chains, CRLs and signed JSON are the same from one quote to the next, and only the
+# quote's own signature is new. Time-dependent checks (validity, dates, revocation) always run. Keys
+# are the exact bytes, or ids of certificate objects the cache itself keeps alive.
+_MEMO: Dict[Any, Any] = {}
+_MEMO_MAX = 4096
+
+
+def _memo(key: Any, compute: Callable[[], Any], *keep: Any) -> Any:
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[0]
+    value = compute()
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = (value, keep)
+    return value
+
+
+def _parse_chain(pem: Union[str, bytes]) -> Any:
     blocks = split_pem_chain(pem)
     if not blocks:
-        _fail(f"{what}: no certificates")
+        return "no certificates"
     try:
-        return [x509.load_pem_x509_certificate(b) for b in blocks]
+        return tuple(x509.load_pem_x509_certificate(b) for b in blocks)
     except ValueError as e:
-        _fail(f"{what}: a certificate does not parse ({' '.join(str(e).split())[:80]})")
-    raise AssertionError
+        return f"a certificate does not parse ({' '.join(str(e).split())[:80]})"
+
+
+def _chain(pem: Union[str, bytes], what: str) -> List[x509.Certificate]:
+    got = _memo(("chain", pem), lambda: _parse_chain(pem))
+    if isinstance(got, str):
+        _fail(f"{what}: {got}")
+    return list(got)
 
 
 def _cn(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else ""
+    def compute() -> str:
+        attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return str(attrs[0].value) if attrs else ""
+    return _memo(("cn", id(cert)), compute, cert)
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return _memo(("fp", id(cert)), lambda: cert.fingerprint(hashes.SHA256()), cert)
 
 
 def _ecdsa_ok(key: Any, sig_rs: bytes, data: bytes) -> bool:
@@ -576,11 +607,19 @@ def _ecdsa_ok(key: Any, sig_rs: bytes, data: bytes) -> bool:
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
+    def compute() -> bool:
+        try:
+            cert.verify_directly_issued_by(issuer)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+    return _memo(("issued", id(cert), id(issuer)), compute, cert, issuer)
+
+
+def _signed_by(cert: x509.Certificate, sig_rs: bytes, data: bytes) -> bool:
+    """ECDSA r||s over ``data`` with ``cert``'s key (memoised)."""
+    return _memo(("signed", id(cert), bytes(sig_rs), bytes(data)),
+                 lambda: _ecdsa_ok(cert.public_key(), sig_rs, data), cert)
 
 
 class _Context:
@@ -607,19 +646,24 @@ class _Context:
             _fail(f"{what} expired at {format_time(cert.not_valid_after_utc)}")
 
     def check_crl(self, der: bytes, issuer: x509.Certificate, what: str) -> x509.CertificateRevocationList:
-        try:
-            crl = x509.load_der_x509_crl(der)
-        except ValueError:
-            _fail(f"{what} is not a DER CRL")
-        if crl.issuer != issuer.subject:
-            _fail(f"{what} is issued by {crl.issuer.rfc4514_string()}, not {issuer.subject.rfc4514_string()}")
-        if not crl.is_signature_valid(issuer.public_key()):
-            _fail(f"{what}: signature does not verify with {_cn(issuer)!r}'s key")
-        for ext_cls, name in ((x509.CRLNumber, "CRL Number"), (x509.AuthorityKeyIdentifier, "AKI")):
+        def compute() -> Any:
             try:
-                crl.extensions.get_extension_for_class(ext_cls)
-            except x509.ExtensionNotFound:
-                _fail(f"{what} lacks the {name} extension")
+                crl = x509.load_der_x509_crl(der)
+            except ValueError:
+                return "is not a DER CRL"
+            if crl.issuer != issuer.subject:
+                return f"is issued by {crl.issuer.rfc4514_string()}, not {issuer.subject.rfc4514_string()}"
+            if not crl.is_signature_valid(issuer.public_key()):
+                return f"signature does not verify with {_cn(issuer)!r}'s key"
+            for ext_cls, name in ((x509.CRLNumber, "CRL Number"), (x509.AuthorityKeyIdentifier, "AKI")):
+                try:
+                    crl.extensions.get_extension_for_class(ext_cls)
+                except x509.ExtensionNotFound:
+                    return f"lacks the {name} extension"
+            return crl
+        crl = _memo(("crl", bytes(der), id(issuer)), compute, issuer)
+        if isinstance(crl, str):
+            _fail(f"{what} {crl}" if not crl.startswith("signature") else f"{what}: {crl}")
         if self.now < crl.last_update_utc:
             _fail(f"{what} is not valid before {format_time(crl.last_update_utc)}")
         if crl.next_update_utc is not None and self.now >= crl.next_update_utc:
@@ -636,7 +680,7 @@ class _Context:
         leaf = certs[0]
         if leaf_cn_part not in _cn(leaf):
             _fail(f"{what}: leaf CN {_cn(leaf)!r} does not contain {leaf_cn_part!r}")
-        path = [c for c in certs if c.fingerprint(hashes.SHA256()) != self.root.fingerprint(hashes.SHA256())]
+        path = [c for c in certs if _fingerprint(c) != _fingerprint(self.root)]
         issuer = self.root
         for cert in reversed(path):
             if not _issued_by(cert, issuer):
@@ -649,15 +693,19 @@ class _Context:
         return leaf
 
     def signed_json(self, text: str, sig: bytes, leaf: x509.Certificate, what: str) -> Dict[str, Any]:
-        if not _ecdsa_ok(leaf.public_key(), sig, text.encode()):
+        if not _signed_by(leaf, sig, text.encode()):
             _fail(f"{what}: signature does not verify with {_cn(leaf)!r}'s key")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            _fail(f"{what} is not JSON")
-        if not isinstance(doc, dict):
+
+        def load() -> Any:
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+        doc = _memo(("json", text), load)
+        if doc is None:
             _fail(f"{what} is not a JSON object")
-        return doc
+        return doc  # shared with the memo: the steps only read it
 
     def check_dates(self, doc: Dict[str, Any], what: str) -> None:
         try:
@@ -704,7 +752,7 @@ def _step_pck_chain(c: _Context) -> None:
     c.check_validity(c.root, "root CA")
     c.root_crl = c.check_crl(c.coll.root_ca_crl, c.root, "root CA CRL")
     c.check_not_revoked(c.root, c.root_crl, "root CA")
-    certs = _chain(c.quote.inner_cert_data.decode("latin-1"), "PCK chain in the quote")
+    certs = _chain(c.quote.inner_cert_data, "PCK chain in the quote")
     if len(certs) < 2:
         _fail(f"PCK chain in the quote has {len(certs)} certificate(s)")
     leaf, inter = certs[0], certs[1]
@@ -724,10 +772,15 @@ def _step_pck_chain(c: _Context) -> None:
     c.check_not_revoked(inter, c.root_crl, f"{_cn(inter)!r}")
     c.pck_crl = c.check_crl(c.coll.pck_crl, inter, "PCK CRL")
     c.check_not_revoked(leaf, c.pck_crl, "the PCK certificate")
-    try:
-        c.pck_ext = parse_pck_extension(leaf)
-    except ValueError as e:
-        _fail(f"PCK certificate: {e}")
+    def ext() -> Any:
+        try:
+            return parse_pck_extension(leaf)
+        except ValueError as e:
+            return str(e)
+    got = _memo(("pckext", id(leaf)), ext, leaf)
+    if isinstance(got, str):
+        _fail(f"PCK certificate: {got}")
+    c.pck_ext = got
     c.pck_leaf = leaf
 
 
@@ -799,7 +852,7 @@ def _step_tdx_module(c: _Context) -> None:
 
 def _step_qe_report_signature(c: _Context) -> None:
     assert c.pck_leaf is not None
-    if not _ecdsa_ok(c.pck_leaf.public_key(), c.quote.qe_report_signature, c.quote.qe_report):
+    if not _signed_by(c.pck_leaf, c.quote.qe_report_signature, c.quote.qe_report):
         _fail("the QE report signature does not verify with the PCK certificate's key")
 
 

@@ -172,3 +172,20 @@ def test_pccs_command_serves_until_sigterm(tmp_path, backend):
     r = subprocess.run([sys.executable, "-m", "tdxmodel", "pccs", "--listen", "nohost"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("tdxmodel: --listen")
+
+
+def test_dcap_qvl_fetches_from_our_pccs_and_verifies(pccs, platform, td):
+    """dcap-qvl's own collateral client (get_collateral) against the server, over loopback."""
+    import asyncio
+    import time
+
+    import dcap_qvl
+
+    raw = td(b"pccs")
+
+    async def fetch():
+        return await dcap_qvl.get_collateral(pccs, raw)
+
+    collateral = asyncio.run(fetch())
+    report = dcap_qvl.verify_with_root_ca(raw, collateral, platform.pki().root_der(), int(time.time()))
+    assert report.status == "UpToDate"

@@ -251,3 +251,13 @@ def test_collateral_export_both_formats(cli, tmp_path, backend):
     (tmp_path / "other.pem").write_bytes(Q.pem(other.pki().root_cert))
     code, _, err = cli("quote", "verify", tmp_path / "q.bin", "--root", tmp_path / "other.pem")
     assert code == 1 and ": pck_chain: " in err
+
+
+def test_bench_quote_json_keys(capsys, monkeypatch):
+    """``tdxmodel bench --quote --json``: the issue's keys, measured (positive rates), one object."""
+    assert main(["bench", "--quote", "--json", "--seconds", "0.05", "--callers", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("quote_per_s", "ecdsa_sign_floor_per_s", "verify_per_s", "dcap_qvl_verify_per_s"):
+        assert out[key] > 0, key
+    assert set(out["quote_scaling"]) == {"1", "2"} and out["batch_quote_per_s"] > 0
+    assert set(out["ratios"]) == {"quote_vs_floor", "quote_2_callers_vs_floor", "verify_vs_dcap_qvl"}

@@ -2,6 +2,7 @@
 the version choice of §5.2; the MAC and hash re-checks with the TDQE's errors. Every body runs on both
 backends (the module checks the MAC); Modules come from make_module."""
 
+import copy
 import hashlib
 import struct
 
@@ -181,3 +182,28 @@ def test_signatures_differ_per_quote_but_the_tail_is_built_once(td):
     r = module.report(b"")
     a, b = qe.produce(r), qe.produce(r)
     assert a[:636] == b[:636] and a[700:] == b[700:] == qe.tail  # only r||s changes (random k)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(version="1.0"), dict(tee_tcb_svn2=bytes([9] + [0] * 15)),
+                                    dict(servtd_hash=b"\x22" * 48)])
+def test_c_and_python_paths_make_the_same_bytes_but_r_s(platform, make_module, backend, fields):
+    """On the core backend quotes are made in C (csrc/vmm_tdqe.c); the Python model must give the same
+    bytes everywhere except the signature's r||s (random k), so the C layout cannot drift from
+    quote_abi.py."""
+    platform.pki()
+    module = make_module(**fields)
+    fast = platform.quoting_enclave(module=module)
+    slow = copy.copy(fast)  # the same QE report signature (made once per QuotingEnclave)
+    slow._core = None
+    assert fast.backend == ("core" if backend.BACKEND_NAME == "core" else "reference")
+    report = module.report(b"same")
+    a, b = fast.produce(report), slow.produce(report)
+    sig = Q.parse_quote(a).signature_data_offset
+    assert len(a) == len(b) and a[:sig] == b[:sig] and a[sig + 64:] == b[sig + 64:]
+    assert Q.check_signatures(a)["quote_signature"] and Q.check_signatures(b)["quote_signature"]
+    bad = bytearray(report)
+    bad[700] ^= 1
+    for qe in (fast, slow):
+        with pytest.raises(TdqeError) as e:
+            qe.produce(bytes(bad))
+        assert e.value.error == "TDQE_ERROR_INVALID_HASH"

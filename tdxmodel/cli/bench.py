@@ -80,6 +80,9 @@ def register(subparsers) -> None:
                    help=f"driver generation: {', '.join(abi.DRIVERS)} (default {DEFAULT_DRIVER}: upstream 6.2-6.15)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of throughput against callers (needs matplotlib)")
+    p.add_argument("--quote", action="store_true",
+                   help="measure the quote path instead (tdxmodel.host.bench: quote_per_s, "
+                        "ecdsa_sign_floor_per_s, verify_per_s, dcap_qvl_verify_per_s, ...)")
     p.set_defaults(func=run)
 
 
@@ -116,6 +119,13 @@ def write_plot(result: dict, path: str) -> None:
 
 
 def run(args) -> int:
+    if getattr(args, "quote", False):
+        from tdxmodel.host import bench as quote_bench
+        result = quote_bench.run(seconds=args.seconds, callers=args.callers,
+                                 progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)
+                                 if args.seconds * (6 + args.callers) >= 2 else None)
+        print(json.dumps(result, indent=2) if args.json else quote_bench.format_table(result))
+        return 0
     from tdxmodel import bench
 
     if args.plot:

@@ -1,0 +1,140 @@
+"""Quote workloads for ``tdxmodel bench --quote`` and ``benchmarks/bench_quote.py`` (host layer).
+
+JSON keys (one object):
+
+* ``quote_per_s``: ``QuotingEnclave.produce`` on one thread (the TDQE's checks, body copy, one ECDSA
+  signature; in C without the GIL on the core backend, with ``cryptography`` on the reference);
+* ``ecdsa_sign_floor_per_s`` (``floor_source``): OpenSSL ECDSA-P256 over SHA-256 of the v4 signed
+  region (632 bytes) with the key loaded once, in a C loop, same run (the ``cryptography`` package's
+  sign call in a Python loop when the core is not built);
+* ``quote_scaling``: callers ("1".."N") -> quotes per second, N threads calling ``produce``;
+* ``batch_quote_per_s``: ``produce_batch`` on ``batch_rows`` TDREPORTs per call, one thread;
+* ``verify_per_s``: ``tdxmodel.quote.verify`` of one quote with its collateral and root;
+* ``dcap_qvl_verify_per_s``: ``dcap_qvl.verify_with_root_ca`` on the same quote and collateral (null
+  when dcap-qvl is not installed);
+* ``ratios``: ``quote_vs_floor``, ``quote_2_callers_vs_floor``, ``verify_vs_dcap_qvl``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+BATCH_ROWS = 256
+
+
+def _rate(fn: Callable[[], Any], seconds: float, per_call: int = 1) -> float:
+    fn()  # warm
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n * per_call / dt
+
+
+def _threads(fn: Callable[[], Any], callers: int, seconds: float) -> float:
+    counts = [0] * callers
+    start, stop = threading.Barrier(callers + 1), threading.Event()
+
+    def worker(i: int) -> None:
+        start.wait()
+        while not stop.is_set():
+            fn()
+            counts[i] += 1
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(callers)]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    dt = time.perf_counter() - t0
+    for t in ts:
+        t.join()
+    return sum(counts) / dt
+
+
+def run(seconds: float = 0.5, callers: int = 2, progress: Optional[Callable[[str], None]] = None,
+        backend: Optional[str] = None) -> Dict[str, Any]:
+    import numpy as np
+
+    from tdxmodel import quote as Q
+    from tdxmodel.host.collateral import Platform
+    from tdxmodel.state import StateStore
+
+    say = progress or (lambda m: None)
+    with tempfile.TemporaryDirectory(prefix="tdxmodel-bench-quote-") as d:
+        platform = Platform(StateStore(d, backend=backend))
+        qe = platform.quoting_enclave()
+        report = qe.module.report(b"bench")
+        raw = qe.produce(report)
+        signed = raw[:Q.parse_quote(raw).signature_data_offset - 4]
+        collateral, root = platform.collateral(), platform.pki().root_cert
+        out: Dict[str, Any] = {"backend": qe.backend, "seconds": seconds, "callers": callers,
+                               "batch_rows": BATCH_ROWS, "quote_len": len(raw)}
+
+        say("ECDSA sign floor")
+        if qe._core is not None:
+            n = 2000
+            while True:
+                t0 = time.perf_counter()
+                qe._core.sign_floor(signed, n)
+                dt = time.perf_counter() - t0
+                if dt >= seconds:
+                    break
+                n *= 2
+            out["ecdsa_sign_floor_per_s"], out["floor_source"] = n / dt, "openssl-c-loop"
+        else:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec
+            key, alg = qe.attestation_key, ec.ECDSA(hashes.SHA256())
+            out["ecdsa_sign_floor_per_s"] = _rate(lambda: key.sign(signed, alg), seconds)
+            out["floor_source"] = "cryptography-python-loop"
+
+        say("quote, one caller")
+        out["quote_per_s"] = _rate(lambda: qe.produce(report), seconds)
+        say(f"quote, 1..{callers} callers")
+        out["quote_scaling"] = {str(c): _threads(lambda: qe.produce(report), c, seconds)
+                                for c in range(1, callers + 1)}
+        say("quote batch")
+        rows = np.frombuffer(report * BATCH_ROWS, dtype=np.uint8).reshape(BATCH_ROWS, len(report))
+        out["batch_quote_per_s"] = _rate(lambda: qe.produce_batch(rows), seconds, BATCH_ROWS)
+
+        say("verify (tdxmodel.quote.verify)")
+        out["verify_per_s"] = _rate(lambda: Q.verify(raw, collateral, root), seconds)
+        say("verify (dcap-qvl)")
+        try:
+            import dcap_qvl
+        except ImportError:
+            out["dcap_qvl_verify_per_s"] = None
+        else:
+            dc = dcap_qvl.QuoteCollateralV3.from_json(collateral.to_dcap_qvl_json())
+            root_der, now = platform.pki().root_der(), int(time.time())
+            out["dcap_qvl_verify_per_s"] = _rate(lambda: dcap_qvl.verify_with_root_ca(raw, dc, root_der, now),
+                                                 seconds)
+        floor = out["ecdsa_sign_floor_per_s"]
+        out["ratios"] = {
+            "quote_vs_floor": out["quote_per_s"] / floor,
+            "quote_2_callers_vs_floor": (out["quote_scaling"].get("2", 0.0) / floor) if callers >= 2 else None,
+            "verify_vs_dcap_qvl": (out["verify_per_s"] / out["dcap_qvl_verify_per_s"]
+                                   if out["dcap_qvl_verify_per_s"] else None),
+        }
+        out["machine"] = {"cpus": os.cpu_count()}
+    return out
+
+
+def format_table(r: Dict[str, Any]) -> str:
+    rows = [("backend", r["backend"]), ("ecdsa_sign_floor_per_s", f"{r['ecdsa_sign_floor_per_s']:.0f} ({r['floor_source']})"),
+            ("quote_per_s", f"{r['quote_per_s']:.0f}"), ("batch_quote_per_s", f"{r['batch_quote_per_s']:.0f}")]
+    rows += [(f"quote_scaling[{k}]", f"{v:.0f}") for k, v in r["quote_scaling"].items()]
+    rows += [("verify_per_s", f"{r['verify_per_s']:.0f}"),
+             ("dcap_qvl_verify_per_s", "n/a" if r["dcap_qvl_verify_per_s"] is None else f"{r['dcap_qvl_verify_per_s']:.0f}")]
+    rows += [(k, "n/a" if v is None else f"{v:.2f}x") for k, v in r["ratios"].items()]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
