@@ -1,6 +1,7 @@
 """state.json is never seen half-written: a reader looping on it while another process extends
 sees only whole states, each newer than the last; a write that fails part-way (the file size limit
-hit in the middle of the temp file) leaves the old state readable and intact, and no temp file."""
+hit in the middle of the log line or of the snapshot's temp file) leaves the old state readable and
+intact, and no temp file."""
 
 from __future__ import annotations
 
@@ -58,17 +59,43 @@ def test_a_reader_sees_only_whole_states_while_another_process_extends(tmp_path)
     assert replay_events(store.events()) == list(final.rtmr)
 
 
-def test_a_write_failing_part_way_leaves_the_old_state(tmp_path):
+def _failing_extend(directory, limit):
+    return subprocess.run([sys.executable, "-c", FAILING_WRITE, str(directory), str(limit)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+
+
+def test_a_log_write_failing_part_way_leaves_the_old_state(tmp_path):
+    """The file size limit cuts the extend's log line part-way: the extend fails with one line,
+    state.json is byte for byte the old one, no reader counts the torn line, no temp file stays."""
+    store = StateStore(tmp_path)
+    store.extend(0, b"\x11" * 48)
+    path, log = tmp_path / STATE_FILE, tmp_path / "events.jsonl"
+    before, events_before = path.read_bytes(), store.events()
+    r = _failing_extend(tmp_path, log.stat().st_size + 20)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.count("\n") == 1
+    assert path.read_bytes() == before
+    assert store.events() == events_before
+    assert store.load().rtmr[2] == bytes(48)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    store.extend(3, b"\x33" * 48)  # the next writer works, and the log still replays
+    assert replay_events(store.events()) == list(store.load().rtmr)
+
+
+def test_a_snapshot_write_failing_part_way_leaves_state_json_whole(tmp_path):
+    """The limit cuts the state.json snapshot part-way (the log line fits): state.json is never
+    torn (the old one stays), and what the state gives agrees with the log either way."""
     store = StateStore(tmp_path)
     store.extend(0, b"\x11" * 48)
     path = tmp_path / STATE_FILE
-    before, log_before = path.read_bytes(), (tmp_path / "events.jsonl").read_bytes()
-    r = subprocess.run([sys.executable, "-c", FAILING_WRITE, str(tmp_path), str(len(before) // 2)],
-                       capture_output=True, text=True, env=ENV, timeout=60)
-    assert r.returncode == 3, r.stderr
-    assert STATE_FILE in r.stdout and r.stdout.count("\n") == 1
-    assert path.read_bytes() == before
-    assert (tmp_path / "events.jsonl").read_bytes() == log_before
+    before = path.read_bytes()
+    r = _failing_extend(tmp_path, len(before) // 2)
+    assert r.returncode in (0, 3), r.stderr
+    assert path.read_bytes() == before or json.loads(path.read_bytes())["format"] == 1
+    assert json.loads(before)["format"] == 1
+    logged = [e["data"] for e in store.events()]
+    assert ((b"\x77" * 48).hex() in logged) == (r.returncode == 0)
+    assert replay_events(store.events()) == list(store.load().rtmr)
+    store.extend(3, b"\x33" * 48)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    assert store.load().rtmr[2] == bytes(48)
     assert replay_events(store.events()) == list(store.load().rtmr)

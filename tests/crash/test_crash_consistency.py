@@ -28,3 +28,9 @@ def test_daemon_killed_under_load_loses_nothing(fuzz_seed):
     from tests.crash import harness
     r = harness.kill_under_daemon(4, random.Random(fuzz_seed), kill_daemon=True, cli_extends=False)
     assert r["kills"] >= 12
+def test_extend_and_measurement_writes_killed_agree_with_the_live_td(fuzz_seed):
+    from tests.crash import harness
+    r = harness.kill_under_daemon(4, random.Random(fuzz_seed), kill_daemon=False, cli_extends=True)
+    assert r["kills"] >= 8
+
+
