@@ -296,3 +296,18 @@ def test_single_bit_flips_agree_with_dcap_qvl(platform, quote_of):
             assert not ours, (off, bit)
         else:
             assert ours == theirs, (off, bit, ours, theirs)
+
+
+def test_collateral_issue_pins_a_window_that_expires(cli, tmp_path):
+    cli("quote", "--out", tmp_path / "q.bin")
+    code, out, _ = cli("collateral", "issue", "--issue-date", "2024-01-01T00:00:00Z", "--next-update", "1706745600")
+    assert code == 0 and "2024-01-01T00:00:00Z .. 2024-02-01T00:00:00Z (pinned)" in out
+    code, _, err = cli("quote", "verify", tmp_path / "q.bin")
+    assert code == 1 and "expired" in err
+    assert cli("quote", "verify", tmp_path / "q.bin", "--at", "2024-01-15T00:00:00Z")[:2] == (0, "UpToDate\n")
+    code, out, _ = cli("collateral", "issue", "--unpin")
+    assert code == 0 and "renewed on expiry" in out
+    assert cli("quote", "verify", tmp_path / "q.bin")[0] == 0
+    assert cli("collateral", "issue", "--issue-date", "soon")[0] == 2
+    assert cli("collateral", "issue", "--issue-date", "2024-02-01T00:00:00Z", "--next-update",
+               "2024-01-01T00:00:00Z")[0] == 2
