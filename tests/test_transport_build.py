@@ -3,6 +3,7 @@ reference backend on a machine where the C core cannot be imported."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -104,3 +105,65 @@ def test_serve_core_backend_without_the_core_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("tdxmodel: ") and "core" in r.stderr
     assert not os.path.ismount(str(tmp_path / "mnt"))
+
+
+class _Broken:
+    """A handler whose callbacks raise BaseExceptions that are not Exceptions."""
+
+    def __init__(self):
+        self.errors = []
+
+    def open(self, flags, pid):
+        if flags & os.O_NONBLOCK:
+            raise SystemExit("open blew up")
+        return 7
+
+    def release(self, handle):
+        raise GeneratorExit("release blew up")
+
+    def ioctl(self, handle, pid, cmd, arg, image, readable, writable):
+        image[0] = 0xAA  # changed, then the call fails: nothing may reach the client
+        raise KeyboardInterrupt("ioctl blew up")
+
+    def control_read(self, node, pid, size, offset):
+        return b""
+
+    def control_write(self, node, pid, data, offset):
+        return len(data)
+
+    def callback_error(self, exc):
+        self.errors.append(exc)
+
+
+def test_python_handler_exceptions_go_to_the_error_sink_and_answer_eio(tmp_path):
+    """With the reference backend every request runs in Python: whatever it raises (even a
+    BaseException) is handed to callback_error and the client gets EIO; the server keeps serving."""
+    import threading
+    from tdxmodel.transport._server import DeviceServer
+    handler = _Broken()
+    server = DeviceServer(handler, "/dev/tdx_guest")
+    server.set_window(abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN)
+    path = str(tmp_path / "sock")
+    server.socket_listen(path, 0o600)
+    t = threading.Thread(target=server.socket_run, daemon=True)
+    t.start()
+    try:
+        client = protocol.Client(path, os.O_RDWR)
+        req = bytearray(abi.TDX_REPORT_REQ_LEN)
+        assert client.ioctl(abi.TDX_CMD_GET_REPORT0, req) == -errno.EIO
+        assert req == bytearray(abi.TDX_REPORT_REQ_LEN)
+        assert client.ioctl(abi.TDX_CMD_GET_REPORT0, req) == -errno.EIO  # still serving
+        client.close()
+        with pytest.raises(OSError) as e:
+            protocol.Client(path, os.O_RDWR | os.O_NONBLOCK)
+        assert e.value.errno == errno.EIO
+        deadline = 50
+        while len(handler.errors) < 4 and deadline:
+            threading.Event().wait(0.1)  # the release runs when the daemon sees the hang-up
+            deadline -= 1
+        kinds = sorted(type(x).__name__ for x in handler.errors)
+        assert kinds == ["GeneratorExit", "KeyboardInterrupt", "KeyboardInterrupt", "SystemExit"]
+    finally:
+        server.socket_stop()
+        t.join(10)
+    assert not t.is_alive() and not os.path.exists(path)

@@ -32,6 +32,8 @@ NODE_DIR = TDXF_NODE_DIR
 NODE_DEVICE = TDXF_NODE_DEVICE
 NODE_CONTROL = TDXF_NODE_CONTROL
 MAX_WINDOW = TDXW_MAX_WINDOW
+if MAX_WINDOW > 8192:  # _py_ioctl's saved copy
+    raise ImportError("csrc/transport/tdx_wire.h: TDXW_MAX_WINDOW grew past _py_ioctl's buffer")
 
 
 cdef inline object _py(void *ctx):
@@ -66,11 +68,15 @@ cdef void _py_release(void *ctx, uint64_t handle) noexcept with gil:
 
 
 cdef long _py_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept with gil:
+    # An internal error must not reach the client's memory: the image is put back as it came.
+    cdef unsigned char saved[8192]  # TDXW_MAX_WINDOW, which bounds call.window
+    memcpy(saved, call.image, call.window)
     cdef object view = PyMemoryView_FromMemory(<char *>call.image, call.window, PyBUF_WRITE)
     try:
         return _py(ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
                                    call.writable)
     except BaseException as e:
+        memcpy(call.image, saved, call.window)
         _sink(ctx, e)
         return -EIO
     finally:
