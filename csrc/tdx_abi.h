@@ -114,6 +114,13 @@
 #define TDX_REPORT_REQ_LEN 1088 /* sizeof(struct tdx_report_req) (ref §2.4) */
 #define TDX_REPORT_REQ_OFF_REPORTDATA 0 /* tdx_report_req.reportdata (ref §2.4) */
 #define TDX_REPORT_REQ_OFF_TDREPORT 64 /* tdx_report_req.tdreport (ref §2.4) */
+#define TDX_CMD_VERIFY_REPORT 0x81085402U /* Intel downstream: _IOR('T', 2, struct tdx_verify_report_req) (ref §1; quote.md §2.6) */
+#define TDX_VERIFY_REPORT_REQ_LEN 264 /* sizeof(struct tdx_verify_report_req {u8 reportmac[256]; u64 err_code;}) (ref §1) */
+#define TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE 256 /* tdx_verify_report_req.err_code (ref §1) */
+#define TDX_CMD_EXTEND_RTMR 0x80315403U /* Intel downstream: _IOR('T', 3, struct tdx_extend_rtmr_req); 'read' although the kernel reads (ref §1; quote.md §2.6) */
+#define TDX_EXTEND_RTMR_REQ_LEN 49 /* sizeof(struct tdx_extend_rtmr_req {u8 data[48]; u8 index;}), no padding (ref §1) */
+#define TDX_EXTEND_RTMR_REQ_OFF_INDEX 48 /* tdx_extend_rtmr_req.index (ref §1) */
+#define TDX_DOWNSTREAM_MIN_RTMR 2 /* Intel downstream EXTEND_RTMR refuses index < 2 (BIOS and kernel RTMRs). The reference names -EPERM (libtdx_attest's driver) and -EINVAL (td-partitioning); we model td-partitioning tdx-guest.c @1b3c1894 tdx_extend_rtmr: -EINVAL (ref §2.5 CONFLICT; quote.md §2.6) */
 #define IOC_NRSHIFT 0 /* ioctl number bits 7:0 (ref §1) */
 #define IOC_TYPESHIFT 8 /* ioctl type bits 15:8 (ref §1) */
 #define IOC_SIZESHIFT 16 /* ioctl size bits 29:16 (ref §1) */
@@ -251,7 +258,13 @@ enum gk_point {
     GK_PT_REPORT_BUF_KZALLOC = 6,
     GK_PT_MEASUREMENT_COPY_TO_USER = 7,
     GK_PT_MEASUREMENT_COPY_FROM_USER = 8,
-    GK_NUM_POINTS = 9
+    GK_PT_REPORTMAC_KMALLOC = 9,
+    GK_PT_REPORTMAC_COPY_FROM_USER = 10,
+    GK_PT_ERR_CODE_COPY_TO_USER = 11,
+    GK_PT_RTMR_INDEX_COPY_FROM_USER = 12,
+    GK_PT_EXTEND_DATA_KMALLOC = 13,
+    GK_PT_EXTEND_DATA_COPY_FROM_USER = 14,
+    GK_NUM_POINTS = 15
 };
 static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "reportdata:kmalloc",
@@ -263,6 +276,12 @@ static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "report_buf:kzalloc",
     "measurement:copy_to_user",
     "measurement:copy_from_user",
+    "reportmac:kmalloc",
+    "reportmac:copy_from_user",
+    "err_code:copy_to_user",
+    "rtmr_index:copy_from_user",
+    "extend_data:kmalloc",
+    "extend_data:copy_from_user",
 };
 static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
@@ -274,6 +293,12 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
     GK_FAIL_USERCOPY,
     GK_FAIL_USERCOPY,
+    GK_FAILSLAB,
+    GK_FAIL_USERCOPY,
+    GK_FAIL_USERCOPY,
+    GK_FAIL_USERCOPY,
+    GK_FAILSLAB,
+    GK_FAIL_USERCOPY,
 };
 
 /* --- kmalloc size classes (tdxmodel/abi.py SLAB_CLASSES) --- */
@@ -281,16 +306,28 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
 static const unsigned TDXM_SLAB_CLASSES[TDXM_NUM_SLAB_CLASSES] = {8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096};
 
 /* --- driver generations (tdxmodel/profiles.py; ref §2) --- */
-enum tdxm_ops { TDXM_OPS_V4 = 0, TDXM_OPS_V6_2 = 1, TDXM_OPS_V6_16 = 2, TDXM_NUM_OPS = 3 };
-enum tdxm_profile_id { TDXM_PROFILE_V4_2022_04 = 0, TDXM_PROFILE_V6_2 = 1, TDXM_PROFILE_V6_16 = 2, TDXM_NUM_PROFILES = 3 };
-enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_NUM_COMMAND_KEYS = 1 };
+enum tdxm_ops { TDXM_OPS_V4 = 0, TDXM_OPS_V6_2 = 1, TDXM_OPS_V6_16 = 2, TDXM_OPS_INTEL_DOWNSTREAM = 3, TDXM_NUM_OPS = 4 };
+enum tdxm_profile_id { TDXM_PROFILE_V4_2022_04 = 0, TDXM_PROFILE_V6_2 = 1, TDXM_PROFILE_V6_16 = 2, TDXM_PROFILE_INTEL_DOWNSTREAM = 3, TDXM_NUM_PROFILES = 4 };
+enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_VERIFY_REPORT = 1, TDXM_CMD_EXTEND_RTMR = 2, TDXM_NUM_COMMAND_KEYS = 3 };
 #define TDXM_FIELD_REPORT_REPORTDATA 0
 #define TDXM_FIELD_REPORT_TDREPORT 1
+#define TDXM_FIELD_VERIFY_REPORT_REPORTMAC 0
+#define TDXM_FIELD_VERIFY_REPORT_ERR_CODE 1
+#define TDXM_FIELD_EXTEND_RTMR_DATA 0
+#define TDXM_FIELD_EXTEND_RTMR_INDEX 1
 #define TDXM_MAX_FIELDS 2
-#define TDXM_MAX_PROFILE_POINTS 5
+#define TDXM_MAX_PROFILE_POINTS 10
 #define TDXM_MAX_ERRNO_MAP 2
 typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */
-typedef struct { unsigned cmd, request_len; int nfields; tdxm_field fields[TDXM_MAX_FIELDS]; } tdxm_command; /* cmd 0: the generation has no such command */
+typedef struct {
+    unsigned cmd, request_len; /* cmd 0: the generation has no such command */
+    int nfields;
+    tdxm_field fields[TDXM_MAX_FIELDS];
+    int nerrno; /* the command's status-to-errno map: status >> 32 -> errno, else the default */
+    unsigned errno_class[TDXM_MAX_ERRNO_MAP];
+    int errno_value[TDXM_MAX_ERRNO_MAP];
+    int errno_default;
+} tdxm_command;
 typedef struct {
     const char *name;
     int ops;                  /* enum tdxm_ops: the C ops table */
@@ -311,7 +348,10 @@ typedef struct {
 static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
         .name = "v4-2022-04", .ops = TDXM_OPS_V4,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}, 0, {0}, {0}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = 0,
         .nerrno = 0, .errno_class = {0}, .errno_value = {0},
         .errno_default = TDXM_EIO,
@@ -322,7 +362,10 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     },
     [TDXM_PROFILE_V6_2] = { /* ref §2.4 */
         .name = "v6.2", .ops = TDXM_OPS_V6_2,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
         .errno_default = TDXM_EIO,
@@ -333,7 +376,10 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     },
     [TDXM_PROFILE_V6_16] = { /* ref §2.5 */
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
-        .cmds = {[TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}}},
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
@@ -341,6 +387,20 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .cached_report_buf = 1, .resident = 1,
         .status_writeback_off = 0, .status_writeback_len = 0,
         .npoints = 5, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER},
+    },
+    [TDXM_PROFILE_INTEL_DOWNSTREAM] = { /* quote.md §2.6; ref §1, §2.4 */
+        .name = "intel-downstream", .ops = TDXM_OPS_INTEL_DOWNSTREAM,
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0x81085402U /* TDX_CMD_VERIFY_REPORT */, 264, 2, {{0, 256, 0}, {256, 8, 1}}, 0, {0}, {0}, TDXM_EIO},
+            [TDXM_CMD_EXTEND_RTMR] = {0x80315403U /* TDX_CMD_EXTEND_RTMR */, 49, 2, {{0, 48, 0}, {48, 1, 0}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_EINVAL, TDXM_EBUSY}, TDXM_EIO}},
+        .unknown_cmd_errno = TDXM_ENOTTY,
+        .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
+        .errno_default = TDXM_EIO,
+        .has_mr_lock = 0, .has_quote_lock = 1,
+        .cached_report_buf = 0, .resident = 0,
+        .status_writeback_off = 0, .status_writeback_len = 0,
+        .npoints = 10, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_REPORTMAC_KMALLOC, GK_PT_REPORTMAC_COPY_FROM_USER, GK_PT_ERR_CODE_COPY_TO_USER, GK_PT_RTMR_INDEX_COPY_FROM_USER, GK_PT_EXTEND_DATA_KMALLOC, GK_PT_EXTEND_DATA_COPY_FROM_USER},
     },
 };
 

@@ -92,8 +92,9 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
     uint64_t forced;
     if (gk_take_forced_tdcall(tk->gk, leaf, &forced))
         return forced;
-    tdxm_result r = (leaf == TDG_MR_REPORT) ? tdxm_mr_report(tk->m, rcx, rdx, 0)
-                                            : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
+    tdxm_result r = (leaf == TDG_MR_REPORT)        ? tdxm_mr_report(tk->m, rcx, rdx, 0)
+                    : (leaf == TDG_MR_VERIFYREPORT) ? tdxm_mr_verifyreport(tk->m, rcx)
+                                                    : tdxm_mr_rtmr_extend(tk->m, rcx, rdx);
     if (r.exit != TDXM_EXIT_NONE) {
         call_exit_kind = r.exit;
         call_exit_gpa = r.exit_gpa;
@@ -102,16 +103,17 @@ static uint64_t kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rd
     return r.rax;
 }
 
-/* A generation's mapping of a failing TDCALL status to -errno: its profile's table on status >> 32,
- * else its default (ref §2.4 row 4, §2.5 table). */
-static long status_errno(const tdxm_profile *prof, uint64_t status)
+/* A command's mapping of a failing TDCALL status to -errno: its profile's table on status >> 32, else
+ * its default (ref §2.4 row 4, §2.5 table). status_errno: the report command's (the generation's). */
+static long cmd_errno(const tdxm_command *cmd, uint64_t status)
 {
     uint64_t cls = status >> 32;
-    for (int i = 0; i < prof->nerrno; i++)
-        if (cls == prof->errno_class[i])
-            return -prof->errno_value[i];
-    return -prof->errno_default;
+    for (int i = 0; i < cmd->nerrno; i++)
+        if (cls == cmd->errno_class[i])
+            return -cmd->errno_value[i];
+    return -cmd->errno_default;
 }
+#define status_errno(prof, status) cmd_errno(&(prof)->cmds[TDXM_CMD_REPORT], (status))
 
 /* The report command's request layout (ref §2.2, §2.4). */
 #define REPORT_CMD(tk) ((tk)->prof->cmds[TDXM_CMD_REPORT])
@@ -374,6 +376,84 @@ static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uin
     return ret;
 }
 
+/* ---- Intel's out-of-tree driver (quote.md §2.6; intel/td-partitioning tdx-guest.c @1b3c1894) ----- */
+
+/* tdx_verify_report: the REPORTMACSTRUCT through TDG.MR.VERIFYREPORT (ref §4.7); the raw status goes
+ * back to err_code whatever it is, and a copy-out fault overrides the -EIO. */
+static long verify_report_downstream(td_process *p, gk_ctx *c, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    const tdxm_command *vc = &tk->prof->cmds[TDXM_CMD_VERIFY_REPORT];
+    long ret = 0;
+    /* 1: kmalloc(256): a power of two, so 256-aligned as the leaf requires */
+    uint8_t *mac = gk_kmalloc(c, GK_PT_REPORTMAC_KMALLOC, TDX_REPORTMACSTRUCT_LEN, 0);
+    if (!mac)
+        return -TDXM_ENOMEM;
+    /* 2: 256 B from arg + 0 */
+    if (gk_copy_from_user(c, GK_PT_REPORTMAC_COPY_FROM_USER, mac,
+                          arg + vc->fields[TDXM_FIELD_VERIFY_REPORT_REPORTMAC].offset, TDX_REPORTMACSTRUCT_LEN)) {
+        ret = -TDXM_EFAULT;
+        goto out;
+    }
+    /* 3: leaf 22; any nonzero status -> -EIO */
+    uint64_t err = kernel_tdcall(tk, TDG_MR_VERIFYREPORT, gk_pa(tk->gk, mac), 0);
+    if (call_exit_kind != TDXM_EXIT_NONE) /* no status at all: nothing to copy out */
+        goto out;
+    if (err)
+        ret = cmd_errno(vc, err);
+    /* 4: the status to err_code (arg + 256), 8 B */
+    if (gk_copy_to_user(c, GK_PT_ERR_CODE_COPY_TO_USER, arg + vc->fields[TDXM_FIELD_VERIFY_REPORT_ERR_CODE].offset,
+                        &err, sizeof err))
+        ret = -TDXM_EFAULT;
+out: /* 5 */
+    gk_kfree(c, mac);
+    return ret;
+}
+
+/* tdx_extend_rtmr: the index byte first, RTMR 0 and 1 refused, then the 48 B through leaf 2. */
+static long extend_rtmr_downstream(td_process *p, gk_ctx *c, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    const tdxm_command *ec = &tk->prof->cmds[TDXM_CMD_EXTEND_RTMR];
+    /* 1: the index byte from arg + 48 */
+    uint8_t index = 0;
+    if (gk_copy_from_user(c, GK_PT_RTMR_INDEX_COPY_FROM_USER, &index,
+                          arg + ec->fields[TDXM_FIELD_EXTEND_RTMR_INDEX].offset, 1))
+        return -TDXM_EFAULT;
+    /* 2: RTMR 0 and 1 belong to the BIOS and the kernel (TDX_DOWNSTREAM_MIN_RTMR: -EINVAL) */
+    if (index < TDX_DOWNSTREAM_MIN_RTMR)
+        return -TDXM_EINVAL;
+    /* 3: kmalloc(ALIGN(48, 64)): 64-aligned as the leaf requires */
+    uint8_t *data = gk_kmalloc(c, GK_PT_EXTEND_DATA_KMALLOC,
+                               (TDX_EXTEND_DATA_LEN + TDX_EXTEND_ALIGN - 1) / TDX_EXTEND_ALIGN * TDX_EXTEND_ALIGN, 0);
+    if (!data)
+        return -TDXM_ENOMEM;
+    long ret;
+    /* 4: 48 B from arg + 0 */
+    if (gk_copy_from_user(c, GK_PT_EXTEND_DATA_COPY_FROM_USER, data,
+                          arg + ec->fields[TDXM_FIELD_EXTEND_RTMR_DATA].offset, TDX_EXTEND_DATA_LEN)) {
+        ret = -TDXM_EFAULT;
+        goto out;
+    }
+    /* 5: leaf 2 with RCX = pa(data), RDX = index: INVALID -> -EINVAL, BUSY -> -EBUSY, else -EIO */
+    uint64_t status = kernel_tdcall(tk, TDG_MR_RTMR_EXTEND, gk_pa(tk->gk, data), index);
+    ret = status ? cmd_errno(ec, status) : 0;
+out: /* 6 */
+    gk_kfree(c, data);
+    return ret;
+}
+
+/* tdx_guest_ioctl: GET_REPORT0 is 6.2's tdx_get_report0; other commands -ENOTTY. */
+static long ioctl_intel_downstream(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
+{
+    const tdxm_profile *prof = p->tk->prof;
+    if (cmd == prof->cmds[TDXM_CMD_VERIFY_REPORT].cmd)
+        return verify_report_downstream(p, c, arg);
+    if (cmd == prof->cmds[TDXM_CMD_EXTEND_RTMR].cmd)
+        return extend_rtmr_downstream(p, c, arg);
+    return ioctl_v6_2(p, c, cmd, arg);
+}
+
 /* tdx_mr_init (ref §2.5 "Init order"): allocate the report buffer, then one REPORT with zero
  * REPORTDATA; a failure aborts the load. */
 static int init_v6_16(td_kernel *tk, unsigned init_fail_nth, int misaligned_report_buf, uint64_t *init_status)
@@ -418,11 +498,13 @@ static const td_ops ops_v4 = {.ioctl = ioctl_v4};
 static const td_ops ops_v6_2 = {.ioctl = ioctl_v6_2};
 static const td_ops ops_v6_16 = {.ioctl = ioctl_v6_16, .init = init_v6_16,
                                  .read_measurement = read_measurement, .write_measurement = write_measurement};
+static const td_ops ops_intel_downstream = {.ioctl = ioctl_intel_downstream};
 
 static const td_ops *const OPS[TDXM_NUM_OPS] = {
     [TDXM_OPS_V4] = &ops_v4,
     [TDXM_OPS_V6_2] = &ops_v6_2,
     [TDXM_OPS_V6_16] = &ops_v6_16,
+    [TDXM_OPS_INTEL_DOWNSTREAM] = &ops_intel_downstream,
 };
 
 /* ---- kernel and processes ------------------------------------------------------------------------- */

@@ -65,10 +65,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=1))
     else:
-        print(f"{'theorem':16} {'driver':11} {'result':15} {'expected':15} {'time':>7}  reference")
+        dw = max([len("driver")] + [len(r.driver) for r in results])
+        print(f"{'theorem':16} {'driver':{dw}} {'result':15} {'expected':15} {'time':>7}  reference")
         for r in results:
             mark = "" if r.ok else "   <-- UNEXPECTED"
-            print(f"{r.theorem:16} {r.driver:11} {r.result:15} {r.expected:15} {r.seconds:6.2f}s  {r.ref}{mark}")
+            print(f"{r.theorem:16} {r.driver:{dw}} {r.result:15} {r.expected:15} {r.seconds:6.2f}s  {r.ref}{mark}")
             if r.result == COUNTEREXAMPLE and r.counterexample:
                 print("    " + " ".join(_format_value(k, v) for k, v in r.counterexample.items()))
                 if r.citation:

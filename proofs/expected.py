@@ -22,6 +22,9 @@ EXPECTED_COUNTEREXAMPLES: Dict[Tuple[str, str], str] = {
     ("serialisation", "v4-2022-04"):
         "ref §2.2 Review: OPERAND_BUSY comes from 'a concurrent RTMR extend, which calls for a mutex'; "
         "v4 has none (ref §4.8), so a concurrent EXTEND turns the REPORT into -EIO",
+    ("serialisation", "intel-downstream"):
+        "quote.md §2.6: td-partitioning tdx_get_report0 takes no lock (only GET_QUOTE takes quote_lock); "
+        "ref §4.8: a concurrent EXTEND makes the REPORT OPERAND_BUSY, which tdx_mcall_get_report0 maps to -EIO",
     ("serialisation", "v6.2"):
         "ref §2.4: 'This path takes no lock'; ref §4.8 'Linux <=6.15. No ioctl lock, so concurrent "
         "callers reach the module in parallel. BUSY gives -EIO'",

@@ -9,7 +9,7 @@ from proofs import expected as _expected
 from proofs.drivers import DRIVERS
 from proofs.engine import TIMEOUT_MS, Verdict, check
 from proofs.outcome import signed
-from proofs.theorems import BUILDERS, STEPS, THEOREMS
+from proofs.theorems import BUILDERS, THEOREMS
 
 
 @dataclass
@@ -49,7 +49,7 @@ def prove(theorem: str, driver: str, timeout_ms: int = TIMEOUT_MS) -> Result:
     verdict: Verdict = check(BUILDERS[theorem](spec), timeout_ms)
     want = _expected.expected(theorem, driver)
     return Result(theorem, driver, verdict.result, want, _readable(verdict.counterexample),
-                  verdict.result == want, f"ref {STEPS[driver][theorem]}", spec.anchor,
+                  verdict.result == want, f"ref {spec.steps[theorem]}", spec.anchor,
                   _expected.citation(theorem, driver), verdict.reason, round(verdict.seconds, 4))
 
 

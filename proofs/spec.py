@@ -23,6 +23,7 @@ class DriverSpec:
 
     profile: str                               # the tdxmodel.profiles name
     anchor: str                                # code anchor: file and function the encoding mirrors
+    steps: Dict[str, str]                      # theorem -> the reference rows it covers
     ioctl: Callable[[Injection], Path]         # the encoded entry point
     status_to_ret: Callable[[z3.BitVecRef], z3.BitVecRef]   # the driver's own mapping code
     reference_failing: Callable[[z3.BitVecRef], z3.BoolRef]  # ref: which statuses the driver treats as failure

@@ -32,9 +32,12 @@ def test_theorem(theorem, driver):
 def test_expected_counterexamples_are_the_issue_s_list_plus_v4_serialisation():
     # The issue: v6.2 serialisation by design; v4 errno contract and silent loss (reviewed defects).
     # v4 has no mr_lock either (ref §2.2 Review), so its serialisation counterexample is expected too.
+    # (Generations added later list theirs beside these, each with its citation: test above.)
     from proofs.expected import EXPECTED_COUNTEREXAMPLES
-    assert set(EXPECTED_COUNTEREXAMPLES) == {("errno_contract", "v4-2022-04"), ("no_silent_loss", "v4-2022-04"),
-                                             ("serialisation", "v4-2022-04"), ("serialisation", "v6.2")}
+    first = ("v4-2022-04", "v6.2", "v6.16")
+    assert {k for k in EXPECTED_COUNTEREXAMPLES if k[1] in first} == {
+        ("errno_contract", "v4-2022-04"), ("no_silent_loss", "v4-2022-04"),
+        ("serialisation", "v4-2022-04"), ("serialisation", "v6.2")}
     assert all(r == PROVED for r in [prove(t, "v6.16").result for t in THEOREMS])
 
 

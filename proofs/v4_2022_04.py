@@ -85,6 +85,10 @@ def _status_write(p: Path, i: z3.BitVecRef, after) -> z3.BoolRef:
 DRIVER = DriverSpec(
     profile="v4-2022-04",
     anchor="attest.c tdx_get_tdreport (v4 patch, 22 Apr 2022)",
+    steps={"no_leak": "§2.2 rows 1-6", "errno_contract": "§2.2 Dispatch, rows 1-6",
+           "no_silent_loss": "§2.2 row 4-5, §7", "no_disclosure": "§2.2 rows 1-5, §7",
+           "status_mapping": "§2.2 row 4", "operand_checks": "§4.3, §4.6, §2.2 row 4",
+           "serialisation": "§2.2 Review, §4.8"},
     ioctl=tdx_attest_ioctl,
     status_to_ret=status_to_ret,
     # ref §2.2 row 4: "nonzero result" of the wrapper, i.e. of status & 0xFFFFFFFF00000000.

@@ -88,6 +88,10 @@ def tdx_mr_init(inj: Injection) -> InitPath:
 DRIVER = DriverSpec(
     profile="v6.16",
     anchor="tdx-guest.c tdx_do_report (v6.16+, 9026983cd740)",
+    steps={"no_leak": "§2.5 rows 1-5, Init", "errno_contract": "§2.5 rows 1-5",
+           "no_silent_loss": "§2.5 rows 2-4, §7", "no_disclosure": "§2.5 rows 2-4, §7",
+           "status_mapping": "§2.5 table", "operand_checks": "§4.3, §4.6, §2.5 row 3",
+           "serialisation": "§2.5 mr_lock, §4.8"},
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
     reference_failing=lambda status: status != 0,

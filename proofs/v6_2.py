@@ -69,6 +69,10 @@ def tdx_guest_ioctl(inj: Injection) -> Path:
 DRIVER = DriverSpec(
     profile="v6.2",
     anchor="tdx-guest.c tdx_get_report0 (v6.2-v6.15)",
+    steps={"no_leak": "§2.4 rows 1-6", "errno_contract": "§2.4 Dispatch, rows 1-6",
+           "no_silent_loss": "§2.4 rows 4-5, §7", "no_disclosure": "§2.4 rows 1-5, §7",
+           "status_mapping": "§2.4 row 4", "operand_checks": "§4.3, §4.6, §2.4 Alignment",
+           "serialisation": "§2.4 (no lock), §4.8"},
     ioctl=tdx_guest_ioctl,
     status_to_ret=tdx_mcall_get_report0,
     reference_failing=lambda status: status != 0,

@@ -99,7 +99,7 @@ def _render_profiles() -> list:
     keys = command_keys()
     max_fields = max(len(v) for v in keys.values())
     max_points = max(len(p.points) for p in profiles.PROFILES)
-    max_errnos = max(max(len(p.errno_map) for p in profiles.PROFILES), 1)
+    max_errnos = max([len(p.errno_table(c.key)[0]) for p in profiles.PROFILES for c in p.commands] + [1])
     out = ["/* --- driver generations (tdxmodel/profiles.py; ref §2) --- */",
            "enum tdxm_ops { " + ", ".join(f"TDXM_OPS_{_ident(o)} = {i}" for i, o in enumerate(profiles.OPS))
            + f", TDXM_NUM_OPS = {len(profiles.OPS)} }};",
@@ -114,8 +114,15 @@ def _render_profiles() -> list:
     out += [f"#define TDXM_MAX_FIELDS {max_fields}", f"#define TDXM_MAX_PROFILE_POINTS {max_points}",
             f"#define TDXM_MAX_ERRNO_MAP {max_errnos}",
             "typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */",
-            "typedef struct { unsigned cmd, request_len; int nfields; tdxm_field fields[TDXM_MAX_FIELDS]; } "
-            "tdxm_command; /* cmd 0: the generation has no such command */",
+            "typedef struct {",
+            "    unsigned cmd, request_len; /* cmd 0: the generation has no such command */",
+            "    int nfields;",
+            "    tdxm_field fields[TDXM_MAX_FIELDS];",
+            "    int nerrno; /* the command's status-to-errno map: status >> 32 -> errno, else the default */",
+            "    unsigned errno_class[TDXM_MAX_ERRNO_MAP];",
+            "    int errno_value[TDXM_MAX_ERRNO_MAP];",
+            "    int errno_default;",
+            "} tdxm_command;",
             "typedef struct {",
             "    const char *name;",
             "    int ops;                  /* enum tdxm_ops: the C ops table */",
@@ -139,18 +146,22 @@ def _render_profiles() -> list:
         for key in keys:
             c = p.command(key)
             if c is None:
-                cmds.append(f"[TDXM_CMD_{_ident(key)}] = {{0}}")
+                cmds.append(f"\n            [TDXM_CMD_{_ident(key)}] = {{0}}")
                 continue
             fields = ", ".join(f"{{{f.offset}, {f.size}, {1 if f.direction == profiles.OUT else 0}}}"
                                for f in c.fields)
-            cmds.append(f"[TDXM_CMD_{_ident(key)}] = {{{_c_literal(c.value)} /* {c.name} */, {c.request_len}, "
-                        f"{len(c.fields)}, {{{fields}}}}}")
+            table, default = p.errno_table(key)
+            cls = ", ".join(_c_literal(k) for k, _ in table) or "0"
+            val = ", ".join(f"TDXM_{_errno_name(e)}" for _, e in table) or "0"
+            cmds.append(f"\n            [TDXM_CMD_{_ident(key)}] = {{{_c_literal(c.value)} /* {c.name} */, "
+                        f"{c.request_len}, {len(c.fields)}, {{{fields}}}, "
+                        f"{len(table)}, {{{cls}}}, {{{val}}}, TDXM_{_errno_name(default)}}}")
         classes = ", ".join(_c_literal(cls) for cls, _ in p.errno_map) or "0"
         values = ", ".join(f"TDXM_{_errno_name(e)}" for _, e in p.errno_map) or "0"
         wb = p.status_writeback
         out += [f"    [TDXM_PROFILE_{_ident(p.name)}] = {{ /* {p.ref} */",
                 f'        .name = "{p.name}", .ops = TDXM_OPS_{_ident(p.ops)},',
-                "        .cmds = {" + ", ".join(cmds) + "},",
+                "        .cmds = {" + ",".join(cmds) + "},",
                 f"        .unknown_cmd_errno = {('TDXM_' + _errno_name(p.unknown_cmd_errno)) if p.unknown_cmd_errno else 0},",
                 f"        .nerrno = {len(p.errno_map)}, .errno_class = {{{classes}}}, .errno_value = {{{values}}},",
                 f"        .errno_default = TDXM_{_errno_name(p.errno_default)},",

@@ -152,6 +152,23 @@ CONSTANTS: List[Const] = [
     _c("TDX_REPORT_REQ_LEN", 1088, "ioctl", "ref §2.4", "sizeof(struct tdx_report_req)"),
     _c("TDX_REPORT_REQ_OFF_REPORTDATA", 0, "ioctl", "ref §2.4", "tdx_report_req.reportdata"),
     _c("TDX_REPORT_REQ_OFF_TDREPORT", 64, "ioctl", "ref §2.4", "tdx_report_req.tdreport"),
+    # Intel's out-of-tree tdx-guest driver (ref §1 table, quote.md §2.6; confirmed against
+    # intel/td-partitioning include/uapi/linux/tdx-guest.h @074bb0ff and
+    # drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894)
+    _c("TDX_CMD_VERIFY_REPORT", 0x81085402, "ioctl", "ref §1; quote.md §2.6",
+       "Intel downstream: _IOR('T', 2, struct tdx_verify_report_req)"),
+    _c("TDX_VERIFY_REPORT_REQ_LEN", 264, "ioctl", "ref §1",
+       "sizeof(struct tdx_verify_report_req {u8 reportmac[256]; u64 err_code;})"),
+    _c("TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE", 256, "ioctl", "ref §1", "tdx_verify_report_req.err_code"),
+    _c("TDX_CMD_EXTEND_RTMR", 0x80315403, "ioctl", "ref §1; quote.md §2.6",
+       "Intel downstream: _IOR('T', 3, struct tdx_extend_rtmr_req); 'read' although the kernel reads"),
+    _c("TDX_EXTEND_RTMR_REQ_LEN", 49, "ioctl", "ref §1",
+       "sizeof(struct tdx_extend_rtmr_req {u8 data[48]; u8 index;}), no padding"),
+    _c("TDX_EXTEND_RTMR_REQ_OFF_INDEX", 48, "ioctl", "ref §1", "tdx_extend_rtmr_req.index"),
+    _c("TDX_DOWNSTREAM_MIN_RTMR", 2, "ioctl", "ref §2.5 CONFLICT; quote.md §2.6",
+       "Intel downstream EXTEND_RTMR refuses index < 2 (BIOS and kernel RTMRs). The reference names "
+       "-EPERM (libtdx_attest's driver) and -EINVAL (td-partitioning); we model td-partitioning "
+       "tdx-guest.c @1b3c1894 tdx_extend_rtmr: -EINVAL"),
     _c("IOC_NRSHIFT", 0, "ioctl", "ref §1", "ioctl number bits 7:0"),
     _c("IOC_TYPESHIFT", 8, "ioctl", "ref §1", "ioctl type bits 15:8"),
     _c("IOC_SIZESHIFT", 16, "ioctl", "ref §1", "ioctl size bits 29:16"),

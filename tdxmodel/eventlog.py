@@ -381,3 +381,40 @@ def events_from_toml(path: "pathlib.Path | str") -> Optional[List[Event]]:
     if not isinstance(events, list):
         raise EventLogError(f"{p}: eventlog.event must be an array of tables ([[eventlog.event]])")
     return [_event_from_toml(i, d, str(p)) for i, d in enumerate(events)]
+
+
+# ------------------------------------------------------------------ the boot log of a state directory
+#: The boot log's file in a state directory, beside state.json: written once when the state is made
+#: (atomically, before state.json), read by the daemon (the CCEL files) and `tdxmodel eventlog`.
+BOOT_LOG_FILE = "boot-eventlog.json"
+BOOT_LOG_FORMAT = 1
+
+
+def boot_log_bytes(events: Iterable[Event]) -> bytes:
+    """The JSON document of a boot log file."""
+    import json
+    return (json.dumps({"format": BOOT_LOG_FORMAT, "events": [ev.to_json() for ev in events]}, indent=1)
+            + "\n").encode()
+
+
+def read_boot_log(directory: "pathlib.Path | str") -> List[Event]:
+    """The boot events of a state directory; [] when it has none (a state made before boot logs
+    existed, whose RTMRs started at zero)."""
+    import json
+    path = pathlib.Path(directory) / BOOT_LOG_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise EventLogError(f"{path}: cannot read the boot event log: {e.strerror}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != BOOT_LOG_FORMAT or not isinstance(doc.get("events"), list):
+            raise ValueError
+    except (UnicodeDecodeError, ValueError):
+        raise EventLogError(f"{path}: corrupt boot event log; remove the state directory to start afresh") from None
+    try:
+        return [Event.from_json(d) for d in doc["events"]]
+    except EventLogError as e:
+        raise EventLogError(f"{path}: {e}") from None

@@ -23,7 +23,7 @@ Every fact cites its section of ``shared/reference/tdx-abi.md`` (ref §N) or ``q
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from tdxmodel import abi
@@ -55,6 +55,11 @@ class Command:
     request_len: int            # bytes of the request
     fields: Tuple[Field, ...]
     ref: str
+    # The command's own status-to-errno map where it differs from the generation's (the report's):
+    # (status >> 32, errno) pairs and the errno of any other failing status.
+    errno_map: Optional[Tuple[Tuple[int, int], ...]] = None
+    errno_default: Optional[int] = None
+    points: Tuple[str, ...] = ()     # the injection points its path can pass, in order
 
     @property
     def value(self) -> int:
@@ -105,8 +110,8 @@ class Profile:
     ops: str                             # C ops table (csrc/tdx_driver.c) and reference driver class
     commands: Tuple[Command, ...]        # the report command first
     unknown_cmd_errno: int               # errno of a command the driver does not know; 0: returns 0
-    errno_map: Tuple[Tuple[int, int], ...]   # (status >> 32, errno) of a failing TDCALL
-    errno_default: int                   # errno of any other failing status
+    errno_map: Tuple[Tuple[int, int], ...]   # (status >> 32, errno) of a failing report TDCALL
+    errno_default: int                   # errno of any other failing status (commands may override)
     points: Tuple[str, ...]              # injection points in the order the driver reaches them
     report_errnos: Tuple[int, ...]       # the documented errno set of the report ioctl (0 implied)
     locks: Tuple[str, ...] = ()          # "mr_lock" (ref §2.5); "quote_lock" (quote.md §2)
@@ -133,11 +138,21 @@ class Profile:
     def has_lock(self, lock: str) -> bool:
         return lock in self.locks
 
-    def status_errno(self, status: int) -> int:
-        """The errno (positive) this generation maps a nonzero TDCALL status to; 0 for success."""
+    def status_errno(self, status: int, command: str = "report") -> int:
+        """The errno (positive) this generation's ``command`` maps a nonzero TDCALL status to; 0 for
+        success."""
         if status == abi.TDX_SUCCESS:
             return 0
-        return dict(self.errno_map).get(abi.status_class(status), self.errno_default)
+        table, default = self.errno_table(command)
+        return dict(table).get(abi.status_class(status), default)
+
+    def errno_table(self, command: str = "report") -> Tuple[Tuple[Tuple[int, int], ...], int]:
+        """(errno map, default errno) of ``command``: its own, else the generation's."""
+        c = self.command(command)
+        if c is None:
+            raise KeyError(f"{self.name} has no command {command!r}")
+        return (c.errno_map if c.errno_map is not None else self.errno_map,
+                c.errno_default if c.errno_default is not None else self.errno_default)
 
     def errno_names(self, errnos) -> Tuple[str, ...]:
         return tuple(ERRNO_NAMES[e] for e in errnos)
@@ -166,6 +181,12 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     ("report_buf:kzalloc", "failslab"),
     ("measurement:copy_to_user", "fail_usercopy"),
     ("measurement:copy_from_user", "fail_usercopy"),
+    ("reportmac:kmalloc", "failslab"),
+    ("reportmac:copy_from_user", "fail_usercopy"),
+    ("err_code:copy_to_user", "fail_usercopy"),
+    ("rtmr_index:copy_from_user", "fail_usercopy"),
+    ("extend_data:kmalloc", "failslab"),
+    ("extend_data:copy_from_user", "fail_usercopy"),
 )
 POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
 #: errno value -> its tdxmodel.abi name.
@@ -181,6 +202,10 @@ _GET_TDREPORT = Command("report", "TDX_CMD_GET_TDREPORT", _TR,
 _GET_REPORT0 = Command("report", "TDX_CMD_GET_REPORT0", abi.TDX_REPORT_REQ_LEN,
                        (Field("reportdata", abi.TDX_REPORT_REQ_OFF_REPORTDATA, _RD, IN),
                         Field("tdreport", abi.TDX_REPORT_REQ_OFF_TDREPORT, _TR, OUT)), "ref §1, §2.4")
+
+#: ref §2.4 rows 1-5: the per-call report path of 6.2-6.15 (and of drivers that copied it).
+_V6_2_REPORT_POINTS = ("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                       "tdreport:copy_to_user")
 
 _INVALID = abi.LINUX_TDCALL_INVALID_OPERAND
 _BUSY = abi.LINUX_TDCALL_OPERAND_BUSY
@@ -202,7 +227,10 @@ PROFILES: Tuple[Profile, ...] = (
     Profile(
         name="v4-2022-04", ref="ref §2.2", kernel=("v4 patch 2022-04-22", "v4 patch 2022-04-22"),
         device_path="/dev/tdx-attest", misc_name="tdx-attest", ops="v4",
-        commands=(_GET_TDREPORT,), unknown_cmd_errno=0,
+        commands=(replace(_GET_TDREPORT, points=("reportdata:kmalloc", "tdreport:get_zeroed_page",
+                                                 "reportdata:copy_from_user", "status:put_user",
+                                                 "tdreport:copy_to_user")),),
+        unknown_cmd_errno=0,
         errno_map=(), errno_default=abi.EIO,
         points=("reportdata:kmalloc", "tdreport:get_zeroed_page", "reportdata:copy_from_user",
                 "status:put_user", "tdreport:copy_to_user"),
@@ -212,22 +240,57 @@ PROFILES: Tuple[Profile, ...] = (
     Profile(
         name="v6.2", ref="ref §2.4", kernel=("6.2", "6.15"),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
-        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        commands=(replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
-        points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
-                "tdreport:copy_to_user"),
+        points=_V6_2_REPORT_POINTS,
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY)),
     # ref §2.5: 6.16+, the report buffer from init under mr_lock, -ENXIO/-EBUSY, measurement files.
     Profile(
         name="v6.16", ref="ref §2.5", kernel=("6.16", None),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
-        commands=(_GET_REPORT0,), unknown_cmd_errno=abi.ENOTTY,
+        commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),),
+        unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
         points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
                 "measurement:copy_to_user", "measurement:copy_from_user"),
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock",), measurements=_MEASUREMENTS_6_16, measurement_dirs=_MEASUREMENT_DIRS_6_16,
         resident=1, cached_report_buf=True),
+    # Intel's out-of-tree tdx-guest driver, which DCAP's libtdx_attest and the Python SDKs call (ref §1,
+    # quote.md §2.6; intel/td-partitioning drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 and
+    # arch/x86/coco/tdx/tdx.c @01e17622): GET_REPORT0 as 6.2 (tdx_get_report0; tdx_mcall_get_report0
+    # maps INVALID_OPERAND -> -EINVAL, else -EIO); VERIFY_REPORT (kmalloc(256), copy in, leaf 22, any
+    # nonzero status -> -EIO, err_code copied out whatever the status); EXTEND_RTMR (index byte first,
+    # index < 2 -> -EINVAL, kmalloc(64), 48 B copied in, leaf 2: INVALID -> -EINVAL, BUSY -> -EBUSY,
+    # else -EIO). Its GET_QUOTE (0x80105404, quote_lock) comes with the quote path; until then the
+    # model answers it -ENOTTY like any command it does not know.
+    Profile(
+        name="intel-downstream", ref="quote.md §2.6; ref §1, §2.4",
+        kernel=("td-partitioning 1b3c1894", None),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="intel_downstream",
+        commands=(
+            replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),
+            Command("verify_report", "TDX_CMD_VERIFY_REPORT", abi.TDX_VERIFY_REPORT_REQ_LEN,
+                    (Field("reportmac", 0, abi.TDX_REPORTMACSTRUCT_LEN, IN),
+                     Field("err_code", abi.TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE, 8, OUT)),
+                    "ref §1; quote.md §2.6", errno_map=(), errno_default=abi.EIO,
+                    points=("reportmac:kmalloc", "reportmac:copy_from_user", "err_code:copy_to_user")),
+            Command("extend_rtmr", "TDX_CMD_EXTEND_RTMR", abi.TDX_EXTEND_RTMR_REQ_LEN,
+                    (Field("data", 0, abi.TDX_EXTEND_DATA_LEN, IN),
+                     Field("index", abi.TDX_EXTEND_RTMR_REQ_OFF_INDEX, 1, IN)),
+                    "ref §1, §2.5; quote.md §2.6",
+                    errno_map=((_INVALID, abi.EINVAL), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
+                    points=("rtmr_index:copy_from_user", "extend_data:kmalloc",
+                            "extend_data:copy_from_user")),
+        ),
+        unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
+        points=_V6_2_REPORT_POINTS + ("reportmac:kmalloc", "reportmac:copy_from_user",
+                                      "err_code:copy_to_user", "rtmr_index:copy_from_user",
+                                      "extend_data:kmalloc", "extend_data:copy_from_user"),
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
+        locks=("quote_lock",),
+        traits={"extend_min_index": abi.TDX_DOWNSTREAM_MIN_RTMR}),
 )
 
 _INDEX: Dict[str, int] = {p.name: i for i, p in enumerate(PROFILES)}
@@ -258,6 +321,7 @@ def _check() -> None:
     for p in PROFILES:
         assert p.commands and p.report.key == "report", p.name
         assert all(pt in POINT_CAPABILITY for pt in p.points), p.name
+        assert all(set(c.points) <= set(p.points) for c in p.commands), p.name
         assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
 

@@ -18,7 +18,8 @@ Fixtures:
   ``.path`` (the device file), ``.socket`` and ``.preload_env()`` (for programs run under the
   LD_PRELOAD library at the real node path), ``.rtmr(i)``/``.measurements()`` (the TD's
   measurements), ``.fault(capability, **knobs)``, ``.fail_nth(n)``, ``.extend(i, data)`` and
-  ``.counters()``. It is stopped (and unmounted) at teardown.
+  ``.counters()``, and ``.eventlog()`` (the boot event log it serves as the CCEL data). It is
+  stopped (and unmounted) at teardown.
 
 Needs root and /dev/fuse (the daemon mounts FUSE and reads clients' memory).
 """
@@ -191,6 +192,14 @@ class ServedDevice:
         out.update({"mrtd:sha384": cfg.mrtd, "mrconfigid": cfg.mrconfigid, "mrowner": cfg.mrowner,
                     "mrownerconfig": cfg.mrownerconfig})
         return out
+
+    def eventlog(self) -> list:
+        """The boot event log the daemon serves (``acpi/tables/data/CCEL``, what a client reads at
+        ``/sys/firmware/acpi/tables/data/CCEL``), parsed: a list of ``tdxmodel.eventlog.Event``
+        (``mr_index``, ``event_type``, ``digest``, ``data``); ``tdxmodel.eventlog.replay(events)``
+        gives the boot RTMRs."""
+        from tdxmodel import eventlog
+        return eventlog.parse_log(self.control("acpi/tables/data/CCEL").read_bytes())[1]
 
     def rtmr(self, index: int) -> bytes:
         return self.measurements()[f"rtmr{index}:sha384"]

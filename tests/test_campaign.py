@@ -82,7 +82,17 @@ def test_no_case_leaks_locks_or_discloses(results, driver):
 @pytest.mark.parametrize("driver", abi.DRIVERS)
 def test_outcome_classes_match_the_reference(results, driver):
     for backend in backend_names():
-        assert set(results[(backend, driver)]["summary"]["outcomes"]) == EXPECTED_OUTCOMES[driver]
+        outcomes = set(results[(backend, driver)]["summary"]["outcomes"])
+        if driver in EXPECTED_OUTCOMES:
+            assert outcomes == EXPECTED_OUTCOMES[driver]
+        assert {"0", "-EFAULT"} <= outcomes <= _documented_outcomes(driver)
+
+
+def _documented_outcomes(driver):
+    """0 and the documented errno set of the generation's report ioctl (its profile)."""
+    from tdxmodel import profiles
+    prof = profiles.get(driver)
+    return {"0"} | {"-" + n for n in prof.errno_names(prof.report_errnos)}
 
 
 @pytest.mark.parametrize("driver", abi.DRIVERS)
@@ -170,7 +180,7 @@ def test_cli_table(capsys, driver):
     name = backend_names()[0]
     assert main(["campaign", "--driver", driver, "--backend", name]) == 0
     out = capsys.readouterr().out
-    for outcome in EXPECTED_OUTCOMES[driver]:
+    for outcome in EXPECTED_OUTCOMES.get(driver, {"0", "-EFAULT"}):   # every generation has those two
         assert any(line.split()[0] == outcome for line in out.splitlines() if line.strip())
     assert "total" in out
 

@@ -58,8 +58,10 @@ def test_get_report_bad_input(guest):
 
 
 def test_get_report_errors_are_oserrors_with_errno(guest):
-    expected = {"v4-2022-04": abi.EIO, "v6.2": abi.EINVAL, "v6.16": abi.ENXIO}[guest.driver]
     status = abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_R8
+    expected = {"v4-2022-04": abi.EIO, "v6.2": abi.EINVAL, "v6.16": abi.ENXIO}.get(
+        guest.driver, guest.profile.status_errno(status))
+    assert expected == guest.profile.status_errno(status)
     guest.kernel.force_tdcall(status, leaf=abi.TDG_MR_REPORT)
     with pytest.raises(errors.KernelError) as e:
         guest.get_report(b"x")

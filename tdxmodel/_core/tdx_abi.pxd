@@ -99,6 +99,13 @@ cdef extern from "tdx_abi.h":
     int TDX_REPORT_REQ_LEN  # ref §2.4
     int TDX_REPORT_REQ_OFF_REPORTDATA  # ref §2.4
     int TDX_REPORT_REQ_OFF_TDREPORT  # ref §2.4
+    unsigned long long TDX_CMD_VERIFY_REPORT  # ref §1; quote.md §2.6
+    int TDX_VERIFY_REPORT_REQ_LEN  # ref §1
+    int TDX_VERIFY_REPORT_REQ_OFF_ERR_CODE  # ref §1
+    unsigned long long TDX_CMD_EXTEND_RTMR  # ref §1; quote.md §2.6
+    int TDX_EXTEND_RTMR_REQ_LEN  # ref §1
+    int TDX_EXTEND_RTMR_REQ_OFF_INDEX  # ref §1
+    int TDX_DOWNSTREAM_MIN_RTMR  # ref §2.5 CONFLICT; quote.md §2.6
     int IOC_NRSHIFT  # ref §1
     int IOC_TYPESHIFT  # ref §1
     int IOC_SIZESHIFT  # ref §1

@@ -235,5 +235,67 @@ class DriverV616:
         return count
 
 
+class DriverIntelDownstream(DriverV62):
+    """Intel's out-of-tree tdx-guest driver (quote.md §2.6; intel/td-partitioning tdx-guest.c
+    @1b3c1894): GET_REPORT0 exactly as 6.2 (tdx_get_report0), plus VERIFY_REPORT and EXTEND_RTMR."""
+
+    OPS = "intel_downstream"
+
+    def ioctl(self, task, cmd: int, arg: int) -> int:
+        verify, extend = self.p.command("verify_report"), self.p.command("extend_rtmr")
+        if cmd == verify.value:
+            return self._verify_report(task, verify, arg)
+        if cmd == extend.value:
+            return self._extend_rtmr(task, extend, arg)
+        return super().ioctl(task, cmd, arg)  # GET_REPORT0 as 6.2; any other command -ENOTTY
+
+    def _verify_report(self, task, req, arg: int) -> int:
+        k = self.k
+        # 1: kmalloc(256), a power of two: 256-aligned as leaf 22 requires (ref §4.7)
+        mac = k.kmalloc(task, abi.TDX_REPORTMACSTRUCT_LEN, "reportmac:kmalloc")
+        if mac is None:
+            return -abi.ENOMEM
+        try:
+            # 2: the REPORTMACSTRUCT from arg + 0
+            if k.copy_from_user(task, "reportmac:copy_from_user", mac, arg + req.field("reportmac").offset,
+                                abi.TDX_REPORTMACSTRUCT_LEN):
+                return -abi.EFAULT
+            # 3: TDG.MR.VERIFYREPORT; any nonzero status -> -EIO
+            err = k.tdcall(abi.TDG_MR_VERIFYREPORT, mac, 0, 0)
+            ret = -self.p.status_errno(err, "verify_report") if err != abi.TDX_SUCCESS else 0
+            # 4: the raw status to err_code (arg + 256) whatever it is; a fault overrides the -EIO
+            out = req.field("err_code")
+            if k.copy_out(task, "err_code:copy_to_user", arg + out.offset, err.to_bytes(out.size, "little")):
+                ret = -abi.EFAULT
+            return ret
+        finally:
+            k.kfree(mac)  # 5
+
+    def _extend_rtmr(self, task, req, arg: int) -> int:
+        k = self.k
+        # 1: the index byte from arg + 48, before anything else
+        index = k.copy_in(task, "rtmr_index:copy_from_user", arg + req.field("index").offset, 1)
+        if len(index) != 1:
+            return -abi.EFAULT
+        # 2: RTMR 0 and 1 are the BIOS's and the kernel's: index < 2 -> -EINVAL (td-partitioning)
+        if index[0] < self.p.traits["extend_min_index"]:
+            return -abi.EINVAL
+        # 3: kmalloc(ALIGN(48, 64)): 64-aligned as leaf 2 requires (ref §4.6)
+        size = -(-abi.TDX_EXTEND_DATA_LEN // abi.TDX_EXTEND_ALIGN) * abi.TDX_EXTEND_ALIGN
+        data = k.kmalloc(task, size, "extend_data:kmalloc")
+        if data is None:
+            return -abi.ENOMEM
+        try:
+            # 4: the 48 bytes from arg + 0
+            if k.copy_from_user(task, "extend_data:copy_from_user", data, arg + req.field("data").offset,
+                                abi.TDX_EXTEND_DATA_LEN):
+                return -abi.EFAULT
+            # 5: leaf 2, RCX = pa(data), RDX = index: INVALID -> -EINVAL, BUSY -> -EBUSY, else -EIO
+            status = k.tdcall(abi.TDG_MR_RTMR_EXTEND, data, index[0], 0)
+            return -self.p.status_errno(status, "extend_rtmr") if status != abi.TDX_SUCCESS else 0
+        finally:
+            k.kfree(data)  # 6
+
+
 #: Profile.ops -> driver class.
-DRIVER_CLASSES = {cls.OPS: cls for cls in (DriverV4, DriverV62, DriverV616)}
+DRIVER_CLASSES = {cls.OPS: cls for cls in (DriverV4, DriverV62, DriverV616, DriverIntelDownstream)}

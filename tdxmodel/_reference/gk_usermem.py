@@ -169,6 +169,19 @@ def copy_to_user(faults, memory, task, point: str, uaddr: int, ksrc: int, n: int
     return n - copied
 
 
+def copy_out(faults, task, point: str, uaddr: int, data: bytes) -> int:
+    """copy_out(...) -> int: copy_to_user from a kernel value that is not in guest memory (a stack
+    variable of the driver): bytes not copied; the copied prefix stays."""
+    n = len(data)
+    if faults.inject(task, point, "fail_usercopy", 1):
+        return n
+    limit = n
+    if task._partial_to_user is not None:  # model-only genuine mid-copy fault, one shot
+        limit = min(n, task._partial_to_user)
+        task._partial_to_user = None
+    return n - task._write_user(uaddr, data[:limit])
+
+
 def put_user(faults, task, point: str, value: int, uaddr: int) -> int:
     """put_user(...) -> int: 0 or -EFAULT; one 8-byte store, all or nothing."""
     if faults.inject(task, point, "fail_usercopy", 1):

@@ -244,6 +244,11 @@ class Kernel:
         """copy_to_user(task, point, uaddr, ksrc, n) -> int: bytes not copied; the copied prefix stays."""
         return _usermem.copy_to_user(self._faults, self._module, task, point, uaddr, ksrc, n)
 
+    def copy_out(self, task: "Process", point: str, uaddr: int, data: bytes) -> int:
+        """copy_out(task, point, uaddr, data) -> int: copy_to_user of a driver's stack value: bytes
+        not copied; the copied prefix stays."""
+        return _usermem.copy_out(self._faults, task, point, uaddr, data)
+
     def put_user(self, task: "Process", point: str, value: int, uaddr: int) -> int:
         """put_user(task, point, value, uaddr) -> int: 0 or -EFAULT; one 8-byte store, all or nothing."""
         return _usermem.put_user(self._faults, task, point, value, uaddr)

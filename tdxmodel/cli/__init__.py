@@ -18,6 +18,8 @@ SUBCOMMAND_MODULES: List[str] = [
     "td",  # report, extend, verify, show
     "campaign",
     "serve",  # serve, preload-path
+    "run",
+    "eventlog",
     "bench",
     "quote",  # quote [show|verify], collateral export, tcb, pccs
 ]

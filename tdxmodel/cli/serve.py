@@ -37,6 +37,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    "the LD_PRELOAD library)")
     p.add_argument("--bind", metavar="DEVPATH", help="bind-mount the device file on DEVPATH (e.g. "
                    "/dev/tdx_guest; created if absent, removed on exit)")
+    p.add_argument("--bind-acpi", nargs="?", const="/sys/firmware/acpi/tables", metavar="DIR",
+                   help="show the boot event log's CCEL table and data at DIR/CCEL and DIR/data/CCEL "
+                        "(default DIR: /sys/firmware/acpi/tables; an overlay makes missing paths, "
+                        "removed on exit)")
     p.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
                    help="permissions of the device file and the socket (default 0600: root only)")
     p.add_argument("--backend", choices=("core", "reference"), help="emulator backend (default: core "
@@ -60,7 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CliError("--threads must be at least 1")
     daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
-                    mode=args.mode, backend=args.backend, null=args.null, threads=args.threads)
+                    mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
+                    bind_acpi=args.bind_acpi)
     daemon.handle_signals()
     try:
         daemon.start()
@@ -68,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     print(f"tdxmodel serve: ready {daemon.device_file}"
           + (f" socket {daemon.socket_path}" if daemon.socket_path else "")
-          + (f" bind {daemon.bind}" if daemon.bind else ""), flush=True)
+          + (f" bind {daemon.bind}" if daemon.bind else "")
+          + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else ""), flush=True)
     daemon.serve_forever()
     return 0
 

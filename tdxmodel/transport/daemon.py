@@ -82,7 +82,8 @@ class Daemon:
 
     def __init__(self, driver: str, mount: str, *, state: Optional[str] = None,
                  socket_path: Optional[str] = None, bind: Optional[str] = None, mode: int = 0o600,
-                 backend: Optional[str] = None, null: bool = False, threads: int = 16) -> None:
+                 backend: Optional[str] = None, null: bool = False, threads: int = 16,
+                 bind_acpi: Optional[str] = None) -> None:
         if driver not in abi.DRIVERS:
             raise DaemonError(f"--driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         if not 0 <= mode <= 0o777:
@@ -92,6 +93,8 @@ class Daemon:
         self.state = state
         self.socket_path = os.path.abspath(socket_path) if socket_path else None
         self.bind = os.path.abspath(bind) if bind else None
+        self.bind_acpi = os.path.abspath(bind_acpi) if bind_acpi else None
+        self._placement: Any = None
         self.mode = mode
         self.backend_name = backend
         self.null = null
@@ -151,7 +154,8 @@ class Daemon:
                         dirs[child] = self.server.add_node(dirs[parent], part, NODE_DIR, 0o755)
                     parent = child
                 self.server.add_node(dirs[parent], path.split("/")[-1], NODE_CONTROL, mode,
-                                     abi.MEASUREMENT_LEN if path.startswith("measurements/") else 0,
+                                     handler.control_sizes.get(
+                                         path, abi.MEASUREMENT_LEN if path.startswith("measurements/") else 0),
                                      node_id)
         try:
             self.server.fuse_mount(self.mount, FUSE_OPTIONS, self.threads)
@@ -178,6 +182,24 @@ class Daemon:
             except DaemonError:
                 self.stop()
                 raise
+        if self.bind_acpi and handler is not None:
+            try:
+                self._bind_acpi()
+            except DaemonError:
+                self.stop()
+                raise
+
+    def _bind_acpi(self) -> None:
+        """--bind-acpi DIR: DIR/CCEL and DIR/data/CCEL show the served table and log (an overlay on
+        the deepest existing directory makes whatever is missing; tdxmodel.transport.placement)."""
+        from tdxmodel.transport.placement import Placement
+        self._placement = Placement()
+        for rel in ("CCEL", "data/CCEL"):
+            try:
+                self._placement.place(os.path.join(self.bind_acpi, rel),
+                                      os.path.join(self.mount, "acpi/tables", rel))
+            except OSError as e:
+                raise DaemonError(f"--bind-acpi {self.bind_acpi}: {e.strerror or e}") from None
 
     def _make_device(self) -> Any:
         from tdxmodel.state import StateStore
@@ -306,6 +328,10 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._placement is not None:
+            for err in self._placement.undo():
+                self._log(f"--bind-acpi: {err}")
+            self._placement = None
         if self._bound and self.bind:
             lazy_unmount(self.bind)
             self._bound = False

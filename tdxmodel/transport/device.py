@@ -124,6 +124,8 @@ class EmulatedDevice:
         # control nodes: node id -> (read, write)
         self.controls: List[Tuple[str, Callable[[int, int], Any], Callable[[bytes, int], int]]] = []
         self._control_process: Any = None
+        self.control_sizes: Dict[str, int] = {}  # relative path -> st_size of a fixed-size control file
+        self._acpi: Optional[Dict[str, bytes]] = None
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
         self._mr_lock_held = False
@@ -252,7 +254,24 @@ class EmulatedDevice:
         for mr in self.profile.measurements:
             add(f"measurements/{mr.name}", mr.mode, self._measurement_reader(mr.name),
                 self._measurement_writer(mr.name))
+        # the boot event log as Linux shows it (drivers/acpi/sysfs.c): the CCEL table and LAML bytes
+        # at its LASA, both root-only like sysfs's ACPI tables
+        for rel, blob in self.acpi_tables().items():
+            add(rel, 0o400, lambda size, off, blob=blob: blob[off:off + size],
+                lambda data, off: -errno.EACCES)
+            self.control_sizes[rel] = len(blob)
         return out
+
+    def acpi_tables(self) -> Dict[str, bytes]:
+        """{relative path: bytes} of the CCEL table and its log area, from the state directory's
+        boot event log (tdxmodel.eventlog)."""
+        if self._acpi is None:
+            from tdxmodel import eventlog
+            events = eventlog.read_boot_log(self.store.directory) if self.store is not None else []
+            area = eventlog.log_area(events)
+            self._acpi = {"acpi/tables/CCEL": eventlog.ccel_table(len(area)),
+                          "acpi/tables/data/CCEL": area}
+        return self._acpi
 
     def counters(self) -> Dict[str, Any]:
         """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
