@@ -15,6 +15,8 @@ from tdxmodel import abi
 from tdxmodel.pytest_plugin import ServedDevice
 from tdxmodel.transport import protocol
 
+pytestmark = pytest.mark.fuse
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,9 +64,6 @@ class ServedWithoutCore(ServedDevice):
         cmd = super().command()
         assert cmd[1:3] == ["-m", "tdxmodel"]
         return [cmd[0], "-c", NO_CORE] + cmd[3:]
-
-
-pytestmark = pytest.mark.fuse
 
 
 @pytest.mark.parametrize("driver", ["v6.16", "v4-2022-04"])

@@ -365,6 +365,35 @@ def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path, backend):
         assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"]
 
 
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_sigterm_while_a_client_waits_for_mr_lock_stops_promptly(tmp_path, backend):
+    """A client blocked in its ioctl on the mr_lock that debug/mr_lock holds does not hold the
+    daemon up either: the lock is given back at stop, the call ends, the daemon exits."""
+    client = tmp_path / "interrupted"
+    subprocess.run(["cc", "-O2", "-I", os.path.join(ROOT, "csrc"), "-o", str(client),
+                    os.path.join(ROOT, "tests", "clients", "interrupted.c")], check=True, timeout=120)
+    d = ServedDevice("v6.16", backend=backend).start()
+    p = None
+    try:
+        d.control("debug/mr_lock").write_text("1\n")
+        p = subprocess.Popen([str(client), d.path], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "waiting"
+        time.sleep(0.3)
+        assert p.poll() is None  # blocked on the lock
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(5) == 0  # a functional bound, not a benchmark
+        assert not _is_mounted(str(d.mount))
+        out, _ = p.communicate(timeout=15)
+        assert len(out.split()) == 2  # the call returned (how depends on the race with the stop)
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if p is not None:
+            p.stdout.close()
+        d.stop()
+
+
 def test_bind_over_an_existing_node_keeps_it(tmp_path):
     target = tmp_path / "tdx_guest"
     target.write_bytes(b"real node stand-in")

@@ -341,16 +341,20 @@ class Daemon:
             except OSError:
                 pass
             self._bind_created = False
+        if self.device is not None:
+            # a client waiting for the lock held through debug/mr_lock would keep its FUSE worker,
+            # and so the loop, from ending
+            self.device.release_debug_lock()
         if self.server is not None:
             if self.socket_path:
                 self.server.socket_stop()
             if self._mounted:
-                self.server.fuse_stop()
+                self.server.fuse_stop()  # ends the loop even while clients keep files open
         fuse_thread = next((t for t in self._threads if t.name == "tdxmodel-fuse"), None)
         if fuse_thread is not None:
-            # A detached mount lives on while clients keep the device open, and so does the loop:
-            # abort the connection (their next call gets ECONNABORTED), as the kernel does when a
-            # FUSE daemon exits.
+            # Should the loop still run (a request that does not return), abort the connection
+            # where fusectl is mounted (their next call gets ECONNABORTED), as the kernel does when
+            # a FUSE daemon exits.
             fuse_thread.join(0.5)
             abort = f"/sys/fs/fuse/connections/{self._fuse_conn}/abort"
             if fuse_thread.is_alive() and self._fuse_conn is not None and os.path.exists(abort):

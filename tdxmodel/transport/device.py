@@ -408,10 +408,15 @@ class EmulatedDevice:
             self._generation = generation
             return changed
 
+    def release_debug_lock(self) -> None:
+        """Give back mr_lock if debug/mr_lock holds it (the daemon stops: waiters go on)."""
+        with self._control_lock:
+            if self._mr_lock_held:
+                self.kernel.mr_lock_release()
+                self._mr_lock_held = False
+
     def close(self) -> None:
-        if self._mr_lock_held:
-            self.kernel.mr_lock_release()
-            self._mr_lock_held = False
+        self.release_debug_lock()
         with self._files_lock:
             handles = list(self._files)
         for h in handles:
