@@ -102,7 +102,10 @@ def check(state_dir: pathlib.Path, confirmed: Set[Tuple[int, str]], initial: Opt
     if not just_killed and snapshot != stored:
         raise Inconsistent("state.json is behind the log after a writer has run")
     try:
-        replayed = replay_events(events, initial or [ZERO] * abi.TDX_NUM_RTMRS)
+        if initial is None:  # the RTMRs the state started from: its boot log's replay
+            from tdxmodel import eventlog
+            initial = eventlog.replay(StateStore(str(state_dir)).boot_events())
+        replayed = replay_events(events, initial)
     except ValueError as e:
         raise Inconsistent(f"the log does not replay: {e}") from None
     if replayed != stored:
