@@ -56,7 +56,7 @@ ops = st.one_of(
 def make(name, driver):
     b = _backend.load(name)
     m = b.Module(ModuleConfig(seed=4), memory_pages=160)
-    h = b.Host(m)
+    h = b.Host(m, producer=b.TestQuoteProducer())
     k = b.Kernel(m, driver, seed=2)
     p = k.process()
     p.mmap(UBUF, 32 * PAGE, "rw")

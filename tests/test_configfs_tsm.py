@@ -42,6 +42,7 @@ def tsm(backend, make_module):
 
     def factory(driver, host=True, **host_kwargs):
         m = make_module(memory_pages=160)
+        host_kwargs.setdefault("producer", backend.TestQuoteProducer())
         h = backend.Host(m, **host_kwargs) if host else None
         k = backend.Kernel(m, driver)
         p = k.process()
