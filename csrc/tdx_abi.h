@@ -62,6 +62,9 @@
 #define TDX_ATTRIBUTES_SEPT_VE_DISABLE 0x10000000U /* TDINFO.ATTRIBUTES bit 28: a PENDING page gives an EPT-violation exit instead of #VE (ref §4.3, §4.4) */
 #define TDX_TCB_VALID_1_0 511 /* TEE_TCB_INFO.VALID without TEE_TCB_SVN2 (ref §4.4) */
 #define TDX_TCB_VALID_1_5 0x301FFU /* TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5) (ref §4.4) */
+#define TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE 1 /* TEE_TCB_SVN byte holding the TDX module's major version (quote.md §5.5) */
+#define TDX_MODULE_MAJOR_1_0 0 /* TEE_TCB_SVN[1] of a 1.0 module (quote.md §5.7) */
+#define TDX_MODULE_MAJOR_1_5 1 /* TEE_TCB_SVN[1] of a 1.5 module (quote.md §5.7) */
 /* --- offset --- */
 #define TDR_OFF_REPORTTYPE 0 /* REPORTTYPE (ref §4.4) */
 #define TDR_OFF_CPUSVN 16 /* CPUSVN (ref §4.4) */

@@ -99,6 +99,13 @@ CONSTANTS: List[Const] = [
        "TDINFO.ATTRIBUTES bit 28: a PENDING page gives an EPT-violation exit instead of #VE"),
     _c("TDX_TCB_VALID_1_0", 0x1FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID without TEE_TCB_SVN2"),
     _c("TDX_TCB_VALID_1_5", 0x301FF, "report", "ref §4.4", "TEE_TCB_INFO.VALID with TEE_TCB_SVN2 (1.5)"),
+    # TEE_TCB_SVN byte 1 names the module's major version: verifiers look the module identity up as
+    # TDX_%02X of it (quote.md §5.5 step 4). Measured: 1.5 platforms carry 01 there, a 1.0 one 00
+    # (quote.md §5.7 samples; ../testdata/dcap-tdreport-hw.bin, VALID 0x1FF).
+    _c("TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE", 1, "report", "quote.md §5.5",
+       "TEE_TCB_SVN byte holding the TDX module's major version"),
+    _c("TDX_MODULE_MAJOR_1_0", 0, "report", "quote.md §5.7", "TEE_TCB_SVN[1] of a 1.0 module"),
+    _c("TDX_MODULE_MAJOR_1_5", 1, "report", "quote.md §5.7", "TEE_TCB_SVN[1] of a 1.5 module"),
     # --- TDREPORT offsets (see also TDREPORT_FIELDS) -----------------------------------------
     _c("TDR_OFF_REPORTTYPE", 0, "offset", "ref §4.4", "REPORTTYPE"),
     _c("TDR_OFF_CPUSVN", 16, "offset", "ref §4.4", "CPUSVN"),

@@ -6,7 +6,11 @@ disagree about them. A config comes from keyword arguments, a dict, or a TOML fi
 (``ModuleConfig.from_toml``); byte fields are hex strings there.
 
 Default measurements (documented in README.md): MRTD = SHA-384(b"tdxmodel default MRTD"), RTMRs and the
-owner fields zero, ATTRIBUTES = SEPT_VE_DISABLE (bit 28), XFAM = 0xE7, TDX module 1.5.
+owner fields zero, ATTRIBUTES = SEPT_VE_DISABLE (bit 28), XFAM = 0xE7, TDX module 1.5, TEE_TCB_SVN
+03 MM 01 00.. with MM the module's major version (01 for 1.5, 00 for 1.0; quote.md §5.5 step 4).
+
+A TOML file is read only if it is a regular file of at most ``MAX_CONFIG_BYTES`` (a FIFO, a device or
+an endless file is a ConfigError, never a hang or an exhausted memory).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -25,6 +30,9 @@ SHA384 = abi.TDX_SHA384_LEN
 
 #: TDX module versions the model knows (ref §4): "1.0" and "1.5".
 VERSIONS = ("1.0", "1.5")
+
+#: The largest configuration file read (a real one is about 1 KiB).
+MAX_CONFIG_BYTES = 1 << 20
 
 ATTRIBUTES_DEBUG = 1 << 0            # ref §4.4
 ATTRIBUTES_SEPT_VE_DISABLE = 1 << 28  # ref §4.4 (and §4.3 step 3b: pending pages exit instead of #VE)
@@ -53,7 +61,7 @@ class ModuleConfig:
     seed: Optional[int] = None          # derives the MAC key reproducibly; None + mac_key None: random
     mac_key: Optional[bytes] = None     # 32 bytes; overrides seed
     cpusvn: bytes = bytes([1, 2] + [0] * 14)
-    tee_tcb_svn: bytes = bytes([3, 0, 1] + [0] * 13)
+    tee_tcb_svn: Optional[bytes] = None  # None: default_tee_tcb_svn(version)
     mrseam: bytes = field(default_factory=_default_mrseam)
     mrsignerseam: bytes = field(default_factory=_zero48)  # 0 for Intel modules (ref §4.4)
     seam_attributes: int = 0
@@ -78,8 +86,10 @@ class ModuleConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        if self.version not in VERSIONS:
+        if not isinstance(self.version, str) or self.version not in VERSIONS:
             raise ConfigError(f"version must be one of {', '.join(VERSIONS)}, not {self.version!r}")
+        if self.tee_tcb_svn is None:
+            self.tee_tcb_svn = default_tee_tcb_svn(self.version)
         for name, size in self._BYTE_FIELDS.items():
             value = getattr(self, name)
             if value is None and name == "mac_key":
@@ -93,14 +103,22 @@ class ModuleConfig:
         for name, bits in self._INT_FIELDS.items():
             value = getattr(self, name)
             if isinstance(value, str):
-                value = int(value, 0)
+                try:
+                    value = int(value, 0)
+                except ValueError:
+                    raise ConfigError(f"{name}: not an integer: {value[:40]!r}") from None
                 setattr(self, name, value)
-            if not isinstance(value, int) or not 0 <= value < (1 << bits):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << bits):
                 raise ConfigError(f"{name} must be an integer in [0, 2**{bits})")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise ConfigError("seed must be a non-negative integer")
+        # the seed is hashed as 8 bytes (resolved_mac_key)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < (1 << 64)):
+            raise ConfigError("seed must be an integer in [0, 2**64)")
+        if not isinstance(self.rtmr, (tuple, list)):
+            raise ConfigError("rtmr must be 4 values of 48 bytes")
         rtmr = tuple(_hex("rtmr", r) if isinstance(r, str) else r for r in self.rtmr)
-        if len(rtmr) != abi.TDX_NUM_RTMRS or any(len(r) != SHA384 for r in rtmr):
+        if len(rtmr) != abi.TDX_NUM_RTMRS or any(not isinstance(r, (bytes, bytearray)) or len(r) != SHA384
+                                                  for r in rtmr):
             raise ConfigError("rtmr must be 4 values of 48 bytes")
         self.rtmr = tuple(bytes(r) for r in rtmr)  # type: ignore[assignment]
 
@@ -177,6 +195,8 @@ class ModuleConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModuleConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration is a table of fields, not {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -191,12 +211,18 @@ class ModuleConfig:
         """Read a TOML file: top-level keys are the field names; a [platform] and a [td] table are
         also accepted and merged."""
         p = pathlib.Path(path)
+        return cls.from_toml_bytes(read_config_bytes(p), p)
+
+    @classmethod
+    def from_toml_bytes(cls, raw: bytes, path: "os.PathLike[str] | str" = "<config>") -> "ModuleConfig":
+        """The TOML text ``raw`` (as read by ``read_config_bytes``); errors name ``path``."""
+        p = pathlib.Path(path)
         try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such file") from None
+            data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+            raise ConfigError(f"{p}: not valid TOML: {' '.join(str(e).split())}") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: not valid TOML: nested too deeply") from None
         merged: Dict[str, Any] = {}
         for k, v in data.items():
             if k in ("platform", "td") and isinstance(v, dict):
@@ -204,6 +230,48 @@ class ModuleConfig:
             else:
                 merged[k] = v
         return cls.from_dict(merged)
+
+
+def default_tee_tcb_svn(version: str) -> bytes:
+    """default_tee_tcb_svn(version) -> 16 bytes: 03 MM 01 00.., MM the module's major version in the
+    byte verifiers name the module by (quote.md §5.5 step 4)."""
+    svn = bytearray([3, 0, 1] + [0] * 13)
+    svn[abi.TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE] = (abi.TDX_MODULE_MAJOR_1_0 if version == "1.0"
+                                                  else abi.TDX_MODULE_MAJOR_1_5)
+    return bytes(svn)
+
+
+def read_config_bytes(path: "os.PathLike[str] | str", limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """read_config_bytes(path, limit=MAX_CONFIG_BYTES) -> bytes: the file's content, if it is a regular
+    file of at most ``limit`` bytes; else ConfigError naming it. Opened non-blocking, so a FIFO is
+    refused rather than waited on."""
+    p = pathlib.Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{p}: not a regular file")
+        if st.st_size > limit:
+            raise ConfigError(f"{p}: larger than {limit} bytes; not a configuration file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError(f"{p}: larger than {limit} bytes; not a configuration file")
+    return b"".join(chunks)
 
 
 def _hex(name: str, text: str) -> bytes:

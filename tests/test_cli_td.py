@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -211,3 +213,109 @@ def test_python_m_tdxmodel_round_trip_and_clean_errors(tmp_path):
     tampered = run_module("verify", flip(out, 300), env_extra=env)
     assert tampered.returncode == 1 and "TEE_TCB_INFO_HASH" in tampered.stderr
     assert "Traceback" not in tampered.stderr
+
+
+# ------------------------------------------------------------------ --out onto what is not a regular file
+def private_null(directory):
+    """A char device like /dev/null (1, 3), made in a temp dir: never the real one."""
+    node = directory / "null"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return node
+
+
+def test_report_out_onto_a_device_writes_in_place_and_keeps_the_node(cli, tmp_path):
+    node = private_null(tmp_path)
+    code, _, err = cli("report", "--out", node)
+    assert code == 0, err
+    st = os.lstat(node)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_out_into_a_fifo_writes_the_report_to_its_reader(cli, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    try:
+        code, _, err = cli("report", "--reportdata", "ab", "--out", fifo)
+    finally:
+        if reader.is_alive():  # the writer failed before opening: let the reader go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(30)
+    assert code == 0, err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert len(got[0]) == abi.TDX_REPORT_LEN and TdReport.from_bytes(got[0]).reportdata[:1] == b"\xab"
+
+
+def test_report_out_through_a_symlink(cli, tmp_path):
+    """A link is never replaced: through it only a non-regular file is written (a device, a FIFO,
+    /dev/stdout on a terminal or pipe); a link to a regular file or to nothing is refused, exit 2."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file\n")
+    (tmp_path / "to-file").symlink_to(victim)
+    (tmp_path / "dangling").symlink_to(tmp_path / "not-there")
+    (tmp_path / "to-device").symlink_to(private_null(tmp_path))
+    for name, message in (("to-file", "symbolic link to a regular file"),
+                          ("dangling", "dangling symbolic link")):
+        code, _, err = cli("report", "--out", tmp_path / name)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        assert os.path.islink(tmp_path / name)
+    assert victim.read_bytes() == b"root's file\n" and not os.path.lexists(tmp_path / "not-there")
+    code, _, err = cli("report", "--out", tmp_path / "to-device")
+    assert code == 0, err
+    assert os.path.islink(tmp_path / "to-device") and stat.S_ISCHR(os.stat(tmp_path / "to-device").st_mode)
+
+
+def test_report_out_dash_is_stdout(tmp_path):
+    env = {"TDXMODEL_STATE": str(tmp_path / "state")}
+    r = subprocess.run([sys.executable, "-m", "tdxmodel", "report", "--reportdata", "cd", "--out", "-"],
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), **env), capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == abi.TDX_REPORT_LEN and TdReport.from_bytes(r.stdout).reportdata[:1] == b"\xcd"
+    assert not (pathlib.Path.cwd() / "-").exists()
+    bad = run_module("report", "--out", "-", "--json", env_extra=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--json" in bad.stderr
+
+
+# ------------------------------------------------------------------ hostile state and config
+CORRUPT_STATES = {
+    "deep-json": "[" * 100000 + "]" * 100000,
+    "huge-seed": '{"format": 1, "generation": 1, "config": {"seed": 18446744073709551616}}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT_STATES))
+def test_a_corrupt_state_never_ends_in_a_traceback(tmp_path, kind):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text(CORRUPT_STATES[kind])
+    report = tmp_path / "r.bin"
+    report.write_bytes(bytes(abi.TDX_REPORT_LEN))
+    for argv in (["report"], ["extend", "--rtmr", "0", "--data", "00" * 48], ["verify", report]):
+        r = run_module(*argv, "--state", state)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (argv, r.stderr[-300:])
+        assert r.stderr.startswith(f"tdxmodel: {state / 'state.json'}: "), r.stderr
+
+
+@pytest.mark.parametrize("kind", ["zero-device", "fifo"])
+def test_config_that_is_not_a_regular_file_exits_2(tmp_path, kind):
+    path = tmp_path / "cfg"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # a private /dev/zero
+    r = run_module("report", "--config", path, "--state", tmp_path / "s")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-300:]
+    assert f"{path}: not a regular file" in r.stderr
+
+
+def test_planted_link_in_the_state_directory_exits_2(cli, tmp_path):
+    assert cli("extend", "--rtmr", "0", "--data", "11" * 48)[0] == 0
+    log = tmp_path / "state" / "events.jsonl"
+    log.unlink()
+    log.symlink_to(tmp_path / "victim")
+    code, _, err = cli("extend", "--rtmr", "0", "--data", "11" * 48)
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err
+    assert not os.path.lexists(tmp_path / "victim")

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -184,7 +185,13 @@ def test_a_bad_toml_is_a_one_line_error_naming_it(tmp_path, backend):
     b'{"format": 1, "generation": 3, "config": {"mrtd": "abcd"}}',
     b'{"format": 1, "generation": 3, "config": {"no_such_field": 1}}',
     b"[1, 2]",
-])
+    b"[" * 100000 + b"]" * 100000,  # RecursionError in json
+    b'{"format": 1, "generation": 1, "config": {"seed": 18446744073709551616}}',  # seed >= 2**64
+    b'{"format": 1, "generation": 1, "config": {"seed": true}}',
+    b'{"format": 1, "generation": 1, "config": {"rtmr": 5}}',
+    b'{"format": 1, "generation": 1, "config": {"xfam": "zz"}}',
+    b'{"format": 1, "generation": 1, "config": {"mrtd": {"a": ' + b"[" * 50000 + b"]" * 50000 + b"}}}",
+], ids=lambda content: content[:24].decode("latin-1"))
 def test_corrupt_state_is_a_one_line_error_naming_the_file(store, content):
     store.directory.mkdir(parents=True)
     store.state_path.write_bytes(content)
@@ -261,3 +268,208 @@ def test_concurrent_processes_lose_no_extend(tmp_path, backend):
     assert store.generation() == 1 + workers * count
     # And the state file is intact JSON after all that.
     json.loads(store.state_path.read_text())
+
+
+# ------------------------------------------------------------------ TEE_TCB_SVN default
+@pytest.mark.parametrize("version, major", [("1.5", abi.TDX_MODULE_MAJOR_1_5), ("1.0", abi.TDX_MODULE_MAJOR_1_0)])
+def test_default_tee_tcb_svn_names_the_module_version(make_module, version, major):
+    """Verifiers name the module TDX_%02X of TEE_TCB_SVN[1] (quote.md §5.5 step 4): a 1.5 platform's
+    default must not claim a 1.0 module (real 1.5 quotes carry 01 there, quote.md §5.7)."""
+    assert ModuleConfig(version=version).tee_tcb_svn[abi.TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE] == major
+    raw = make_module(version=version).report()
+    assert raw[abi.TDR_OFF_TEE_TCB_SVN + abi.TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE] == major
+    # a value given explicitly is kept as given, on either version
+    given = bytes(range(16))
+    assert ModuleConfig(version=version, tee_tcb_svn=given).tee_tcb_svn == given
+
+
+# ------------------------------------------------------------------ hostile configuration files
+@pytest.mark.parametrize("kind", ["fifo", "zero-device", "directory", "huge"])
+def test_config_reads_only_bounded_regular_files(tmp_path, backend, kind):
+    """`--config /dev/zero` ran out of memory and a FIFO hung: a config is a regular file of bounded
+    size, anything else is a one-line StateError naming it."""
+    path = tmp_path / "cfg.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero-device":
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # a private /dev/zero
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+    with pytest.raises(StateError) as exc:
+        StateStore(tmp_path / "st", config_path=path, backend=backend).load()
+    msg = str(exc.value)
+    assert msg.startswith(str(path)) and "\n" not in msg, msg
+    assert not (tmp_path / "st" / "state.json").exists()
+
+
+def test_deeply_nested_toml_is_a_one_line_error(tmp_path, backend):
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(StateError, match=r"deep\.toml"):
+        StateStore(tmp_path / "st", config_path=path, backend=backend).load()
+
+
+# ------------------------------------------------------------------ killed writers
+_HOOKED = ("write", "fsync", "replace", "rename", "unlink", "ftruncate", "truncate")
+
+
+def _killed_extend(store, index, data, kill_at, torn):
+    """Run store.extend in a forked child that dies (os._exit, as SIGKILL: no cleanup runs) at its
+    `kill_at`-th file-system call among _HOOKED; with `torn`, a write it dies in is half done.
+    Returns True if the child finished (made fewer calls)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            calls = [0]
+
+            def hook(name, real):
+                def call(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == kill_at:
+                        if name == "write" and torn:
+                            real(args[0], bytes(args[1])[:len(args[1]) // 2])
+                        os._exit(9)
+                    return real(*args, **kwargs)
+                return call
+
+            for name in _HOOKED:
+                setattr(os, name, hook(name, getattr(os, name)))
+            store.extend(index, data)
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 9), f"the child failed with {code}"
+    return code == 0
+
+
+def _assert_consistent(directory, backend):
+    s = StateStore(directory, backend=backend)
+    events = s.events()
+    assert replay_events(events) == list(s.load().rtmr)
+    if events:
+        assert s.generation() >= events[-1]["generation"]
+    return events
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["killed", "killed-mid-write"])
+def test_a_writer_killed_anywhere_loses_or_half_writes_nothing(tmp_path, backend, torn):
+    """Kill `extend` at every file-system call it makes in turn (in the middle of a write too): the
+    log always replays to the state's RTMRs, an extend that returned is in the log, a torn record is
+    never read, and the next writer leaves no temp file behind."""
+    directory = tmp_path / "st"
+    store = StateStore(directory, backend=backend)
+    store.load()
+    kill_at, finished, k = 1, 0, 0
+    while finished < 2:  # past the last call: one clean run, then one more to see it repaired
+        k += 1
+        data = bytes([k % 256, kill_at]) * 24
+        before = len(_assert_consistent(directory, backend))
+        done = _killed_extend(store, k % 4, data, kill_at, torn)
+        events = _assert_consistent(directory, backend)
+        assert len(events) in (before, before + 1)
+        if done:
+            finished += 1
+            assert events[-1]["data"] == data.hex()
+        kill_at += 1
+        assert kill_at < 100
+    summary = StateStore(directory, backend=backend).recover()
+    assert summary == {"torn_bytes": 0, "stale_records": 0, "rolled_forward": 0, "temp_files": 0}
+    assert sorted(p.name for p in directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
+    doc = json.loads((directory / "state.json").read_text())
+    assert doc["generation"] == _assert_consistent(directory, backend)[-1]["generation"]
+
+
+def test_recover_completes_what_a_killed_writer_left(store):
+    """The three things a killed writer leaves, made by hand: a record newer than state.json, a torn
+    last line and a temp file. Readers see the record and not the torn line; recover() fixes all."""
+    store.extend(1, b"\x01" * 48)
+    old_state = store.state_path.read_bytes()
+    value = store.extend(1, b"\x02" * 48)
+    store.state_path.write_bytes(old_state)  # killed after its log line, before its state.json
+    torn = b'{"generation": 99, "rtmr": 0, "da'
+    with open(store.log_path, "ab") as f:
+        f.write(torn)  # killed in the middle of its line
+    (store.directory / ".state.json.dead0001.tmp").write_bytes(b"{half")
+    assert store.load().rtmr[1] == value  # readers roll forward without the lock
+    assert len(store.events()) == 2
+    assert store.recover() == {"torn_bytes": len(torn), "stale_records": 0, "rolled_forward": 1,
+                               "temp_files": 1}
+    assert json.loads(store.state_path.read_text())["config"]["rtmr"][1] == value.hex()
+    assert store.log_path.read_bytes().endswith(b"}\n")
+    assert sorted(p.name for p in store.directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
+    assert replay_events(store.events()) == list(store.load().rtmr)
+
+
+def test_reinit_killed_before_the_old_log_went_leaves_no_stale_record(tmp_path, backend):
+    toml = tmp_path / "td.toml"
+    toml.write_text("seed = 3\n")
+    s = StateStore(tmp_path / "st", backend=backend)
+    s.extend(0, b"\x05" * 48)
+    old_log = s.log_path.read_bytes()
+    s.init_from_toml(toml, force=True)
+    s.log_path.write_bytes(old_log)  # killed between the new state.json and removing the old log
+    assert s.events() == [] and s.load().rtmr[0] == ZERO48
+    s.extend(0, b"\x06" * 48)
+    assert [e["data"] for e in s.events()] == [(b"\x06" * 48).hex()]
+    assert replay_events(s.events()) == list(s.load().rtmr)
+
+
+def test_update_cannot_rewrite_history(store):
+    with pytest.raises(ValueError, match="RTMR"):
+        store.update(lambda cfg: ModuleConfig(**{**cfg.__dict__, "rtmr": (b"\x01" * 48,) * 4}))
+    assert store.events() == [] and store.load().rtmr == (ZERO48,) * 4
+
+
+# ------------------------------------------------------------------ planted links
+def test_a_symlinked_state_directory_is_refused(tmp_path, backend):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    s = StateStore(tmp_path / "link", backend=backend)
+    for call in (s.load, lambda: s.extend(0, bytes(48)), s.recover):
+        with pytest.raises(StateError, match=r"link: the state directory is a symbolic link"):
+            call()
+    assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "state.json", "lock"])
+@pytest.mark.parametrize("target_exists", [True, False], ids=["to-a-file", "dangling"])
+def test_planted_symlinks_are_never_followed(tmp_path, backend, name, target_exists):
+    """Another user who can write the directory plants NAME -> a file of root's: the store refuses
+    it (one line naming it) and neither appends to, replaces nor creates the target."""
+    s = StateStore(tmp_path / "st", backend=backend)
+    s.extend(0, b"\x01" * 48)
+    target = tmp_path / "victim"
+    if target_exists:
+        target.write_bytes(b"root's file\n")
+    (s.directory / name).unlink()
+    (s.directory / name).symlink_to(target)
+    for call in (s.load, lambda: s.extend(0, b"\x02" * 48), s.recover):
+        try:
+            call()
+        except StateError as e:
+            assert str(e).startswith(str(s.directory / name)) and "symbolic link" in str(e), e
+        else:
+            assert name == "lock" and call == s.load  # a reader takes no lock
+    assert os.path.islink(s.directory / name)
+    if target_exists:
+        assert target.read_bytes() == b"root's file\n"
+    else:
+        assert not os.path.lexists(target)
+
+
+def test_a_hard_linked_log_is_not_appended_to(tmp_path, backend):
+    s = StateStore(tmp_path / "st", backend=backend)
+    s.extend(0, b"\x01" * 48)
+    victim = tmp_path / "victim"
+    victim.write_bytes(s.log_path.read_bytes())
+    s.log_path.unlink()
+    os.link(victim, s.log_path)
+    with pytest.raises(StateError, match=r"events\.jsonl: .*hard link"):
+        s.extend(0, b"\x02" * 48)
+    assert victim.read_bytes().count(b"\n") == 1

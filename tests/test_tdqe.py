@@ -12,6 +12,7 @@ from cryptography import x509
 
 from tdxmodel import quote as Q
 from tdxmodel import quote_abi as qa
+from tdxmodel.config import default_tee_tcb_svn
 from tdxmodel.host import QuoteProducer, quote_producer
 from tdxmodel.host.collateral import Platform
 from tdxmodel.host.qe import TdqeError
@@ -81,11 +82,17 @@ def test_v5_when_tee_tcb_svn2_differs(platform, make_module):
     assert q.body_type == 3 and len(q.signed_region) == 702 and Q.check_signatures(q)["quote_signature"]
 
 
+# SVN2 == SVN compares with the default TEE_TCB_SVN, which names the module's major version in
+# byte 1 (01 on 1.5, quote.md §5.5 step 4): taken from the config rather than spelled out, since it
+# was once 03 00 01.. (a 1.0 module on a 1.5 platform).
+_DEFAULT_SVN_1_5 = default_tee_tcb_svn("1.5")
+
+
 @pytest.mark.parametrize("fields, version", [
     (dict(version="1.0"), 4),                                                   # VALID 0x1FF
-    (dict(tee_tcb_svn2=bytes([3, 0, 1] + [0] * 13)), 4),                        # SVN2 == SVN
+    (dict(tee_tcb_svn2=_DEFAULT_SVN_1_5), 4),                                   # SVN2 == SVN
     (dict(tee_tcb_svn2=bytes([4] + [0] * 15)), 5),                              # SVN2 != SVN
-    (dict(servtd_hash=b"\x11" * 48, tee_tcb_svn2=bytes([3, 0, 1] + [0] * 13)), 5),  # VERSION 1
+    (dict(servtd_hash=b"\x11" * 48, tee_tcb_svn2=_DEFAULT_SVN_1_5), 5),         # VERSION 1
 ])
 def test_version_choice(platform, make_module, fields, version):
     platform.pki()

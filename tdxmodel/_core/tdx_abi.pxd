@@ -52,6 +52,9 @@ cdef extern from "tdx_abi.h":
     int TDX_ATTRIBUTES_SEPT_VE_DISABLE  # ref §4.3, §4.4
     int TDX_TCB_VALID_1_0  # ref §4.4
     int TDX_TCB_VALID_1_5  # ref §4.4
+    int TDX_TEE_TCB_SVN_MODULE_MAJOR_BYTE  # quote.md §5.5
+    int TDX_MODULE_MAJOR_1_0  # quote.md §5.7
+    int TDX_MODULE_MAJOR_1_5  # quote.md §5.7
     int TDR_OFF_REPORTTYPE  # ref §4.4
     int TDR_OFF_CPUSVN  # ref §4.4
     int TDR_OFF_TEE_TCB_INFO_HASH  # ref §4.4

@@ -39,7 +39,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                               description="Without a subcommand: make a quote for the TD in the state "
                                           "directory (TDREPORT, then the emulated TDQE).")
     p.add_argument("--reportdata", metavar="HEX", default="", help="REPORTDATA: up to 64 bytes of hex")
-    p.add_argument("--out", metavar="FILE", help="write the quote bytes to FILE (atomically)")
+    p.add_argument("--out", metavar="FILE", help="write the quote bytes to FILE (as report --out: - for stdout, a device or FIFO in place)")
     p.add_argument("--json", action="store_true", help="print the decoded fields and the raw hex as JSON")
     _state_args(p)
     p.set_defaults(func=cmd_quote)
@@ -156,10 +156,11 @@ def _platform(args: argparse.Namespace) -> Any:
 
 # ------------------------------------------------------------------ commands
 def cmd_quote(args: argparse.Namespace) -> int:
-    from tdxmodel.cli.td import parse_hex
+    from tdxmodel.cli.td import parse_hex, write_output
     from tdxmodel.host.qe import TdqeError
-    from tdxmodel.state import atomic_write
 
+    if args.out == "-" and args.json:
+        raise CliError("--out - writes the raw quote to stdout; it cannot also carry --json")
     reportdata = parse_hex("--reportdata", args.reportdata)
     if len(reportdata) > 64:
         raise CliError(f"--reportdata: {len(reportdata)} bytes; at most 64")
@@ -170,10 +171,9 @@ def cmd_quote(args: argparse.Namespace) -> int:
     except TdqeError as e:
         raise CliError(f"quote: {e}", exit_code=1) from None
     if args.out:
-        try:
-            atomic_write(args.out, raw)
-        except OSError as e:
-            raise CliError(f"{args.out}: cannot write: {e.strerror or e}") from None
+        write_output(args.out, raw)  # never replaces a device, FIFO or link (cli/td.py); - is stdout
+        if args.out == "-":
+            return 0
     q = quote_mod.parse_quote(raw)
     _print(json.dumps(q.to_json(), indent=2) if args.json else quote_summary(q))
     return 0

@@ -9,14 +9,22 @@ codes are a contract:
 * exit 1: ``verify`` only, the report is not genuine; one line on stderr, ``tdxmodel: FILE: PART: why``
   with PART one of ``MAC``, ``TEE_TCB_INFO_HASH``, ``TEE_INFO_HASH``;
 * exit 2: bad input (bad hex, wrong length, RTMR index out of range, missing or short file, unusable
-  state); one line on stderr, never a traceback.
+  state, an ``--out`` the command will not write); one line on stderr, never a traceback.
+
+``--out FILE`` (``write_output``): ``-`` is stdout (the raw bytes, no summary). A FILE that is absent
+or a regular file is replaced atomically. One that exists and is not a regular file (a device, a
+FIFO) is written in place, never replaced. A symbolic link is never replaced and is followed only to
+something that is not a regular file (``/dev/stdout`` on a terminal or a pipe); a link to a regular
+file or to nothing is refused (exit 2), so a planted link cannot make root overwrite or create a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import stat
 import sys
 
 from tdxmodel import abi
@@ -32,7 +40,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                               description="Make a TDREPORT for the TD in the state directory.")
     p.add_argument("--reportdata", metavar="HEX", default="",
                    help=f"REPORTDATA: up to {abi.TDX_REPORTDATA_LEN} bytes of hex, zero-padded (default: all zero)")
-    p.add_argument("--out", metavar="FILE", help=f"write the raw {_REPORT_LEN} bytes to FILE (atomically)")
+    p.add_argument("--out", metavar="FILE", help=f"write the raw {_REPORT_LEN} bytes to FILE (a regular file "
+                   "atomically, a device or FIFO in place; - for stdout, then no summary)")
     p.add_argument("--json", action="store_true", help="print the decoded fields and the raw hex as JSON")
     _state_args(p)
     p.set_defaults(func=cmd_report)
@@ -113,6 +122,49 @@ def read_report_file(path: str) -> bytes:
 
 
 # ------------------------------------------------------------------ output
+def write_output(path: str, data: bytes) -> None:
+    """write_output(path, data) -> None: write a command's output file (module docstring, --out);
+    CliError (exit 2) for what it will not or cannot write."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise CliError(f"{path}: cannot write: {e.strerror}") from None
+    if st is None or stat.S_ISREG(st.st_mode):
+        try:
+            atomic_write(path, data)  # rename: a link raced in is replaced, never followed
+        except OSError as e:
+            raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise CliError(f"{path}: cannot write: {os.strerror(errno.EISDIR)}")
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC  # never O_CREAT or O_TRUNC
+    if not stat.S_ISLNK(st.st_mode):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CliError(f"{path}: a dangling symbolic link; refusing to create its target") from None
+    except OSError as e:
+        raise CliError(f"{path}: cannot write: {e.strerror}") from None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CliError(f"{path}: a symbolic link to a regular file; refusing to write through it "
+                           "(give the file's own path, or - for stdout)")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise CliError(f"{path}: cannot write: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def summary(report: TdReport) -> str:
     """A readable multi-line summary of every named field, with the two hash checks."""
     hashes = report.check_hashes()
@@ -161,12 +213,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     reportdata = parse_hex("--reportdata", args.reportdata)
     if len(reportdata) > abi.TDX_REPORTDATA_LEN:
         raise CliError(f"--reportdata: {len(reportdata)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
+    if args.out == "-" and args.json:
+        raise CliError("--out - writes the raw report to stdout; it cannot also carry --json")
     raw = _store(args).module().report(reportdata)
     if args.out:
-        try:
-            atomic_write(args.out, raw)
-        except OSError as e:
-            raise CliError(f"{args.out}: cannot write: {e.strerror or e}") from None
+        write_output(args.out, raw)
+        if args.out == "-":
+            return 0
     _print_report(TdReport.from_bytes(raw), args.json)
     return 0
 
