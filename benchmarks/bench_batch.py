@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tdxmodel import abi, bench
+from tdxmodel.client import TdxGuest
 
 N = 1000
 GROUP = f"x{N}: batch API vs floors"
@@ -78,7 +79,7 @@ def test_ioctl_batch_v62(benchmark, backend_name, faults):
     schedule = np.zeros(rows, dtype=np.int64)
     if faults == "fail_nth":
         schedule[::4] = 1
-    with bench.DriverCaller(kernel) as caller:
+    with TdxGuest(kernel=kernel) as caller:
         rets, reports = benchmark(caller.ioctl_batch, bench.random_reportdata(rows), schedule)
     assert np.array_equal(rets != 0, schedule != 0)
     assert set(rets[schedule != 0].tolist()) <= {-abi.ENOMEM}

@@ -14,6 +14,7 @@ import pytest
 
 CALLER_COUNTS = tuple(range(1, max(2, os.cpu_count() or 1) + 1))
 from tdxmodel import abi, bench, errors, profiles
+from tdxmodel.client import TdxGuest
 
 TOTAL_REPORTS = 65536
 CHUNK = 512
@@ -94,7 +95,7 @@ def test_ioctl_threads_v62(benchmark, backend_name, callers, extender):
     total = TOTAL_IOCTLS if backend_name == "core" else TOTAL_IOCTLS // 32
     per_thread = total // callers
     benchmark.extra_info["calls"] = total  # the reference does a fraction of the core's work
-    callers_ = [bench.DriverCaller(kernel) for _ in range(callers)]
+    callers_ = [TdxGuest(kernel=kernel) for _ in range(callers)]
     results = [dict() for _ in range(callers)]
     counts = {"extends": 0, "extend_busy": 0}
 
@@ -124,7 +125,7 @@ def test_ioctl_threads_v62(benchmark, backend_name, callers, extender):
 @pytest.mark.parametrize("callers", CALLER_COUNTS)
 @pytest.mark.parametrize("drv", ["v6.2", "v6.16"])
 def test_ioctl_batch_threads(benchmark, backend_name, drv, callers, extender):
-    """The driver-path batch (``DriverCaller.ioctl_batch``: one nogil C loop per call on the core), one
+    """The driver-path batch (``TdxGuest.ioctl_batch``: one nogil C loop per call on the core), one
     process per thread. v6.2 takes no lock (ref §2.4); v6.16 serialises every REPORT on mr_lock
     (ref §2.5), so it cannot scale by design. A module BUSY from the extender gives -EIO on v6.2 and
     -EBUSY on v6.16."""
@@ -135,7 +136,7 @@ def test_ioctl_batch_threads(benchmark, backend_name, drv, callers, extender):
     per_thread = total // callers
     benchmark.extra_info["calls"] = total  # the reference does a fraction of the core's work
     chunk = 64
-    callers_ = [bench.DriverCaller(kernel) for _ in range(callers)]
+    callers_ = [TdxGuest(kernel=kernel) for _ in range(callers)]
     data = bench.random_reportdata(chunk)
     failed = [[] for _ in range(callers)]
     counts = {"extends": 0, "extend_busy": 0}

@@ -185,6 +185,13 @@ int td_mr_lock_release(td_kernel *tk)
     return 0;
 }
 
+/* Host-side state sync (not a driver path): after the module's RTMRs were set from outside, the
+ * tsm-mr cache of the LIVE registers is stale, as after the driver's own extend (ref §2.5). */
+void td_mr_cache_stale(td_kernel *tk)
+{
+    atomic_store(&tk->mr_stale, 1);
+}
+
 /* ---- v4, 22 Apr 2022 (ref §2.2) ------------------------------------------------------------------- */
 
 static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
@@ -299,9 +306,11 @@ static long ioctl_v6_16(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
     long ret = mr_lock_interruptible(tk, &p->task);
     if (ret)
         return ret;
-    /* 2: 64 B from arg+0 straight into the cache's REPORTDATA (a fault zero-fills its tail) */
-    if (gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, tk->report_buf + TDR_OFF_REPORTDATA,
-                          arg + REPORTDATA_OFF(tk), TDX_REPORTDATA_LEN)) {
+    /* 2: 64 B from arg+0 straight into the cache's REPORTDATA (a fault zero-fills its tail); skipped
+     * for a NULL arg (sockptr_is_null), so the REPORT uses the stale REPORTDATA and only step 4's
+     * copy-out can fault (ref §2.5 "NULL arg") */
+    if (arg != 0 && gk_copy_from_user(c, GK_PT_REPORTDATA_COPY_FROM_USER, tk->report_buf + TDR_OFF_REPORTDATA,
+                                      arg + REPORTDATA_OFF(tk), TDX_REPORTDATA_LEN)) {
         ret = -TDXM_EFAULT;
         goto unlock;
     }
@@ -347,18 +356,32 @@ static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint
     return (long)count;
 }
 
-/* Measurement write (ref §2.5 "Write"): offset != 0 or count != 48 -> -EINVAL; the 48 bytes are copied
- * in (sysfs does that before the driver runs); then tdx_do_extend: lock, copy them to buf+128, leaf 2
- * with RCX = pa(buf+128), RDX = index; success marks the cache stale. */
+/* Measurement write (ref §2.5 "Write"), through kernfs, sysfs and tsm-mr before the driver:
+ * 1 kernfs copies min(count, PAGE_SIZE) user bytes first (a short copy: -EFAULT, whatever the offset);
+ * 2 sysfs: offset >= 48 -> -EFBIG, count clipped to 48 - offset, a count of 0 -> 0;
+ * 3 tsm-mr: offset != 0 or clipped count != 48 -> -EINVAL;
+ * 5 tdx_do_extend: lock, the first 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = index;
+ * 6 success marks the cache stale and returns 48. */
 static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                               int64_t offset)
 {
     td_kernel *tk = p->tk;
-    if (offset != 0 || count != MEASUREMENT_LEN)
-        return -TDXM_EINVAL;
-    uint8_t data[MEASUREMENT_LEN];
-    if (gk_copy_from_user(c, GK_PT_MEASUREMENT_COPY_FROM_USER, data, addr, MEASUREMENT_LEN))
+    size_t len = count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE;
+    uint8_t kbuf[TDX_PAGE_SIZE];
+    /* 1: a copy of 0 bytes passes no usercopy point (iterate_and_advance returns before it) */
+    if (len && gk_copy_from_user(c, GK_PT_MEASUREMENT_COPY_FROM_USER, kbuf, addr, len))
         return -TDXM_EFAULT;
+    /* 2 */
+    if (offset >= MEASUREMENT_LEN)
+        return -TDXM_EFBIG;
+    if (len > (size_t)(MEASUREMENT_LEN - offset))
+        len = (size_t)(MEASUREMENT_LEN - offset);
+    if (len == 0)
+        return 0;
+    /* 3 */
+    if (offset != 0 || len != MEASUREMENT_LEN)
+        return -TDXM_EINVAL;
+    uint8_t *data = kbuf;
     uint64_t index = (node->tdr_offset - TDR_OFF_RTMR0) / TDX_SHA384_LEN;
     long ret = mr_lock_interruptible(tk, &p->task);
     if (ret)

@@ -45,6 +45,8 @@ void td_force_misaligned(td_kernel *tk, int target);
 /* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when no outside hold. */
 int td_mr_lock_try(td_kernel *tk);
 int td_mr_lock_release(td_kernel *tk);
+/* Mark the 6.16 tsm-mr cache stale (host-side state sync after tdxm_set_rtmr); harmless elsewhere. */
+void td_mr_cache_stale(td_kernel *tk);
 /* The injection points of generation `driver` in the order the driver reaches them (its profile's
  * table); returns how many, or -TDXM_EINVAL for no such generation. */
 int td_injection_points(int driver, int out[GK_NUM_POINTS]);

@@ -1,8 +1,8 @@
 """tdxmodel: an errno-exact emulator of the Intel TDX guest attestation path.
 
-Layers (CONTRIBUTING.md): ``abi``/``config``/``errors`` (0) -> C core in ``csrc/`` (1) -> Cython
+Layers (CONTRIBUTING.md): ``abi``/``profiles``/``config``/``errors`` (0) -> C core in ``csrc/`` (1) -> Cython
 declarations and wrappers ``tdxmodel._core`` and the pure-Python reference ``tdxmodel._reference`` (2)
--> the Python API (``tdxmodel.report``, ``tdxmodel.driver``, ...) (3) -> CLI and transports (4).
+-> the Python API (``tdxmodel.report``, ``tdxmodel.client``, ...) (3) -> CLI and transports (4).
 """
 
 from tdxmodel import abi

@@ -219,22 +219,26 @@ class StateStore:
         """load() -> ModuleConfig: the platform and TD, RTMRs included (created on first use)."""
         return self._snapshot()[1]
 
+    def current(self) -> Tuple[int, ModuleConfig]:
+        """current() -> (generation, ModuleConfig): both from one read, without the lock (what a
+        poller applies)."""
+        doc, config = self._snapshot()
+        return doc["generation"], config
+
     def generation(self) -> int:
         """generation() -> int: changes on every write (no lock: state.json and the log's tail; a
         corrupt state raises here too, so a poller learns of it)."""
         return self._snapshot()[0]["generation"]
 
     def update(self, fn: Callable[[ModuleConfig], ModuleConfig]) -> ModuleConfig:
-        """update(fn: ModuleConfig -> ModuleConfig) -> ModuleConfig: locked read-modify-write of
-        anything but the RTMRs (which only ``extend`` changes, so that the log replays to them)."""
+        """update(fn: ModuleConfig -> ModuleConfig) -> ModuleConfig: locked read-modify-write. An
+        RTMR it changes is not in the log (a change behind the log's back, which replaying the log
+        then shows): extend is the way to change an RTMR."""
         with self.transaction() as txn:
-            before = txn.config.rtmr
             new = fn(txn.config)
             if not isinstance(new, ModuleConfig):
                 raise TypeError(f"fn must return a ModuleConfig, not {type(new).__name__}")
             new.validate()
-            if tuple(new.rtmr) != tuple(before):
-                raise ValueError("update() cannot change the RTMRs: extend them (the log is their history)")
             doc = dict(txn._doc, generation=txn.generation + 1, config=new.to_dict())
             self._write_state(txn._dir_fd, doc)
             return new
@@ -318,13 +322,10 @@ class StateStore:
             os.close(dir_fd)
 
     def _write(self, config: ModuleConfig, generation: int, source: Optional[Dict[str, str]]) -> Dict[str, Any]:
-        """With ``_locked()`` held: write ``config`` as the state of ``generation`` (RTMRs unchanged:
-        only extends change them, through the log)."""
+        """With ``_locked()`` held: write ``config`` as the state of ``generation``."""
         dir_fd = self._open_dir(create=True)
         try:
-            doc, current, _ = self._current_locked(dir_fd)
-            if tuple(config.rtmr) != tuple(current.rtmr):
-                raise ValueError("only extend changes the RTMRs (the log is their history)")
+            doc = self._current_locked(dir_fd)[0]
             return self._write_state(dir_fd, dict(doc, generation=max(generation, doc["generation"] + 1),
                                                   config=config.to_dict(), config_source=source))
         finally:

@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from tdxmodel import abi, bench
+from tdxmodel import abi, bench, client
+from tdxmodel.client import TdxGuest
 from tdxmodel.cli import main
 
 FAST = ["--seconds", "0.05"]
@@ -101,7 +102,7 @@ def test_plot_into_a_missing_directory_is_refused_before_measuring(capsys, tmp_p
 def test_ioctl_batch_returns_each_rows_report(backend, make_kernel, driver):
     kernel = make_kernel(driver)
     data = bench.random_reportdata(5, seed=3)
-    with bench.DriverCaller(kernel) as caller:
+    with TdxGuest(kernel=kernel) as caller:
         rets, reports = caller.ioctl_batch(data)
     assert rets.tolist() == [0] * 5
     assert np.array_equal(reports[:, abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + 64], data)
@@ -113,7 +114,7 @@ def test_ioctl_batch_fail_nth_schedule(backend, make_kernel):
     kernel = make_kernel("v6.2")
     kernel.fault("failslab").ignore_gfp_wait = False  # ref §7: else GFP_KERNEL allocations never fail
     schedule = np.array([0, 1, 0, 3, 2, 0])
-    with bench.DriverCaller(kernel) as caller:
+    with TdxGuest(kernel=kernel) as caller:
         rets, reports = caller.ioctl_batch(bench.random_reportdata(6), schedule)
         assert caller.process.fail_nth == 0
     # v6.2 points in order (CONTRACT.md): reportdata:kmalloc, tdreport:kzalloc, then the copy-in
@@ -124,7 +125,7 @@ def test_ioctl_batch_fail_nth_schedule(backend, make_kernel):
 
 def test_ioctl_batch_rejects_bad_arguments(backend, make_kernel):
     kernel = make_kernel("v6.2")
-    with bench.DriverCaller(kernel) as caller:
+    with TdxGuest(kernel=kernel) as caller:
         with pytest.raises(ValueError, match="reportdata"):
             caller.ioctl_batch(np.zeros((2, 63), dtype=np.uint8))
         with pytest.raises(TypeError, match="reportdata"):
@@ -155,7 +156,7 @@ def test_ioctl_batch_core_equals_reference(driver):
         for cap in ("failslab", "fail_page_alloc"):
             kernel.fault(cap).ignore_gfp_wait = False
         kernel.fault("fail_page_alloc").min_order = 0
-        with bench.DriverCaller(kernel) as caller:
+        with TdxGuest(kernel=kernel) as caller:
             rets, reports = caller.ioctl_batch(data, schedule)
             assert caller.process.fail_nth == 0
         assert_kernel_balanced(kernel)
@@ -174,11 +175,11 @@ def test_ioctl_batch_on_a_plain_process(backend, make_kernel):
     fd = process.open(kernel.device_path)
     assert fd >= 3
     data = bench.random_reportdata(3, seed=1)
-    rets, reports = bench.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=buffer)
+    rets, reports = client.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=buffer)
     assert rets.tolist() == [0, 0, 0]
     # v4 writes the TDREPORT over the same buffer (ref §2.2): the last one is still there.
     assert process.peek(buffer, abi.TDX_REPORT_LEN) == reports[2].tobytes()
     assert np.array_equal(reports[:, 128:192], data)
     with pytest.raises(ValueError):
-        bench.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=0x900000)  # unmapped
+        client.ioctl_batch(process, fd, data, cmd=abi.TDX_CMD_GET_TDREPORT, buffer=0x900000)  # unmapped
     assert process.close(fd) == 0

@@ -314,12 +314,54 @@ def test_write_extends_the_rtmr(dev):
     assert report[abi.TDR_OFF_RTMR0:abi.TDR_OFF_RTMR0 + 48] == m.rtmr(0)
 
 
-@pytest.mark.parametrize("count, offset", [(47, 0), (49, 0), (0, 0), (48, 1), (-1, 0), (48, -1)])
-def test_write_needs_offset_0_and_48_bytes(dev, count, offset):
+@pytest.mark.parametrize("count, offset, ret", [
+    (47, 0, -abi.EINVAL), (48, 1, -abi.EINVAL), (1, 47, -abi.EINVAL), (30, 10, -abi.EINVAL),  # tsm-mr
+    (0, 0, 0), (0, 47, 0),                               # sysfs: a clipped count of 0
+    (48, 48, -abi.EFBIG), (0, 48, -abi.EFBIG), (1, 1 << 40, -abi.EFBIG),  # sysfs: past the end
+    (-1, 0, -abi.EINVAL), (48, -1, -abi.EINVAL),         # the VFS
+])
+def test_write_refusals_in_kernfs_sysfs_tsm_mr_order(dev, count, offset, ret):
+    """ref §2.5 "Write" #2-#3: sysfs gives -EFBIG for offset >= 48 and 0 for a count clipped to 0;
+    tsm-mr -EINVAL unless offset 0 and 48 bytes. Nothing is extended."""
     k, p, fd = dev
     old = k.module.rtmr(2)
-    assert mwrite(k, p, "rtmr2:sha384", bytes(64), count=count, offset=offset) == -abi.EINVAL
+    assert mwrite(k, p, "rtmr2:sha384", bytes(range(64)), count=count, offset=offset) == ret
     assert k.module.rtmr(2) == old
+
+
+@pytest.mark.parametrize("count", [49, 64, PAGE, PAGE + 1000])
+def test_a_long_write_at_offset_0_extends_with_the_first_48_bytes(dev, count):
+    """ref §2.5 "Write": kernfs copies min(count, PAGE_SIZE) bytes, sysfs clips the count to 48; the
+    write extends with the first 48 bytes and returns 48."""
+    k, p, fd = dev
+    p.mmap(BUF + PAGE, PAGE, "rw")
+    data = bytes(range(256)) * 16
+    old = k.module.rtmr(2)
+    assert mwrite(k, p, "rtmr2:sha384", data[:min(count, 2 * PAGE)], count=count) == 48
+    assert k.module.rtmr(2) == hashlib.sha384(old + data[:48]).digest()
+
+
+@pytest.mark.parametrize("count, offset", [(64, 0), (48, 48), (100, 1), (PAGE, 0)])
+def test_the_user_bytes_are_copied_before_any_size_check(dev, count, offset):
+    """ref §2.5 "Write" #1: kernfs copies min(count, PAGE_SIZE) user bytes first; a short copy is
+    -EFAULT whatever the offset and count, even where only 48 bytes would be used."""
+    k, p, fd = dev
+    old = k.module.rtmr(2)
+    f = mopen(p, "rtmr2:sha384", os.O_WRONLY)
+    start = BUF + PAGE - min(count, PAGE) + 1  # the last byte falls on the unmapped next page
+    assert p.pwrite(f, start, count, offset) == -abi.EFAULT
+    assert p.last_trace()[-1] == ("measurement:copy_from_user", "fail_usercopy", False)
+    assert p.close(f) == 0
+    assert k.module.rtmr(2) == old
+    balanced(k)
+
+
+def test_a_zero_byte_write_copies_nothing(dev):
+    k, p, fd = dev
+    f = mopen(p, "rtmr2:sha384", os.O_WRONLY)
+    assert p.pwrite(f, 0xDEAD0000, 0, 0) == 0  # no byte to copy, so no fault
+    assert "measurement:copy_from_user" not in [pt for pt, _, _ in p.last_trace()]
+    assert p.close(f) == 0
 
 
 def test_read_refreshes_a_stale_cache_only(dev):
@@ -476,3 +518,28 @@ def test_mr_lock_serialises_reports_and_extends(dev):
     assert m.rtmr(3) == expected
     assert m.counters()["rtmr_busy"] == 0
     balanced(k)
+
+
+# ------------------------------------------------------------------------------ NULL argument
+def test_null_arg_skips_the_copy_in_and_reports_with_the_stale_reportdata(dev):
+    """ref §2.5 "NULL arg": with arg == 0 step 2 is skipped (sockptr_is_null), the REPORT is issued
+    with whatever REPORTDATA sits at buf+128, and only the copy-out to address 64 can fault."""
+    k, p, fd = dev
+    assert call(k, p, fd) == 0  # buf+128 now holds REPORTDATA
+    reports = k.module.counters()["reports"]
+    assert call(k, p, fd, arg=0) == -abi.EFAULT  # page 0 unmapped: the copy-out faults
+    assert k.module.counters()["reports"] == reports + 1  # the TDCALL was issued
+    assert p.last_trace() == [("tdreport:copy_to_user", "fail_usercopy", False)]
+    p.mmap(0, PAGE, "rw")
+    assert call(k, p, fd, arg=0) == 0
+    report = p.peek(OUT, abi.TDX_REPORT_LEN)
+    assert report[abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + 64] == REPORTDATA
+    assert report == k.module.report(REPORTDATA)  # the stale REPORTDATA, current measurements
+    assert p.peek(0, 64) == bytes(64)  # nothing read from, nothing written to arg+0..63
+
+
+def test_null_arg_tdcall_failure_comes_first(dev):
+    k, p, fd = dev
+    k.force_tdcall(INVALID_RCX, leaf=abi.TDG_MR_REPORT)
+    assert call(k, p, fd, arg=0) == -abi.ENXIO
+    assert p.last_trace() == []

@@ -317,3 +317,29 @@ def test_td_exit_propagates_and_frees(make_kernel):
     with pytest.raises(errors.TdExit):
         p.ioctl(fd, abi.TDX_CMD_GET_REPORT0, REQ)
     balanced(k)
+
+
+@pytest.mark.parametrize("driver", ["v6.16", "v6.2"])
+def test_set_rtmr_is_host_side_sync_and_leaves_no_stale_measurement(make_kernel, driver):
+    """Kernel.set_rtmr (the daemon following the state directory): the module's RTMR changes and a
+    6.16 measurement read shows it at once, its tsm-mr cache refreshed as after an extend
+    (ref §2.5), where Module.set_rtmr alone would leave the cached value."""
+    k = make_kernel(driver)
+    value = bytes(range(48))
+    if driver != "v6.16":
+        k.set_rtmr(2, value)
+        assert k.module.rtmr(2) == value
+        return
+    p = k.process()
+    p.mmap(0x10000, 4096, "rw")
+    fd = p.open(f"{abi.MEASUREMENT_DIRS[0]}/rtmr2:sha384", os.O_RDONLY)
+    assert fd >= 0
+    try:
+        assert p.pread(fd, 0x10000, 48, 0) == 48 and p.peek(0x10000, 48) == bytes(48)  # cached
+        k.set_rtmr(2, value)
+        assert k.module.rtmr(2) == value
+        assert p.pread(fd, 0x10000, 48, 0) == 48 and p.peek(0x10000, 48) == value
+        with pytest.raises(ValueError):
+            k.set_rtmr(4, value)
+    finally:
+        p.close(fd)

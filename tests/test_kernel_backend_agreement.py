@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from tdxmodel import abi, bench
+from tdxmodel import abi, client
 
 PAGE = abi.TDX_PAGE_SIZE
 BUF = 0x10000
@@ -34,7 +34,7 @@ def test_setting_a_knob_while_calls_run_keeps_the_times_they_used_up(backend, ma
     thread sets an unrelated knob over and over."""
     k = make_kernel("v6.2")
     p = k.process()
-    p.mmap(bench.REQUEST_BUFFER_ADDR, 2 * PAGE, "rw")
+    p.mmap(client.REQUEST_BUFFER_ADDR, 2 * PAGE, "rw")
     fd = p.open(k.device_path)
     attr = k.fault("fail_usercopy")
     limit = 20000 if backend.BACKEND_NAME == "core" else 300
@@ -51,7 +51,7 @@ def test_setting_a_knob_while_calls_run_keeps_the_times_they_used_up(backend, ma
     t.start()
     try:
         started.wait()
-        rets, _ = bench.ioctl_batch(p, fd, np.zeros((3 * limit, abi.TDX_REPORTDATA_LEN), np.uint8))
+        rets, _ = client.ioctl_batch(p, fd, np.zeros((3 * limit, abi.TDX_REPORTDATA_LEN), np.uint8))
     finally:
         stop.set()
         t.join()

@@ -417,3 +417,110 @@ def test_unusable_state_or_socket_exit_2_and_leave_no_mount(tmp_path):
                   "--socket", str(tmp_path / "no" / "such" / "dir" / "sock"))
     assert r.returncode == 2 and "cannot listen" in r.stderr and r.stderr.count("\n") == 1
     assert not _is_mounted(str(mount))
+
+
+# ------------------------------------------------------------------ one order of extends, one truth
+def _write_measurement(d, index, data):
+    fd = os.open(d.control(f"measurements/rtmr{index}:sha384"), os.O_WRONLY)
+    try:
+        return os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _served_rtmrs(d):
+    report = report_over(d.path)
+    return [report[abi.TDR_OFF_RTMR0 + 48 * i:abi.TDR_OFF_RTMR0 + 48 * (i + 1)] for i in range(4)]
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_cli_extend_then_a_measurement_write_keep_one_truth(backend):
+    """`tdxmodel extend` and, right after (before any poll), a write of the same RTMR's file: the
+    write lands on top of the extend, and the served TD, state.json and the log agree."""
+    from tdxmodel.state import StateStore, replay_events
+    with ServedDevice("v6.16", backend=backend) as d:
+        store = StateStore(str(d.state))
+        for k in range(5):
+            store.extend(1, bytes([k, 1]) * 24)
+            assert _write_measurement(d, 1, bytes([k, 2]) * 24) == 48
+            assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events())
+        assert [e["data"][:4] for e in store.events()] == [f"{k:02x}{j:02x}" for k in range(5) for j in (1, 2)]
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_a_measurement_read_shows_a_cli_extend_at_once(backend):
+    """A read of an RTMR file after `tdxmodel extend` shows the new value: the daemon catches up from
+    the log before answering, and the tsm-mr cache is refreshed, not left stale until an ioctl."""
+    from tdxmodel.state import StateStore
+    with ServedDevice("v6.16", backend=backend) as d:
+        store = StateStore(str(d.state))
+        for k in range(3):
+            value = store.extend(3, bytes([k + 1]) * 48)
+            assert d.control("measurements/rtmr3:sha384").read_bytes() == value
+        time.sleep(0.5)  # and after the poll too
+        assert d.control("measurements/rtmr3:sha384").read_bytes() == value
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_a_failed_extend_changes_nothing_anywhere(backend):
+    """With state.json corrupt, a measurement-file write fails with EIO and neither the served TD nor
+    the log moves; once the state is good again the next write lands on the agreed value."""
+    from tdxmodel.state import StateStore, replay_events
+    with ServedDevice("v6.16", backend=backend) as d:
+        store = StateStore(str(d.state))
+        _write_measurement(d, 0, b"\x01" * 48)
+        good = (d.state / "state.json").read_bytes()
+        before, events = _served_rtmrs(d), store.events()
+        (d.state / "state.json").write_text("{ corrupt")
+        with pytest.raises(OSError) as e:
+            _write_measurement(d, 0, b"\x02" * 48)
+        assert e.value.errno == errno.EIO
+        assert _served_rtmrs(d) == before
+        assert d.control("measurements/rtmr0:sha384").read_bytes() == before[0]
+        (d.state / "state.json").write_bytes(good)
+        assert store.events() == events
+        assert _write_measurement(d, 0, b"\x03" * 48) == 48
+        assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events())
+        assert store.load().rtmr[0] == hashlib.sha384(before[0] + b"\x03" * 48).digest()
+        assert d.proc.poll() is None
+
+
+EXTEND_AND_SAY = r"""
+import os, sys
+path, tag = sys.argv[1], int(sys.argv[2])
+for k in range(10 ** 6):
+    data = bytes([tag, k % 256, k // 256 % 256]) * 16
+    fd = os.open(path, os.O_WRONLY)
+    n = os.write(fd, data)
+    os.close(fd)
+    if n == 48:
+        print(data.hex(), flush=True)
+"""
+
+
+def test_a_daemon_killed_under_load_loses_no_extend(tmp_path):
+    """SIGKILL the daemon while clients extend through the measurement files: every write that
+    returned 48 is in the log, and the log replays to the state (README "The state directory")."""
+    from tdxmodel.state import StateStore, replay_events
+    for attempt in range(3):
+        d = ServedDevice("v6.16", state=str(tmp_path / f"state{attempt}")).start()
+        try:
+            writers = [subprocess.Popen([sys.executable, "-c", EXTEND_AND_SAY,
+                                         str(d.control(f"measurements/rtmr{i}:sha384")), str(i)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                       for i in range(3)]
+            time.sleep(0.5 + 0.2 * attempt)
+            os.killpg(d.proc.pid, signal.SIGKILL)
+            d.proc.wait(15)
+            returned = []
+            for w in writers:
+                out, _ = w.communicate(timeout=30)
+                returned += out.split()
+        finally:
+            d.stop()
+            if _is_mounted(str(d.mount)):
+                subprocess.run(["umount", "-l", str(d.mount)], timeout=10)
+        store = StateStore(str(d.state))
+        logged = {e["data"] for e in store.events()}
+        assert returned and set(returned) <= logged
+        assert replay_events(store.events()) == list(store.load().rtmr)

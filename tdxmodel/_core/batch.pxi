@@ -1,5 +1,5 @@
 # The driver-path batch (issue 5) over csrc/tdx_batch.c. Included from _ext.pyx after kernel.pxi.
-# Not part of PUBLIC_API: tdxmodel.bench.DriverCaller.ioctl_batch uses it when the process is a core one.
+# Not part of PUBLIC_API: tdxmodel.client.ioctl_batch uses it when the process is a core one.
 
 from tdxmodel._core.tdx_abi cimport TDXM_EFAULT
 from tdxmodel._core.tdx_batch cimport tdb_request, tdb_ioctl_batch

@@ -357,6 +357,13 @@ cdef class Kernel:
         if td_mr_lock_release(self._live()) != 0:
             raise ValueError("mr_lock is not held by mr_lock_try")
 
+    def set_rtmr(self, index, value):
+        """set_rtmr(index: int, value: bytes) -> None: host-side state sync (not a TDX operation):
+        Module.set_rtmr, then the 6.16 tsm-mr cache is stale, as after the driver's own extend
+        (ref §2.5), so the next read of a measurement file refreshes it."""
+        self._module.set_rtmr(index, value)
+        td_mr_cache_stale(self._live())
+
     cdef _check_mr_lock(self):
         if not self._profile.has_lock("mr_lock"):
             raise ValueError(f"driver {self._driver} has no mr_lock (only v6.16, ref §2.5)")

@@ -33,6 +33,7 @@ cdef extern from "tdx_driver.h" nogil:
     void td_force_misaligned(td_kernel *tk, int target)
     int td_mr_lock_try(td_kernel *tk)
     int td_mr_lock_release(td_kernel *tk)
+    void td_mr_cache_stale(td_kernel *tk)
     int td_injection_points(int driver, int *out)
 
     td_process *td_process_create(td_kernel *tk)

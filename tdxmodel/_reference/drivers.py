@@ -167,8 +167,9 @@ class DriverV616:
         if ret:
             return ret
         try:
-            # §2.5 #2: 64 bytes from arg+0 to buf+128 (a fault may leave them partly copied or zeroed)
-            if k.copy_from_user(task, "reportdata:copy_from_user", self.buf + abi.TDR_OFF_REPORTDATA,
+            # §2.5 #2: 64 bytes from arg+0 to buf+128 (a fault may leave them partly copied or zeroed);
+            # skipped for a NULL arg (sockptr_is_null): the REPORT uses the stale REPORTDATA
+            if arg != 0 and k.copy_from_user(task, "reportdata:copy_from_user", self.buf + abi.TDR_OFF_REPORTDATA,
                                 arg + req.field("reportdata").offset, _REPORTDATA_LEN):
                 return -abi.EFAULT
             # §2.5 #3
@@ -212,14 +213,24 @@ class DriverV616:
     def write_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
         mr = self.p.measurement(name)  # only the RTMRs open for writing (0644)
         index = (mr.tdr_offset - abi.TDR_OFF_RTMR0) // abi.TDX_SHA384_LEN
-        # §2.5 "Write": offset != 0 or count != 48 -> -EINVAL
-        if offset != 0 or count != abi.MEASUREMENT_LEN:
-            return -abi.EINVAL
         k = self.k
-        # sysfs copies the bytes into the kernel before the driver sees them (§2.5, Analysis)
-        data = k.copy_in(task, "measurement:copy_from_user", uaddr, count)
-        if len(data) != count:
+        size = abi.MEASUREMENT_LEN
+        # §2.5 "Write" #1: kernfs copies min(count, PAGE_SIZE) bytes before any size check; a short
+        # copy is -EFAULT whatever the offset (a copy of 0 bytes passes no usercopy point)
+        n = min(count, abi.TDX_PAGE_SIZE)
+        data = k.copy_in(task, "measurement:copy_from_user", uaddr, n) if n else b""
+        if len(data) != n:
             return -abi.EFAULT
+        # #2 sysfs: offset >= 48 -> -EFBIG; count clipped to 48 - offset; 0 -> 0
+        if offset >= size:
+            return -abi.EFBIG
+        n = min(n, size - offset)
+        if n == 0:
+            return 0
+        # #3 tsm-mr: offset != 0 or clipped count != 48 -> -EINVAL
+        if offset != 0 or n != size:
+            return -abi.EINVAL
+        data = data[:size]
         # tdx_do_extend: lock (-EINTR), 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = idx
         ret = k.mutex_lock_interruptible(task, self.mr_lock)
         if ret:
@@ -232,7 +243,7 @@ class DriverV616:
             self.stale = True  # a successful write makes the cache stale
         finally:
             k.mutex_unlock(self.mr_lock)
-        return count
+        return size
 
 
 class DriverIntelDownstream(DriverV62):

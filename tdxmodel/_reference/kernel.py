@@ -124,6 +124,14 @@ class Kernel:
                              "misaligned_report_buf or force_tdcall")
         self._misaligned = target
 
+    def set_rtmr(self, index: int, value) -> None:
+        """set_rtmr(index, value: bytes) -> None: host-side state sync (not a TDX operation):
+        Module.set_rtmr, then the 6.16 tsm-mr cache is stale, as after the driver's own extend
+        (ref §2.5), so the next read of a measurement file refreshes it."""
+        self._module.set_rtmr(index, value)
+        if hasattr(self._driver, "stale"):
+            self._driver.stale = True  # after the RTMR is set: a refresh in between only repeats
+
     def mr_lock_try(self) -> bool:
         """mr_lock_try() -> bool: hold 6.16's mr_lock as another task would (no waiting)."""
         lock = self._mr_lock_or_raise()

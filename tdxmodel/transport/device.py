@@ -102,8 +102,9 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock; ``sync_state()`` applies the store's RTMRs
-    when its generation changes."""
+    made through the measurement files, under its lock and in its order; ``sync_state()`` applies the
+    store's RTMRs when its generation changes (the daemon polls it, and a measurement read calls it
+    first)."""
 
     def __init__(self, kernel: Any, *, store: Any = None,
                  log: Optional[Callable[[str], None]] = None) -> None:
@@ -131,8 +132,9 @@ class EmulatedDevice:
         self._mr_lock_held = False
         if self.profile.measurements:
             self._open_measurements()
+        self._sync_error: Optional[str] = None
         if store is not None:
-            self._generation = store.generation()
+            self.sync_state()  # one read gives the generation and the RTMRs it goes with
 
     # ------------------------------------------------------------------ the device file
     def attach_fast_path(self, path: Any) -> None:
@@ -362,9 +364,13 @@ class EmulatedDevice:
         self._control_process = p
 
     def _measurement_reader(self, name: str):
+        live = name.startswith("rtmr")
+
         def read(size: int, offset: int) -> Any:
             p = self._control_process
             count = min(size, CONTROL_LEN)
+            if live:
+                self._catch_up()  # an extend another process committed shows at once
             with self._control_lock:
                 n = self._syscall(p, lambda: p.pread(self._measurement_fds[name], CONTROL_BASE, count,
                                                      offset))
@@ -375,38 +381,82 @@ class EmulatedDevice:
         index = int(name[4]) if name.startswith("rtmr") else None
 
         def write(data: bytes, offset: int) -> int:
-            p = self._control_process
             if len(data) > CONTROL_LEN:
                 return -errno.EINVAL
-            with self._extend_lock, self._control_lock:
-                p.poke(CONTROL_BASE, data)
-                n = self._syscall(p, lambda: p.pwrite(self._measurement_fds[name], CONTROL_BASE,
-                                                      len(data), offset))
-                if n >= 0 and index is not None and self.store is not None:
-                    # the extend happened in the TD: record it in the state directory, under its lock
-                    self.store.extend(index, bytes(data))
-                    self._generation = self.store.generation()
-            return n
+            if index is None or self.store is None:
+                with self._extend_lock, self._control_lock:
+                    return self._pwrite_measurement(name, data, offset)
+            return self._extend_through_store(name, index, data, offset)
         return write
 
+    def _pwrite_measurement(self, name: str, data: bytes, offset: int) -> int:
+        p = self._control_process
+        p.poke(CONTROL_BASE, data)
+        return self._syscall(p, lambda: p.pwrite(self._measurement_fds[name], CONTROL_BASE, len(data),
+                                                 offset))
+
+    def _extend_through_store(self, name: str, index: int, data: bytes, offset: int) -> int:
+        """One order of extends (README "The state directory"): under the state lock, bring the live
+        TD up to the log, extend it through the driver, then commit the record; if the commit fails,
+        put the RTMR back. A state that cannot be read fails the write before the TD is touched."""
+        from tdxmodel.state import StateError
+
+        with self._extend_lock:
+            try:
+                with self.store.transaction() as txn:
+                    self._apply(txn.config, txn.generation)
+                    with self._control_lock:
+                        before = self.module.rtmr(index)
+                        n = self._pwrite_measurement(name, data, offset)
+                    if n < 0:
+                        return n  # the driver refused: nothing changed, nothing to record
+                    try:
+                        # a successful write extends with the bytes at offset 0 (ref §2.5 "Write")
+                        txn.extend(index, bytes(data[:abi.TDX_EXTEND_DATA_LEN]), self.module.rtmr(index))
+                    except (StateError, ValueError) as e:
+                        self.kernel.set_rtmr(index, before)
+                        self.log(f"state directory: {e} (the extend of RTMR{index} was undone)")
+                        return -errno.EIO
+                    self._generation = txn.generation
+                    return n
+            except StateError as e:
+                self.log(f"state directory: {e} (a measurement write fails with EIO until it is usable)")
+                return -errno.EIO
+
     # ------------------------------------------------------------------ state directory
+    def _apply(self, config: Any, generation: int) -> bool:
+        """Set the live RTMRs to the state's (Kernel.set_rtmr: the 6.16 cache goes stale too).
+        Called with _extend_lock held."""
+        changed = False
+        for i, value in enumerate(config.rtmr):
+            if self.module.rtmr(i) != value:
+                self.kernel.set_rtmr(i, value)
+                changed = True
+        self._generation = generation
+        return changed
+
     def sync_state(self) -> bool:
         """sync_state() -> bool: if the store changed (`tdxmodel extend`, another tool), set the TD's
-        RTMRs to the stored ones (Module.set_rtmr). Returns whether anything was applied."""
+        RTMRs to the stored ones. Returns whether anything was applied. StateError if the state
+        cannot be read (the TD keeps its last good state)."""
         if self.store is None:
             return False
         with self._extend_lock:
-            generation = self.store.generation()
+            generation, config = self.store.current()
             if generation == self._generation:
                 return False
-            config = self.store.load()
-            changed = False
-            for i, value in enumerate(config.rtmr):
-                if self.module.rtmr(i) != value:
-                    self.module.set_rtmr(i, value)
-                    changed = True
-            self._generation = generation
-            return changed
+            return self._apply(config, generation)
+
+    def _catch_up(self) -> None:
+        """sync_state before a measurement read; a state that cannot be read is said once and the
+        last good state served (as the poller does)."""
+        try:
+            self.sync_state()
+            self._sync_error = None
+        except Exception as e:  # a corrupt state file must not fail reads of the live TD
+            if str(e) != self._sync_error:
+                self.log(f"state directory: {e} (serving the last good state)")
+            self._sync_error = str(e)
 
     def release_debug_lock(self) -> None:
         """Give back mr_lock if debug/mr_lock holds it (the daemon stops: waiters go on)."""

@@ -1,4 +1,4 @@
-"""The Python convenience layer ``tdxmodel.driver.TdxGuest`` and a syscall-level client reproducing the
+"""The Python convenience layer ``tdxmodel.client.TdxGuest`` and a syscall-level client reproducing the
 kernel selftest (ref §3), on both backends.
 """
 
@@ -9,7 +9,7 @@ import pytest
 
 from tdxmodel import abi, errors
 from tdxmodel.config import ModuleConfig
-from tdxmodel.driver import TdxGuest
+from tdxmodel.client import TdxGuest
 
 
 def assert_balanced(guest):
