@@ -79,9 +79,26 @@ void gk_get_counters(gk_kernel *k, gk_counters *out)
 
 /* ---- page allocator: a bitmap of free pages, first fit at natural alignment ------------------------ */
 
+static int page_free(const gk_kernel *k, size_t i)
+{
+    return (int)((k->free_bits[i / 64] >> (i % 64)) & 1);
+}
+
 static int64_t find_free_run(gk_kernel *k, int order)
 {
     size_t run = (size_t)1 << order;
+    /* the buddy allocator's blocks are naturally aligned in physical memory: index + first pfn */
+    size_t phase = (run - (size_t)(k->base_gpa / PAGE) % run) % run;
+    if (phase != 0) {
+        for (size_t i = phase; i + run <= k->npages; i += run) {
+            size_t j = 0;
+            while (j < run && page_free(k, i + j))
+                j++;
+            if (j == run)
+                return (int64_t)i;
+        }
+        return -1;
+    }
     if (order < 6) {
         uint64_t mask = (run == 64) ? ~0ULL : ((1ULL << run) - 1);
         for (size_t w = 0; w * 64 < k->npages; w++) {
@@ -355,7 +372,7 @@ void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
 {
     gk_kernel *k = c->k;
     /* the space budget counts pages here: mm/fail_page_alloc.c passes 1 << order (ref §7 [21]) */
-    if (gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
+    if (!(flags & GK_NOFAIL) && gk_should_fail(c, point, GK_FAIL_PAGE_ALLOC, (int64_t)1 << order, order))
         return NULL;
     if (order < 0 || order > GK_MAX_ORDER)
         return NULL;
@@ -438,7 +455,7 @@ void *gk_kmalloc(gk_ctx *c, int point, size_t size, int flags)
             cls = -1;
     }
     /* the space budget counts the cache's object size, as failslab passes s->object_size */
-    if (gk_should_fail(c, point, GK_FAILSLAB, cls >= 0 ? (int64_t)slab_sizes[cls] : (int64_t)size, 0))
+    if (!(flags & GK_NOFAIL) && gk_should_fail(c, point, GK_FAILSLAB, cls >= 0 ? (int64_t)slab_sizes[cls] : (int64_t)size, 0))
         return NULL;
     if (cls < 0)
         return NULL;

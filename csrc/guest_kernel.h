@@ -138,7 +138,7 @@ void gk_force_tdcall(gk_kernel *k, uint64_t status, int leaf, int64_t count);
 int gk_take_forced_tdcall(gk_kernel *k, int leaf, uint64_t *status);
 
 /* ---- allocators (gk_alloc.c; all return host pointers into guest memory; pa() gives the GPA) ------ */
-enum { GK_ZERO = 1, GK_MISALIGN = 2 };
+enum { GK_ZERO = 1, GK_MISALIGN = 2, GK_NOFAIL = 4 }; /* GK_NOFAIL: __GFP_NOFAIL, never failed (ref §7) */
 /* kmalloc / kzalloc: the injection point `point` (failslab) is checked first; NULL on failure. The
  * object is filled with SLAB_POISON_INUSE unless GK_ZERO. GK_MISALIGN returns the object 8 bytes past
  * its natural alignment (CONTRACT force_misaligned), still `size` bytes usable. */

@@ -99,6 +99,9 @@
 #define TDXM_ENOMEM 12 /* errno (ref §0) */
 #define TDXM_EACCES 13 /* errno: opening a read-only (0444) sysfs measurement file for writing (Linux asm-generic/errno-base.h) */
 #define TDXM_EFAULT 14 /* errno (ref §0) */
+#define TDXM_EEXIST 17 /* errno: mkdir of a configfs item that exists (Linux asm-generic/errno-base.h) */
+#define TDXM_ENOTDIR 20 /* errno: a configfs attribute used as a directory (Linux asm-generic/errno-base.h) */
+#define TDXM_EISDIR 21 /* errno: a configfs directory opened as a file (Linux asm-generic/errno-base.h) */
 #define TDXM_EBUSY 16 /* errno (ref §0) */
 #define TDXM_ENODEV 19 /* errno (ref §0) */
 #define TDXM_EINVAL 22 /* errno (ref §0) */
@@ -110,6 +113,7 @@
 #define TDXM_ETXTBSY 26 /* errno: configfs fd used for both reading and writing (quote.md §0) */
 #define TDXM_EFBIG 27 /* errno (ref §0) */
 #define TDXM_ERANGE 34 /* errno (quote.md §0) */
+#define TDXM_ENAMETOOLONG 36 /* errno: a path component longer than NAME_MAX (Linux asm-generic/errno.h) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 /* --- ioctl --- */
 #define TDX_CMD_GET_TDREPORT 0xC0085401U /* v4 (2022-04): _IOWR('T', 0x01, __u64) (ref §1, §2.2) */
@@ -179,6 +183,12 @@
 /* --- kernel --- */
 #define SLAB_POISON_INUSE 90 /* byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible (Linux include/linux/poison.h (POISON_INUSE)) */
 #define MEASUREMENT_LEN 48 /* every 6.16 measurement file is 48 bytes (ref §2.5) */
+/* --- tsm --- */
+#define TSM_INBLOB_MAX 64 /* cb_max_size of inblob: a write past it is -EFBIG (quote.md §1.1) */
+#define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
+#define GETQUOTE_TIMEOUT 30 /* getquote_timeout: at most 30 polls (quote.md §2.2, §2.4) */
+#define GETQUOTE_POLL_MS 1000 /* each poll sleeps 1000 ms interruptibly (quote.md §2.4) */
+/* --- kernel --- */
 #define KERNEL_FIRST_PAGE 16 /* the kernel allocator owns guest pages KERNEL_FIRST_PAGE..: 0..3 the host's, 4..15 free for tests (docs/CONTRACT.md "Kernel" (design choice)) */
 
 /* --- TDREPORT fields: offset and length (ref §4.4) --- */
@@ -261,13 +271,17 @@ enum gk_point {
     GK_PT_REPORT_BUF_KZALLOC = 6,
     GK_PT_MEASUREMENT_COPY_TO_USER = 7,
     GK_PT_MEASUREMENT_COPY_FROM_USER = 8,
-    GK_PT_REPORTMAC_KMALLOC = 9,
-    GK_PT_REPORTMAC_COPY_FROM_USER = 10,
-    GK_PT_ERR_CODE_COPY_TO_USER = 11,
-    GK_PT_RTMR_INDEX_COPY_FROM_USER = 12,
-    GK_PT_EXTEND_DATA_KMALLOC = 13,
-    GK_PT_EXTEND_DATA_COPY_FROM_USER = 14,
-    GK_NUM_POINTS = 15
+    GK_PT_QUOTE_BUF_ALLOC_PAGES = 9,
+    GK_PT_OUTBLOB_KVMEMDUP = 10,
+    GK_PT_CONFIGFS_COPY_FROM_USER = 11,
+    GK_PT_CONFIGFS_COPY_TO_USER = 12,
+    GK_PT_REPORTMAC_KMALLOC = 13,
+    GK_PT_REPORTMAC_COPY_FROM_USER = 14,
+    GK_PT_ERR_CODE_COPY_TO_USER = 15,
+    GK_PT_RTMR_INDEX_COPY_FROM_USER = 16,
+    GK_PT_EXTEND_DATA_KMALLOC = 17,
+    GK_PT_EXTEND_DATA_COPY_FROM_USER = 18,
+    GK_NUM_POINTS = 19
 };
 static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "reportdata:kmalloc",
@@ -279,6 +293,10 @@ static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "report_buf:kzalloc",
     "measurement:copy_to_user",
     "measurement:copy_from_user",
+    "quote_buf:alloc_pages",
+    "outblob:kvmemdup",
+    "configfs:copy_from_user",
+    "configfs:copy_to_user",
     "reportmac:kmalloc",
     "reportmac:copy_from_user",
     "err_code:copy_to_user",
@@ -296,6 +314,10 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
     GK_FAIL_USERCOPY,
     GK_FAIL_USERCOPY,
+    GK_FAIL_PAGE_ALLOC,
+    GK_FAILSLAB,
+    GK_FAIL_USERCOPY,
+    GK_FAIL_USERCOPY,
     GK_FAILSLAB,
     GK_FAIL_USERCOPY,
     GK_FAIL_USERCOPY,
@@ -310,7 +332,7 @@ static const unsigned TDXM_SLAB_CLASSES[TDXM_NUM_SLAB_CLASSES] = {8, 16, 32, 64,
 
 /* --- driver generations (tdxmodel/profiles.py; ref §2) --- */
 enum tdxm_ops { TDXM_OPS_V4 = 0, TDXM_OPS_V6_2 = 1, TDXM_OPS_V6_16 = 2, TDXM_OPS_INTEL_DOWNSTREAM = 3, TDXM_NUM_OPS = 4 };
-enum tdxm_profile_id { TDXM_PROFILE_V4_2022_04 = 0, TDXM_PROFILE_V6_2 = 1, TDXM_PROFILE_V6_16 = 2, TDXM_PROFILE_INTEL_DOWNSTREAM = 3, TDXM_NUM_PROFILES = 4 };
+enum tdxm_profile_id { TDXM_PROFILE_V4_2022_04 = 0, TDXM_PROFILE_V6_2 = 1, TDXM_PROFILE_V6_7 = 2, TDXM_PROFILE_V6_11 = 3, TDXM_PROFILE_V6_16 = 4, TDXM_PROFILE_V7_0 = 5, TDXM_PROFILE_V7_1 = 6, TDXM_PROFILE_INTEL_DOWNSTREAM = 7, TDXM_NUM_PROFILES = 8 };
 enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_VERIFY_REPORT = 1, TDXM_CMD_EXTEND_RTMR = 2, TDXM_NUM_COMMAND_KEYS = 3 };
 #define TDXM_FIELD_REPORT_REPORTDATA 0
 #define TDXM_FIELD_REPORT_TDREPORT 1
@@ -347,6 +369,12 @@ typedef struct {
     int status_writeback_off, status_writeback_len; /* len 0: none */
     int npoints;
     int points[TDXM_MAX_PROFILE_POINTS];
+    /* the configfs-tsm quote path (tdxmodel.profiles.Quote; quote.md §1-§2); has_quote 0: none */
+    int has_quote;
+    unsigned quote_buf_size, quote_buf_order;
+    unsigned long long tsm_outblob_max;
+    int tsm_no_provider_errno, tsm_visibility_callbacks, tsm_provider_gone_enxio, tsm_counts_items;
+    int quote_out_len_once, quote_status_check;
 } tdxm_profile;
 static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
@@ -377,7 +405,43 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .status_writeback_off = 0, .status_writeback_len = 0,
         .npoints = 4, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER},
     },
-    [TDXM_PROFILE_V6_16] = { /* ref §2.5 */
+    [TDXM_PROFILE_V6_7] = { /* quote.md §1-§2.4; ref §2.4, §2.6 */
+        .name = "v6.7", .ops = TDXM_OPS_V6_2,
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
+        .unknown_cmd_errno = TDXM_ENOTTY,
+        .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
+        .errno_default = TDXM_EIO,
+        .has_mr_lock = 0, .has_quote_lock = 1,
+        .cached_report_buf = 0, .resident = 1,
+        .status_writeback_off = 0, .status_writeback_len = 0,
+        .npoints = 8, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .has_quote = 1, .quote_buf_size = 8192, .quote_buf_order = 1,
+        .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENOTTY,
+        .tsm_visibility_callbacks = 0, .tsm_provider_gone_enxio = 0, .tsm_counts_items = 0,
+        .quote_out_len_once = 0, .quote_status_check = 0,
+    },
+    [TDXM_PROFILE_V6_11] = { /* quote.md §1-§2.4; ref §2.4, §2.6 */
+        .name = "v6.11", .ops = TDXM_OPS_V6_2,
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
+        .unknown_cmd_errno = TDXM_ENOTTY,
+        .nerrno = 1, .errno_class = {0xC0000100U}, .errno_value = {TDXM_EINVAL},
+        .errno_default = TDXM_EIO,
+        .has_mr_lock = 0, .has_quote_lock = 1,
+        .cached_report_buf = 0, .resident = 1,
+        .status_writeback_off = 0, .status_writeback_len = 0,
+        .npoints = 8, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .has_quote = 1, .quote_buf_size = 8192, .quote_buf_order = 1,
+        .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENOTTY,
+        .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 0, .tsm_counts_items = 0,
+        .quote_out_len_once = 0, .quote_status_check = 0,
+    },
+    [TDXM_PROFILE_V6_16] = { /* ref §2.5; quote.md §1-§2.4 */
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
@@ -386,10 +450,50 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .unknown_cmd_errno = TDXM_ENOTTY,
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
-        .has_mr_lock = 1, .has_quote_lock = 0,
-        .cached_report_buf = 1, .resident = 1,
+        .has_mr_lock = 1, .has_quote_lock = 1,
+        .cached_report_buf = 1, .resident = 2,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 5, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER},
+        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .has_quote = 1, .quote_buf_size = 8192, .quote_buf_order = 1,
+        .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENXIO,
+        .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
+        .quote_out_len_once = 0, .quote_status_check = 0,
+    },
+    [TDXM_PROFILE_V7_0] = { /* ref §2.5; quote.md §1-§2.4 */
+        .name = "v7.0", .ops = TDXM_OPS_V6_16,
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
+        .unknown_cmd_errno = TDXM_ENOTTY,
+        .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
+        .errno_default = TDXM_EIO,
+        .has_mr_lock = 1, .has_quote_lock = 1,
+        .cached_report_buf = 1, .resident = 2,
+        .status_writeback_off = 0, .status_writeback_len = 0,
+        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
+        .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
+        .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
+        .quote_out_len_once = 1, .quote_status_check = 0,
+    },
+    [TDXM_PROFILE_V7_1] = { /* ref §2.5; quote.md §1-§2.4 */
+        .name = "v7.1", .ops = TDXM_OPS_V6_16,
+        .cmds = {
+            [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_VERIFY_REPORT] = {0},
+            [TDXM_CMD_EXTEND_RTMR] = {0}},
+        .unknown_cmd_errno = TDXM_ENOTTY,
+        .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
+        .errno_default = TDXM_EIO,
+        .has_mr_lock = 1, .has_quote_lock = 1,
+        .cached_report_buf = 1, .resident = 2,
+        .status_writeback_off = 0, .status_writeback_len = 0,
+        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
+        .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
+        .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
+        .quote_out_len_once = 1, .quote_status_check = 1,
     },
     [TDXM_PROFILE_INTEL_DOWNSTREAM] = { /* quote.md §2.6; ref §1, §2.4 */
         .name = "intel-downstream", .ops = TDXM_OPS_INTEL_DOWNSTREAM,

@@ -4,6 +4,7 @@
  * reference table and read command numbers, request offsets and the errno map from the profile.
  */
 #include "tdx_driver.h"
+#include "tsm_report.h"
 #include "gk_sched.h"
 
 #include <sched.h>
@@ -27,6 +28,7 @@ struct td_kernel {
     _Atomic int mr_lock;   /* 0 free, 1 held */
     _Atomic int mr_stale;  /* the tsm-mr cache of the LIVE registers is stale */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
+    tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
 };
 
 struct td_process {
@@ -35,6 +37,7 @@ struct td_process {
     gk_cache *cache;
     gk_task task;
     _Atomic uint32_t fds[FD_LIMIT]; /* 0 free, else node index + 1 | accmode << 24 */
+    tsm_file *cfs[FD_LIMIT];        /* configfs files: their fds carry FD_CONFIGFS as the node */
     pthread_mutex_t trace_lock;
     unsigned ntrace;
     gk_trace_entry trace[GK_TRACE_MAX];
@@ -479,11 +482,9 @@ static long ioctl_intel_downstream(td_process *p, gk_ctx *c, uint32_t cmd, uint6
 
 /* tdx_mr_init (ref §2.5 "Init order"): allocate the report buffer, then one REPORT with zero
  * REPORTDATA; a failure aborts the load. */
-static int init_v6_16(td_kernel *tk, unsigned init_fail_nth, int misaligned_report_buf, uint64_t *init_status)
+static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint64_t *init_status)
 {
-    gk_task init_task = {0};
-    atomic_store(&init_task.fail_nth, init_fail_nth);
-    gk_ctx c = {.k = tk->gk, .task = &init_task, .mm = NULL, .bypass_filters = init_fail_nth != 0};
+    gk_ctx c = *cp;
     tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
                                 GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
     if (!tk->report_buf)
@@ -501,7 +502,6 @@ static int init_v6_16(td_kernel *tk, unsigned init_fail_nth, int misaligned_repo
         return (int)ret;
     }
     atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
-    gk_set_resident(tk->gk, 1);
     return 0;
 }
 
@@ -513,7 +513,7 @@ typedef long (*td_file_fn)(td_process *p, gk_ctx *c, const td_node *node, uint64
 struct td_ops {
     td_ioctl_fn ioctl;
     /* module init beyond misc_register; NULL: nothing can fail. Returns 0 or -errno. */
-    int (*init)(td_kernel *tk, unsigned init_fail_nth, int misaligned_report_buf, uint64_t *init_status);
+    int (*init)(td_kernel *tk, gk_ctx *init, int misaligned_report_buf, uint64_t *init_status);
     td_file_fn read_measurement, write_measurement; /* NULL: no measurement files */
 };
 
@@ -533,10 +533,13 @@ static const td_ops *const OPS[TDXM_NUM_OPS] = {
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
-                            int misaligned_report_buf, int *err, uint64_t *init_status)
+                            int misaligned_report_buf, int *err, uint64_t *init_status,
+                            const char *tsm_report_dir, const char *tsm_provider, int fail_decrypt,
+                            uint64_t *leaked_pages)
 {
     *err = -TDXM_ENOMEM;
     *init_status = TDX_SUCCESS;
+    *leaked_pages = 0;
     if (driver < 0 || driver >= TDXM_NUM_PROFILES || !OPS[TDXM_PROFILES[driver].ops]) {
         *err = -TDXM_EINVAL;
         return NULL;
@@ -559,13 +562,27 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         if (!tk->nodes[i].path)
             goto fail;
     }
+    /* one init task for the whole module load, so fail-nth counts every init point in order */
+    gk_task init_task = {0};
+    atomic_store(&init_task.fail_nth, init_fail_nth);
+    gk_ctx ic = {.k = tk->gk, .task = &init_task, .mm = NULL, .bypass_filters = init_fail_nth != 0};
     if (tk->ops->init) {
-        int ret = tk->ops->init(tk, init_fail_nth, misaligned_report_buf, init_status);
+        int ret = tk->ops->init(tk, &ic, misaligned_report_buf, init_status);
         if (ret) {
             *err = ret;
             goto fail;
         }
     }
+    if (tk->prof->has_quote) { /* quote.md §2.2: the quote buffer, then tsm_register */
+        int ret;
+        tk->tsm = tsm_create(tk, &ic, tsm_report_dir ? tsm_report_dir : "",
+                             tsm_provider ? tsm_provider : "", fail_decrypt, &ret, leaked_pages);
+        if (!tk->tsm) {
+            *err = ret;
+            goto fail;
+        }
+    }
+    gk_set_resident(tk->gk, (uint64_t)tk->prof->resident);
     *err = 0;
     return tk;
 fail:
@@ -584,6 +601,7 @@ void td_kernel_destroy(td_kernel *tk)
         return;
     /* module exit frees the report buffer; nothing reads the allocator afterwards, so the guest
      * memory (which may already be gone) is not touched here */
+    tsm_destroy(tk->tsm);
     for (size_t i = 0; i < tk->nnodes; i++)
         free((void *)tk->nodes[i].path);
     free(tk->nodes);
@@ -626,6 +644,14 @@ void td_process_destroy(td_process *p)
 {
     if (!p)
         return;
+    /* exit closes every fd: a configfs file commits its inblob as at close */
+    for (int fd = 0; fd < FD_LIMIT; fd++)
+        if (p->cfs[fd]) {
+            gk_ctx c;
+            ctx_init(&c, p);
+            tsm_release(p->tk->tsm, &c, p->cfs[fd]);
+            p->cfs[fd] = NULL;
+        }
     gk_mm_destroy(p->mm);
     gk_cache_destroy(p->tk->gk, p->cache);
     pthread_mutex_destroy(&p->trace_lock);
@@ -657,12 +683,37 @@ static void clear_trace(td_process *p)
     pthread_mutex_unlock(&p->trace_lock);
 }
 
+#define FD_CONFIGFS 0xFFFFFFu
+static const td_node configfs_node = {"", TD_NODE_CONFIGFS, 0, 0};
+
+static int open_configfs(td_process *p, const char *path, int accmode)
+{
+    int err;
+    tsm_file *f = tsm_open(p->tk->tsm, path, accmode, &err);
+    if (!f)
+        return err;
+    uint32_t entry = FD_CONFIGFS | ((uint32_t)accmode << 24);
+    for (int fd = 3; fd < FD_LIMIT; fd++) {
+        uint32_t expected = 0;
+        if (atomic_compare_exchange_strong(&p->fds[fd], &expected, entry)) {
+            p->cfs[fd] = f;
+            return fd;
+        }
+    }
+    gk_ctx c;
+    ctx_init(&c, p);
+    tsm_release(p->tk->tsm, &c, f);
+    return -TDXM_EMFILE;
+}
+
 int td_open(td_process *p, const char *path, int accmode)
 {
     clear_trace(p);
     td_kernel *tk = p->tk;
     if (accmode < 0 || accmode > 3)
         return -TDXM_EINVAL;
+    if (tk->tsm && tsm_owns_path(tk->tsm, path))
+        return open_configfs(p, path, accmode);
     for (size_t i = 0; i < tk->nnodes; i++) {
         const td_node *node = &tk->nodes[i];
         if (strcmp(node->path, path) != 0)
@@ -684,8 +735,17 @@ int td_open(td_process *p, const char *path, int accmode)
 int td_close(td_process *p, int fd)
 {
     clear_trace(p);
-    if (fd < 0 || fd >= FD_LIMIT || atomic_exchange(&p->fds[fd], 0) == 0)
+    uint32_t e;
+    if (fd < 0 || fd >= FD_LIMIT || (e = atomic_exchange(&p->fds[fd], 0)) == 0)
         return -TDXM_EBADF;
+    if ((e & 0xFFFFFF) == FD_CONFIGFS) { /* release: commit, its result ignored (quote.md §1.4) */
+        tsm_file *f = p->cfs[fd];
+        p->cfs[fd] = NULL;
+        gk_ctx c;
+        ctx_init(&c, p);
+        tsm_release(p->tk->tsm, &c, f);
+        ctx_finish(&c, p, 0);
+    }
     return 0;
 }
 
@@ -698,6 +758,8 @@ static const td_node *fd_node(td_process *p, int fd, int *accmode)
     if (!e)
         return NULL;
     *accmode = (int)(e >> 24);
+    if ((e & 0xFFFFFF) == FD_CONFIGFS)
+        return &configfs_node;
     return &p->tk->nodes[(e & 0xFFFFFF) - 1];
 }
 
@@ -728,7 +790,10 @@ long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offse
         ret = -TDXM_EINVAL;
     else if (!node || accmode == 1)
         ret = -TDXM_EBADF;
-    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
+    else if (node->kind == TD_NODE_CONFIGFS && count >= 0) {
+        int64_t pos = offset;
+        ret = tsm_read(p->tk->tsm, &c, p->cfs[fd], addr, count, &pos);
+    } else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->read_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->read_measurement(p, &c, node, addr, count, offset);
@@ -746,9 +811,89 @@ long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offs
         ret = -TDXM_EINVAL;
     else if (!node || accmode == 0)
         ret = -TDXM_EBADF;
-    else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
+    else if (node->kind == TD_NODE_CONFIGFS && count >= 0) {
+        int64_t pos = offset;
+        ret = tsm_write(p->tk->tsm, &c, p->cfs[fd], addr, count, &pos);
+    } else if (count < 0 || node->kind != TD_NODE_MEASUREMENT || !p->tk->ops->write_measurement)
         ret = -TDXM_EINVAL;
     else
         ret = p->tk->ops->write_measurement(p, &c, node, addr, count, offset);
     return ctx_finish(&c, p, ret);
 }
+
+/* ---- read/write with the file position, and the configfs directory calls --------------------------- */
+
+/* read(2)/write(2) at the file position: configfs files (quote.md §1.4-§1.5). The device node and the
+ * measurement files take pread/pwrite only: -EINVAL here. */
+long td_read(td_process *p, int fd, uint64_t addr, int64_t count)
+{
+    int accmode;
+    const td_node *node = fd_node(p, fd, &accmode);
+    gk_ctx c;
+    ctx_init(&c, p);
+    long ret;
+    if (!node || accmode == 1)
+        ret = -TDXM_EBADF;
+    else if (count < 0 || node->kind != TD_NODE_CONFIGFS)
+        ret = -TDXM_EINVAL;
+    else
+        ret = tsm_read(p->tk->tsm, &c, p->cfs[fd], addr, count, tsm_file_pos(p->cfs[fd]));
+    return ctx_finish(&c, p, ret);
+}
+
+long td_write(td_process *p, int fd, uint64_t addr, int64_t count)
+{
+    int accmode;
+    const td_node *node = fd_node(p, fd, &accmode);
+    gk_ctx c;
+    ctx_init(&c, p);
+    long ret;
+    if (!node || accmode == 0)
+        ret = -TDXM_EBADF;
+    else if (count < 0 || node->kind != TD_NODE_CONFIGFS)
+        ret = -TDXM_EINVAL;
+    else
+        ret = tsm_write(p->tk->tsm, &c, p->cfs[fd], addr, count, tsm_file_pos(p->cfs[fd]));
+    return ctx_finish(&c, p, ret);
+}
+
+int td_mkdir(td_process *p, const char *path)
+{
+    clear_trace(p);
+    if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
+        return -TDXM_ENOENT;
+    return tsm_mkdir(p->tk->tsm, path);
+}
+
+int td_rmdir(td_process *p, const char *path)
+{
+    clear_trace(p);
+    if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
+        return -TDXM_ENOENT;
+    return tsm_rmdir(p->tk->tsm, path);
+}
+
+int td_stat(td_process *p, const char *path, int *kind, int *mode)
+{
+    clear_trace(p);
+    if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
+        return -TDXM_ENOENT;
+    return tsm_stat(p->tk->tsm, path, kind, mode);
+}
+
+long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+{
+    clear_trace(p);
+    if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
+        return -TDXM_ENOENT;
+    return tsm_readdir(p->tk->tsm, path, out, cap);
+}
+
+/* ---- services of the quote provider (csrc/tsm_report.c) ------------------------------------------ */
+
+const tdxm_profile *td_kernel_profile(td_kernel *tk) { return tk->prof; }
+tsm_state *td_kernel_tsm(td_kernel *tk) { return tk->tsm; }
+uint64_t td_kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rdx) { return kernel_tdcall(tk, leaf, rcx, rdx); }
+int td_mr_lock_interruptible(td_kernel *tk, gk_task *task) { return mr_lock_interruptible(tk, task); }
+void td_mr_unlock(td_kernel *tk) { mr_unlock(tk); }
+uint8_t *td_report_buf(td_kernel *tk) { return tk->report_buf; }

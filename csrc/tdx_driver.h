@@ -19,7 +19,7 @@ enum td_misalign { TD_MISALIGN_NONE = 0, TD_MISALIGN_TDREPORT = 1, TD_MISALIGN_R
 
 /* A file the driver exposes. The Cython layer builds the table from tdxmodel.abi (DEVICE_PATHS,
  * MEASUREMENT_DIRS, MEASUREMENTS), so no path or offset is spelled here. */
-enum td_node_kind { TD_NODE_DEVICE = 1, TD_NODE_MEASUREMENT = 2 };
+enum td_node_kind { TD_NODE_DEVICE = 1, TD_NODE_MEASUREMENT = 2, TD_NODE_CONFIGFS = 3 };
 typedef struct {
     const char *path;   /* copied at kernel creation */
     int kind;
@@ -36,8 +36,13 @@ typedef struct td_process td_process;
  * exists, an armed init fail-nth bypasses the capability filters (ignore-gfp-wait), as the documented
  * sweep would set them. Returns NULL with *err = -errno on a failed init (nothing left allocated; a
  * failed init REPORT leaves its status in *init_status), or -TDXM_ENOMEM when the host is out of memory. */
+/* Generations with a quote path (TDXM_PROFILES[].has_quote) then allocate the quote buffer and
+ * register with configfs-tsm at tsm_report_dir (csrc/tsm_report.h); fail_decrypt makes the buffer's
+ * conversion to shared fail (its pages are leaked: *leaked_pages, quote.md §2.2). */
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
-                            int misaligned_report_buf, int *err, uint64_t *init_status);
+                            int misaligned_report_buf, int *err, uint64_t *init_status,
+                            const char *tsm_report_dir, const char *tsm_provider, int fail_decrypt,
+                            uint64_t *leaked_pages);
 void td_kernel_destroy(td_kernel *tk);
 gk_kernel *td_kernel_gk(td_kernel *tk);
 int td_kernel_driver(td_kernel *tk);
@@ -74,5 +79,23 @@ int td_close(td_process *p, int fd);
 long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg);
 long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset);
 long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset);
+
+/* read(2)/write(2) at the file position (configfs files; others -EINVAL), and the configfs directory
+ * calls (a path outside the configfs tree, or a generation without one: -ENOENT). */
+long td_read(td_process *p, int fd, uint64_t addr, int64_t count);
+long td_write(td_process *p, int fd, uint64_t addr, int64_t count);
+int td_mkdir(td_process *p, const char *path);
+int td_rmdir(td_process *p, const char *path);
+int td_stat(td_process *p, const char *path, int *kind, int *mode);
+long td_readdir(td_process *p, const char *path, char *out, size_t cap);
+
+/* Services of the quote provider (csrc/tsm_report.c). */
+typedef struct tsm_state tsm_state;
+const tdxm_profile *td_kernel_profile(td_kernel *tk);
+tsm_state *td_kernel_tsm(td_kernel *tk); /* NULL: no quote path */
+uint64_t td_kernel_tdcall(td_kernel *tk, int leaf, uint64_t rcx, uint64_t rdx);
+int td_mr_lock_interruptible(td_kernel *tk, gk_task *task);
+void td_mr_unlock(td_kernel *tk);
+uint8_t *td_report_buf(td_kernel *tk);
 
 #endif /* TDX_DRIVER_H */

@@ -139,6 +139,12 @@ def _render_profiles() -> list:
             "    int status_writeback_off, status_writeback_len; /* len 0: none */",
             "    int npoints;",
             "    int points[TDXM_MAX_PROFILE_POINTS];",
+            "    /* the configfs-tsm quote path (tdxmodel.profiles.Quote; quote.md §1-§2); has_quote 0: none */",
+            "    int has_quote;",
+            "    unsigned quote_buf_size, quote_buf_order;",
+            "    unsigned long long tsm_outblob_max;",
+            "    int tsm_no_provider_errno, tsm_visibility_callbacks, tsm_provider_gone_enxio, tsm_counts_items;",
+            "    int quote_out_len_once, quote_status_check;",
             "} tdxm_profile;",
             "static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {"]
     for p in profiles.PROFILES:
@@ -169,8 +175,14 @@ def _render_profiles() -> list:
                 f"        .cached_report_buf = {int(p.cached_report_buf)}, .resident = {p.resident},",
                 f"        .status_writeback_off = {wb.offset if wb else 0}, .status_writeback_len = {wb.size if wb else 0},",
                 f"        .npoints = {len(p.points)}, .points = {{"
-                + ", ".join(f"GK_PT_{_ident(pt)}" for pt in p.points) + "},",
-                "    },"]
+                + ", ".join(f"GK_PT_{_ident(pt)}" for pt in p.points) + "},"]
+        q = p.quote
+        if q is not None:
+            out += [f"        .has_quote = 1, .quote_buf_size = {q.buf_size}, .quote_buf_order = {q.buf_order},",
+                    f"        .tsm_outblob_max = {q.outblob_max}ULL, .tsm_no_provider_errno = TDXM_{_errno_name(q.no_provider_errno)},",
+                    f"        .tsm_visibility_callbacks = {int(q.visibility_callbacks)}, .tsm_provider_gone_enxio = {int(q.provider_gone_enxio)}, .tsm_counts_items = {int(q.counts_items)},",
+                    f"        .quote_out_len_once = {int(q.out_len_once)}, .quote_status_check = {int(q.status_check)},"]
+        out += ["    },"]
     out.append("};")
     return out
 

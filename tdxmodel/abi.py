@@ -141,6 +141,9 @@ CONSTANTS: List[Const] = [
     _c("EACCES", 13, "errno", "Linux asm-generic/errno-base.h",
        "errno: opening a read-only (0444) sysfs measurement file for writing"),
     _c("EFAULT", 14, "errno", "ref §0", "errno"),
+    _c("EEXIST", 17, "errno", "Linux asm-generic/errno-base.h", "errno: mkdir of a configfs item that exists"),
+    _c("ENOTDIR", 20, "errno", "Linux asm-generic/errno-base.h", "errno: a configfs attribute used as a directory"),
+    _c("EISDIR", 21, "errno", "Linux asm-generic/errno-base.h", "errno: a configfs directory opened as a file"),
     _c("EBUSY", 16, "errno", "ref §0", "errno"),
     _c("ENODEV", 19, "errno", "ref §0", "errno"),
     _c("EINVAL", 22, "errno", "ref §0", "errno"),
@@ -152,6 +155,7 @@ CONSTANTS: List[Const] = [
     _c("ETXTBSY", 26, "errno", "quote.md §0", "errno: configfs fd used for both reading and writing"),
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
     _c("ERANGE", 34, "errno", "quote.md §0", "errno"),
+    _c("ENAMETOOLONG", 36, "errno", "Linux asm-generic/errno.h", "errno: a path component longer than NAME_MAX"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     # --- ioctl numbers ---------------------------------------------------------------------
     _c("TDX_CMD_GET_TDREPORT", 0xC0085401, "ioctl", "ref §1, §2.2", "v4 (2022-04): _IOWR('T', 0x01, __u64)"),
@@ -237,6 +241,11 @@ CONSTANTS: List[Const] = [
     _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
        "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
     _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+    # --- configfs-tsm and the TDX quote provider (quote.md §1-§2) ---------------------------------
+    _c("TSM_INBLOB_MAX", 64, "tsm", "quote.md §1.1", "cb_max_size of inblob: a write past it is -EFBIG"),
+    _c("TSM_NAME_MAX", 255, "tsm", "Linux NAME_MAX", "longest configfs item name"),
+    _c("GETQUOTE_TIMEOUT", 30, "tsm", "quote.md §2.2, §2.4", "getquote_timeout: at most 30 polls"),
+    _c("GETQUOTE_POLL_MS", 1000, "tsm", "quote.md §2.4", "each poll sleeps 1000 ms interruptibly"),
     _c("KERNEL_FIRST_PAGE", 16, "kernel", "docs/CONTRACT.md \"Kernel\" (design choice)",
        "the kernel allocator owns guest pages KERNEL_FIRST_PAGE..: 0..3 the host's, 4..15 free for tests"),
 ]

@@ -77,7 +77,8 @@ WINDOW = 0x10000
 WINDOW_PAGES = 4
 #: User bytes outside the REPORTDATA: a filler the driver never writes on its own.
 FILLER = 0xA5
-MODULE_PAGES = 32
+#: Guest memory: room for the kernel, a 7.0+ 128 KiB quote buffer (32 pages) and the slabs.
+MODULE_PAGES = 96
 POSITIONS = ("first_byte", "middle", "last_byte", "page_boundary")
 _OPERAND_IDS = {"RCX": abi.TDX_OPERAND_ID_RCX, "RDX": abi.TDX_OPERAND_ID_RDX, "R8": abi.TDX_OPERAND_ID_R8}
 _MISALIGN_TARGET = {"RCX": "tdreport", "RDX": "reportdata"}

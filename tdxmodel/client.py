@@ -40,7 +40,7 @@ _MEASUREMENT_ADDR = REQUEST_ADDR + _REQUEST_PAGES * PAGE_SIZE
 
 class TdxGuest:
     """TdxGuest(driver: str = "v6.2", backend: str | None = None, config: ModuleConfig | None = None,
-    *, memory_pages: int = 64, kernel=None)
+    *, memory_pages: int = 128, kernel=None)
 
     One emulated TD with the ``driver`` generation loaded (a name of ``tdxmodel.profiles.NAMES``), on
     the ``backend`` ("core", "reference", or None for the default); or, with ``kernel``, one more
@@ -50,7 +50,7 @@ class TdxGuest:
     fail-nth is per task, ref §7)."""
 
     def __init__(self, driver: Optional[str] = None, backend: Optional[str] = None,
-                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 64, kernel=None) -> None:
+                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 128, kernel=None) -> None:
         if kernel is not None:
             if driver is not None or backend is not None or config is not None:
                 raise ValueError("kernel= opens a process on an existing kernel: give no driver, "

@@ -75,6 +75,11 @@ class UserCopyFault(KernelError):
     """-EFAULT: a user copy faulted (ref §2, §7)."""
 
 
+class KernelOops(KernelError):
+    """The emulated kernel dereferenced a NULL pointer (<= 6.15 configfs-tsm `provider` after the
+    provider unregistered, quote.md §1.7): the syscall has no return value."""
+
+
 class TdExit(Exception):
     """The TDCALL did not complete: the CPU left the TD before writing RAX (ref §4.3 step 3b)."""
 

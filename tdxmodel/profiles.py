@@ -101,6 +101,32 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Quote:
+    """The quote path of a configfs-tsm generation: the tsm report core (quote.md §1) and the
+    tdx_guest provider (quote.md §2.2-§2.4)."""
+
+    buf_size: int               # GET_QUOTE_BUF_SIZE (quote.md §2.2)
+    outblob_max: int            # TSM_OUTBLOB_MAX, configfs cb_max_size of outblob (quote.md §1.1)
+    no_provider_errno: int      # outblob read with no provider, R3 (quote.md §1.5)
+    visibility_callbacks: bool  # 6.11+: is_visible callbacks instead of fixed item types (quote.md §1.2)
+    provider_gone_enxio: bool   # 6.16+: provider reads -ENXIO after unregister; before: NULL deref (§1.7)
+    counts_items: bool          # 6.16+: registering with items present is -EBUSY (quote.md §1.6)
+    out_len_once: bool          # c3fd16c3b98e: out_len read once, > size - 24 -> -EFBIG (P9)
+    status_check: bool          # 0f409eaea53e: status != SUCCESS -> -EIO (P8)
+
+    @property
+    def buf_order(self) -> int:
+        """Page order of the quote buffer (quote.md §2.2: 8 KiB order 1, 128 KiB order 5)."""
+        pages = -(-self.buf_size // abi.TDX_PAGE_SIZE)
+        return (pages - 1).bit_length()
+
+    @property
+    def max_out_len(self) -> int:
+        """TDX_QUOTE_MAX_LEN = buffer size - 24 (quote.md §2.3 P9)."""
+        return self.buf_size - abi.QUOTE_HDR_LEN
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str                            # the spelling of the CLI and API (--driver, Kernel(driver=))
     ref: str                             # the reference section of its step table
@@ -120,7 +146,7 @@ class Profile:
     resident: int = 0                    # allocations kept from init to exit
     cached_report_buf: bool = False      # one report buffer from init (6.16); else per-call buffers
     status_writeback: Optional[Field] = None   # v4 put_user()s the masked status here on failure
-    quote: Optional[Mapping[str, Any]] = None  # quote-provider traits (configfs-tsm generations)
+    quote: Optional[Quote] = None        # the configfs-tsm quote path (quote.md §1-§2); None: ioctl only
     traits: Mapping[str, Any] = field(default_factory=dict)  # anything else a generation needs
 
     @property
@@ -181,6 +207,11 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     ("report_buf:kzalloc", "failslab"),
     ("measurement:copy_to_user", "fail_usercopy"),
     ("measurement:copy_from_user", "fail_usercopy"),
+    # the quote path (quote.md §2.2-§2.3, ref §7)
+    ("quote_buf:alloc_pages", "fail_page_alloc"),   # init: alloc_pages_exact, order 1 / 5
+    ("outblob:kvmemdup", "failslab"),               # P10 (ref §7: the vmalloc fallback is one point)
+    ("configfs:copy_from_user", "fail_usercopy"),   # write(inblob): configfs copies from the iter
+    ("configfs:copy_to_user", "fail_usercopy"),     # read(outblob / generation / provider)
     ("reportmac:kmalloc", "failslab"),
     ("reportmac:copy_from_user", "fail_usercopy"),
     ("err_code:copy_to_user", "fail_usercopy"),
@@ -218,6 +249,28 @@ _MEASUREMENTS_6_16 = (
     Measurement("mrownerconfig", abi.TDR_OFF_MROWNERCONFIG, 0o444),
 ) + tuple(Measurement(f"rtmr{i}:sha384", abi.TDR_OFF_RTMR0 + i * abi.TDX_SHA384_LEN, 0o644)
           for i in range(abi.TDX_NUM_RTMRS))
+#: The configfs-tsm report directory (quote.md §0, §1).
+TSM_REPORT_DIR = "/sys/kernel/config/tsm/report"
+#: What an item shows for TDX (quote.md §1.2): only these are visible, in every generation.
+TSM_ATTRS = ("generation", "provider", "inblob", "outblob")
+TSM_PROVIDER_NAME = "tdx_guest"  # KBUILD_MODNAME; reads "tdx_guest\n" (quote.md §1.1)
+
+_SZ_8K, _SZ_32K, _SZ_128K, _SZ_16M = 8 << 10, 32 << 10, 128 << 10, 16 << 20
+_QUOTE_6_7 = Quote(buf_size=_SZ_8K, outblob_max=_SZ_32K, no_provider_errno=abi.ENOTTY,
+                   visibility_callbacks=False, provider_gone_enxio=False, counts_items=False,
+                   out_len_once=False, status_check=False)
+_QUOTE_6_11 = Quote(**{**_QUOTE_6_7.__dict__, "visibility_callbacks": True})
+_QUOTE_6_16 = Quote(**{**_QUOTE_6_11.__dict__, "no_provider_errno": abi.ENXIO,
+                       "provider_gone_enxio": True, "counts_items": True})
+_QUOTE_7_0 = Quote(**{**_QUOTE_6_16.__dict__, "buf_size": _SZ_128K, "outblob_max": _SZ_16M,
+                      "out_len_once": True})
+_QUOTE_7_1 = Quote(**{**_QUOTE_7_0.__dict__, "status_check": True})
+# The quote provider's own errnos, on top of the ioctl path's (quote.md §2.3 P1-P11, §1.5 R1-R8).
+_QUOTE_POINTS_6_7 = ("quote_buf:alloc_pages", "reportdata:kmalloc", "tdreport:kzalloc", "outblob:kvmemdup",
+                     "configfs:copy_from_user", "configfs:copy_to_user")
+_QUOTE_POINTS_6_16 = ("quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user",
+                      "configfs:copy_to_user")
+
 _MEASUREMENT_DIRS_6_16 = ("/sys/devices/virtual/misc/tdx_guest/measurements",   # ref §1
                           "/sys/class/misc/tdx_guest/measurements")
 
@@ -236,26 +289,68 @@ PROFILES: Tuple[Profile, ...] = (
                 "status:put_user", "tdreport:copy_to_user"),
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EIO),
         status_writeback=Field("status", 0, 8, OUT)),
-    # ref §2.4: upstream 6.2-6.15, no lock, per-call kmalloc/kzalloc.
+    # ref §2.4: upstream 6.2-6.6, no lock, per-call kmalloc/kzalloc; the ioctl only.
     Profile(
-        name="v6.2", ref="ref §2.4", kernel=("6.2", "6.15"),
+        name="v6.2", ref="ref §2.4", kernel=("6.2", "6.6"),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
         commands=(replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
         points=_V6_2_REPORT_POINTS,
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY)),
+    # quote.md §1-§2, ref §2.6: 6.7-6.10, the 6.2 ioctl plus the configfs-tsm quote (fixed item types).
+    Profile(
+        name="v6.7", ref="quote.md §1-§2.4; ref §2.4, §2.6", kernel=("6.7", "6.10"),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
+        commands=(replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
+        points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                "tdreport:copy_to_user") + _QUOTE_POINTS_6_7[:1] + _QUOTE_POINTS_6_7[3:],
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
+        locks=("quote_lock",), resident=1, quote=_QUOTE_6_7),
+    # 6.11-6.15: visibility callbacks (quote.md §1.2); the same TDX surface.
+    Profile(
+        name="v6.11", ref="quote.md §1-§2.4; ref §2.4, §2.6", kernel=("6.11", "6.15"),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_2",
+        commands=(replace(_GET_REPORT0, points=_V6_2_REPORT_POINTS),), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
+        points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                "tdreport:copy_to_user") + _QUOTE_POINTS_6_7[:1] + _QUOTE_POINTS_6_7[3:],
+        report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
+        locks=("quote_lock",), resident=1, quote=_QUOTE_6_11),
     # ref §2.5: 6.16+, the report buffer from init under mr_lock, -ENXIO/-EBUSY, measurement files.
     Profile(
-        name="v6.16", ref="ref §2.5", kernel=("6.16", None),
+        name="v6.16", ref="ref §2.5; quote.md §1-§2.4", kernel=("6.16", "6.19"),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
         points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user"),
+                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
-        locks=("mr_lock",), measurements=_MEASUREMENTS_6_16, measurement_dirs=_MEASUREMENT_DIRS_6_16,
-        resident=1, cached_report_buf=True),
+        locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_6_16),
+    # 7.0: 128 KiB quote buffer, 16 MiB outblob, out_len read once and bounded (quote.md §2.1).
+    Profile(
+        name="v7.0", ref="ref §2.5; quote.md §1-§2.4", kernel=("7.0", "7.0"),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
+        commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
+        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
+                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
+        locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_0),
+    # 7.1: a non-SUCCESS status gives -EIO (0f409eaea53e, quote.md §2.3 P8).
+    Profile(
+        name="v7.1", ref="ref §2.5; quote.md §1-§2.4", kernel=("7.1", None),
+        device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
+        commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
+        errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
+        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
+                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
+        locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_1),
     # Intel's out-of-tree tdx-guest driver, which DCAP's libtdx_attest and the Python SDKs call (ref §1,
     # quote.md §2.6; intel/td-partitioning drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 and
     # arch/x86/coco/tdx/tdx.c @01e17622): GET_REPORT0 as 6.2 (tdx_get_report0; tdx_mcall_get_report0
@@ -324,6 +419,7 @@ def _check() -> None:
         assert all(set(c.points) <= set(p.points) for c in p.commands), p.name
         assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
+        assert p.quote is None or p.has_lock("quote_lock"), p.name
 
 
 _check()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tdxmodel import abi, errors
+from tdxmodel import abi, errors, profiles
 from tdxmodel.config import ModuleConfig
 from tdxmodel.client import TdxGuest
 

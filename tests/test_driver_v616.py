@@ -26,7 +26,8 @@ BUSY = abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
 
 def balanced(k):
     c = k.counters()
-    assert c["resident"] == 1 and c["outstanding"] == 1, c  # the report buffer only
+    # the report buffer and the quote buffer (quote.md §2.2), kept from init to exit
+    assert c["resident"] == 2 and c["outstanding"] == 2, c
     assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"], c
     return c
 
@@ -64,7 +65,7 @@ def kernel_memory(k):
 def test_init_keeps_one_report_buffer_and_issues_one_report(make_kernel):
     k = make_kernel(DRIVER)
     c = balanced(k)
-    assert c["allocs"] == 1 and c["slab_allocs"] == 1 and c["frees"] == 0
+    assert c["allocs"] == 2 and c["slab_allocs"] == 1 and c["page_allocs"] == 1 and c["frees"] == 0
     assert k.module.counters()["reports"] == 1
     # the buffer holds the init-time report (zero REPORTDATA), 1024-aligned in guest memory
     where = kernel_memory(k).find(k.module.report(bytes(64)))
@@ -85,8 +86,14 @@ def test_init_report_failure_aborts_load(backend, make_module):
     assert m.counters()["reports"] == 1
 
 
+def test_init_quote_buffer_failure_aborts_load(backend, make_module):
+    with pytest.raises(errors.KernelError) as e:
+        backend.Kernel(make_module(), DRIVER, fail_nth=2)  # after the report buffer (quote.md §2.2)
+    assert e.value.errno == abi.ENOMEM
+
+
 def test_init_fail_nth_beyond_the_points_loads_and_leaves_defaults(backend, make_module):
-    k = backend.Kernel(make_module(), DRIVER, fail_nth=2)
+    k = backend.Kernel(make_module(), DRIVER, fail_nth=3)
     balanced(k)
     assert k.fault("failslab").ignore_gfp_wait is True and k.fault("fail_page_alloc").min_order == 1
 
@@ -102,7 +109,7 @@ def test_row5_success_and_selftest_check(dev):
     lo, hi = PAGE + OUT, PAGE + abi.TDX_REPORT_REQ_LEN
     assert after[:lo] == before[:lo] and after[hi:] == before[hi:]
     c = k.counters()
-    assert c["allocs"] == 1 and c["locks_taken"] == 2  # init's REPORT and this call: no allocation
+    assert c["allocs"] == 2 and c["locks_taken"] == 2  # init (report and quote buffers) and this call: no allocation
 
 
 def test_row1_contended_lock_with_signal_is_eintr(dev):

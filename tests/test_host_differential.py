@@ -57,7 +57,7 @@ def make_pair():
         b = _backend.load(name)
         m = b.Module(ModuleConfig(seed=3), memory_pages=MEMORY_PAGES)
         m.set_page_state(FIRST * PAGE, LAST - FIRST, "shared")
-        h = b.Host(m)
+        h = b.Host(m, producer=b.TestQuoteProducer())
         pair.append((m, h))
     return pair
 

@@ -45,6 +45,7 @@ def make_host(backend, make_module):
         m = make_module(memory_pages=memory_pages)
         m.set_page_state(16 * PAGE, 64, "shared")
         m.set_page_state(PRIV, 1, "private")
+        kwargs.setdefault("producer", backend.TestQuoteProducer())
         h = backend.Host(m, **kwargs)
         made.append(h)
         write_request(m)
@@ -398,7 +399,7 @@ def test_one_host_per_module_and_close_detaches(backend, make_host):
         backend.Host(m)
     h.close()
     assert m.tdvmcall(GQ, BUF | SHARED, SIZE)[0] == UNSUPPORTED
-    h2 = backend.Host(m)
+    h2 = backend.Host(m, producer=backend.TestQuoteProducer())
     assert get_quote(m) == OK
     h2.close()
 
@@ -482,7 +483,7 @@ def test_host_on_a_shared_real_clock_completes_after_a_real_sleep(backend, make_
     m = make_module(memory_pages=MEMORY_PAGES)
     m.set_page_state(16 * PAGE, 2, "shared")
     clock = backend.Clock("real")
-    h = backend.Host(m, clock=clock)
+    h = backend.Host(m, clock=clock, producer=backend.TestQuoteProducer())
     try:
         assert h.clock is clock
         write_request(m)
@@ -509,6 +510,19 @@ def test_python_producer_on_any_backend_sees_the_payload(make_host):
     h.producer = None
     write_request(m)
     assert get_quote(m) == OK and header(m)["status"] == abi.GET_QUOTE_SERVICE_UNAVAILABLE
+
+
+def test_the_default_host_has_no_quote_service(backend, make_module):
+    # QEMU without quote-generation-socket (quote.md §4.1 H5); the test producer is never the default
+    m = make_module(memory_pages=MEMORY_PAGES)
+    m.set_page_state(16 * PAGE, 2, "shared")
+    h = backend.Host(m)
+    try:
+        assert h.producer is None
+        write_request(m)
+        assert get_quote(m) == OK and header(m)["status"] == abi.GET_QUOTE_SERVICE_UNAVAILABLE
+    finally:
+        h.close()
 
 
 def test_bad_host_arguments(backend, make_module):

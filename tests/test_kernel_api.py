@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tdxmodel import abi, errors
+from tdxmodel import abi, errors, profiles
 
 PAGE = abi.TDX_PAGE_SIZE
 REQ = 0x20000
@@ -58,12 +58,15 @@ def test_bad_init_arguments_are_value_errors(backend, make_module, kwargs):
 
 @pytest.mark.parametrize("driver", abi.DRIVERS)
 def test_kernel_owns_private_pages_from_16(make_kernel, driver):
-    k = make_kernel(driver, memory_pages=40)
+    k = make_kernel(driver, memory_pages=96)
     m = k.module
     assert k.driver == driver and k.module is m
     assert k.device_path == abi.DEVICE_PATHS[driver]
     assert all(m.page_state(i * PAGE) == "unmapped" for i in range(KERNEL_FIRST_PAGE))
-    assert all(m.page_state(i * PAGE) == "private" for i in range(KERNEL_FIRST_PAGE, 40))
+    q = profiles.get(driver).quote  # the quote buffer is converted to shared at init (quote.md §2.2)
+    shared = range(k.quote_buf_gpa // PAGE, k.quote_buf_gpa // PAGE + (1 << q.buf_order)) if q else ()
+    assert all(m.page_state(i * PAGE) == ("shared" if i in shared else "private")
+               for i in range(KERNEL_FIRST_PAGE, 96))
 
 
 @pytest.mark.parametrize("driver, points", [
@@ -72,13 +75,15 @@ def test_kernel_owns_private_pages_from_16(make_kernel, driver):
     ("v6.2", ["reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
               "tdreport:copy_to_user"]),
     ("v6.16", ["report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-               "measurement:copy_to_user", "measurement:copy_from_user"]),
+               "measurement:copy_to_user", "measurement:copy_from_user",
+               # the quote path (quote.md §2.2-§2.3)
+               "quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user", "configfs:copy_to_user"]),
 ])
 def test_injection_points_are_named_as_the_contract_says(make_kernel, driver, points):
     assert make_kernel(driver).injection_points() == points
 
 
-@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 1)])
+@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 2)])  # 6.16: report + quote buffer
 def test_counters_after_init(make_kernel, driver, resident):
     c = make_kernel(driver).counters()
     assert set(c) >= {"allocs", "frees", "outstanding", "resident", "slab_allocs", "page_allocs",
@@ -256,7 +261,9 @@ def test_kmalloc_is_poisoned_not_zeroed(make_kernel):
 
 @pytest.mark.parametrize("driver", abi.DRIVERS)
 def test_many_calls_do_not_exhaust_a_small_kernel(make_kernel, driver):
-    k = make_kernel(driver, memory_pages=KERNEL_FIRST_PAGE + 2)
+    q = profiles.get(driver).quote  # plus the quote buffer, naturally aligned (quote.md §2.2)
+    n = 1 << q.buf_order if q else 0
+    k = make_kernel(driver, memory_pages=KERNEL_FIRST_PAGE + 2 * n + 2)
     p, fd = open_device(k)
     for _ in range(20):
         assert p.ioctl(fd, report_cmd(driver), REQ) == 0

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE = abi.TDX_PAGE_SIZE
@@ -58,7 +58,7 @@ def _step(rnd, k, p, fds, driver):
             k.force_tdcall(rnd.choice(STATUSES), leaf=rnd.choice([None, abi.TDG_MR_RTMR_EXTEND, abi.TDG_MR_REPORT]),
                            count=rnd.choice([1, 2]))
         elif op == 9:
-            if driver != "v6.16":
+            if not profiles.get(driver).cached_report_buf:
                 k.force_misaligned(rnd.choice([None, None, "tdreport", "reportdata"]))
         elif op == 10:
             return p.pread(fd, rnd.choice([DATA, EDGE - 20, EDGE]), rnd.choice([0, 10, 48, 100, -1]),
@@ -77,7 +77,8 @@ def _step(rnd, k, p, fds, driver):
 def _replay(backend_name, driver, seed):
     rnd = random.Random(seed)
     be = _backend.load(backend_name)
-    module = be.Module(ModuleConfig(seed=1), memory_pages=rnd.choice([24, 64]))
+    q = profiles.get(driver).quote  # room for the quote buffer too (quote.md §2.2)
+    module = be.Module(ModuleConfig(seed=1), memory_pages=rnd.choice([24, 64]) + (2 << q.buf_order if q else 0))
     try:
         kernel = be.Kernel(module, driver, seed=seed, fail_nth=rnd.choice([0, 0, 0, 1, 2]))
     except Exception as exc:
@@ -86,7 +87,7 @@ def _replay(backend_name, driver, seed):
     p.mmap(DATA, 3 * PAGE, "rw")
     p.mmap(EDGE, PAGE, rnd.choice(["", "r", "w", "rw"]))
     fds = [p.open(kernel.device_path)]
-    if driver == "v6.16":
+    if profiles.get(driver).measurements:
         fds += [p.open(f"{abi.MEASUREMENT_DIRS[0]}/rtmr2:sha384"),
                 p.open(f"{abi.MEASUREMENT_DIRS[0]}/mrtd:sha384", os.O_RDONLY)]
     log = []

@@ -10,7 +10,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE = abi.TDX_PAGE_SIZE
@@ -52,6 +52,8 @@ op = st.one_of(
 
 def replay(name, driver, ops, memory_pages=24):
     backend = _backend.load(name)
+    q = profiles.get(driver).quote  # room for the quote buffer too (quote.md §2.2)
+    memory_pages += 2 << q.buf_order if q else 0
     k = backend.Kernel(backend.Module(ModuleConfig(seed=5), memory_pages=memory_pages), driver, seed=11)
     p = k.process()
     p.mmap(WINDOW, PAGES * PAGE, "rw")

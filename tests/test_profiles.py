@@ -49,7 +49,7 @@ def test_no_generation_name_compare_outside_the_profile_table():
 @pytest.mark.parametrize("name", profiles.NAMES)
 def test_kernel_follows_its_profile(backend, name):
     prof = profiles.get(name)
-    m = backend.Module(ModuleConfig(seed=1), memory_pages=40)
+    m = backend.Module(ModuleConfig(seed=1), memory_pages=96)  # room for a 128 KiB quote buffer
     k = backend.Kernel(m, name)
     assert k.device_path == prof.device_path
     assert k.injection_points() == list(prof.points)

@@ -87,11 +87,12 @@ _DEFAULT = object()
 
 
 cdef class Host:
-    """Host(module, *, producer=<the default producer>, clock=None)
+    """Host(module, *, producer=None, clock=None)
 
     The VMM behind the module's TDG.VP.VMCALL: KVM, QEMU's GetQuote / SetupEventNotifyInterrupt /
     GetTdVmCallInfo handlers (quote.md §3, §4.1 H1-H9) and the quote service. ``producer`` has
-    ``produce(payload: bytes) -> bytes``; None means no quote service is configured (H5). ``clock``:
+    ``produce(payload: bytes) -> bytes`` (the TDQE: ``tdxmodel.host.quote_producer()``; a test:
+    ``TestQuoteProducer()``); None, the default, is QEMU without a quote service (H5). ``clock``:
     a Clock, or "virtual" / "real"; default a new virtual clock.
     """
 
@@ -111,7 +112,7 @@ cdef class Host:
         if not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock or 'virtual'/'real', not {type(clock).__name__}")
         if producer is _DEFAULT:
-            producer = TestQuoteProducer()
+            producer = None  # QEMU without quote-generation-socket: no quote service (H5)
         if producer is not None and not callable(getattr(producer, "produce", None)):
             raise TypeError("producer must have a produce(payload: bytes) -> bytes method, or be None")
         self._module = module

@@ -9,6 +9,7 @@
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MAX
 from libc.stdlib cimport malloc, free
+from libc.string cimport strlen as _strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 cimport cython
@@ -226,9 +227,16 @@ cdef class Kernel:
     def __cinit__(self, *args, **kwargs):
         self.tk = NULL
 
-    def __init__(self, module, driver, *, seed=0, fail_nth=0, misaligned_report_buf=False):
+    def __init__(self, module, driver, *, seed=0, fail_nth=0, misaligned_report_buf=False,
+                 fail_decrypt=False):
         cdef int err = 0
         cdef uint64_t init_status = 0
+        cdef uint64_t leaked = 0
+        cdef int c_fail_decrypt
+        cdef bytes tsm_dir = _profiles.TSM_REPORT_DIR.encode()
+        cdef const char *c_tsm_dir = tsm_dir
+        cdef bytes tsm_provider = _profiles.TSM_PROVIDER_NAME.encode()
+        cdef const char *c_tsm_provider = tsm_provider
         cdef td_node *nodes = NULL
         cdef uint64_t c_seed
         cdef unsigned c_fail_nth
@@ -244,6 +252,9 @@ cdef class Kernel:
             _int_arg("seed", seed, 0, _U64_MAX)
         c_fail_nth = _int_arg("fail_nth", fail_nth, 0, _I31)
         c_misaligned = _bool_arg("misaligned_report_buf", misaligned_report_buf)
+        c_fail_decrypt = _bool_arg("fail_decrypt", fail_decrypt)
+        if c_fail_decrypt and prof.quote is None:
+            raise ValueError(f"fail_decrypt: {driver} has no quote buffer (no configfs-tsm quote path)")
         if c_misaligned and not prof.cached_report_buf:
             raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
                              "(only the generations with a cached report buffer, ref §2.5)")
@@ -272,12 +283,15 @@ cdef class Kernel:
             m = (<Module>module)._live()
             with nogil:
                 self.tk = td_kernel_create(m, c_driver, c_seed, nodes, nnodes, c_fail_nth,
-                                           c_misaligned, &err, &init_status)
+                                           c_misaligned, &err, &init_status, c_tsm_dir, c_tsm_provider,
+                                           c_fail_decrypt, &leaked)
         finally:
             free(nodes)
         if self.tk == NULL:
             if err == -_abi.ENOMEM:
-                raise _errors.errno_exception(_abi.ENOMEM, "tdx_guest init: report buffer")
+                exc = _errors.errno_exception(_abi.ENOMEM, "tdx_guest init: report or quote buffer")
+                exc.leaked_pages = leaked
+                raise exc
             raise _errors.errno_exception(-err, "tdx_guest init: TDG.MR.REPORT",
                                           status=init_status if init_status else None)
         self._module = module
@@ -367,6 +381,57 @@ cdef class Kernel:
     cdef _check_mr_lock(self):
         if not self._profile.has_lock("mr_lock"):
             raise ValueError(f"driver {self._driver} has no mr_lock (only v6.16, ref §2.5)")
+
+    # ------------------------------------------------------------------ configfs-tsm (quote.md §1.6)
+    cdef tsm_state *_tsm(self) except NULL:
+        cdef tsm_state *s = td_kernel_tsm(self._live())
+        if s == NULL:
+            raise ValueError(f"driver {self._driver} has no configfs-tsm quote path")
+        return s
+
+    def tsm_unregister(self):
+        """tsm_unregister() -> None: the provider leaves configfs-tsm (module unload); items linger."""
+        cdef tsm_state *s = self._tsm()
+        with nogil:
+            tsm_unregister(s)
+
+    def tsm_register(self):
+        """tsm_register() -> int: 0, or -EBUSY (already registered; 6.16+: items exist)."""
+        cdef tsm_state *s = self._tsm()
+        cdef int rc
+        with nogil:
+            rc = tsm_register(s)
+        return rc
+
+    def quote_lock_try(self):
+        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        return bool(tsm_quote_lock_try(self._tsm()))
+
+    def quote_lock_release(self):
+        """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
+        if tsm_quote_lock_release(self._tsm()) != 0:
+            raise ValueError("quote_lock is not held by quote_lock_try")
+
+    @property
+    def tsm_registered(self):
+        return bool(tsm_registered(self._tsm()))
+
+    def _tsm_set_generations(self, name, write_gen, read_gen):
+        """Model-only (tests): set an item's write and read generation (the wrap guard)."""
+        cdef tsm_state *s = self._tsm()
+        cdef bytes raw = _as_name(name)
+        cdef uint64_t w = _u64_arg("write_gen", write_gen), r = _u64_arg("read_gen", read_gen)
+        if tsm_set_generations(s, raw, w, r) != 0:
+            raise ValueError(f"no configfs-tsm item {name!r}")
+
+    @property
+    def quote_buf_gpa(self):
+        """quote_buf_gpa -> int: the GPA of the shared quote buffer (no shared bit)."""
+        return tsm_quote_buf_gpa(self._tsm())
+
+    @property
+    def quote_buf_size(self):
+        return tsm_quote_buf_size(self._tsm())
 
     def counters(self):
         """counters() -> dict: allocs, frees, outstanding, resident, slab_allocs, page_allocs,
@@ -559,9 +624,108 @@ cdef class Process:
         return td_open(p, raw, flags & _os.O_ACCMODE)
 
     def close(self, fd):
-        """close(fd: int) -> int: 0 or -EBADF."""
+        """close(fd: int) -> int: 0 or -EBADF (a configfs inblob commits here; its result is ignored)."""
         _int_arg("fd", fd, None, None)
-        return td_close(self._live(), fd if -_I31 <= fd <= _I31 else -1)
+        cdef td_process *p = self._live()
+        cdef int c_fd = fd if -_I31 <= fd <= _I31 else -1
+        cdef int rc
+        with nogil:
+            rc = td_close(p, c_fd)
+        return rc
+
+    cdef long _check_ret(self, long ret) except? -9999:
+        if ret == TD_RET_TD_EXIT:
+            self._exit()
+        if ret == TSM_RET_OOPS:
+            raise _errors.KernelOops("NULL pointer dereference: configfs-tsm provider_show after the "
+                                     "provider unregistered (quote.md §1.7)")
+        return ret
+
+    def read(self, fd, addr, count):
+        """read(fd: int, addr: int, count: int) -> int: bytes read at the file position, or -errno
+        (configfs files; the device node and measurement files: -EINVAL, use pread)."""
+        cdef td_process *p = self._live()
+        _int_arg("fd", fd, None, None)
+        cdef uint64_t c_addr = _int_arg("addr", addr, 0, _U64_MAX)
+        _int_arg("count", count, None, None)
+        cdef int c_fd = fd if -_I31 <= fd <= _I31 else -1
+        cdef int64_t c_count = -1 if count < 0 else min(count, INT64_MAX)
+        cdef long ret
+        with nogil:
+            ret = td_read(p, c_fd, c_addr, c_count)
+        return self._check_ret(ret)
+
+    def write(self, fd, addr, count):
+        """write(fd: int, addr: int, count: int) -> int: bytes written at the file position, or -errno."""
+        cdef td_process *p = self._live()
+        _int_arg("fd", fd, None, None)
+        cdef uint64_t c_addr = _int_arg("addr", addr, 0, _U64_MAX)
+        _int_arg("count", count, None, None)
+        cdef int c_fd = fd if -_I31 <= fd <= _I31 else -1
+        cdef int64_t c_count = -1 if count < 0 else min(count, INT64_MAX)
+        cdef long ret
+        with nogil:
+            ret = td_write(p, c_fd, c_addr, c_count)
+        return self._check_ret(ret)
+
+    def mkdir(self, path, mode=0o755):
+        """mkdir(path: str, mode: int = 0o755) -> int: 0 or -errno (configfs ignores the mode)."""
+        _int_arg("mode", mode, 0, 0o7777)
+        cdef bytes raw = _as_path(path)
+        cdef const char *c_path = raw
+        cdef td_process *p = self._live()
+        cdef int rc
+        with nogil:
+            rc = td_mkdir(p, c_path)
+        return rc
+
+    def rmdir(self, path):
+        """rmdir(path: str) -> int: 0 or -errno."""
+        cdef bytes raw = _as_path(path)
+        cdef const char *c_path = raw
+        cdef td_process *p = self._live()
+        cdef int rc
+        with nogil:
+            rc = td_rmdir(p, c_path)
+        return rc
+
+    def stat(self, path):
+        """stat(path: str) -> dict {"type": "dir" | "file", "mode": int} or -errno."""
+        cdef bytes raw = _as_path(path)
+        cdef const char *c_path = raw
+        cdef td_process *p = self._live()
+        cdef int kind = 0, mode = 0
+        cdef int rc
+        with nogil:
+            rc = td_stat(p, c_path, &kind, &mode)
+        if rc != 0:
+            return rc
+        return {"type": "dir" if kind == TSM_STAT_DIR else "file", "mode": mode}
+
+    def readdir(self, path):
+        """readdir(path: str) -> list[str] (sorted, without . and ..) or -errno."""
+        cdef bytes raw = _as_path(path)
+        cdef const char *c_path = raw
+        cdef td_process *p = self._live()
+        cdef size_t cap = 1 << 16
+        cdef char *buf = <char *>malloc(cap)
+        cdef long n
+        cdef size_t pos = 0, length, i
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                n = td_readdir(p, c_path, buf, cap)
+            if n < 0:
+                return n
+            names = []
+            for i in range(<size_t>n):
+                length = _strlen(buf + pos)
+                names.append(PyBytes_FromStringAndSize(buf + pos, length).decode("utf-8", "surrogateescape"))
+                pos += length + 1
+            return names
+        finally:
+            free(buf)
 
     cdef object _exit(self):
         cdef uint64_t gpa = 0
@@ -626,3 +790,17 @@ cdef class Process:
     def pwrite(self, fd, addr, count, offset):
         """pwrite(fd: int, addr: int, count: int, offset: int) -> int: bytes written or -errno."""
         return self._rw(fd, addr, count, offset, True)
+
+
+cdef bytes _as_path(object path):
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {type(path).__name__}")
+    if "\0" in path:
+        path = "/\0"  # no path has a NUL: not found
+    return path.encode("utf-8", "surrogateescape")
+
+
+cdef bytes _as_name(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    return name.encode("utf-8", "surrogateescape")

@@ -87,6 +87,9 @@ cdef extern from "tdx_abi.h":
     int TDXM_ENOMEM  # ref §0
     int TDXM_EACCES  # Linux asm-generic/errno-base.h
     int TDXM_EFAULT  # ref §0
+    int TDXM_EEXIST  # Linux asm-generic/errno-base.h
+    int TDXM_ENOTDIR  # Linux asm-generic/errno-base.h
+    int TDXM_EISDIR  # Linux asm-generic/errno-base.h
     int TDXM_EBUSY  # ref §0
     int TDXM_ENODEV  # ref §0
     int TDXM_EINVAL  # ref §0
@@ -96,6 +99,7 @@ cdef extern from "tdx_abi.h":
     int TDXM_ETXTBSY  # quote.md §0
     int TDXM_EFBIG  # ref §0
     int TDXM_ERANGE  # quote.md §0
+    int TDXM_ENAMETOOLONG  # Linux asm-generic/errno.h
     int TDXM_ETIMEDOUT  # ref §0
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2
     unsigned long long TDX_CMD_GET_REPORT0  # ref §1, §2.4
@@ -157,6 +161,10 @@ cdef extern from "tdx_abi.h":
     int HOST_FAULT_NO_INTERRUPT  # quote.md §3.3
     int SLAB_POISON_INUSE  # Linux include/linux/poison.h (POISON_INUSE)
     int MEASUREMENT_LEN  # ref §2.5
+    int TSM_INBLOB_MAX  # quote.md §1.1
+    int TSM_NAME_MAX  # Linux NAME_MAX
+    int GETQUOTE_TIMEOUT  # quote.md §2.2, §2.4
+    int GETQUOTE_POLL_MS  # quote.md §2.4
     int KERNEL_FIRST_PAGE  # docs/CONTRACT.md "Kernel" (design choice)
     int TDR_FIELD_REPORT_TYPE_OFF
     int TDR_FIELD_REPORT_TYPE_LEN

@@ -12,6 +12,7 @@ cdef extern from "tdx_driver.h" nogil:
         TD_MISALIGN_REPORTDATA
         TD_NODE_DEVICE
         TD_NODE_MEASUREMENT
+        TD_NODE_CONFIGFS
     long TD_RET_TD_EXIT
 
     ctypedef struct td_node:
@@ -27,7 +28,8 @@ cdef extern from "tdx_driver.h" nogil:
 
     td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes,
                                 size_t nnodes, unsigned init_fail_nth, int misaligned_report_buf, int *err,
-                                uint64_t *init_status)
+                                uint64_t *init_status, const char *tsm_report_dir, const char *tsm_provider, int fail_decrypt,
+                                uint64_t *leaked_pages)
     void td_kernel_destroy(td_kernel *tk)
     gk_kernel *td_kernel_gk(td_kernel *tk)
     void td_force_misaligned(td_kernel *tk, int target)
@@ -49,3 +51,26 @@ cdef extern from "tdx_driver.h" nogil:
     long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
     long td_pread(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
     long td_pwrite(td_process *p, int fd, uint64_t addr, int64_t count, int64_t offset)
+    long td_read(td_process *p, int fd, uint64_t addr, int64_t count)
+    long td_write(td_process *p, int fd, uint64_t addr, int64_t count)
+    int td_mkdir(td_process *p, const char *path)
+    int td_rmdir(td_process *p, const char *path)
+    int td_stat(td_process *p, const char *path, int *kind, int *mode)
+    long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+    ctypedef struct tsm_state:
+        pass
+    tsm_state *td_kernel_tsm(td_kernel *tk)
+
+cdef extern from "tsm_report.h" nogil:
+    long TSM_RET_OOPS
+    enum:
+        TSM_STAT_DIR
+        TSM_STAT_FILE
+    void tsm_unregister(tsm_state *s)
+    int tsm_register(tsm_state *s)
+    int tsm_registered(tsm_state *s)
+    int tsm_quote_lock_try(tsm_state *s)
+    int tsm_quote_lock_release(tsm_state *s)
+    int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen)
+    uint64_t tsm_quote_buf_gpa(tsm_state *s)
+    unsigned tsm_quote_buf_size(tsm_state *s)

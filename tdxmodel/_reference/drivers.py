@@ -138,7 +138,8 @@ class DriverV616:
         if ret:
             kernel.kfree(buf)
             raise errors.errno_exception(-ret, "tdx_guest init: TDG.MR.REPORT", status=self._last_status)
-        # §2.5 init #2-#4 (misc_register, quote buffer, tsm registration) have no modelled failures
+        # §2.5 init #2 misc_register cannot fail in the model; #3-#4 (the quote buffer, tsm registration)
+        # follow in tsm_report.TsmReport (quote.md §2.2)
 
     # -- tdx_do_report / tdx_do_extend ---------------------------------------------------------------
     def _report_locked(self) -> int:

@@ -83,7 +83,7 @@ class Allocator:
             self._free_pages_locked(page, 0)
 
     def kmalloc(self, task, size: int, point: str, *, zero: bool = False,
-                misaligned: bool = False) -> Optional[int]:
+                misaligned: bool = False, nofail: bool = False) -> Optional[int]:
         """kmalloc(task, size, point, *, zero=False, misaligned=False) -> int | None
 
         A slab object (kzalloc with ``zero``); None when failslab fails it (ref §7)."""
@@ -93,7 +93,7 @@ class Allocator:
             size_class = next((c for c in SLAB_CLASSES if c >= 2 * size_class and c & (c - 1) == 0), None)
         if size_class is None or size <= 0:
             raise ValueError(f"kmalloc: size {size} is outside the slab classes of this model")
-        if self._faults.inject(task, point, "failslab", size_class):
+        if not nofail and self._faults.inject(task, point, "failslab", size_class):
             return None
         with self._lock:
             base = self._slab_alloc_locked(size_class)
@@ -108,11 +108,11 @@ class Allocator:
         return ptr
 
     def alloc_pages(self, task, order: int, point: str, *, zero: bool = False,
-                    misaligned: bool = False) -> Optional[int]:
+                    misaligned: bool = False, nofail: bool = False) -> Optional[int]:
         """alloc_pages(task, order, point, *, zero=False, misaligned=False) -> int | None
 
         2**order pages aligned to their size; unzeroed pages hold the slab poison too."""
-        if self._faults.inject(task, point, "fail_page_alloc", 1 << order, order):  # space counts pages (mm/fail_page_alloc.c)
+        if not nofail and self._faults.inject(task, point, "fail_page_alloc", 1 << order, order):  # space counts pages (mm/fail_page_alloc.c)
             return None
         with self._lock:
             base = self._alloc_pages_locked(order)

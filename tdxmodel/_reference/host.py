@@ -97,7 +97,8 @@ _DEFAULT = object()
 
 
 class Host:
-    """Host(module, *, producer=<the default producer>, clock=None): the VMM behind TDG.VP.VMCALL."""
+    """Host(module, *, producer=None, clock=None): the VMM behind TDG.VP.VMCALL (producer None: QEMU
+    without a quote service, H5)."""
 
     def __init__(self, module, *, producer=_DEFAULT, clock=None) -> None:
         if not isinstance(module, Module):
@@ -107,7 +108,7 @@ class Host:
         if not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock or 'virtual'/'real', not {type(clock).__name__}")
         if producer is _DEFAULT:
-            producer = TestQuoteProducer()
+            producer = None  # QEMU without quote-generation-socket: no quote service (H5)
         _check_producer(producer)
         self._module = module
         self._clock = clock

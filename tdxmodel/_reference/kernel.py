@@ -24,8 +24,9 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from tdxmodel import abi, profiles
+from tdxmodel import abi, errors, profiles
 from tdxmodel._reference import drivers as _drivers
+from tdxmodel._reference import tsm_report as _tsm
 from tdxmodel._reference import gk_usermem as _usermem
 from tdxmodel._reference._args import I31, U64 as _U64, check_bool as _check_bool, check_int as _check_int
 from tdxmodel._reference.gk_alloc import KERNEL_FIRST_PAGE, PAGE_SIZE, Allocator
@@ -47,7 +48,7 @@ class Kernel:
     """
 
     def __init__(self, module, driver: str, *, seed: Optional[int] = 0, fail_nth: int = 0,
-                 misaligned_report_buf: bool = False) -> None:
+                 misaligned_report_buf: bool = False, fail_decrypt: bool = False) -> None:
         from tdxmodel._reference.module import Module
         if not isinstance(module, Module):
             raise TypeError(f"module must be a reference-backend Module, not {type(module).__name__}")
@@ -56,6 +57,9 @@ class Kernel:
             _check_int("seed", seed, 0, _U64)
         _check_int("fail_nth", fail_nth, 0, I31)
         _check_bool("misaligned_report_buf", misaligned_report_buf)
+        _check_bool("fail_decrypt", fail_decrypt)
+        if fail_decrypt and prof.quote is None:
+            raise ValueError(f"fail_decrypt: {driver} has no quote buffer (no configfs-tsm quote path)")
         if misaligned_report_buf and not prof.cached_report_buf:
             raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
                              "(only the generations with a cached report buffer, ref §2.5)")
@@ -79,8 +83,11 @@ class Kernel:
         init_task = _Task()
         init_task._fail_nth = fail_nth
         saved = self._faults.sweep_settings() if fail_nth else None
+        self.tsm = None
         try:
             self._driver = _drivers.DRIVER_CLASSES[prof.ops](self, init_task, misaligned_report_buf)
+            if prof.quote is not None:  # quote.md §2.2: the quote buffer, then tsm_register
+                self.tsm = _tsm.TsmReport(self, init_task, fail_decrypt)
         finally:
             if saved is not None:
                 self._faults.restore_settings(saved)
@@ -149,6 +156,56 @@ class Kernel:
         self._mr_outside_holds = False
         self.mutex_unlock(lock)
 
+    # -- configfs-tsm (quote.md §1.6) ----------------------------------------------------------------
+    def _tsm_or_raise(self):
+        if self.tsm is None:
+            raise ValueError(f"driver {self._driver_name} has no configfs-tsm quote path")
+        return self.tsm
+
+    def tsm_unregister(self) -> None:
+        """tsm_unregister() -> None: the provider leaves configfs-tsm (module unload); items linger."""
+        self._tsm_or_raise().unregister()
+
+    def tsm_register(self) -> int:
+        """tsm_register() -> int: 0, or -EBUSY (already registered; 6.16+: items exist)."""
+        return self._tsm_or_raise().register()
+
+    def quote_lock_try(self) -> bool:
+        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        t = self._tsm_or_raise()
+        if not t.quote_lock.acquire(blocking=False):
+            return False
+        self._count_lock(+1)
+        t.quote_outside_hold = True
+        return True
+
+    def quote_lock_release(self) -> None:
+        """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
+        t = self._tsm_or_raise()
+        if not getattr(t, "quote_outside_hold", False):
+            raise ValueError("quote_lock is not held by quote_lock_try")
+        t.quote_outside_hold = False
+        self.mutex_unlock(t.quote_lock)
+
+    @property
+    def tsm_registered(self) -> bool:
+        return self._tsm_or_raise().registered
+
+    def _tsm_set_generations(self, name: str, write_gen: int, read_gen: int) -> None:
+        """Model-only (tests): set an item's write and read generation (the wrap guard)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        t = self._tsm_or_raise()
+        t.set_generations(name, _check_int("write_gen", write_gen, 0, _U64), _check_int("read_gen", read_gen, 0, _U64))
+
+    @property
+    def quote_buf_gpa(self) -> int:
+        return self._tsm_or_raise().buf
+
+    @property
+    def quote_buf_size(self) -> int:
+        return self._tsm_or_raise().q.buf_size
+
     def counters(self) -> Dict[str, int]:
         c = self._alloc.snapshot()
         with self._lock:
@@ -177,20 +234,20 @@ class Kernel:
         return target is not None and target == self._misaligned
 
     def kmalloc(self, task: _Task, size: int, point: str, *, zero: bool = False,
-                misaligned: bool = False) -> Optional[int]:
+                misaligned: bool = False, nofail: bool = False) -> Optional[int]:
         """kmalloc(task, size, point, *, zero=False, misaligned=False) -> int | None
 
         A slab object (kzalloc with ``zero``); None when failslab fails it (ref §7)."""
-        return self._alloc.kmalloc(task, size, point, zero=zero, misaligned=misaligned)
+        return self._alloc.kmalloc(task, size, point, zero=zero, misaligned=misaligned, nofail=nofail)
 
     def get_zeroed_page(self, task: _Task, point: str, *, misaligned: bool = False) -> Optional[int]:
         """get_zeroed_page(task, point, *, misaligned=False) -> int | None: one zeroed order-0 page."""
         return self._alloc.alloc_pages(task, 0, point, zero=True, misaligned=misaligned)
 
     def alloc_pages(self, task: _Task, order: int, point: str, *, zero: bool = False,
-                    misaligned: bool = False) -> Optional[int]:
+                    misaligned: bool = False, nofail: bool = False) -> Optional[int]:
         """alloc_pages(task, order, point, *, zero=False, misaligned=False) -> int | None"""
-        return self._alloc.alloc_pages(task, order, point, zero=zero, misaligned=misaligned)
+        return self._alloc.alloc_pages(task, order, point, zero=zero, misaligned=misaligned, nofail=nofail)
 
     def kfree(self, ptr: int) -> None:
         """kfree(ptr: int) -> None (also frees pages: one free for both allocators)."""
@@ -264,10 +321,11 @@ class Kernel:
 
 # ---------------------------------------------------------------------------------------------- process
 class _OpenFile:
-    __slots__ = ("kind", "name", "accmode")
+    __slots__ = ("kind", "name", "accmode", "cfs")
 
-    def __init__(self, kind: str, name: str, accmode: int) -> None:
+    def __init__(self, kind: str, name: str, accmode: int, cfs=None) -> None:
         self.kind, self.name, self.accmode = kind, name, accmode
+        self.cfs = cfs  # kind "configfs": the tsm_report.TsmFile
 
 
 class Process(_Task, UserMemory):
@@ -285,6 +343,17 @@ class Process(_Task, UserMemory):
 
     def __repr__(self) -> str:
         return f"<reference Process of {self._kernel!r}: {len(self._pages)} pages, {len(self._files)} fds>"
+
+    def __del__(self) -> None:
+        # exit closes every fd: a configfs file commits its inblob as at close (as the core does)
+        try:
+            files = list(self._files.values())
+        except AttributeError:
+            return
+        for f in files:
+            if f.kind == "configfs":
+                self._kernel.tsm.release(self, f.cfs)
+        self._files = {}
 
     # -- task knobs --------------------------------------------------------------------------------
     @property
@@ -347,6 +416,20 @@ class Process(_Task, UserMemory):
             raise TypeError(f"path must be a str, not {type(path).__name__}")
         _check_int("flags", flags, 0, I31)
         self._begin()
+        tsm = self._kernel.tsm
+        if tsm is not None and tsm.owns(path):
+            cfs = tsm.open(path, flags & _O_ACCMODE)
+            if isinstance(cfs, int):
+                return cfs
+            with self._lock:
+                fd = 3
+                while fd in self._files:
+                    fd += 1
+                if fd >= abi.FD_LIMIT:
+                    tsm.release(self, cfs)
+                    return -abi.EMFILE
+                self._files[fd] = _OpenFile("configfs", path, flags & _O_ACCMODE, cfs)
+            return fd
         found = self._lookup_path(path)
         if found is None:
             return -abi.ENOENT
@@ -372,7 +455,12 @@ class Process(_Task, UserMemory):
         _check_int("fd", fd)
         self._begin()
         with self._lock:
-            return 0 if self._files.pop(fd, None) is not None else -abi.EBADF
+            f = self._files.pop(fd, None)
+        if f is None:
+            return -abi.EBADF
+        if f.kind == "configfs":  # release: commit, its result ignored (quote.md §1.4)
+            self._kernel.tsm.release(self, f.cfs)
+        return 0
 
     def ioctl(self, fd: int, cmd: int, arg: int) -> int:
         """ioctl(fd: int, cmd: int, arg: int) -> int: 0 or -errno, as the driver's step table says.
@@ -414,9 +502,71 @@ class Process(_Task, UserMemory):
             return -abi.EBADF
         if f.accmode == (os.O_RDONLY if write else os.O_WRONLY):
             return -abi.EBADF
-        if count < 0 or f.kind == "device":
+        if f.kind == "configfs" and count >= 0:
+            return self._cfs_rw(f, addr, count, offset, write)[0]
+        if count < 0 or f.kind in ("device", "configfs"):
             return -abi.EINVAL
         drv = self._kernel._driver
         if write:
             return drv.write_measurement(self, f.name, addr, count, offset)
         return drv.read_measurement(self, f.name, addr, count, offset)
+
+    # -- read/write at the file position, and the configfs directory calls --------------------------
+    def _cfs_rw(self, f: _OpenFile, addr: int, count: int, pos: int, write: bool):
+        tsm = self._kernel.tsm
+        ret, pos = (tsm.write if write else tsm.read)(self, f.cfs, addr, count, pos)
+        if ret == _tsm.OOPS:
+            raise errors.KernelOops("NULL pointer dereference: configfs-tsm provider_show after the "
+                                    "provider unregistered (quote.md §1.7)")
+        return ret, pos
+
+    def _pos_rw(self, fd: int, addr: int, count: int, write: bool) -> int:
+        self._begin()
+        f = self._file(fd)
+        _check_int("addr", addr, 0, _U64)
+        _check_int("count", count)
+        if f is None or f.accmode == (os.O_RDONLY if write else os.O_WRONLY):
+            return -abi.EBADF
+        if count < 0 or f.kind != "configfs":
+            return -abi.EINVAL
+        ret, f.cfs.pos = self._cfs_rw(f, addr, count, f.cfs.pos, write)
+        return ret
+
+    def read(self, fd: int, addr: int, count: int) -> int:
+        """read(fd: int, addr: int, count: int) -> int: bytes read at the file position, or -errno
+        (configfs files; the device node and measurement files: -EINVAL, use pread)."""
+        return self._pos_rw(fd, addr, count, False)
+
+    def write(self, fd: int, addr: int, count: int) -> int:
+        """write(fd: int, addr: int, count: int) -> int: bytes written at the file position, or -errno."""
+        return self._pos_rw(fd, addr, count, True)
+
+    def _dir_call(self, path: str):
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__}")
+        self._begin()
+        tsm = self._kernel.tsm
+        if tsm is None or "\0" in path or not tsm.owns(path):
+            return None
+        return tsm
+
+    def mkdir(self, path: str, mode: int = 0o755) -> int:
+        """mkdir(path: str, mode: int = 0o755) -> int: 0 or -errno (configfs ignores the mode)."""
+        _check_int("mode", mode, 0, 0o7777)
+        tsm = self._dir_call(path)
+        return -abi.ENOENT if tsm is None else tsm.mkdir(path)
+
+    def rmdir(self, path: str) -> int:
+        """rmdir(path: str) -> int: 0 or -errno."""
+        tsm = self._dir_call(path)
+        return -abi.ENOENT if tsm is None else tsm.rmdir(path)
+
+    def stat(self, path: str):
+        """stat(path: str) -> dict {"type": "dir" | "file", "mode": int} or -errno."""
+        tsm = self._dir_call(path)
+        return -abi.ENOENT if tsm is None else tsm.stat(path)
+
+    def readdir(self, path: str):
+        """readdir(path: str) -> list[str] (sorted, without . and ..) or -errno."""
+        tsm = self._dir_call(path)
+        return -abi.ENOENT if tsm is None else tsm.readdir(path)
