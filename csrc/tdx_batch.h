@@ -1,5 +1,5 @@
 /*
- * tdx_batch.h - the driver-path batch (issue 5): many GET_REPORT ioctls of one process in one call,
+ * tdx_batch.h - the driver-path batch: many GET_REPORT ioctls of one process in one call,
  * without the GIL, each with its own fail-nth (ref §7), over the syscall API of tdx_driver.h.
  *
  * Layer 1 (C core). It adds no driver behaviour: every row is exactly one td_ioctl(), preceded by

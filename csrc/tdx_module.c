@@ -9,7 +9,7 @@
  *
  * Concurrency. The RTMR lock (ref §4.8): REPORT takes it shared, EXTEND exclusive, and neither waits;
  * a conflicting caller gets OPERAND_BUSY. The module's own lock is one word; ours is distributed so
- * that readers on different cores never write the same cache line (issue 5: two report callers must
+ * that readers on different cores never write the same cache line (two report callers must
  * scale): each thread announces itself in its own reader slot, and a writer claims one word and then
  * checks every slot. The protocol (rtmr_lock_shared / rtmr_lock_exclusive) keeps the one-word lock's
  * answers exactly: of a reader and a writer that overlap, exactly one wins. What an extend changes

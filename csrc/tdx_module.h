@@ -147,7 +147,7 @@ enum tdxm_step { TDXM_STEP_REPORT_SNAPSHOT = 1, TDXM_STEP_REPORT_BUILT = 2 };
 typedef void (*tdxm_step_hook)(void *ctx, int point);
 void tdxm_set_step_hook(tdxm_module *m, tdxm_step_hook hook, void *ctx);
 
-/* Floors measured in the same benchmark run (issue 5): one HMAC-SHA-256 over 224 bytes with a
+/* Floors measured in the same benchmark run (benchmarks/RESULTS.md): one HMAC-SHA-256 over 224 bytes with a
  * precomputed key state, and one SHA-384 over 512 bytes, each repeated n times. */
 void tdxm_floor_hmac224(const uint8_t key[TDX_MAC_KEY_LEN], size_t n, uint8_t out[TDX_MAC_LEN]);
 void tdxm_floor_sha384_512(size_t n, uint8_t out[TDX_SHA384_LEN]);

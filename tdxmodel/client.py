@@ -38,6 +38,17 @@ _REQUEST_PAGES = 2
 _MEASUREMENT_ADDR = REQUEST_ADDR + _REQUEST_PAGES * PAGE_SIZE
 
 
+def _backend_of(kernel):
+    """The backend a Kernel belongs to (each backend's classes live in its own package). Its Module
+    tells when the kernel is wrapped (a test's proxy forwards ``module``)."""
+    for obj in (kernel, getattr(kernel, "module", None)):
+        owner = type(obj).__module__
+        for name in _backend.BACKENDS:
+            if owner.startswith(f"tdxmodel._{name}"):
+                return _backend.load(name)
+    raise TypeError(f"kernel must be a Kernel of a tdxmodel backend, not {type(kernel).__name__}")
+
+
 class TdxGuest:
     """TdxGuest(driver: str = "v6.2", backend: str | None = None, config: ModuleConfig | None = None,
     *, memory_pages: int = 128, kernel=None)
@@ -63,9 +74,7 @@ class TdxGuest:
             raise TypeError(f"config must be a ModuleConfig, not {type(config).__name__}")
         self.driver = driver
         if kernel is not None:
-            # the backend the kernel belongs to (each backend's classes live in its own package)
-            self.backend = _backend.load(next(name for name in _backend.BACKENDS
-                                              if type(kernel).__module__.startswith(f"tdxmodel._{name}")))
+            self.backend = _backend_of(kernel)
             self.kernel, self.module = kernel, kernel.module
         else:
             self.backend = _backend.load(backend)

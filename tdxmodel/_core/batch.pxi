@@ -1,4 +1,4 @@
-# The driver-path batch (issue 5) over csrc/tdx_batch.c. Included from _ext.pyx after kernel.pxi.
+# The driver-path batch over csrc/tdx_batch.c. Included from _ext.pyx after kernel.pxi.
 # Not part of PUBLIC_API: tdxmodel.client.ioctl_batch uses it when the process is a core one.
 
 from tdxmodel._core.tdx_abi cimport TDXM_EFAULT

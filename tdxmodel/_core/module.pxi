@@ -464,7 +464,7 @@ cdef class Module:
 def _floor_hmac224(key, n):
     """_floor_hmac224(key: bytes, n: int) -> bytes
 
-    Benchmark floor (issue 5): n chained HMAC-SHA-256 over 224 bytes with a precomputed key state, the
+    Benchmark floor (benchmarks/RESULTS.md): n chained HMAC-SHA-256 over 224 bytes with a precomputed key state, the
     GIL released; returns the last MAC. Each message starts with the previous MAC.
     """
     cdef bytes k = _as_bytes(key, "key")
@@ -482,7 +482,7 @@ def _floor_hmac224(key, n):
 def _floor_sha384_512(n):
     """_floor_sha384_512(n: int) -> bytes
 
-    Benchmark floor (issue 5): n chained SHA-384 over 512 bytes (a TDINFO), the GIL released; returns
+    Benchmark floor (benchmarks/RESULTS.md): n chained SHA-384 over 512 bytes (a TDINFO), the GIL released; returns
     the last digest. Each message starts with the previous digest.
     """
     cdef size_t rounds = _count(n, "n", _U64_MAX)
