@@ -1,4 +1,4 @@
-"""Throughput workloads (issue 5), shared by ``tdxmodel bench`` and ``benchmarks/`` (layer 3).
+"""Throughput workloads, shared by ``tdxmodel bench`` and ``benchmarks/`` (layer 3).
 
 Every workload runs against a backend chosen by name (``"core"`` or ``"reference"``) through
 ``tdxmodel._backend``, so the Cython core and the pure-Python reference are measured by the same code.

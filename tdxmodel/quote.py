@@ -752,10 +752,18 @@ def _step_pck_chain(c: _Context) -> None:
     c.check_validity(c.root, "root CA")
     c.root_crl = c.check_crl(c.coll.root_ca_crl, c.root, "root CA CRL")
     c.check_not_revoked(c.root, c.root_crl, "root CA")
+    rest = _PEM_CERT.sub(b"", c.quote.inner_cert_data).strip(b" \t\r\n\0")
+    if rest:
+        _fail(f"the PCK chain in the quote holds {len(rest)} bytes that are not PEM certificates")
     certs = _chain(c.quote.inner_cert_data, "PCK chain in the quote")
     if len(certs) < 2:
         _fail(f"PCK chain in the quote has {len(certs)} certificate(s)")
     leaf, inter = certs[0], certs[1]
+    if len(certs) > 2 and _fingerprint(certs[-1]) != _fingerprint(c.root):
+        # Intel's QVL requires the chain's root to be the trusted root (STATUS_SGX_ROOT_CA_UNTRUSTED);
+        # dcap-qvl ignores the embedded root. We follow QVL.
+        _fail(f"the chain's root {certs[-1].subject.rfc4514_string()!r} is not the trusted root "
+              f"(another platform's root, or altered)")
     if qa.CN_PART_LEAF not in _cn(leaf):
         _fail(f"PCK leaf CN {_cn(leaf)!r} does not contain {qa.CN_PART_LEAF!r}")
     if qa.CN_PART_INTERMEDIATE not in _cn(inter):
@@ -981,6 +989,10 @@ def verify(quote: Union[BytesLike, Quote], collateral: Collateral,
             step(ctx)
         except _StepFailed as e:
             return VerifyResult(ctx.status, list(ctx.advisory_ids), name, f"{name}: {e}", passed)
+        except Exception as e:  # malformed certificates etc.: cryptography parses some fields lazily
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            return VerifyResult(ctx.status, list(ctx.advisory_ids), name,
+                                f"{name}: malformed input ({type(e).__name__}: {reason})", passed)
         passed.append(name)
     return VerifyResult(ctx.status, list(ctx.advisory_ids), None,
                         f"verified: TCB status {ctx.status}", passed)

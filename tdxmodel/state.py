@@ -12,9 +12,11 @@ time, see one machine:
   RTMR <- SHA-384(RTMR || data) (ref §4.5) reproduces the RTMRs; it restarts when the state is
   re-initialised;
 * ``state.json``: ``{"format": 1, "generation": N, "config": ModuleConfig.to_dict(),
-  "config_source": {"path", "sha256"} | null, "log_base": B}``, a snapshot written after the log
-  line (temp file in the directory, fsync, ``os.replace``, fsync of the directory). Records with a
-  generation above N are applied on top when it is read (a writer killed between the two steps), and
+  "config_source": {"path", "sha256"} | null, "log_base": B}``, a snapshot: an extend writes
+  the new one to a temp file in the directory (fsync) before its log line, and renames it into place
+  (``os.replace``, fsync of the directory) after; so a state that cannot be written fails the extend
+  before anything changed. Records with a generation above N are applied on top when it is read (a
+  writer killed between the line and the rename), and
   records at or below B belong to a log the state replaced (re-initialisation) and are ignored;
 * ``lock``: every write holds an exclusive ``fcntl.flock`` on it, so N processes extending at once
   lose no extend. Under it a writer first completes what a killed writer left (``recover()``): it
@@ -42,6 +44,7 @@ Errors are ``StateError`` (a ``ValueError``): one line that names the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -107,10 +110,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Atomically make ``name`` in the open directory ``dir_fd`` hold ``data``: a fresh temp file
-    (O_EXCL, never a followed link), fsync, rename over ``name`` (which replaces a link, never its
-    target), fsync of the directory. OSError on failure, the temp file removed."""
+def _prepare_at(dir_fd: int, name: str, data: bytes, mode: int) -> str:
+    """A fresh temp file beside ``name`` in the open directory ``dir_fd`` (O_EXCL, never a followed
+    link) holding ``data``, fsynced; its name. OSError on failure, nothing left behind."""
     tmp = _temp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                  dir_fd=dir_fd)
@@ -121,12 +123,29 @@ def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    return tmp
+
+
+def _install_at(dir_fd: int, tmp: str, name: str) -> None:
+    """Rename a prepared temp file over ``name`` (which replaces a link, never its target), then fsync
+    the directory. OSError on failure, the temp file removed."""
+    try:
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
     os.fsync(dir_fd)
+
+
+def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Atomically make ``name`` in the open directory ``dir_fd`` hold ``data``: a fresh temp file,
+    fsync, rename over ``name``, fsync of the directory."""
+    _install_at(dir_fd, _prepare_at(dir_fd, name, data, mode), name)
 
 
 def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -613,13 +632,34 @@ class StateStore:
 
     def _commit(self, dir_fd: int, doc: Dict[str, Any], config: ModuleConfig, index: int, data: bytes,
                 value: bytes) -> Dict[str, Any]:
-        """Commit one extend: its log line (the commit point), then the state.json snapshot. A
-        failure before the line is whole changes nothing (the partial line is cut off). Once the
-        line is in, the extend stands: a failed snapshot write is made good by the next reader and
-        writer (roll forward), so it is not an error."""
+        """Commit one extend: the new state.json is written to a temp file first, then the log line
+        (the commit point), then the temp file is renamed into place. A failure before the line is
+        whole changes nothing (a partial line is cut off, the temp file removed). Once the line is
+        in, the extend stands: a failed rename is made good by the next reader and writer (roll
+        forward), so it is not an error."""
         generation = doc["generation"] + 1
         line = (json.dumps({"generation": generation, "rtmr": index, "data": data.hex(),
                             "value": value.hex()}) + "\n").encode()
+        rtmr = list(config.rtmr)
+        rtmr[index] = value
+        new_config = dataclasses.replace(config, rtmr=tuple(rtmr))
+        new = dict(doc, generation=generation, config=new_config.to_dict())
+        try:
+            tmp = _prepare_at(dir_fd, STATE_FILE, (json.dumps(new, indent=1) + "\n").encode(), 0o600)
+        except OSError as e:
+            raise StateError(f"{self.state_path}: cannot write state: {e.strerror}") from None
+        try:
+            self._append_line(dir_fd, line)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        config.rtmr = new_config.rtmr
+        with contextlib.suppress(OSError):
+            _install_at(dir_fd, tmp, STATE_FILE)
+        return new
+
+    def _append_line(self, dir_fd: int, line: bytes) -> None:
         try:
             fd = self._open_at(dir_fd, EVENT_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, single_link=True)
         except FileNotFoundError:
@@ -637,13 +677,6 @@ class StateStore:
                 raise StateError(f"{self.log_path}: cannot append to the extend log: {e.strerror}") from None
         finally:
             os.close(fd)
-        rtmr = list(config.rtmr)
-        rtmr[index] = value
-        config.rtmr = tuple(rtmr)  # type: ignore[assignment]
-        new = dict(doc, generation=generation, config=config.to_dict())
-        with contextlib.suppress(StateError):
-            self._write_state(dir_fd, new)
-        return new
 
     def _repair_log(self, dir_fd: int, doc: Dict[str, Any]) -> Dict[str, int]:
         """Cut a torn last line; drop records a re-initialisation made void (at or below log_base)."""

@@ -18,7 +18,8 @@ from tdxmodel.cli import main
 
 FAST = ["--seconds", "0.05"]
 CONTRACT_KEYS = {"batch_reports_per_s", "mac_floor_per_s", "call_median_us", "call_p99_us",
-                 "reference_call_median_us", "scaling", "busy_rate"}
+                 "reference_call_median_us", "scaling", "busy_rate",
+                 "mixed_scaling", "ioctl_scaling", "quote_per_s", "ecdsa_sign_floor_per_s"}
 
 
 def run_cli(capsys, *argv):
@@ -52,6 +53,8 @@ def test_json_has_the_contract_keys(capsys):
     assert CONTRACT_KEYS <= set(result)
     assert set(result["scaling"]) == set(result["ioctl_scaling"]) == set(result["ioctl_batch_scaling"]) == {"1", "2"}
     assert all(v > 0 for v in result["scaling"].values())
+    assert set(result["mixed_scaling"]) == {"1", "2"} and all(v > 0 for v in result["mixed_scaling"].values())
+    assert result["quote_per_s"] > 0 and result["ecdsa_sign_floor_per_s"] > 0
     for key in ("batch_reports_per_s", "mac_floor_per_s", "reference_call_median_us"):
         assert result[key] > 0, key
     assert 0 <= result["call_median_us"] <= result["call_p99_us"]
@@ -70,6 +73,8 @@ def test_extend_ratio_runs_extends_and_reports_busy_as_a_fraction(capsys):
     # On v6.16 the extends go through the measurement file under mr_lock, like the driver's REPORTs,
     # so no driver call can meet BUSY (ref §2.5, §4.8).
     assert result["ioctl_busy_rate"] == 0.0
+    # mixed_scaling counts the reports alone: half the batch callers' calls were extends.
+    assert 0 < result["mixed_scaling"]["1"] < result["scaling"]["1"]
 
 
 def test_table_is_readable(capsys):

@@ -467,3 +467,30 @@ def test_a_hard_linked_log_is_not_appended_to(tmp_path, backend):
     with pytest.raises(StateError, match=r"events\.jsonl: .*hard link"):
         s.extend(0, b"\x02" * 48)
     assert victim.read_bytes().count(b"\n") == 1
+
+
+def test_an_extend_whose_state_cannot_be_written_changes_nothing(tmp_path, backend):
+    """A state.json that cannot be written (here: a file-size limit below its size) fails the extend
+    with one line naming it, before the log line: log, state and temp files as they were."""
+    store = StateStore(tmp_path / "st", backend=backend)
+    store.extend(0, b"\x11" * 48)
+    before, log_before = store.state_path.read_bytes(), store.log_path.read_bytes()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import resource
+            import signal
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, resource.RLIM_INFINITY))
+            try:
+                store.extend(2, b"\x77" * 48)
+            except StateError as e:
+                os._exit(3 if str(e).startswith(str(store.state_path)) and "\n" not in str(e) else 4)
+            os._exit(0)
+        except BaseException:
+            os._exit(5)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert store.state_path.read_bytes() == before and store.log_path.read_bytes() == log_before
+    assert sorted(p.name for p in store.directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
+    assert replay_events(store.events()) == list(store.load().rtmr)

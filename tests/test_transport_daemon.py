@@ -524,3 +524,16 @@ def test_a_daemon_killed_under_load_loses_no_extend(tmp_path):
         logged = {e["data"] for e in store.events()}
         assert returned and set(returned) <= logged
         assert replay_events(store.events()) == list(store.load().rtmr)
+
+
+@pytest.mark.parametrize("content", ["[" * 100000 + "]" * 100000,
+                                     '{"format": 1, "generation": 1, "config": {"seed": 18446744073709551616}}'],
+                         ids=["deep-json", "huge-seed"])
+def test_serve_on_a_corrupt_state_exits_2_naming_the_file(tmp_path, content):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text(content)
+    r = serve_cli("--driver", "v6.2", "--mount", str(tmp_path / "mnt"), "--state", str(state))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-300:]
+    assert r.stderr.startswith(f"tdxmodel: {state / 'state.json'}: ")
+    assert not _is_mounted(str(tmp_path / "mnt"))

@@ -10,7 +10,8 @@ Spellings, JSON keys and exit codes are a contract (README "Quotes and verificat
   exit 0 with the TCB status on stdout when the chain holds (even OutOfDate), 1 with one line
   ``tdxmodel: FILE: STEP: reason`` otherwise, 2 on bad input. ``--json`` prints ``status``,
   ``advisory_ids``, ``failed_step`` (null on success), ``reason`` (and ``steps_passed``) on both exits;
-* ``collateral export DIR [--format files|dcap-qvl] [--state DIR]``;
+* ``collateral export DIR [--format files|dcap-qvl] [--state DIR]``; ``collateral issue [--issue-date TIME]
+  [--next-update TIME] [--unpin] [--state DIR]``;
 * ``tcb [--level N | --status STATUS] [--revoke-pck | --unrevoke-pck] [--quote-version 4|5] [--state DIR]``;
 * ``pccs [--listen HOST:PORT] [--state DIR]``.
 """
@@ -72,6 +73,14 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="files: PEM/DER/JSON files (README); dcap-qvl: collateral.json + root_ca.der")
     _state_args(e)
     e.set_defaults(func=cmd_collateral_export)
+
+    i = csub.add_parser("issue", help="issue the collateral anew, optionally with a pinned validity window")
+    i.add_argument("--issue-date", metavar="TIME", help="ISO 8601 or seconds since the epoch (default: now)")
+    i.add_argument("--next-update", metavar="TIME", help="default: 30 days after the issue date")
+    i.add_argument("--unpin", action="store_true",
+                   help="drop a pinned window: issue now and anew on expiry (the default behaviour)")
+    _state_args(i)
+    i.set_defaults(func=cmd_collateral_issue)
 
     t = subparsers.add_parser("tcb", help="show or set the emulated platform's TCB position",
                               description="Without options: show the TCB levels and where the platform "
@@ -231,6 +240,30 @@ def cmd_collateral_export(args: argparse.Namespace) -> int:
     written = _platform(args).export(args.dir, fmt=args.format)
     for path in written:
         _print(str(path))
+    return 0
+
+
+def cmd_collateral_issue(args: argparse.Namespace) -> int:
+    from tdxmodel.host.collateral import PlatformError
+
+    if args.unpin and (args.issue_date or args.next_update):
+        raise CliError("--unpin takes no --issue-date or --next-update")
+    try:
+        issue = quote_mod.parse_time(args.issue_date) if args.issue_date else None
+        nxt = quote_mod.parse_time(args.next_update) if args.next_update else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    platform = _platform(args)
+    try:
+        if args.unpin or (issue is None and nxt is None):
+            platform.set_validity()
+        else:
+            platform.set_validity(issue if issue is not None else quote_mod.parse_time(None), nxt)
+    except PlatformError as e:
+        raise CliError(str(e)) from None
+    window = platform.meta().get("window")
+    _print(f"collateral issued; window {window[0]} .. {window[1]} (pinned)" if window
+           else "collateral issued; renewed on expiry")
     return 0
 
 
