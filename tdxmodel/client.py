@@ -100,13 +100,81 @@ class TdxGuest:
         self.close()
 
     def close(self) -> None:
-        """Close the device node and any measurement file (idempotent)."""
+        """Close the device node and any measurement file, detach the host (idempotent)."""
+        if getattr(self, "host", None) is not None:
+            self.host.close()
+            self.host = None
         for fd in self._measurement_fds.values():
             self.process.close(fd)
         self._measurement_fds.clear()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             errors.check_ret(self.process.close(fd), "close")
+
+    # ------------------------------------------------------------------ the quote path (quote.md §1-§2)
+    def attach_host(self, producer=None, clock=None):
+        """attach_host(producer=None, clock=None) -> Host: the VMM behind this TD (one per module).
+
+        ``producer`` None: the emulated platform's TDQE of the default state directory
+        (``tdxmodel.host.quote_producer``); ``clock``: a backend Clock, "virtual" (default) or "real"."""
+        if getattr(self, "host", None) is not None:
+            raise ValueError("this TD already has a host")
+        if producer is None:
+            from tdxmodel.host import quote_producer
+            producer = quote_producer(module=self.module)
+        self.host = self.backend.Host(self.module, producer=producer, clock=clock)
+        return self.host
+
+    def get_quote(self, reportdata=b"", *, item: str = "tdxmodel") -> bytes:
+        """get_quote(reportdata: bytes = b"", *, item="tdxmodel") -> bytes: a quote for REPORTDATA
+        (zero-padded to 64 bytes) through this generation's configfs-tsm path: mkdir, write inblob,
+        close, read outblob to EOF (quote.md §1.4-§1.5). The path's errno is the exception's
+        ``.errno`` (tdxmodel.errors); an empty outblob is returned as b"" as the kernel does. With no
+        host attached, ``attach_host()`` gives the TDQE first."""
+        if self.profile.quote is None:
+            raise ValueError(f"{self.driver} has no configfs-tsm quote path")
+        if not isinstance(reportdata, (bytes, bytearray, memoryview)):
+            raise TypeError(f"reportdata must be bytes, not {type(reportdata).__name__}")
+        if len(reportdata) > abi.TDX_REPORTDATA_LEN:
+            raise ValueError(f"reportdata is {len(reportdata)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
+        if getattr(self, "host", None) is None:
+            self.attach_host()
+        p, path = self.process, f"{profiles.TSM_REPORT_DIR}/{item}"
+        ret = p.mkdir(path)
+        if ret not in (0, -abi.EEXIST):
+            errors.check_ret(ret, f"mkdir {path}")
+        fd = errors.check_ret(p.open(path + "/inblob", os.O_WRONLY), f"open {path}/inblob")
+        try:
+            p.poke(REQUEST_ADDR, bytes(reportdata).ljust(abi.TDX_REPORTDATA_LEN, b"\0"))
+            errors.check_ret(p.write(fd, REQUEST_ADDR, abi.TDX_REPORTDATA_LEN), f"write {path}/inblob")
+        finally:
+            p.close(fd)  # the commit (its result is not reported, quote.md §1.4)
+        fd = errors.check_ret(p.open(path + "/outblob", os.O_RDONLY), f"open {path}/outblob")
+        out = bytearray()
+        try:
+            while True:
+                n = errors.check_ret(p.read(fd, REQUEST_ADDR, _REQUEST_PAGES * PAGE_SIZE), f"read {path}/outblob")
+                if n == 0:
+                    return bytes(out)
+                out += p.peek(REQUEST_ADDR, n)
+        finally:
+            p.close(fd)
+
+    def get_quote_batch(self, reportdata) -> Tuple[list, np.ndarray]:
+        """get_quote_batch(reportdata: uint8[N, 64]) -> (list of N bytes | None, int32[N] errnos): one
+        get_quote per row; a failed row is None with its errno (0 for success)."""
+        if not isinstance(reportdata, np.ndarray) or reportdata.dtype != np.uint8 or reportdata.ndim != 2 \
+                or reportdata.shape[1] != abi.TDX_REPORTDATA_LEN:
+            raise ValueError("reportdata must be a uint8 numpy array of shape (N, 64)")
+        quotes: list = []
+        errnos = np.zeros(reportdata.shape[0], dtype=np.int32)
+        for i in range(reportdata.shape[0]):
+            try:
+                quotes.append(self.get_quote(reportdata[i].tobytes()))
+            except errors.KernelError as e:
+                quotes.append(None)
+                errnos[i] = e.errno
+        return quotes, errnos
 
     @property
     def fd(self) -> int:

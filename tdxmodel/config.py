@@ -6,7 +6,8 @@ disagree about them. A config comes from keyword arguments, a dict, or a TOML fi
 (``ModuleConfig.from_toml``); byte fields are hex strings there.
 
 Default measurements (documented in README.md): MRTD = SHA-384(b"tdxmodel default MRTD"), RTMRs and the
-owner fields zero, ATTRIBUTES = SEPT_VE_DISABLE (bit 28), XFAM = 0xE7, TDX module 1.5, TEE_TCB_SVN
+owner fields zero (a new state directory replaces the RTMRs by its boot event log's replay,
+tdxmodel.state / tdxmodel.eventlog), ATTRIBUTES = SEPT_VE_DISABLE (bit 28), XFAM = 0xE7, TDX module 1.5, TEE_TCB_SVN
 03 MM 01 00.. with MM the module's major version (01 for 1.5, 00 for 1.0; quote.md §5.5 step 4).
 
 A TOML file is read only if it is a regular file of at most ``MAX_CONFIG_BYTES`` (a FIFO, a device or
@@ -227,6 +228,8 @@ class ModuleConfig:
         for k, v in data.items():
             if k in ("platform", "td") and isinstance(v, dict):
                 merged.update(v)
+            elif k == "eventlog":
+                continue  # the boot event log's [[eventlog.event]] tables: tdxmodel.eventlog reads them
             else:
                 merged[k] = v
         return cls.from_dict(merged)

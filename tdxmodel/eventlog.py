@@ -358,6 +358,30 @@ def _event_from_toml(i: int, d: Dict[str, Any], where: str) -> Event:
         raise EventLogError(f"{ctx}: {e}") from None
 
 
+def toml_sets_rtmr(doc: Dict[str, Any]) -> bool:
+    """Whether a parsed TOML config gives the RTMRs itself (``rtmr`` at the top or in [td]/[platform])."""
+    return "rtmr" in doc or any(isinstance(doc.get(t), dict) and "rtmr" in doc[t] for t in ("td", "platform"))
+
+
+def boot_events_for_config(raw: Optional[bytes], path: "pathlib.Path | str" = "<config>") -> Tuple[List[Event], bool]:
+    """(events, derive) for a new state made from the TOML text ``raw`` (None: no config): its
+    ``[[eventlog.event]]`` tables, else the default boot; ``derive`` says the state's RTMRs are the
+    events' replay. A config that sets ``rtmr`` itself and has no [eventlog] gets an empty boot log
+    (no log explains its RTMRs: `tdxmodel eventlog` shows the difference); both at once is an error."""
+    if raw is None:
+        return default_boot_events(), True
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
+        raise EventLogError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None
+    events = _events_from_doc(doc, str(path))
+    if toml_sets_rtmr(doc):
+        if events is not None:
+            raise EventLogError(f"{path}: give the RTMRs as rtmr or as [[eventlog.event]] tables, not both")
+        return [], False
+    return (default_boot_events() if events is None else events), True
+
+
 def events_from_toml(path: "pathlib.Path | str") -> Optional[List[Event]]:
     """The ``[[eventlog.event]]`` tables of a TOML config, or None when it has no ``eventlog`` table.
 
@@ -372,6 +396,10 @@ def events_from_toml(path: "pathlib.Path | str") -> Optional[List[Event]]:
         raise EventLogError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise EventLogError(f"{p}: not valid TOML: {e}") from None
+    return _events_from_doc(doc, str(p))
+
+
+def _events_from_doc(doc: Dict[str, Any], p: str) -> Optional[List[Event]]:
     section = doc.get("eventlog")
     if section is None:
         return None
@@ -380,12 +408,13 @@ def events_from_toml(path: "pathlib.Path | str") -> Optional[List[Event]]:
     events = section.get("event", [])
     if not isinstance(events, list):
         raise EventLogError(f"{p}: eventlog.event must be an array of tables ([[eventlog.event]])")
-    return [_event_from_toml(i, d, str(p)) for i, d in enumerate(events)]
+    return [_event_from_toml(i, d, p) for i, d in enumerate(events)]
 
 
 # ------------------------------------------------------------------ the boot log of a state directory
-#: The boot log's file in a state directory, beside state.json: written once when the state is made
-#: (atomically, before state.json), read by the daemon (the CCEL files) and `tdxmodel eventlog`.
+#: The boot log's file in a state directory, beside state.json: written when the state is made
+#: (atomically, before state.json, whose rename commits both; tdxmodel.state), read by the daemon
+#: (the CCEL files) and `tdxmodel eventlog`.
 BOOT_LOG_FILE = "boot-eventlog.json"
 BOOT_LOG_FORMAT = 1
 
@@ -397,24 +426,16 @@ def boot_log_bytes(events: Iterable[Event]) -> bytes:
             + "\n").encode()
 
 
-def read_boot_log(directory: "pathlib.Path | str") -> List[Event]:
-    """The boot events of a state directory; [] when it has none (a state made before boot logs
-    existed, whose RTMRs started at zero)."""
+def parse_boot_log(raw: bytes, where: str = BOOT_LOG_FILE) -> List[Event]:
+    """The events of a boot log file's bytes (``StateStore.boot_events`` reads the file)."""
     import json
-    path = pathlib.Path(directory) / BOOT_LOG_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise EventLogError(f"{path}: cannot read the boot event log: {e.strerror}") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict) or doc.get("format") != BOOT_LOG_FORMAT or not isinstance(doc.get("events"), list):
             raise ValueError
-    except (UnicodeDecodeError, ValueError):
-        raise EventLogError(f"{path}: corrupt boot event log; remove the state directory to start afresh") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise EventLogError(f"{where}: corrupt boot event log; remove the state directory to start afresh") from None
     try:
         return [Event.from_json(d) for d in doc["events"]]
     except EventLogError as e:
-        raise EventLogError(f"{path}: {e}") from None
+        raise EventLogError(f"{where}: {e}") from None

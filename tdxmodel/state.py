@@ -24,7 +24,8 @@ time, see one machine:
   (only lock holders make them, so any it finds is a dead writer's).
 
 Invariants after any kill of any writer (README "The state directory"): ``replay_events(events(),
-initial)`` equals ``load().rtmr`` (``initial``: the RTMRs the state was made with, zero by default);
+initial)`` equals ``load().rtmr`` (``initial``: the RTMRs the state was made with, the replay of
+``boot_events()``, the boot event log ``boot-eventlog.json`` written before the first state.json);
 every extend that returned is in ``events()``; no record is half-read; after the next write or
 ``recover()`` no temp file is left.
 
@@ -55,7 +56,7 @@ import secrets
 import stat
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, eventlog
 from tdxmodel.config import ConfigError, ModuleConfig, read_config_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -63,6 +64,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 EVENT_LOG = "events.jsonl"
+BOOT_LOG = eventlog.BOOT_LOG_FILE  # the boot event log the TD's RTMR0..2 start from (README "Boot event log")
+MAX_BOOT_LOG_BYTES = 1 << 22
 STATE_FORMAT = 1
 #: Guest memory of the Module a store builds: the store only uses the host-buffer leaves, so it
 #: needs none of the kernel's pages (docs/CONTRACT.md: pages 0..3 are the host's).
@@ -74,7 +77,7 @@ TEMP_SUFFIX = ".tmp"
 _HEX48 = 2 * abi.TDX_SHA384_LEN
 _OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _WHAT = {STATE_FILE: "cannot read state", LOCK_FILE: "cannot use the lock file",
-         EVENT_LOG: "cannot use the extend log"}
+         EVENT_LOG: "cannot use the extend log", BOOT_LOG: "cannot read the boot event log"}
 
 
 class StateError(ValueError):
@@ -101,7 +104,7 @@ def _temp_name(name: str) -> str:
 
 
 def _is_temp_name(name: str) -> bool:
-    return name.endswith(TEMP_SUFFIX) and any(name.startswith(f".{n}.") for n in (STATE_FILE, EVENT_LOG))
+    return name.endswith(TEMP_SUFFIX) and any(name.startswith(f".{n}.") for n in (STATE_FILE, EVENT_LOG, BOOT_LOG))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -306,6 +309,32 @@ class StateStore:
         finally:
             os.close(dir_fd)
 
+    def boot_events(self) -> List["eventlog.Event"]:
+        """boot_events() -> the boot event log the state was made with (tdxmodel.eventlog.Event
+        list; the daemon serves it as the CCEL log). Its replay is the RTMRs the state started from;
+        [] for a state made before boot logs existed (its RTMRs started at zero)."""
+        self._snapshot()  # made on first use, as load() does
+        dir_fd = self._open_dir(create=False)
+        if dir_fd is None:
+            return []
+        try:
+            try:
+                fd = self._open_at(dir_fd, BOOT_LOG, os.O_RDONLY)
+            except FileNotFoundError:
+                return []
+            try:
+                raw = _read_fd(fd, MAX_BOOT_LOG_BYTES)
+            except OSError as e:
+                raise StateError(f"{self.directory / BOOT_LOG}: cannot read the boot event log: {e.strerror}") from None
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            return eventlog.parse_boot_log(raw, str(self.directory / BOOT_LOG))
+        except eventlog.EventLogError as e:
+            raise StateError(_one_line(e)) from None
+
     def init_from_toml(self, path: PathLike, *, force: bool = False) -> ModuleConfig:
         """init_from_toml(path, *, force=False) -> ModuleConfig: make the state from a TOML file
         (``ModuleConfig.from_toml``; a random seed unless it sets ``seed`` or ``mac_key``). An
@@ -319,8 +348,8 @@ class StateStore:
                     raise StateError(f"{self.state_path}: a state already exists (use force to replace it)")
                 with contextlib.suppress(StateError):  # a corrupt state is simply replaced
                     old = self._parse(raw)["generation"]
-            config, source = self._config_from_toml(path)
-            self._init(dir_fd, config, source, old)
+            config, source, boot = self._config_from_toml(path)
+            self._init(dir_fd, config, source, old, boot)
             return config
 
     # ------------------------------------------------------------------ for tdxmodel.host.collateral
@@ -600,10 +629,12 @@ class StateStore:
         raw = self._read_state(dir_fd)
         if raw is None:
             if self.config_path is not None:
-                config, source = self._config_from_toml(self.config_path)
+                config, source, boot = self._config_from_toml(self.config_path)
             else:
                 config, source = ModuleConfig(seed=_random_seed()), None
-            doc = self._init(dir_fd, config, source, 0)
+                boot = eventlog.default_boot_events()
+                config.rtmr = tuple(eventlog.replay(boot))  # type: ignore[assignment]
+            doc = self._init(dir_fd, config, source, 0, boot)
             return doc, self._config_of(doc), {"torn_bytes": 0, "stale_records": 0, "rolled_forward": 0,
                                                 "temp_files": 0}
         doc = self._parse(raw)
@@ -618,9 +649,14 @@ class StateStore:
         return doc, config, summary
 
     def _init(self, dir_fd: int, config: ModuleConfig, source: Optional[Dict[str, str]],
-              old_generation: int) -> Dict[str, Any]:
-        """A new state above every generation a leftover log holds; the state.json rename is the
-        commit (records at or below its log_base are void), then the old log goes."""
+              old_generation: int, boot: List["eventlog.Event"]) -> Dict[str, Any]:
+        """A new state above every generation a leftover log holds; the boot event log is written
+        first, the state.json rename is the commit (records at or below its log_base are void), then
+        the old log goes."""
+        try:
+            _replace_at(dir_fd, BOOT_LOG, eventlog.boot_log_bytes(boot), 0o600)
+        except OSError as e:
+            raise StateError(f"{self.directory / BOOT_LOG}: cannot write the boot event log: {e.strerror}") from None
         generation = max(old_generation, self._last_generation_lenient(dir_fd)) + 1
         doc = {"format": STATE_FORMAT, "generation": generation, "config": config.to_dict(),
                "config_source": source, "log_base": generation}
@@ -758,16 +794,22 @@ class StateStore:
         except ConfigError as e:
             raise StateError(_one_line(e)) from None
 
-    def _config_from_toml(self, path: pathlib.Path) -> Tuple[ModuleConfig, Dict[str, str]]:
+    def _config_from_toml(self, path: pathlib.Path) -> Tuple[ModuleConfig, Dict[str, str], List["eventlog.Event"]]:
+        """The config, its source record, and the boot events of a new state made from ``path``; the
+        RTMRs are the events' replay unless the file sets ``rtmr`` itself
+        (``eventlog.boot_events_for_config``)."""
         raw = self._config_bytes(path)
         try:
             config = ModuleConfig.from_toml_bytes(raw, path)
+            boot, derive = eventlog.boot_events_for_config(raw, path)
         except (ConfigError, TypeError, ValueError, OverflowError, RecursionError) as e:
             msg = _one_line(e)[:300]
             raise StateError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        if derive:
+            config.rtmr = tuple(eventlog.replay(boot))  # type: ignore[assignment]
         if config.seed is None and config.mac_key is None:
             config.seed = _random_seed()  # one random platform key, then kept (README "Python API")
-        return config, {"path": str(path.resolve()), "sha256": _digest(raw)}
+        return config, {"path": str(path.resolve()), "sha256": _digest(raw)}, boot
 
 
 def _digest(raw: bytes) -> str:

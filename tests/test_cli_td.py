@@ -84,7 +84,10 @@ def test_report_accepts_exactly_64_bytes_of_reportdata(cli):
 # ------------------------------------------------------------------ extend
 def test_extend_chain_matches_hashlib_and_reaches_the_report(cli):
     data = [bytes([i]) * 48 for i in range(1, 6)]
-    expected = [ZERO48] * 4
+    code, stdout, _ = cli("report", "--json")  # a new state: RTMRs from the default boot event log
+    expected = [bytes.fromhex(v) for v in json.loads(stdout)["rtmr"]]
+    from tdxmodel import eventlog
+    assert expected == eventlog.replay(eventlog.default_boot_events())
     for i, d in enumerate(data):
         index = (3 * i) % 4  # 0, 3, 2, 1, 0: every RTMR is writable (ref §4.6)
         code, stdout, _ = cli("extend", "--rtmr", index, "--data", d.hex())

@@ -97,16 +97,16 @@ def test_python_client_requiring_ccel_replays_the_log_to_the_report(tmp_path, ba
 
 
 def test_a_log_that_does_not_replay_is_caught_by_the_client(tmp_path):
-    """The client's check can fail: RTMR3 changed behind the log's back (set_rtmr through update,
-    which logs no extend) makes its replay differ from the report."""
+    """The client's check can fail: a boot log whose initrd event no longer matches what was
+    measured (its digest changed in the state's boot log file) does not replay to RTMR2."""
     from tdxmodel.state import StateStore
     state = tmp_path / "st"
     store = StateStore(state)
-
-    def poke(cfg):
-        cfg.rtmr = cfg.rtmr[:3] + (b"\x01" * 48,)
-        return cfg
-    store.update(poke)
+    store.load()
+    path = store.directory / "boot-eventlog.json"
+    doc = json.loads(path.read_text())
+    [e for e in doc["events"] if e["mr_index"] == 3][-1]["digest"] = "77" * 48
+    path.write_text(json.dumps(doc))
     r = run("--state", str(state), "--", sys.executable, CLIENT)
     assert r.returncode == 1 and json.loads(r.stdout)["match"] is False
 

@@ -14,6 +14,7 @@ import pytest
 from tdxmodel import abi
 from tdxmodel.config import ModuleConfig
 from tdxmodel.report import verify
+from tdxmodel import eventlog
 from tdxmodel.state import StateError, StateStore, default_directory, replay_events
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,6 +26,11 @@ def chain(*data, start=ZERO48):
     for d in data:
         value = hashlib.sha384(value + d).digest()
     return value
+
+
+def initial(s):
+    """The RTMRs a state started from: its boot event log's replay (README "Boot event log")."""
+    return eventlog.replay(s.boot_events())
 
 
 @pytest.fixture
@@ -55,8 +61,13 @@ def test_first_use_creates_the_documented_defaults_with_a_random_persistent_key(
     cfg = a.load()
     defaults = ModuleConfig()
     for name in ("version", "cpusvn", "tee_tcb_svn", "mrseam", "mrsignerseam", "attributes", "xfam", "mrtd",
-                 "mrconfigid", "mrowner", "mrownerconfig", "rtmr", "servtd_hash"):
+                 "mrconfigid", "mrowner", "mrownerconfig", "servtd_hash"):
         assert getattr(cfg, name) == getattr(defaults, name), name
+    # RTMR0..2 are the default boot's measurements (firmware, kernel, command line and initrd), so
+    # they are not zero: they are what the boot event log beside state.json replays to; RTMR3 is zero.
+    assert a.boot_events() == eventlog.default_boot_events()
+    assert list(cfg.rtmr) == eventlog.replay(eventlog.default_boot_events())
+    assert all(r != ZERO48 for r in cfg.rtmr[:3]) and cfg.rtmr[3] == ZERO48
     assert cfg.seed is not None
     # The key persists: a second store on the same directory is the same platform ...
     again = StateStore(tmp_path / "a", backend=backend)
@@ -74,17 +85,18 @@ def test_first_use_creates_the_documented_defaults_with_a_random_persistent_key(
 def test_extend_goes_through_the_module_and_persists(store):
     g0 = store.generation()
     d1, d2, d3 = b"\x01" * 48, b"\x02" * 48, b"\x03" * 48
-    assert store.extend(2, d1) == chain(d1)
-    assert store.extend(2, d2) == chain(d1, d2)
-    assert store.extend(0, d3) == chain(d3)
+    i0 = initial(store)
+    assert store.extend(2, d1) == chain(d1, start=i0[2])
+    assert store.extend(2, d2) == chain(d1, d2, start=i0[2])
+    assert store.extend(0, d3) == chain(d3, start=i0[0])
     cfg = StateStore(store.directory).load()
-    assert cfg.rtmr == (chain(d3), ZERO48, chain(d1, d2), ZERO48)
+    assert cfg.rtmr == (chain(d3, start=i0[0]), i0[1], chain(d1, d2, start=i0[2]), ZERO48)
     assert store.generation() == g0 + 3
     assert [(e["rtmr"], e["data"]) for e in store.events()] == [(2, d1.hex()), (2, d2.hex()), (0, d3.hex())]
-    assert replay_events(store.events()) == list(cfg.rtmr)
+    assert replay_events(store.events(), i0) == list(cfg.rtmr)
     # A report made afterwards carries the RTMRs.
     raw = store.module().report()
-    assert raw[abi.TDR_OFF_RTMR0 + 2 * 48:abi.TDR_OFF_RTMR0 + 3 * 48] == chain(d1, d2)
+    assert raw[abi.TDR_OFF_RTMR0 + 2 * 48:abi.TDR_OFF_RTMR0 + 3 * 48] == chain(d1, d2, start=i0[2])
 
 
 def test_extend_errors_are_the_modules_and_change_nothing(store):
@@ -115,7 +127,7 @@ def test_update_is_a_persistent_read_modify_write(store):
 def test_writes_leave_no_temp_files(store):
     for i in range(3):
         store.extend(i, bytes([i]) * 48)
-    assert sorted(p.name for p in store.directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
+    assert sorted(p.name for p in store.directory.iterdir()) == ["boot-eventlog.json", "events.jsonl", "lock", "state.json"]
 
 
 # ------------------------------------------------------------------ TOML seeding
@@ -228,9 +240,9 @@ def test_replay_detects_a_log_that_does_not_chain(store):
     events = store.events()
     events[0]["data"] = (b"\x02" * 48).hex()
     with pytest.raises(StateError, match="record 0"):
-        replay_events(events)
+        replay_events(events, initial(store))
     with pytest.raises(StateError, match="record 1 is malformed"):
-        replay_events(store.events() + [{"rtmr": 7, "data": "00" * 48, "value": ""}])
+        replay_events(store.events() + [{"rtmr": 7, "data": "00" * 48, "value": ""}], initial(store))
 
 
 # ------------------------------------------------------------------ concurrency
@@ -263,7 +275,7 @@ def test_concurrent_processes_lose_no_extend(tmp_path, backend):
     assert sorted(e["data"] for e in events) == sorted(
         (bytes([w, k]) * 24).hex() for w in range(workers) for k in range(count))
     assert [e["generation"] for e in events] == list(range(2, 2 + workers * count))
-    replayed = replay_events(events)
+    replayed = replay_events(events, initial(store))
     assert store.load().rtmr[2] == replayed[2]
     assert store.generation() == 1 + workers * count
     # And the state file is intact JSON after all that.
@@ -350,7 +362,7 @@ def _killed_extend(store, index, data, kill_at, torn):
 def _assert_consistent(directory, backend):
     s = StateStore(directory, backend=backend)
     events = s.events()
-    assert replay_events(events) == list(s.load().rtmr)
+    assert replay_events(events, initial(s)) == list(s.load().rtmr)
     if events:
         assert s.generation() >= events[-1]["generation"]
     return events
@@ -379,7 +391,7 @@ def test_a_writer_killed_anywhere_loses_or_half_writes_nothing(tmp_path, backend
         assert kill_at < 100
     summary = StateStore(directory, backend=backend).recover()
     assert summary == {"torn_bytes": 0, "stale_records": 0, "rolled_forward": 0, "temp_files": 0}
-    assert sorted(p.name for p in directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
+    assert sorted(p.name for p in directory.iterdir()) == ["boot-eventlog.json", "events.jsonl", "lock", "state.json"]
     doc = json.loads((directory / "state.json").read_text())
     assert doc["generation"] == _assert_consistent(directory, backend)[-1]["generation"]
 
@@ -401,8 +413,8 @@ def test_recover_completes_what_a_killed_writer_left(store):
                                "temp_files": 1}
     assert json.loads(store.state_path.read_text())["config"]["rtmr"][1] == value.hex()
     assert store.log_path.read_bytes().endswith(b"}\n")
-    assert sorted(p.name for p in store.directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
-    assert replay_events(store.events()) == list(store.load().rtmr)
+    assert sorted(p.name for p in store.directory.iterdir()) == ["boot-eventlog.json", "events.jsonl", "lock", "state.json"]
+    assert replay_events(store.events(), initial(store)) == list(store.load().rtmr)
 
 
 def test_reinit_killed_before_the_old_log_went_leaves_no_stale_record(tmp_path, backend):
@@ -413,10 +425,10 @@ def test_reinit_killed_before_the_old_log_went_leaves_no_stale_record(tmp_path, 
     old_log = s.log_path.read_bytes()
     s.init_from_toml(toml, force=True)
     s.log_path.write_bytes(old_log)  # killed between the new state.json and removing the old log
-    assert s.events() == [] and s.load().rtmr[0] == ZERO48
+    assert s.events() == [] and s.load().rtmr[0] == initial(s)[0]
     s.extend(0, b"\x06" * 48)
     assert [e["data"] for e in s.events()] == [(b"\x06" * 48).hex()]
-    assert replay_events(s.events()) == list(s.load().rtmr)
+    assert replay_events(s.events(), initial(s)) == list(s.load().rtmr)
 
 
 # ------------------------------------------------------------------ planted links
@@ -492,5 +504,5 @@ def test_an_extend_whose_state_cannot_be_written_changes_nothing(tmp_path, backe
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3
     assert store.state_path.read_bytes() == before and store.log_path.read_bytes() == log_before
-    assert sorted(p.name for p in store.directory.iterdir()) == ["events.jsonl", "lock", "state.json"]
-    assert replay_events(store.events()) == list(store.load().rtmr)
+    assert sorted(p.name for p in store.directory.iterdir()) == ["boot-eventlog.json", "events.jsonl", "lock", "state.json"]
+    assert replay_events(store.events(), initial(store)) == list(store.load().rtmr)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel.pytest_plugin import ServedDevice, _is_mounted
 
 pytestmark = pytest.mark.fuse
@@ -166,9 +166,8 @@ while True:
 @pytest.mark.parametrize("driver", ["v6.16", "v4-2022-04"])
 def test_clients_killed_mid_call_harm_nothing(driver):
     with ServedDevice(driver) as d:
-        layout = "v4" if driver == "v4-2022-04" else "v6"
-        cmd, size = ((abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN) if layout == "v4"
-                     else (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN))
+        report = profiles.get(driver).report
+        cmd, size = report.value, report.request_len
         clients = [subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, d.path, str(cmd), str(size)])
                    for _ in range(4)]
         try:
@@ -438,13 +437,14 @@ def _served_rtmrs(d):
 def test_cli_extend_then_a_measurement_write_keep_one_truth(backend):
     """`tdxmodel extend` and, right after (before any poll), a write of the same RTMR's file: the
     write lands on top of the extend, and the served TD, state.json and the log agree."""
+    from tdxmodel import eventlog
     from tdxmodel.state import StateStore, replay_events
     with ServedDevice("v6.16", backend=backend) as d:
         store = StateStore(str(d.state))
         for k in range(5):
             store.extend(1, bytes([k, 1]) * 24)
             assert _write_measurement(d, 1, bytes([k, 2]) * 24) == 48
-            assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events())
+            assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events(), eventlog.replay(store.boot_events()))
         assert [e["data"][:4] for e in store.events()] == [f"{k:02x}{j:02x}" for k in range(5) for j in (1, 2)]
 
 
@@ -466,6 +466,7 @@ def test_a_measurement_read_shows_a_cli_extend_at_once(backend):
 def test_a_failed_extend_changes_nothing_anywhere(backend):
     """With state.json corrupt, a measurement-file write fails with EIO and neither the served TD nor
     the log moves; once the state is good again the next write lands on the agreed value."""
+    from tdxmodel import eventlog
     from tdxmodel.state import StateStore, replay_events
     with ServedDevice("v6.16", backend=backend) as d:
         store = StateStore(str(d.state))
@@ -481,7 +482,7 @@ def test_a_failed_extend_changes_nothing_anywhere(backend):
         (d.state / "state.json").write_bytes(good)
         assert store.events() == events
         assert _write_measurement(d, 0, b"\x03" * 48) == 48
-        assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events())
+        assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(store.events(), eventlog.replay(store.boot_events()))
         assert store.load().rtmr[0] == hashlib.sha384(before[0] + b"\x03" * 48).digest()
         assert d.proc.poll() is None
 
@@ -502,6 +503,7 @@ for k in range(10 ** 6):
 def test_a_daemon_killed_under_load_loses_no_extend(tmp_path):
     """SIGKILL the daemon while clients extend through the measurement files: every write that
     returned 48 is in the log, and the log replays to the state (README "The state directory")."""
+    from tdxmodel import eventlog
     from tdxmodel.state import StateStore, replay_events
     for attempt in range(3):
         d = ServedDevice("v6.16", state=str(tmp_path / f"state{attempt}")).start()
@@ -524,7 +526,7 @@ def test_a_daemon_killed_under_load_loses_no_extend(tmp_path):
         store = StateStore(str(d.state))
         logged = {e["data"] for e in store.events()}
         assert returned and set(returned) <= logged
-        assert replay_events(store.events()) == list(store.load().rtmr)
+        assert replay_events(store.events(), eventlog.replay(store.boot_events())) == list(store.load().rtmr)
 
 
 @pytest.mark.parametrize("content", ["[" * 100000 + "]" * 100000,

@@ -34,10 +34,7 @@ def report(store: Any) -> Dict[str, Any]:
     """The JSON object of ``tdxmodel eventlog --json`` for a StateStore."""
     from tdxmodel.state import replay_events
     live = list(store.load().rtmr)
-    try:
-        boot = eventlog.read_boot_log(store.directory)
-    except eventlog.EventLogError as e:
-        raise CliError(str(e)) from None
+    boot = store.boot_events()
     boot_replay = eventlog.replay(boot)
     extends = store.events()
     replayed = replay_events(extends, initial=boot_replay)

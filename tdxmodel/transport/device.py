@@ -269,7 +269,7 @@ class EmulatedDevice:
         boot event log (tdxmodel.eventlog)."""
         if self._acpi is None:
             from tdxmodel import eventlog
-            events = eventlog.read_boot_log(self.store.directory) if self.store is not None else []
+            events = self.store.boot_events() if self.store is not None else []
             area = eventlog.log_area(events)
             self._acpi = {"acpi/tables/CCEL": eventlog.ccel_table(len(area)),
                           "acpi/tables/data/CCEL": area}

@@ -1,0 +1,88 @@
+"""The Python API's quote call (tdxmodel.client.TdxGuest.get_quote / get_quote_batch) through each
+generation's configfs-tsm path, with the path's errno as the exception's .errno; and the TDQE as the
+producer behind it (a state directory under tmp_path)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from tdxmodel import abi, errors, profiles
+from tdxmodel import quote as Q
+from tdxmodel.client import TdxGuest
+from tdxmodel.host import quote_producer
+
+QUOTE_GENERATIONS = [p.name for p in profiles.PROFILES if p.quote is not None]
+RD = bytes(range(64))
+
+
+@pytest.fixture
+def guest(backend):
+    made = []
+
+    def factory(driver):
+        g = TdxGuest(driver, backend=backend.BACKEND_NAME)
+        g.attach_host(producer=backend.TestQuoteProducer())
+        made.append(g)
+        return g
+
+    yield factory
+    for g in made:
+        g.close()
+
+
+@pytest.mark.parametrize("driver", QUOTE_GENERATIONS)
+def test_get_quote_through_configfs(guest, driver):
+    g = guest(driver)
+    tdreport = g.module.report(RD)
+    assert g.get_quote(RD) == b"tdxmodel-testq-1" + hashlib.sha384(tdreport).digest() + tdreport
+    assert g.get_quote(b"short") != g.get_quote(RD)  # zero-padded REPORTDATA, a new generation each
+
+
+@pytest.mark.parametrize("driver", QUOTE_GENERATIONS)
+def test_get_quote_errno(guest, driver):
+    g = guest(driver)
+    g.host.push_fault("error")
+    if profiles.get(driver).quote.status_check:
+        with pytest.raises(errors.KernelError) as e:
+            g.get_quote(RD)
+        assert e.value.errno == abi.EIO
+    else:
+        assert g.get_quote(RD) == b""  # before 7.1 the failure reads as an empty success
+    g.host.push_fault("retry")
+    with pytest.raises(errors.KernelError) as e:
+        g.get_quote(RD)
+    assert e.value.errno == abi.EIO
+
+
+def test_get_quote_batch(guest):
+    g = guest("v7.1")
+    g.host.set_schedule([None, "retry", None])
+    rows = np.arange(3 * 64, dtype=np.uint8).reshape(3, 64) % 251
+    quotes, errnos = g.get_quote_batch(rows)
+    assert list(errnos) == [0, abi.EIO, 0] and quotes[1] is None
+    assert quotes[2][-1024:] == g.module.report(rows[2].tobytes())
+    with pytest.raises(ValueError):
+        g.get_quote_batch(np.zeros((2, 63), dtype=np.uint8))
+
+
+def test_no_quote_path_and_bad_input(backend):
+    with TdxGuest("v6.2", backend=backend.BACKEND_NAME) as g:
+        with pytest.raises(ValueError):
+            g.get_quote(RD)
+    with TdxGuest("v6.16", backend=backend.BACKEND_NAME) as g:
+        g.attach_host(producer=backend.TestQuoteProducer())
+        with pytest.raises(ValueError):
+            g.get_quote(bytes(65))
+        with pytest.raises(TypeError):
+            g.get_quote("text")
+        with pytest.raises(ValueError):
+            g.attach_host()
+
+
+def test_the_tdqe_behind_the_configfs_path(tmp_path, backend):
+    with TdxGuest("v7.1", backend=backend.BACKEND_NAME) as g:
+        g.attach_host(producer=quote_producer(tmp_path / "state", module=g.module))
+        raw = g.get_quote(RD)
+    q = Q.parse_quote(raw)
+    assert q.reportdata == RD and q.version in (4, 5)
