@@ -1,5 +1,5 @@
 """`tdxmodel serve` as a daemon: one TD for many concurrent clients, clean shutdown, crash recovery,
-permissions, bad input (issue 6)."""
+permissions, bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The FUSE device file of `tdxmodel serve` answers like the emulated kernel (issue 6).
+"""The FUSE device file of `tdxmodel serve` answers like the emulated kernel.
 
 Needs root and /dev/fuse (marker `fuse`). Every daemon runs in a subprocess and is stopped and
 unmounted at teardown (tdxmodel.pytest_plugin.ServedDevice).

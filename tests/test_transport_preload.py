@@ -1,4 +1,4 @@
-"""The LD_PRELOAD library reaches the daemon's socket at the real node path (issue 6).
+"""The LD_PRELOAD library reaches the daemon's socket at the real node path.
 
 The machine has no /dev/tdx_guest: every open of it below is intercepted, or fails with ENOENT.
 """
