@@ -2,7 +2,7 @@
 
 Question: do the module's caches work? A TDREPORT needs one HMAC-SHA-256 over 224 bytes (ref §4.5), so
 with TEE_TCB_INFO_HASH, TEE_INFO_HASH and the HMAC midstates cached, ``report_batch`` should run at
->= the HMAC floor (issue 5 target: batch_reports_per_s / mac_floor_per_s >= 1.0). Every benchmark in
+>= the HMAC floor (target: batch_reports_per_s / mac_floor_per_s >= 1.0). Every benchmark in
 the group does 1000 operations per call, so their times compare directly.
 """
 

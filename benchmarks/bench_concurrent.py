@@ -1,8 +1,8 @@
 """Concurrent callers: 1..N threads on one TD, with and without a concurrent RTMR extender.
 
-Question: do Python threads scale across cores? The leaves and the ioctl path release the GIL, so a
-fixed amount of work split over 2 threads should take about half as long on 2 cores (issue 5 target
-for the batch API: >= 1.7x one caller). The extender hammers TDG.MR.RTMR.EXTEND on the module leaf,
+Question: do Python threads scale across cores? The batch calls release the GIL for their whole
+loop, so a fixed amount of work split over 2 threads should take about half as long on 2 cores
+(target for the batch API: >= 1.7x one caller); single leaves and ioctls keep it (README "Speed"). The extender hammers TDG.MR.RTMR.EXTEND on the module leaf,
 outside any driver (ref §4.8), so some reports meet BUSY|RTMR; their count is kept in extra_info.
 """
 

@@ -1,7 +1,7 @@
 """One GET_REPORT ioctl through the Python API (``Process.ioctl``), per driver generation.
 
 Question: what does one attestation report cost a caller of the emulated device, and how far is the
-Cython core from the pure-Python reference? Issue 5 targets: core median <= 1.0 us, reference / core
+Cython core from the pure-Python reference? Targets: core median <= 1.0 us, reference / core
 >= 50.
 """
 

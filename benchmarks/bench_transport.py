@@ -1,4 +1,4 @@
-"""What does tdxmodel add to one ioctl over the transport alone? (issue 6)
+"""What does tdxmodel add to one ioctl over the transport alone?
 
 Each transport is measured beside a null server of the same transport in the same run: `tdxmodel
 serve --null` answers every ioctl with 0 without emulating anything, over the same FUSE file system

@@ -1,4 +1,4 @@
-"""Benchmark harness (issue 5): pytest-benchmark suites, every group with the Cython core and the
+"""Benchmark harness: pytest-benchmark suites, every group with the Cython core and the
 pure-Python reference side by side.
 
 The files are named ``bench_*.py`` (not ``test_*.py``) so the test run never collects them; the hook

@@ -26,7 +26,8 @@ struct td_kernel {
     /* 6.16 (ref §2.5) */
     uint8_t *report_buf;   /* kzalloc(1024) at init, freed at exit */
     _Atomic int mr_lock;   /* 0 free, 1 held */
-    _Atomic int mr_stale;  /* the tsm-mr cache of the LIVE registers is stale */
+    _Atomic int mr_stale;  /* the tsm-mr cache of the LIVE registers is stale (under tsm_rwsem) */
+    _Atomic int tsm_rwsem; /* tsm-mr's own rwsem (ref §2.5 "Read"): -1 a writer, else the readers */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
     tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
 };
@@ -169,6 +170,70 @@ static int mr_lock_interruptible(td_kernel *tk, gk_task *task)
     gk_block_end(token);
     return ret;
 }
+
+/* ---- tsm-mr's rwsem (6.16, ref §2.5 "Read"/"Write"): down_read_interruptible, down_write_killable - */
+
+static void wait_a_little(unsigned spins)
+{
+    if (spins < 64) {
+        sched_yield();
+    } else {
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int tsm_try_read(td_kernel *tk)
+{
+    int v = atomic_load(&tk->tsm_rwsem);
+    while (v >= 0)
+        if (atomic_compare_exchange_weak(&tk->tsm_rwsem, &v, v + 1))
+            return 1;
+    return 0;
+}
+
+/* A reader waits only for a writer; a signal pending while it would wait gives -EINTR (for example
+ * while a sysfs writer holds the rwsem and waits for mr_lock). */
+static int tsm_down_read_interruptible(td_kernel *tk, gk_task *task)
+{
+    if (tsm_try_read(tk))
+        return 0;
+    int ret = -TDXM_EINTR;
+    void *token = gk_block_begin();
+    for (unsigned spins = 0;; spins++) {
+        if (atomic_load(&task->signal_pending))
+            break;
+        wait_a_little(spins);
+        if (tsm_try_read(tk)) {
+            ret = 0;
+            break;
+        }
+    }
+    gk_block_end(token);
+    return ret;
+}
+
+static void tsm_up_read(td_kernel *tk) { atomic_fetch_sub(&tk->tsm_rwsem, 1); }
+
+/* Killable: only a fatal signal interrupts it, and the model's signal_pending is an ordinary one, so
+ * the writer waits until the readers and the other writer are gone. */
+static void tsm_down_write_killable(td_kernel *tk)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&tk->tsm_rwsem, &expected, -1))
+        return;
+    void *token = gk_block_begin();
+    for (unsigned spins = 0;; spins++) {
+        wait_a_little(spins);
+        expected = 0;
+        if (atomic_compare_exchange_strong(&tk->tsm_rwsem, &expected, -1))
+            break;
+    }
+    gk_block_end(token);
+}
+
+static void tsm_downgrade_write(td_kernel *tk) { atomic_store(&tk->tsm_rwsem, 1); }
+static void tsm_up_write(td_kernel *tk) { atomic_store(&tk->tsm_rwsem, 0); }
 
 int td_mr_lock_try(td_kernel *tk)
 {
@@ -329,8 +394,11 @@ unlock: /* 5 */
     return ret;
 }
 
-/* Measurement read (ref §2.5 "Read", sysfs rules): offset >= 48 reads nothing, count is clipped; a LIVE
- * register with a stale cache is refreshed first by a REPORT using whatever sits at buf+128. */
+/* Measurement read (ref §2.5 "Read"): 2 sysfs: count 0 or offset >= 48 reads nothing, count is clipped;
+ * 3 tsm-mr's rwsem for reading (-EINTR); 4 a LIVE register with a stale cache: drop it, take it for
+ * writing, and if still stale refresh with tdx_do_report (mr_lock, -EINTR; a REPORT using whatever sits
+ * at buf+128), then downgrade; 5 copy from the cache (a refresh error is returned instead); 6 kernfs
+ * copies to the user. A fresh or non-LIVE read never touches mr_lock. */
 static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                              int64_t offset)
 {
@@ -339,21 +407,28 @@ static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint
         return 0;
     if (count > MEASUREMENT_LEN - offset)
         count = MEASUREMENT_LEN - offset;
-    if (node->writable) { /* LIVE: the staleness check and the refresh run under mr_lock */
-        long ret = mr_lock_interruptible(tk, &p->task);
-        if (ret)
-            return ret;
+    long ret = tsm_down_read_interruptible(tk, &p->task); /* 3 */
+    if (ret)
+        return ret;
+    if (node->writable && atomic_load(&tk->mr_stale)) { /* 4: LIVE and stale */
+        tsm_up_read(tk);
+        tsm_down_write_killable(tk);
         if (atomic_load(&tk->mr_stale)) {
-            ret = report_locked_v6_16(tk);
-            if (!ret)
-                atomic_store(&tk->mr_stale, 0);
+            ret = mr_lock_interruptible(tk, &p->task);
+            if (!ret) {
+                ret = report_locked_v6_16(tk);
+                mr_unlock(tk);
+                if (!ret)
+                    atomic_store(&tk->mr_stale, 0);
+            }
         }
-        mr_unlock(tk);
-        if (ret)
-            return ret;
+        tsm_downgrade_write(tk);
     }
     uint8_t value[MEASUREMENT_LEN];
-    memcpy(value, tk->report_buf + node->tdr_offset, MEASUREMENT_LEN);
+    memcpy(value, tk->report_buf + node->tdr_offset, MEASUREMENT_LEN); /* 5 */
+    tsm_up_read(tk);
+    if (ret)
+        return ret;
     if (gk_copy_to_user(c, GK_PT_MEASUREMENT_COPY_TO_USER, addr, value + offset, (size_t)count))
         return -TDXM_EFAULT;
     return (long)count;
@@ -386,19 +461,23 @@ static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uin
         return -TDXM_EINVAL;
     uint8_t *data = kbuf;
     uint64_t index = (node->tdr_offset - TDR_OFF_RTMR0) / TDX_SHA384_LEN;
-    long ret = mr_lock_interruptible(tk, &p->task);
-    if (ret)
+    tsm_down_write_killable(tk); /* 4 */
+    long ret = mr_lock_interruptible(tk, &p->task); /* 5: tdx_do_extend */
+    if (ret) {
+        tsm_up_write(tk);
         return ret;
+    }
     uint8_t *extend_buf = tk->report_buf + TDR_OFF_REPORTDATA; /* 64-B aligned, private */
     memcpy(extend_buf, data, TDX_EXTEND_DATA_LEN);
     uint64_t status = kernel_tdcall(tk, TDG_MR_RTMR_EXTEND, gk_pa(tk->gk, extend_buf), index);
     if (status) {
         ret = status_errno(tk->prof, status);
     } else {
-        atomic_store(&tk->mr_stale, 1);
+        atomic_store(&tk->mr_stale, 1); /* 6 */
         ret = MEASUREMENT_LEN;
     }
     mr_unlock(tk);
+    tsm_up_write(tk);
     return ret;
 }
 

@@ -1,4 +1,4 @@
-"""z3 proofs of the tdx_guest error-path invariants (issue 4), tied to the emulator (layer 5).
+"""z3 proofs of the tdx_guest error-path invariants, tied to the emulator (layer 5).
 
 Layout:
 - ``abi``: z3 constants derived from ``tdxmodel.abi`` (no ABI literal anywhere in proofs/);

@@ -1,4 +1,4 @@
-"""`tdxmodel bench` (issue 5): flags, JSON keys and exit codes are a contract.
+"""`tdxmodel bench`: flags, JSON keys and exit codes are a contract.
 
 These check what the command reports and how it fails, never how fast anything is (speed is measured
 by benchmarks/, not by timed tests).

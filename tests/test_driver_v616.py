@@ -576,3 +576,63 @@ def test_null_arg_tdcall_failure_comes_first(dev):
     k.force_tdcall(INVALID_RCX, leaf=abi.TDG_MR_REPORT)
     assert call(k, p, fd, arg=0) == -abi.ENXIO
     assert p.last_trace() == []
+
+
+# --------------------------------------------------------------------- tsm-mr's rwsem vs mr_lock
+def test_a_fresh_rtmr_read_takes_no_mr_lock(dev):
+    """ref §2.5 "Read": a LIVE read whose cache is current takes tsm-mr's rwsem only; mr_lock is for
+    the refresh. So while an ioctl (here: another task) holds mr_lock, a fresh read still returns,
+    even with a signal pending, and the stale one is the only one that meets mr_lock."""
+    k, p, fd = dev
+    assert mread(k, p, "rtmr0:sha384")[0] == 48  # refresh: the cache is fresh now
+    taken = k.counters()["locks_taken"]
+    assert k.mr_lock_try()
+    p.signal_pending = True
+    try:
+        n, data = mread(k, p, "rtmr1:sha384", check=False)
+        assert (n, data) == (48, k.module.rtmr(1))
+        assert k.counters()["locks_taken"] == taken + 1  # only mr_lock_try's
+    finally:
+        k.mr_lock_release()
+        p.signal_pending = False
+    assert mwrite(k, p, "rtmr1:sha384", bytes(48)) == 48  # stale again
+    assert k.mr_lock_try()
+    p.signal_pending = True
+    try:
+        assert mread(k, p, "rtmr1:sha384", check=False)[0] == -abi.EINTR  # the refresh needs mr_lock
+    finally:
+        k.mr_lock_release()
+    balanced(k)
+
+
+def test_a_writer_waiting_for_mr_lock_holds_tsm_mr_rwsem(dev):
+    """ref §2.5 "Read" #3 and "Write" #4: a sysfs writer takes tsm-mr's rwsem for writing, then waits
+    for mr_lock; a reader meanwhile waits for the rwsem, and a signal pending makes it -EINTR, even on
+    a register that is not LIVE."""
+    k, p, fd = dev
+    writer = k.process()
+    writer.mmap(BUF, PAGE, "rw")
+    wfd = writer.open(f"{MDIR}/rtmr2:sha384", os.O_WRONLY)
+    assert k.mr_lock_try()
+    result = []
+    t = threading.Thread(target=lambda: result.append(writer.pwrite(wfd, BUF, 48, 0)))
+    t.start()
+    try:
+        p.signal_pending = True
+        f = mopen(p, "mrtd:sha384")
+        for _ in range(5000):  # until the writer holds the rwsem (it reads 48 before that)
+            n = p.pread(f, BUF, 48, 0)
+            if n == -abi.EINTR:
+                break
+            assert n == 48
+            t.join(0.001)
+        assert n == -abi.EINTR
+        assert p.close(f) == 0
+    finally:
+        k.mr_lock_release()
+        t.join()
+    assert result == [48]
+    p.signal_pending = False
+    assert mread(k, p, "mrtd:sha384")[0] == 48
+    assert writer.close(wfd) == 0
+    balanced(k)

@@ -1,4 +1,4 @@
-"""Correctness under load (issue 5): K threads mixing REPORTs and EXTENDs on one TD.
+"""Correctness under load: K threads mixing REPORTs and EXTENDs on one TD.
 
 Every EXTEND is logged in lock order; the final RTMRs must equal a serial replay of the log, and every
 REPORT must show the replay at some prefix of it that lies inside its own call (no lost update, no torn

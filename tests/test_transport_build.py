@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel.pytest_plugin import ServedDevice
 from tdxmodel.transport import protocol
 
@@ -71,10 +71,8 @@ def test_serve_reference_backend_without_the_core(driver):
     with ServedWithoutCore(driver, backend="reference") as d:
         counters = d.counters()
         assert counters["fast_path"] is False
-        if driver == "v4-2022-04":
-            cmd, size, tdr = abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN, 0
-        else:
-            cmd, size, tdr = abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN, abi.TDX_REPORT_REQ_OFF_TDREPORT
+        report = profiles.get(driver).report
+        cmd, size, tdr = report.value, report.request_len, report.field("tdreport").offset
         nonce = bytes(range(64))
         req = bytearray(size)
         req[:64] = nonce

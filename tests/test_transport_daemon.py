@@ -1,5 +1,5 @@
 """`tdxmodel serve` as a daemon: one TD for many concurrent clients, clean shutdown, crash recovery,
-permissions, bad input (issue 6)."""
+permissions, bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel.pytest_plugin import ServedDevice, _is_mounted
 
 pytestmark = pytest.mark.fuse
@@ -166,9 +166,8 @@ while True:
 @pytest.mark.parametrize("driver", ["v6.16", "v4-2022-04"])
 def test_clients_killed_mid_call_harm_nothing(driver):
     with ServedDevice(driver) as d:
-        layout = "v4" if driver == "v4-2022-04" else "v6"
-        cmd, size = ((abi.TDX_CMD_GET_TDREPORT, abi.TDX_REPORT_LEN) if layout == "v4"
-                     else (abi.TDX_CMD_GET_REPORT0, abi.TDX_REPORT_REQ_LEN))
+        report = profiles.get(driver).report
+        cmd, size = report.value, report.request_len
         clients = [subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, d.path, str(cmd), str(size)])
                    for _ in range(4)]
         try:

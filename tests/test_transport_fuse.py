@@ -1,4 +1,4 @@
-"""The FUSE device file of `tdxmodel serve` answers like the emulated kernel (issue 6).
+"""The FUSE device file of `tdxmodel serve` answers like the emulated kernel.
 
 Needs root and /dev/fuse (marker `fuse`). Every daemon runs in a subprocess and is stopped and
 unmounted at teardown (tdxmodel.pytest_plugin.ServedDevice).
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel.pytest_plugin import ServedDevice, tdx_device, tdx_driver  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.fuse
@@ -61,22 +61,20 @@ def served():
 
 
 def layout(driver):
-    return "v4" if driver == "v4-2022-04" else "v6"
+    return profiles.get(driver).report.client_layout
 
 
 def get_report(path, reportdata, driver="v6.2"):
     fd = os.open(path, os.O_RDWR | os.O_SYNC)
     try:
-        if driver == "v4-2022-04":
-            buf = bytearray(abi.TDX_REPORT_LEN)
-            buf[:RDLEN] = reportdata
-            fcntl.ioctl(fd, abi.TDX_CMD_GET_TDREPORT, buf)
-            return bytes(buf)
-        buf = bytearray(REQ)
+        report = profiles.get(driver).report
+        tdr = report.field("tdreport").offset
+        buf = bytearray(report.request_len)
         buf[:RDLEN] = reportdata
-        fcntl.ioctl(fd, abi.TDX_CMD_GET_REPORT0, buf)
-        assert buf[:RDLEN] == reportdata  # arg+0..63 unchanged (ref §2.4 row 6)
-        return bytes(buf[TDR:])
+        fcntl.ioctl(fd, report.value, buf)
+        if not report.in_place:
+            assert buf[:RDLEN] == reportdata  # arg+0..63 unchanged (ref §2.4 row 6)
+        return bytes(buf[tdr:tdr + abi.TDX_REPORT_LEN])
     finally:
         os.close(fd)
 

@@ -1,4 +1,4 @@
-"""The pytest plugin, as a downstream suite uses it (issue 6): `-p tdxmodel.pytest_plugin` stands in
+"""The pytest plugin, as a downstream suite uses it: `-p tdxmodel.pytest_plugin` stands in
 for the entry point an installed tdxmodel registers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The LD_PRELOAD library reaches the daemon's socket at the real node path (issue 6).
+"""The LD_PRELOAD library reaches the daemon's socket at the real node path.
 
 The machine has no /dev/tdx_guest: every open of it below is intercepted, or fails with ENOENT.
 """
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tdxmodel import abi
+from tdxmodel import abi, profiles
 from tdxmodel.cli.serve import PRELOAD_LIBRARY
 from tdxmodel.pytest_plugin import ServedDevice
 
@@ -60,7 +60,7 @@ def test_preload_path_prints_the_built_library():
 @pytest.mark.parametrize("driver", abi.DRIVERS)
 def test_c_selftest_through_preload(served, selftest_client, driver, backend):
     d = served(driver, backend)
-    layout = "v4" if driver == "v4-2022-04" else "v6"
+    layout = profiles.get(driver).report.client_layout
     r = subprocess.run([selftest_client, d.device_node, layout], capture_output=True, text=True,
                        timeout=30, env=d.preload_env())
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,7 @@
 /*
  * report_batch_threads.c - tdxm_report_batch (csrc/tdx_module.c) from 1 and 2 pthreads, no Python.
  *
- * Question (issue 5): does the C module itself scale, or do its shared atomics (the RTMR try-lock word
+ * Question: does the C module itself scale, or do its shared atomics (the RTMR try-lock word
  * and the debug counters) cost CPU when two cores report at once? Prints, per thread count, the CPU
  * time per report (thread CPU clocks), the wall throughput and the parallelism the machine granted
  * (CPU / wall); on a shared machine the wall figure alone says little.

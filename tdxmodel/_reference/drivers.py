@@ -20,6 +20,48 @@ _REPORT_LEN = abi.TDX_REPORT_LEN
 _REPORTDATA_LEN = abi.TDX_REPORTDATA_LEN
 
 
+class _TsmRwsem:
+    """tsm-mr's own rwsem (ref §2.5 "Read"): readers share it, a writer excludes everyone. The read side
+    is interruptible (a signal pending while it would wait: -EINTR); the write side is killable, and the
+    model's signal is not a fatal one, so a writer waits. Uncontended takes never look at signals."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+
+    def down_read_interruptible(self, task) -> int:
+        with self._cond:
+            while self._writer:
+                if task.signal_pending:
+                    return -abi.EINTR
+                self._cond.wait(0.001)  # re-check the signal another thread may deliver
+            self._readers += 1
+        return 0
+
+    def up_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            self._cond.notify_all()
+
+    def down_write_killable(self) -> None:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait(0.001)
+            self._writer = True
+
+    def downgrade_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._readers = 1
+            self._cond.notify_all()
+
+    def up_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
 class DriverV4:
     """The v4 patch as posted on 22 Apr 2022 (ref §2.2), defects included: an unknown command returns
     0, and a TDCALL failure put_user()s the masked status into user bytes 0..7 and returns -EIO
@@ -125,7 +167,8 @@ class DriverV616:
         self.k = kernel
         self.p = kernel.profile
         self.mr_lock = threading.Lock()
-        self.stale = True  # §2.5 "Read": the cache starts stale (read and written under mr_lock)
+        self.stale = True  # §2.5 "Read": the cache starts stale (read and written under tsm_rwsem)
+        self.tsm_rwsem = _TsmRwsem()
         self._last_status = abi.TDX_SUCCESS
         # §2.5 init #1: tdx_mr_init allocates the buffer, then one REPORT with zero REPORTDATA;
         # a failure aborts module load (we raise the errno load fails with)
@@ -193,18 +236,25 @@ class DriverV616:
         size = abi.MEASUREMENT_LEN
         if offset >= size or count == 0:  # sysfs: nothing to read past the end
             return 0
-        if live:  # §2.5 "Read": a LIVE register refreshes a stale cache first
-            ret = self.k.mutex_lock_interruptible(task, self.mr_lock)
-            if ret:
-                return ret
-            try:
-                if self.stale:
-                    ret = self._report_locked()
-                    if ret:
-                        return ret
-                    self.stale = False
-            finally:
-                self.k.mutex_unlock(self.mr_lock)
+        # §2.5 "Read" #3: tsm-mr's rwsem for reading, interruptibly
+        ret = self.tsm_rwsem.down_read_interruptible(task)
+        if ret:
+            return ret
+        try:
+            if live and self.stale:  # #4: drop it, take it for writing, refresh if still stale
+                self.tsm_rwsem.up_read()
+                self.tsm_rwsem.down_write_killable()
+                try:
+                    if self.stale:
+                        ret = self._do_report(task)  # mr_lock only here (-EINTR), then the REPORT
+                        if not ret:
+                            self.stale = False
+                finally:
+                    self.tsm_rwsem.downgrade_write()
+        finally:
+            self.tsm_rwsem.up_read()
+        if ret:  # #5: a refresh error is returned instead of the bytes
+            return ret
         n = min(count, size - offset)
         if self.k.copy_to_user(task, "measurement:copy_to_user", uaddr,
                                self.buf + field_offset + offset, n):
@@ -232,18 +282,23 @@ class DriverV616:
         if offset != 0 or n != size:
             return -abi.EINVAL
         data = data[:size]
-        # tdx_do_extend: lock (-EINTR), 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = idx
-        ret = k.mutex_lock_interruptible(task, self.mr_lock)
-        if ret:
-            return ret
+        # #4: tsm-mr's rwsem for writing (killable); #5 tdx_do_extend: mr_lock (-EINTR), the 48 bytes
+        # to buf+128, leaf 2 with RCX = pa(buf+128), RDX = idx
+        self.tsm_rwsem.down_write_killable()
         try:
-            k.write(self.buf + abi.TDR_OFF_REPORTDATA, data)
-            status = k.tdcall(abi.TDG_MR_RTMR_EXTEND, self.buf + abi.TDR_OFF_REPORTDATA, index)
-            if status != abi.TDX_SUCCESS:
-                return -self.p.status_errno(status)
-            self.stale = True  # a successful write makes the cache stale
+            ret = k.mutex_lock_interruptible(task, self.mr_lock)
+            if ret:
+                return ret
+            try:
+                k.write(self.buf + abi.TDR_OFF_REPORTDATA, data)
+                status = k.tdcall(abi.TDG_MR_RTMR_EXTEND, self.buf + abi.TDR_OFF_REPORTDATA, index)
+                if status != abi.TDX_SUCCESS:
+                    return -self.p.status_errno(status)
+                self.stale = True  # #6: a successful write makes the cache stale
+            finally:
+                k.mutex_unlock(self.mr_lock)
         finally:
-            k.mutex_unlock(self.mr_lock)
+            self.tsm_rwsem.up_write()
         return size
 
 
