@@ -193,7 +193,10 @@ static int kvmemdup_outblob(tsm_state *s, gk_ctx *c, tsm_item *it, size_t n)
     if (dst == NULL)
         return -TDXM_ENOMEM;
     avail = src < mem ? mem - (size_t)src : 0;
-    memcpy(dst, tdxm_host_ptr(s->m, src, 0), n < avail ? n : avail);
+    /* memmove: before 7.0 the host's out_len is unbounded (quote.md §2.3 P9), so the copy reads past
+     * the quote buffer into kernel memory, which may hold the outblob just allocated (found by the
+     * ASan pass: memcpy-param-overlap). */
+    memmove(dst, tdxm_host_ptr(s->m, src, 0), n < avail ? n : avail);
     if (n > avail)
         memset(dst + avail, 0, n - avail);
     it->outblob = dst;
