@@ -643,6 +643,19 @@ uint64_t tdxm_extend_direct(tdxm_module *m, uint64_t index, const uint8_t *data4
     return extend_tail(m, index, data48);
 }
 
+size_t tdxm_extend_batch(tdxm_module *m, const uint64_t *index, const uint8_t *data, uint64_t *status,
+                         size_t n)
+{
+    size_t succeeded = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        status[i] = tdxm_extend_direct(m, index[i], data + i * TDX_EXTEND_DATA_LEN);
+        if (status[i] == TDX_SUCCESS)
+            succeeded++;
+    }
+    return succeeded;
+}
+
 tdxm_result tdxm_mr_rtmr_extend(tdxm_module *m, uint64_t rcx, uint64_t rdx)
 {
     const uint8_t *data;

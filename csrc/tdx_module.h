@@ -110,6 +110,11 @@ uint64_t tdxm_verify_direct(tdxm_module *m, const uint8_t *reportmacstruct);
 size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
                          size_t n);
 
+/* Batch: n extends in order, index[i] with data[i*48], status[i] each (what tdxm_extend_direct answers:
+ * BUSY rows changed nothing). Returns the number that succeeded. */
+size_t tdxm_extend_batch(tdxm_module *m, const uint64_t *index, const uint8_t *data, uint64_t *status,
+                         size_t n);
+
 /* State inspection: a consistent snapshot, never one torn by a concurrent extend or set_rtmr. It does
  * not take the RTMR lock (a caller may hold it): writers bump a sequence counter and readers retry. */
 void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN]);

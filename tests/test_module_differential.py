@@ -183,9 +183,9 @@ def test_core_equals_reference(config, ops):
 def test_batch_core_equals_reference(config, reportdata, extends):
     import numpy as np
     core, ref = make_pair(config)
-    for index, data in extends:
-        core.extend(index, data)
-        ref.extend(index, data)
+    idx = np.array([i for i, _ in extends], dtype=np.uint64)
+    rows = np.frombuffer(b"".join(d for _, d in extends), dtype=np.uint8).reshape(len(extends), 48)
+    assert core.extend_batch(idx, rows).tolist() == ref.extend_batch(idx, rows).tolist()
     rd = np.frombuffer(b"".join(reportdata), dtype=np.uint8).reshape(len(reportdata), 64)
     (core_reports, core_status), (ref_reports, ref_status) = core.report_batch(rd), ref.report_batch(rd)
     assert core_reports.tobytes() == ref_reports.tobytes()

@@ -81,6 +81,20 @@ cdef void _step_trampoline(void *ctx, int point) noexcept with gil:
             module._step_hook_error = exc
 
 
+def _check_extend_batch(indices, data):
+    for name, arr in (("indices", indices), ("data", data)):
+        if not isinstance(arr, _np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, not {type(arr).__name__}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (numpy.ascontiguousarray)")
+    if indices.dtype != _np.uint64 or indices.ndim != 1:
+        raise ValueError(f"indices must be uint64 of shape (N,), got {indices.dtype} {indices.shape}")
+    if data.dtype != _np.uint8 or data.ndim != 2 or data.shape[1] != _abi.TDX_EXTEND_DATA_LEN \
+            or data.shape[0] != indices.shape[0]:
+        raise ValueError(f"data must be uint8 of shape ({indices.shape[0]}, {_abi.TDX_EXTEND_DATA_LEN}), "
+                         f"got {data.dtype} {data.shape}")
+
+
 cdef class Module:
     """Module(config: ModuleConfig, memory_pages: int = 1024)
 
@@ -406,6 +420,30 @@ cdef class Module:
             tdxm_report_batch(m, &rd_view[0, 0], &out_view[0, 0], &status_view[0], n)
         self._raise_hook_error()
         return reports, statuses
+
+    def extend_batch(self, indices, data):
+        """extend_batch(indices: numpy.ndarray[uint64, (N,)], data: numpy.ndarray[uint8, (N, 48)]) -> ndarray[uint64, (N,)]
+
+        N RTMR extends in order on host buffers, with the GIL released for the whole loop: the status of
+        each (0, OPERAND_INVALID|RDX for an index >= 4, BUSY|RTMR when the lock was held; a failed row
+        changed nothing). Both arrays C-contiguous.
+        """
+        cdef tdxm_module *m = self._live()
+        cdef const uint64_t[::1] idx_view
+        cdef const uint8_t[:, ::1] data_view
+        cdef uint64_t[::1] status_view
+        cdef size_t n
+        _check_extend_batch(indices, data)
+        n = indices.shape[0]
+        statuses = _np.zeros(n, dtype=_np.uint64)
+        if n == 0:
+            return statuses
+        idx_view = indices
+        data_view = data
+        status_view = statuses
+        with nogil:
+            tdxm_extend_batch(m, &idx_view[0], &data_view[0, 0], &status_view[0], n)
+        return statuses
 
     # ------------------------------------------------------------------ debug counters
     def counters(self):

@@ -75,6 +75,8 @@ cdef extern from "tdx_module.h" nogil:
     size_t tdxm_report_batch(tdxm_module *m, const uint8_t *reportdata, uint8_t *out, uint64_t *status,
                              size_t n)
 
+    size_t tdxm_extend_batch(tdxm_module *m, const uint64_t *index, const uint8_t *data, uint64_t *status,
+                             size_t n)
     void tdxm_read_tdinfo(tdxm_module *m, uint8_t *out)
     void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t *out)
     void tdxm_read_mac_key(const tdxm_module *m, uint8_t *out)

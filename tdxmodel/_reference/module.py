@@ -486,6 +486,15 @@ class Module:
         self._raise_hook_error()
         return out, statuses
 
+    def extend_batch(self, indices, data) -> np.ndarray:
+        """extend_batch(indices: uint64[N], data: uint8[N, 48]) -> uint64[N]: N extends in order."""
+        _check_extend_batch(indices, data)
+        statuses = np.zeros(indices.shape[0], dtype=np.uint64)
+        for i in range(indices.shape[0]):
+            self._count("extends")
+            statuses[i] = self._extend(int(indices[i]), data[i].tobytes())
+        return statuses
+
     # ------------------------------------------------------------------ state
     def rtmr(self, index: int) -> bytes:
         index = _u64("index", index)
@@ -554,6 +563,20 @@ class Module:
 
     def __repr__(self) -> str:
         return f"<tdxmodel reference Module TDX {self.version}, {self._memory_pages} pages>"
+
+
+def _check_extend_batch(indices, data) -> None:
+    for name, arr in (("indices", indices), ("data", data)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, not {type(arr).__name__}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (numpy.ascontiguousarray)")
+    if indices.dtype != np.uint64 or indices.ndim != 1:
+        raise ValueError(f"indices must be uint64 of shape (N,), got {indices.dtype} {indices.shape}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != abi.TDX_EXTEND_DATA_LEN \
+            or data.shape[0] != indices.shape[0]:
+        raise ValueError(f"data must be uint8 of shape ({indices.shape[0]}, {abi.TDX_EXTEND_DATA_LEN}), "
+                         f"got {data.dtype} {data.shape}")
 
 
 def _check_batch(reportdata) -> np.ndarray:
