@@ -19,6 +19,9 @@ from tdxmodel import abi as _abi
 from tdxmodel import errors as _errors
 from tdxmodel.config import ModuleConfig as _ModuleConfig
 
+#: Extend batches shorter than this keep the GIL: 16 extends take ~20 us, about what two threads pay
+#: to hand the GIL over (benchmarks/RESULTS.md "GIL strategy").
+_GIL_RELEASE_ROWS = 16
 #: Page-state names, indexed by the C enum tdxm_page_state.
 _PAGE_STATES = ("unmapped", "private", "shared", "pending")
 _U64_MAX = (1 << 64) - 1
@@ -441,8 +444,11 @@ cdef class Module:
         idx_view = indices
         data_view = data
         status_view = statuses
-        with nogil:
+        if n < _GIL_RELEASE_ROWS:  # a few microseconds: cheaper than a GIL hand-off (see the header)
             tdxm_extend_batch(m, &idx_view[0], &data_view[0, 0], &status_view[0], n)
+        else:
+            with nogil:
+                tdxm_extend_batch(m, &idx_view[0], &data_view[0, 0], &status_view[0], n)
         return statuses
 
     # ------------------------------------------------------------------ debug counters
