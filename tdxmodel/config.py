@@ -261,19 +261,25 @@ def read_config_bytes(path: "os.PathLike[str] | str", limit: int = MAX_CONFIG_BY
             raise ConfigError(f"{p}: not a regular file")
         if st.st_size > limit:
             raise ConfigError(f"{p}: larger than {limit} bytes; not a configuration file")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_fd_bounded(fd, limit)
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     finally:
         os.close(fd)
-    if size > limit:
+    if len(data) > limit:
         raise ConfigError(f"{p}: larger than {limit} bytes; not a configuration file")
+    return data
+
+
+def read_fd_bounded(fd: int, limit: int) -> bytes:
+    """Read fd to its end, but never more than limit + 1 bytes (so a caller can tell "too large")."""
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
     return b"".join(chunks)
 
 

@@ -57,7 +57,7 @@ import stat
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from tdxmodel import _backend, abi, eventlog
-from tdxmodel.config import ConfigError, ModuleConfig, read_config_bytes
+from tdxmodel.config import ConfigError, ModuleConfig, read_config_bytes, read_fd_bounded
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -169,15 +169,7 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def _read_fd(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
-    while size <= limit:
-        chunk = os.read(fd, limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+_read_fd = read_fd_bounded
 
 
 class Transaction:
