@@ -30,6 +30,7 @@ struct td_kernel {
     _Atomic int tsm_rwsem; /* tsm-mr's own rwsem (ref §2.5 "Read"): -1 a writer, else the readers */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
     tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
+    uint8_t fs_uuid[DEVTMPFS_UUID_LEN]; /* the device node's file system uuid (FS_IOC_GETFSUUID) */
 };
 
 struct td_process {
@@ -609,6 +610,97 @@ static const td_ops *const OPS[TDXM_NUM_OPS] = {
     [TDXM_OPS_INTEL_DOWNSTREAM] = &ops_intel_downstream,
 };
 
+/* ---- the commands do_vfs_ioctl answers before any driver (ref §1; tdxmodel.profiles.VfsCommand) ---- */
+
+/* tmpfs draws a random uuid per mount (mm/shmem.c); the model draws it from the seed: two splitmix64
+ * steps, version 4 and the RFC 4122 variant (tdxmodel.profiles.devtmpfs_uuid, the same on both backends) */
+static void devtmpfs_uuid(uint64_t seed, uint8_t out[DEVTMPFS_UUID_LEN])
+{
+    uint64_t x = seed;
+    for (int i = 0; i < 2; i++) {
+        x += 0x9E3779B97F4A7C15ULL;
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        for (int b = 0; b < 8; b++)
+            out[8 * i + b] = (uint8_t)(z >> (8 * b));
+    }
+    out[6] = (uint8_t)((out[6] & 0x0F) | 0x40);
+    out[8] = (uint8_t)((out[8] & 0x3F) | 0x80);
+}
+
+static const td_node *fd_node(td_process *p, int fd, int *accmode);
+
+/* FICLONE's checks up to the first that fails on a character device (fs/remap_range.c): the source
+ * fd (fdget takes an unsigned int), the superblock, then "not a regular file". */
+static long vfs_clone(td_process *p, uint64_t srcfd)
+{
+    uint32_t fd = (uint32_t)srcfd;
+    int accmode = 0;
+    const td_node *src = fd < FD_LIMIT ? fd_node(p, (int)fd, &accmode) : NULL;
+    if (!src)
+        return -TDXM_EBADF;
+    return src->kind == TD_NODE_DEVICE ? -TDXM_EINVAL : -TDXM_EXDEV;
+}
+
+static long vfs_ioctl(td_process *p, const tdxm_vfs *v, uint64_t arg)
+{
+    uint8_t buf[TDX_PAGE_SIZE];
+    switch (v->action) {
+    case TDXM_VFS_OK:
+        return 0;
+    case TDXM_VFS_ERRNO:
+        return -v->err;
+    case TDXM_VFS_GET_INT:
+    case TDXM_VFS_FIOASYNC: {
+        uint32_t on = 0;
+        if (gk_user_read(p->mm, arg, &on, sizeof on))
+            return -TDXM_EFAULT;
+        /* FASYNC would change and the misc device has no fasync (it is never on, so only on != 0) */
+        return v->action == TDXM_VFS_FIOASYNC && on ? -TDXM_ENOTTY : 0;
+    }
+    case TDXM_VFS_PUT_INT: {
+        uint32_t value = v->value;
+        return gk_user_put(p->mm, arg, &value, sizeof value);
+    }
+    case TDXM_VFS_FSUUID:
+        buf[0] = DEVTMPFS_UUID_LEN;
+        memcpy(buf + 1, p->tk->fs_uuid, DEVTMPFS_UUID_LEN);
+        return gk_user_write(p->mm, arg, buf, FSUUID2_LEN) ? -TDXM_EFAULT : 0;
+    case TDXM_VFS_CLONE:
+        return vfs_clone(p, arg);
+    case TDXM_VFS_CLONE_RANGE: {
+        if (gk_user_read(p->mm, arg, buf, FILE_CLONE_RANGE_LEN))
+            return -TDXM_EFAULT;
+        uint64_t src_fd;
+        memcpy(&src_fd, buf, sizeof src_fd);
+        return vfs_clone(p, src_fd);
+    }
+    case TDXM_VFS_DEDUPE: {
+        uint16_t count;
+        uint64_t at = arg + FILE_DEDUPE_RANGE_OFF_COUNT;
+        if (at < arg || gk_user_read(p->mm, at, &count, sizeof count))
+            return -TDXM_EFAULT;
+        size_t size = FILE_DEDUPE_RANGE_LEN + (size_t)FILE_DEDUPE_RANGE_INFO_LEN * count;
+        if (size > TDX_PAGE_SIZE)
+            return -TDXM_ENOMEM;
+        if (gk_user_read(p->mm, arg, buf, size)) /* memdup_user */
+            return -TDXM_EFAULT;
+        return -TDXM_EINVAL; /* vfs_dedupe_file_range: not a regular file */
+    }
+    }
+    return -TDXM_ENOTTY;
+}
+
+static const tdxm_vfs *vfs_command(const tdxm_profile *prof, uint32_t cmd)
+{
+    for (int i = 0; i < prof->nvfs; i++)
+        if (prof->vfs[i].cmd == cmd)
+            return &prof->vfs[i];
+    return NULL;
+}
+
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
@@ -631,6 +723,7 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
     tk->prof = &TDXM_PROFILES[driver];
     tk->ops = OPS[tk->prof->ops];
     tk->gk = gk_kernel_create(m, seed);
+    devtmpfs_uuid(seed, tk->fs_uuid);
     tk->nodes = calloc(nnodes ? nnodes : 1, sizeof *tk->nodes);
     if (!tk->gk || !tk->nodes)
         goto fail;
@@ -846,6 +939,7 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 {
     int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
+    const tdxm_vfs *vfs;
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
@@ -853,6 +947,8 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
         ret = -TDXM_EBADF;
     else if (node->kind != TD_NODE_DEVICE)
         ret = -TDXM_ENOTTY;
+    else if ((vfs = vfs_command(p->tk->prof, cmd)) != NULL)
+        ret = vfs_ioctl(p, vfs, arg); /* do_vfs_ioctl: the driver never sees it (ref §1) */
     else
         ret = p->tk->ops->ioctl(p, &c, cmd, arg);
     return ctx_finish(&c, p, ret);

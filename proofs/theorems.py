@@ -29,9 +29,18 @@ THEOREMS: Tuple[str, ...] = ("no_leak", "errno_contract", "no_silent_loss", "no_
                              "status_mapping", "operand_checks", "serialisation")
 
 
+def reaches_driver(spec: DriverSpec, cmd: z3.BitVecRef) -> z3.BoolRef:
+    """The command is not one do_vfs_ioctl answers itself on the device node (ref §1 "Commands the VFS
+    handles first"; profiles.VfsCommand): only those reach the driver this encoding mirrors."""
+    return z3.And([cmd != z3.BitVecVal(v.cmd, CMD_BITS) for v in spec.p.vfs_commands])
+
+
 def _ioctl(spec: DriverSpec) -> Tuple[Injection, Path]:
+    """The encoded driver ioctl, for the commands that reach it (``reaches_driver``)."""
     inj = Injection()
-    return inj, spec.ioctl(inj)
+    p = spec.ioctl(inj)
+    p.assumptions.append(reaches_driver(spec, inj.cmd))
+    return inj, p
 
 
 def _vars(inj: Injection, p: Path, **extra: z3.ExprRef) -> Dict[str, z3.ExprRef]:
@@ -68,7 +77,8 @@ def theorem_no_leak(spec: DriverSpec) -> Obligation:
 def theorem_errno_contract(spec: DriverSpec) -> Obligation:
     """Errno contract: the ioctl returns 0 or a -errno of the version's documented set; it returns 0
     if and only if the whole TDREPORT of this call reached the caller's buffer (every byte j of it at
-    its documented offset); and a command the generation does not know gives -ENOTTY."""
+    its documented offset); and a command the generation does not know, and the VFS does not answer
+    before the driver (ref §1), gives -ENOTTY."""
     inj, p = _ioctl(spec)
     w = inj.reg_bits
     j = z3.BitVec("j", inj.off_bits)

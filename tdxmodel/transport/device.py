@@ -59,8 +59,13 @@ def driver_windows(driver: str) -> Dict[int, int]:
     """driver_windows(driver: str) -> {cmd: bytes from arg the driver may touch}.
 
     v4 reads 64 bytes and writes the 1024-byte TDREPORT in place (ref §2.2) though its command encodes
-    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5)."""
-    return {c.value: c.request_len for c in profiles.get(driver).commands}
+    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5). The commands the
+    VFS answers before the driver (profiles.VfsCommand) come with theirs: a socket client's kernel
+    (the preload library's) hands them to us; FUSE's answers them itself and never sends them."""
+    prof = profiles.get(driver)
+    windows = {v.cmd: v.window for v in prof.vfs_commands if v.window}
+    windows.update({c.value: c.request_len for c in prof.commands})
+    return windows
 
 
 class _FailNth:
