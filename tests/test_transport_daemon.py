@@ -262,7 +262,10 @@ def test_malformed_socket_messages_end_only_that_connection():
     with ServedDevice("v6.2") as d:
         device, windows = protocol.hello(d.socket)
         assert device == abi.DEVICE_PATHS["v6.2"]
-        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+        # the report command's window, and those of the commands the emulated VFS answers first
+        vfs = {v.cmd: v.window for v in profiles.get("v6.2").vfs_commands if v.window}
+        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN, **vfs}
+        assert vfs[abi.FIONBIO] == 4 and vfs[abi.FIDEDUPERANGE] == abi.TDX_PAGE_SIZE
         for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, 9, 0),
                      protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, 1 << 30),
                      protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, protocol.IOCTL.size)
