@@ -75,6 +75,7 @@ struct tsm_state {
     unsigned count;                 /* 6.16: provider.count */
     _Atomic int quote_lock;
     _Atomic int quote_outside_hold;
+    _Atomic uint32_t getquote_timeout; /* polls; the kernel's static u32, 30 (quote.md §2.2) */
     uint8_t *quote_buf;             /* host view of the shared buffer */
     uint64_t quote_gpa;
 };
@@ -207,21 +208,43 @@ static int kvmemdup_outblob(tsm_state *s, gk_ctx *c, tsm_item *it, size_t n)
 
 /* ---- the provider: tdx_report_new (quote.md §2.3) ------------------------------------------------ */
 
-/* §2.4: as written, with its off-by-one both ways. */
+/* A signal due at a clock time (gk_task.signal_at) becomes pending once the clock reaches it. */
+static int signal_due(gk_task *task, vmm_clock *clk)
+{
+    uint64_t at = atomic_load(&task->signal_at);
+    if (at && clk && vmm_clock_now_ns(clk) >= at - 1) {
+        atomic_store(&task->signal_at, 0);
+        atomic_store(&task->signal_pending, 1);
+    }
+    return atomic_load(&task->signal_pending);
+}
+
+/* msleep_interruptible(ms): a signal due during the sleep cuts it short there. */
+static void sleep_interruptible(gk_task *task, vmm_clock *clk, uint64_t ns)
+{
+    uint64_t at = atomic_load(&task->signal_at), now = vmm_clock_now_ns(clk);
+    if (at && at - 1 > now && at - 1 - now < ns)
+        ns = at - 1 - now;
+    vmm_clock_sleep_ns(clk, ns);
+}
+
+/* §2.4: as written, with its off-by-one both ways; the limit is getquote_timeout (30 polls). */
 static long wait_for_quote_completion(tsm_state *s, gk_task *task)
 {
     vmm_host *h = host_of(s);
+    vmm_clock *clk = h ? vmm_host_clock(h) : NULL;
+    uint32_t limit = atomic_load(&s->getquote_timeout);
     uint32_t i = 0;
 
-    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < GETQUOTE_TIMEOUT) {
-        if (atomic_load(&task->signal_pending))   /* msleep_interruptible returns at once */
+    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < limit) {
+        if (signal_due(task, clk))                /* msleep_interruptible returns at once */
             return -TDXM_EINTR;
-        if (h)
-            vmm_clock_sleep_ns(vmm_host_clock(h), (uint64_t)GETQUOTE_POLL_MS * 1000000ULL);
-        if (atomic_load(&task->signal_pending))   /* woken by a signal during the sleep */
+        if (clk)
+            sleep_interruptible(task, clk, (uint64_t)GETQUOTE_POLL_MS * 1000000ULL);
+        if (signal_due(task, clk))                /* woken by a signal during the sleep */
             return -TDXM_EINTR;
     }
-    return i == GETQUOTE_TIMEOUT ? -TDXM_ETIMEDOUT : 0;
+    return i == limit ? -TDXM_ETIMEDOUT : 0;
 }
 
 static long report_status_errno(const tdxm_profile *prof, uint64_t status)
@@ -913,6 +936,8 @@ int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint
 
 uint64_t tsm_quote_buf_gpa(tsm_state *s) { return s->quote_gpa; }
 unsigned tsm_quote_buf_size(tsm_state *s) { return s->prof->quote_buf_size; }
+uint32_t tsm_getquote_timeout(tsm_state *s) { return atomic_load(&s->getquote_timeout); }
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls) { atomic_store(&s->getquote_timeout, polls); }
 
 tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const char *provider, int fail_decrypt, int *err,
                       uint64_t *leaked_pages)
@@ -926,6 +951,7 @@ tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const
     s->gk = td_kernel_gk(tk);
     s->m = gk_kernel_module(s->gk);
     s->prof = td_kernel_profile(tk);
+    atomic_store(&s->getquote_timeout, GETQUOTE_TIMEOUT);
     snprintf(s->provider, sizeof s->provider, "%s", provider);
     s->report_dir = strdup(report_dir);
     s->tsm_dir = s->report_dir ? dir_of(s->report_dir) : NULL;

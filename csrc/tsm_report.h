@@ -65,5 +65,9 @@ int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint
 /* The quote buffer's GPA and size; the number of quotes in flight in the host's view (status IN_FLIGHT). */
 uint64_t tsm_quote_buf_gpa(tsm_state *s);
 unsigned tsm_quote_buf_size(tsm_state *s);
+/* Model-only (tests): the wait loop's poll limit, getquote_timeout (a static u32 = 30 in the kernel,
+ * quote.md §2.2), so a real-clock test can run a 5-poll loop. */
+uint32_t tsm_getquote_timeout(tsm_state *s);
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls);
 
 #endif /* TSM_REPORT_H */

@@ -97,6 +97,7 @@ class TsmReport:
         self.registered = False
         self.count = 0
         self.quote_lock = threading.Lock()
+        self.getquote_timeout = abi.GETQUOTE_TIMEOUT  # polls (quote.md §2.2)
         self.leaked_pages = 0
         # quote.md §2.2: alloc_pages_exact(PAGE_ALIGN(size), GFP_KERNEL | __GFP_ZERO)
         buf = kernel.alloc_pages(init_task, self.q.buf_order, "quote_buf:alloc_pages", zero=True)
@@ -181,22 +182,41 @@ class TsmReport:
         return self.k.read(it.outblob, min(n, avail)) + bytes(max(0, n - avail))
 
     # -- the provider (quote.md §2.3) --------------------------------------------------------------
+    @staticmethod
+    def _signal_due(task, clock) -> bool:
+        """A signal due at a clock time (Process.signal_at_ns) becomes pending once it is reached."""
+        at = task._signal_at
+        if at is not None and clock is not None and clock.now_ns() >= at:
+            task._signal_at = None
+            task._signal_pending = True
+        return task._signal_pending
+
+    @staticmethod
+    def _sleep_interruptible(task, clock, ns: int) -> None:
+        """msleep_interruptible: a signal due during the sleep cuts it short there."""
+        at, now = task._signal_at, clock.now_ns()
+        if at is not None and now < at < now + ns:
+            ns = at - now
+        clock.sleep_ns(ns)
+
     def _wait(self, task) -> int:
         h = self._host()
+        clock = h.clock if h is not None else None
+        limit = self.getquote_timeout
         i = 0
         while True:  # §2.4 as written: the increment happens even when the compare fails
             if self._status() != abi.GET_QUOTE_IN_FLIGHT:
                 break
             old, i = i, i + 1
-            if not old < abi.GETQUOTE_TIMEOUT:
+            if not old < limit:
                 break
-            if task._signal_pending:      # msleep_interruptible returns at once
+            if self._signal_due(task, clock):      # msleep_interruptible returns at once
                 return -abi.EINTR
-            if h is not None:
-                h.clock.sleep_ns(abi.GETQUOTE_POLL_MS * 1_000_000)
-            if task._signal_pending:      # woken by a signal during the sleep
+            if clock is not None:
+                self._sleep_interruptible(task, clock, abi.GETQUOTE_POLL_MS * 1_000_000)
+            if self._signal_due(task, clock):      # woken by a signal during the sleep
                 return -abi.EINTR
-        return -abi.ETIMEDOUT if i == abi.GETQUOTE_TIMEOUT else 0
+        return -abi.ETIMEDOUT if i == limit else 0
 
     def _header(self) -> None:
         self.k.write(self.buf, bytes(self.q.buf_size))                             # P4
