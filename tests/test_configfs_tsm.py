@@ -631,3 +631,21 @@ def test_p7_real_clock_five_polls_sleep_in_wall_time(tsm):
     assert ret == -abi.ETIMEDOUT
     assert wall >= 5 * abi.GETQUOTE_POLL_MS / 1000   # five 1 s sleeps really slept
     assert h.clock.now_ns() >= 5 * SEC
+
+
+def test_interrupt_wait_ends_at_a_signal_due_before_the_completion(backend, make_module):
+    m = make_module(memory_pages=160)
+    h = backend.Host(m, producer=backend.TestQuoteProducer())
+    try:
+        k = backend.Kernel(m, "v7.1", quote_completion="interrupt")
+        p = k.process()
+        p.mmap(UBUF, UPAGES * PAGE, "rw")
+        h.push_fault("never")
+        p.signal_at_ns = 7 * SEC    # wait_for_completion_interruptible has no timeout: only this ends it
+        assert p.mkdir(ITEM) == 0 and write_file(p, ITEM + "/inblob", INBLOB) == 64
+        assert read_file(p, ITEM + "/outblob")[0] == -abi.EINTR
+        assert h.clock.now_ns() == 7 * SEC and p.signal_pending
+        c = k.counters()
+        assert c["locks_held"] == 0
+    finally:
+        h.close()
