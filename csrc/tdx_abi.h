@@ -208,6 +208,9 @@
 /* --- kernel --- */
 #define SLAB_POISON_INUSE 90 /* byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible (Linux include/linux/poison.h (POISON_INUSE)) */
 #define MEASUREMENT_LEN 48 /* every 6.16 measurement file is 48 bytes (ref §2.5) */
+#define TSM_MR_ATTRS_SIZE 136 /* kzalloc of the bin_attribute pointer array and the names (kmalloc-192) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
+#define TSM_MR_CTX_SIZE 808 /* kzalloc of struct tm_context with its mrs[] (kmalloc-1024) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
+#define KMALLOC_8K 8192 /* the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes end at 4096, so an order-1 page allocation stands in for it (ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches) */
 /* --- tsm --- */
 #define TSM_INBLOB_MAX 64 /* cb_max_size of inblob: a write past it is -EFBIG (quote.md §1.1) */
 #define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
@@ -319,7 +322,10 @@ enum gk_point {
     GK_PT_RTMR_INDEX_COPY_FROM_USER = 16,
     GK_PT_EXTEND_DATA_KMALLOC = 17,
     GK_PT_EXTEND_DATA_COPY_FROM_USER = 18,
-    GK_NUM_POINTS = 19
+    GK_PT_TSM_MR_ATTRS_KZALLOC = 19,
+    GK_PT_TSM_MR_CTX_KZALLOC = 20,
+    GK_PT_KERNFS_BUF_KMALLOC = 21,
+    GK_NUM_POINTS = 22
 };
 static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "reportdata:kmalloc",
@@ -341,6 +347,9 @@ static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "rtmr_index:copy_from_user",
     "extend_data:kmalloc",
     "extend_data:copy_from_user",
+    "tsm_mr_attrs:kzalloc",
+    "tsm_mr_ctx:kzalloc",
+    "kernfs_buf:kmalloc",
 };
 static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
@@ -362,6 +371,9 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAIL_USERCOPY,
     GK_FAILSLAB,
     GK_FAIL_USERCOPY,
+    GK_FAILSLAB,
+    GK_FAILSLAB,
+    GK_FAILSLAB,
 };
 
 /* --- kmalloc size classes (tdxmodel/abi.py SLAB_CLASSES) --- */
@@ -383,7 +395,7 @@ enum tdxm_vfs_action { TDXM_VFS_OK = 0, TDXM_VFS_GET_INT = 1, TDXM_VFS_FIOASYNC 
 #define TDXM_MAX_VFS 14
 typedef struct { unsigned cmd; int action, err; unsigned value; } tdxm_vfs; /* err positive */
 #define TDXM_MAX_FIELDS 2
-#define TDXM_MAX_PROFILE_POINTS 10
+#define TDXM_MAX_PROFILE_POINTS 12
 #define TDXM_MAX_ERRNO_MAP 2
 typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */
 typedef struct {
@@ -499,9 +511,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 8192, .quote_buf_order = 1,
         .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
@@ -518,9 +530,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
         .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
@@ -537,9 +549,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
         .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,

@@ -400,8 +400,46 @@ unlock: /* 5 */
  * writing, and if still stale refresh with tdx_do_report (mr_lock, -EINTR; a REPORT using whatever sits
  * at buf+128), then downgrade; 5 copy from the cache (a refresh error is returned instead); 6 kernfs
  * copies to the user. A fresh or non-LIVE read never touches mr_lock. */
+/* kernfs' bounce buffer (ref §2.5 "Read" #1, "Write" #1): kmalloc(size), which kfree_kernfs frees.
+ * kmalloc(0) is ZERO_SIZE_PTR (no point); kmalloc(4097) is kmalloc-8k, beyond the model's slab
+ * classes: failslab sees 8 KiB and an order-1 page allocation stands in (KMALLOC_8K). */
+static const uint8_t kernfs_zero_size;
+static void *kernfs_alloc(gk_ctx *c, size_t size)
+{
+    if (size == 0)
+        return (void *)&kernfs_zero_size;
+    if (size <= TDX_PAGE_SIZE)
+        return gk_kmalloc(c, GK_PT_KERNFS_BUF_KMALLOC, size, 0);
+    if (gk_should_fail(c, GK_PT_KERNFS_BUF_KMALLOC, GK_FAILSLAB, KMALLOC_8K, 0))
+        return NULL;
+    return gk_alloc_pages(c, GK_PT_KERNFS_BUF_KMALLOC, 1, GK_NOFAIL);
+}
+
+static void kernfs_free(gk_ctx *c, void *buf, size_t size)
+{
+    if (size > TDX_PAGE_SIZE)
+        gk_free_pages(c, buf, 1);
+    else if (size)
+        gk_kfree(c, buf);
+}
+
+static long read_measurement_cached(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                    int64_t count, int64_t offset);
+
 static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                              int64_t offset)
+{
+    size_t size = count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE;
+    void *buf = kernfs_alloc(c, size);
+    if (!buf)
+        return -TDXM_ENOMEM;
+    long ret = read_measurement_cached(p, c, node, addr, count, offset);
+    kernfs_free(c, buf, size);
+    return ret;
+}
+
+static long read_measurement_cached(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                    int64_t count, int64_t offset)
 {
     td_kernel *tk = p->tk;
     if (offset >= MEASUREMENT_LEN || count == 0)
@@ -441,8 +479,24 @@ static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint
  * 3 tsm-mr: offset != 0 or clipped count != 48 -> -EINVAL;
  * 5 tdx_do_extend: lock, the first 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = index;
  * 6 success marks the cache stale and returns 48. */
+static long write_measurement_copied(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                     int64_t count, int64_t offset);
+
 static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                               int64_t offset)
+{
+    /* 0: kernfs kmallocs min(count, PAGE_SIZE) + 1 (the terminating NUL) first */
+    size_t size = (count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE) + 1;
+    void *buf = kernfs_alloc(c, size);
+    if (!buf)
+        return -TDXM_ENOMEM;
+    long ret = write_measurement_copied(p, c, node, addr, count, offset);
+    kernfs_free(c, buf, size);
+    return ret;
+}
+
+static long write_measurement_copied(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                     int64_t count, int64_t offset)
 {
     td_kernel *tk = p->tk;
     size_t len = count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE;
@@ -580,6 +634,17 @@ static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint
         gk_kfree(&c, tk->report_buf);
         tk->report_buf = NULL;
         return (int)ret;
+    }
+    /* tsm_mr_create_attribute_group (ref §2.5 "Init order" 1.3): both kzallocs are made before either
+     * is checked; a failure unwinds tdx_mr_init (the report buffer too) and the load fails -ENOMEM */
+    void *attrs = gk_kmalloc(&c, GK_PT_TSM_MR_ATTRS_KZALLOC, TSM_MR_ATTRS_SIZE, GK_ZERO);
+    void *ctx = gk_kmalloc(&c, GK_PT_TSM_MR_CTX_KZALLOC, TSM_MR_CTX_SIZE, GK_ZERO);
+    if (!attrs || !ctx) {
+        gk_kfree(&c, attrs);
+        gk_kfree(&c, ctx);
+        gk_kfree(&c, tk->report_buf);
+        tk->report_buf = NULL;
+        return -TDXM_ENOMEM;
     }
     atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
     return 0;

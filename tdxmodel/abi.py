@@ -290,6 +290,17 @@ CONSTANTS: List[Const] = [
     _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
        "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
     _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+    # tsm_mr_create_attribute_group's two kzallocs (ref §2.5 "Init order" 1.3; tsm-mr.c @2fbe8203).
+    # (Analysis) x86-64, no lock debugging, the 8 registers of ref §2.5: the attribute array is
+    # 8 * (8 + 1) pointers + the "name:sha384" strings of the 5 hashed registers (12 + 4 * 13 = 64);
+    # the context is 104 B (rwsem 40, attribute_group 48, tm 8, in_sync 8) + 8 bin_attributes of 88 B.
+    _c("TSM_MR_ATTRS_SIZE", 136, "kernel", "ref §2.5; tsm-mr.c @2fbe8203 (Analysis)",
+       "kzalloc of the bin_attribute pointer array and the names (kmalloc-192)"),
+    _c("TSM_MR_CTX_SIZE", 808, "kernel", "ref §2.5; tsm-mr.c @2fbe8203 (Analysis)",
+       "kzalloc of struct tm_context with its mrs[] (kmalloc-1024)"),
+    _c("KMALLOC_8K", 8192, "kernel", "ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches",
+       "the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes "
+       "end at 4096, so an order-1 page allocation stands in for it"),
     # --- configfs-tsm and the TDX quote provider (quote.md §1-§2) ---------------------------------
     _c("TSM_INBLOB_MAX", 64, "tsm", "quote.md §1.1", "cb_max_size of inblob: a write past it is -EFBIG"),
     _c("TSM_NAME_MAX", 255, "tsm", "Linux NAME_MAX", "longest configfs item name"),

@@ -397,6 +397,11 @@ class Profile:
     def point_capabilities(self) -> Tuple[Tuple[str, str], ...]:
         return tuple((p, POINT_CAPABILITY[p]) for p in self.points)
 
+    @property
+    def init_points(self) -> Tuple[str, ...]:
+        """The injection points module load passes, in order (Kernel(fail_nth=N) fails the N-th)."""
+        return tuple(p for p in INIT_POINTS if p in self.points)
+
     def measurement(self, name: str) -> Optional[Measurement]:
         return next((m for m in self.measurements if m.name == name), None)
 
@@ -433,8 +438,19 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     ("rtmr_index:copy_from_user", "fail_usercopy"),
     ("extend_data:kmalloc", "failslab"),
     ("extend_data:copy_from_user", "fail_usercopy"),
+    # 6.16+ (ref §2.5 "Init order" #1.3, §7): tsm_mr_create_attribute_group's two kzallocs, both made
+    # before either is checked (drivers/virt/coco/guest/tsm-mr.c @2fbe8203)
+    ("tsm_mr_attrs:kzalloc", "failslab"),
+    ("tsm_mr_ctx:kzalloc", "failslab"),
+    # kernfs' bounce buffer of a measurement-file read or write (ref §2.5 "Read" #1, "Write" #1, §7;
+    # fs/kernfs/file.c @f83f3c51 kernfs_file_read_iter / kernfs_fop_write_iter: sysfs bin files have no
+    # prealloc buffer, so every call kmallocs)
+    ("kernfs_buf:kmalloc", "failslab"),
 )
 POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
+#: The points module load passes (ref §2.5 "Init order", quote.md §2.2), in that order.
+INIT_POINTS: Tuple[str, ...] = ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+                                "quote_buf:alloc_pages")
 #: errno value -> its tdxmodel.abi name.
 ERRNO_NAMES: Dict[int, str] = {c.value: c.name for c in abi.CONSTANTS if c.group == "errno"}
 
@@ -495,6 +511,12 @@ _QUOTE_POINTS_6_7 = ("quote_buf:alloc_pages", "reportdata:kmalloc", "tdreport:kz
 _QUOTE_POINTS_6_16 = ("quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user",
                       "configfs:copy_to_user")
 
+#: 6.16+ in the order reached: init (the report buffer, then tsm-mr's attribute group, ref §2.5 "Init
+#: order"), the ioctl's copies, the measurement files (kernfs' buffer, then the copies), the quote path.
+_POINTS_6_16 = ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+                "reportdata:copy_from_user", "tdreport:copy_to_user", "kernfs_buf:kmalloc",
+                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16
+
 _MEASUREMENT_DIRS_6_16 = ("/sys/devices/virtual/misc/tdx_guest/measurements",   # ref §1
                           "/sys/class/misc/tdx_guest/measurements")
 
@@ -548,11 +570,10 @@ PROFILES: Tuple[Profile, ...] = (
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_6_16,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_6_16,
         vfs_commands=VFS_COMMANDS_6_10),
     # 7.0: 128 KiB quote buffer, 16 MiB outblob, out_len read once and bounded (quote.md §2.1).
     Profile(
@@ -560,11 +581,10 @@ PROFILES: Tuple[Profile, ...] = (
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_0,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_7_0,
         vfs_commands=VFS_COMMANDS_6_10),
     # 7.1: a non-SUCCESS status gives -EIO (0f409eaea53e, quote.md §2.3 P8).
     Profile(
@@ -572,11 +592,10 @@ PROFILES: Tuple[Profile, ...] = (
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_1,
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_7_1,
         vfs_commands=VFS_COMMANDS_6_10),
     # Intel's out-of-tree tdx-guest driver, which DCAP's libtdx_attest and the Python SDKs call (ref §1,
     # quote.md §2.6; intel/td-partitioning drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 and
@@ -650,6 +669,9 @@ def _check() -> None:
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
         assert p.quote is None or p.has_lock("quote_lock"), p.name
         assert all(v.action in VFS_ACTIONS for v in p.vfs_commands), p.name
+        if p.measurements:  # tsm-mr's attribute array: a pointer per register + NULL, the hashed names
+            assert abi.TSM_MR_ATTRS_SIZE == 8 * (len(p.measurements) + 1) + sum(
+                len(m.name) + 1 for m in p.measurements if ":" in m.name), p.name
         # the VFS answers first: no driver command may share a number with it
         assert not {v.cmd for v in p.vfs_commands} & {c.value for c in p.commands}, p.name
 

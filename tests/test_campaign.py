@@ -38,7 +38,7 @@ def all_results():
 @pytest.fixture(scope="module")
 def results(all_results):
     """The report ioctl's records (the quote path's: tests/test_campaign_quote.py)."""
-    return {key: {**res, "cases": [r for r in res["cases"] if not campaign.is_quote_case(r)]}
+    return {key: {**res, "cases": [r for r in res["cases"] if campaign.is_report_case(r)]}
             for key, res in all_results.items()}
 
 
@@ -49,7 +49,9 @@ def test_cases_are_json_and_stable(driver):
     ids = [s["id"] for s in specs]
     assert len(ids) == len(set(ids))
     assert campaign.cases(driver) == specs
-    assert [s for s in specs if not campaign.is_quote_case(s)] == campaign.report_cases(driver)
+    assert [s for s in specs if campaign.is_report_case(s)] == campaign.report_cases(driver)
+    assert [s for s in specs if not campaign.is_quote_case(s)] == (
+        campaign.report_cases(driver) + [s for s in specs if campaign.is_measurement_case(s)])
     for s in campaign.report_cases(driver):
         assert {"id", "cmd", "fail_nth", "user_fault", "partial_to_user", "tdcall", "mr_lock_held",
                 "description"} <= set(s)
@@ -208,6 +210,8 @@ def test_cli_json(capsys):
         assert isinstance(case["ret"], int) and {"leaked", "description"} <= set(case)
         if campaign.is_quote_case(case):
             assert {"path", "host_fault", "outblob_len", "syscalls"} <= set(case)
+        elif campaign.is_measurement_case(case):
+            assert {"file", "op", "trace", "rtmr_changed"} <= set(case)
         else:
             assert isinstance(case["cmd"], int) and "user_changed" in case
     assert doc["summary"]["quote"]["cases"] == sum(map(campaign.is_quote_case, doc["cases"]))

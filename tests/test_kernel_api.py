@@ -74,8 +74,9 @@ def test_kernel_owns_private_pages_from_16(make_kernel, driver):
                     "status:put_user", "tdreport:copy_to_user"]),
     ("v6.2", ["reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
               "tdreport:copy_to_user"]),
-    ("v6.16", ["report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-               "measurement:copy_to_user", "measurement:copy_from_user",
+    ("v6.16", ["report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+               "reportdata:copy_from_user", "tdreport:copy_to_user",
+               "kernfs_buf:kmalloc", "measurement:copy_to_user", "measurement:copy_from_user",
                # the quote path (quote.md §2.2-§2.3)
                "quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user", "configfs:copy_to_user"]),
 ])
@@ -83,7 +84,7 @@ def test_injection_points_are_named_as_the_contract_says(make_kernel, driver, po
     assert make_kernel(driver).injection_points() == points
 
 
-@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 2)])  # 6.16: report + quote buffer
+@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 4)])  # 6.16: report buffer, tsm-mr's two, quote buffer
 def test_counters_after_init(make_kernel, driver, resident):
     c = make_kernel(driver).counters()
     assert set(c) >= {"allocs", "frees", "outstanding", "resident", "slab_allocs", "page_allocs",

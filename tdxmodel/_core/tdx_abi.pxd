@@ -184,6 +184,9 @@ cdef extern from "tdx_abi.h":
     int HOST_FAULT_NO_INTERRUPT  # quote.md §3.3
     int SLAB_POISON_INUSE  # Linux include/linux/poison.h (POISON_INUSE)
     int MEASUREMENT_LEN  # ref §2.5
+    int TSM_MR_ATTRS_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
+    int TSM_MR_CTX_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
+    int KMALLOC_8K  # ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches
     int TSM_INBLOB_MAX  # quote.md §1.1
     int TSM_NAME_MAX  # Linux NAME_MAX
     int GETQUOTE_TIMEOUT  # quote.md §2.2, §2.4
