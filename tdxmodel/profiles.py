@@ -60,6 +60,9 @@ class Command:
     errno_map: Optional[Tuple[Tuple[int, int], ...]] = None
     errno_default: Optional[int] = None
     points: Tuple[str, ...] = ()     # the injection points its path can pass, in order
+    # it extends RTMR[index field] with the data field (a served TD persists it to the state
+    # directory, README "The state directory", as 6.16's measurement-file writes)
+    extends_rtmr: bool = False
 
     @property
     def value(self) -> int:
@@ -372,6 +375,15 @@ class Profile:
     def command(self, key: str) -> Optional[Command]:
         return next((c for c in self.commands if c.key == key), None)
 
+    def command_numbered(self, cmd: int) -> Optional[Command]:
+        """The driver command with ioctl number ``cmd``, or None."""
+        return next((c for c in self.commands if c.value == cmd), None)
+
+    @property
+    def extends_through_ioctl(self) -> bool:
+        """Some ioctl command extends an RTMR (Command.extends_rtmr)."""
+        return any(c.extends_rtmr for c in self.commands)
+
     def has_lock(self, lock: str) -> bool:
         return lock in self.locks
 
@@ -622,7 +634,7 @@ PROFILES: Tuple[Profile, ...] = (
                     "ref §1, §2.5; quote.md §2.6",
                     errno_map=((_INVALID, abi.EINVAL), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
                     points=("rtmr_index:copy_from_user", "extend_data:kmalloc",
-                            "extend_data:copy_from_user")),
+                            "extend_data:copy_from_user"), extends_rtmr=True),
         ),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
@@ -668,6 +680,9 @@ def _check() -> None:
         assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
         assert p.quote is None or p.has_lock("quote_lock"), p.name
+        for c in p.commands:   # an extending command names its register and its data
+            assert not c.extends_rtmr or (c.field("index").size == 1
+                                          and c.field("data").size == abi.TDX_EXTEND_DATA_LEN), p.name
         assert all(v.action in VFS_ACTIONS for v in p.vfs_commands), p.name
         if p.measurements:  # tsm-mr's attribute array: a pointer per register + NULL, the hashed names
             assert abi.TSM_MR_ATTRS_SIZE == 8 * (len(p.measurements) + 1) + sum(

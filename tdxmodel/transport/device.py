@@ -107,7 +107,8 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock and in its order; ``sync_state()`` applies the
+    made through the measurement files or an extending ioctl (Command.extends_rtmr), under its lock
+    and in its order; ``sync_state()`` applies the
     store's RTMRs when its generation changes (the daemon polls it, and a measurement read calls it
     first)."""
 
@@ -186,6 +187,46 @@ class EmulatedDevice:
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
+        command = self.profile.command_numbered(cmd & 0xFFFFFFFF)
+        if command is not None and command.extends_rtmr and self.store is not None:
+            return self._ioctl_extend_through_store(f, command, cmd, arg, image, readable, writable)
+        return self._ioctl(f, cmd, arg, image, readable, writable)
+
+    def _ioctl_extend_through_store(self, f: _OpenFile, command: Any, cmd: int, arg: int,
+                                    image: memoryview, readable: int, writable: int) -> int:
+        """An ioctl that extends an RTMR (Command.extends_rtmr: intel-downstream's EXTEND_RTMR),
+        persisted as a measurement-file write is (_extend_through_store): under the state lock, the
+        live TD brought up to the log, the ioctl, then the record; a failed commit puts the RTMR back
+        and the call fails -EIO. The index and data are what the driver read: the client's bytes."""
+        from tdxmodel.state import StateError
+
+        idx_field, data_field = command.field("index"), command.field("data")
+        with self._extend_lock:
+            try:
+                with self.store.transaction() as txn:
+                    self._apply(txn.config, txn.generation)
+                    befores = [self.module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+                    ret = self._ioctl(f, cmd, arg, image, readable, writable)
+                    if ret != 0:
+                        return ret  # the driver refused: nothing changed, nothing to record
+                    index = image[idx_field.offset]
+                    data = bytes(image[data_field.offset:data_field.end])
+                    if not (0 <= index < abi.TDX_NUM_RTMRS and len(data) == data_field.size):
+                        return ret  # cannot happen: the driver read both and the module checks the index
+                    try:
+                        txn.extend(index, data, self.module.rtmr(index))
+                    except (StateError, ValueError) as e:
+                        self.kernel.set_rtmr(index, befores[index])
+                        self.log(f"state directory: {e} (the extend of RTMR{index} was undone)")
+                        return -errno.EIO
+                    self._generation = txn.generation
+                    return ret
+            except StateError as e:
+                self.log(f"state directory: {e} (an extending ioctl fails with EIO until it is usable)")
+                return -errno.EIO
+
+    def _ioctl(self, f: _OpenFile, cmd: int, arg: int, image: memoryview, readable: int,
+               writable: int) -> int:
         window = len(image)
         addr = USER_BASE + arg % PAGE
         with f.lock:
