@@ -23,11 +23,11 @@ def balanced(kernel):
 
 
 def report_cmd(driver):
-    return abi.TDX_CMD_GET_TDREPORT if driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+    return profiles.get(driver).report.value
 
 
 def report_offset(driver):
-    return 0 if driver == "v4-2022-04" else abi.TDX_REPORT_REQ_OFF_TDREPORT
+    return profiles.get(driver).report.field("tdreport").offset
 
 
 def open_device(kernel, pages=2):
@@ -164,7 +164,7 @@ def test_open_close_and_bad_fds(make_kernel, driver):
     k = make_kernel(driver)
     p = k.process()
     assert p.open("/dev/nonexistent") == -abi.ENOENT
-    other = "/dev/tdx-attest" if driver != "v4-2022-04" else "/dev/tdx_guest"
+    other = next(q.device_path for q in profiles.PROFILES if q.device_path != k.device_path)
     assert p.open(other) == -abi.ENOENT  # each generation has its own node (ref §1)
     fd = p.open(k.device_path, os.O_RDWR | os.O_SYNC)  # as the selftest opens it (ref §3)
     assert fd == 3
@@ -334,7 +334,7 @@ def test_set_rtmr_is_host_side_sync_and_leaves_no_stale_measurement(make_kernel,
     (ref §2.5), where Module.set_rtmr alone would leave the cached value."""
     k = make_kernel(driver)
     value = bytes(range(48))
-    if driver != "v6.16":
+    if not profiles.get(driver).measurements:
         k.set_rtmr(2, value)
         assert k.module.rtmr(2) == value
         return
