@@ -130,6 +130,8 @@ class EmulatedDevice:
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
         self._mr_lock_held = False
+        self.host: Any = None
+        self.qgs: Any = None
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
@@ -256,6 +258,11 @@ class EmulatedDevice:
         for mr in self.profile.measurements:
             add(f"measurements/{mr.name}", mr.mode, self._measurement_reader(mr.name),
                 self._measurement_writer(mr.name))
+        if self.host is not None:
+            add("host/fault", 0o600, lambda size, off: b"", self._write_host_fault)
+            add("host/counters", 0o444,
+                lambda size, off: _text(json.dumps(self.host_counters()) + "\n", off),
+                lambda data, off: -errno.EACCES)
         # the boot event log as Linux shows it (drivers/acpi/sysfs.c): the CCEL table and LAML bytes
         # at its LASA, both root-only like sysfs's ACPI tables
         for rel, blob in self.acpi_tables().items():
@@ -274,6 +281,35 @@ class EmulatedDevice:
             self._acpi = {"acpi/tables/CCEL": eventlog.ccel_table(len(area)),
                           "acpi/tables/data/CCEL": area}
         return self._acpi
+
+    # ------------------------------------------------------------------ the host behind GetQuote
+    def attach_host(self, host: Any, qgs: Any = None) -> None:
+        """The VMM (a backend Host) the TD's GetQuote reaches, and the QGS it asks; adds the control
+        files ``host/fault`` (write ``NAME [seconds=S] [out_len=N]``, or ``none``: Host.push_fault for
+        the next GetQuote, the names of tdxmodel.host_faults) and ``host/counters`` (JSON: the host's
+        and the QGS's counters)."""
+        self.host = host
+        self.qgs = qgs
+
+    def host_counters(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"host": self.host.counters() if self.host is not None else None}
+        out["qgs"] = self.qgs.counters() if self.qgs is not None else None
+        return out
+
+    def _write_host_fault(self, data: bytes, offset: int) -> int:
+        words = data.decode("ascii", "replace").split()
+        if not words:
+            return -errno.EINVAL
+        name = None if words[0] == "none" else words[0]
+        params: Dict[str, Any] = {}
+        try:
+            for w in words[1:]:
+                key, _, value = w.partition("=")
+                params[key] = float(value) if key == "seconds" else int(value, 0)
+            self.host.push_fault(name, **params)
+        except (ValueError, TypeError):
+            return -errno.EINVAL
+        return len(data)
 
     def counters(self) -> Dict[str, Any]:
         """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
