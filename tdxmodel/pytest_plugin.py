@@ -175,7 +175,8 @@ class ServedDevice:
         out["TDXMODEL_SOCKET"] = self.socket
         out["LD_PRELOAD"] = str(PRELOAD_LIBRARY)
         if self.qgs_socket:
-            out.update(qgs_preload_env(self.qgs_socket, vsock_port, self.workdir))
+            from tdxmodel.transport.qgs_server import preload_env
+            out.update(preload_env(self.qgs_socket, vsock_port, self.workdir))
         return out
 
     # ------------------------------------------------------------------ the quote side
@@ -338,20 +339,6 @@ class ServedDevice:
             return
         from tdxmodel.state import StateStore
         StateStore(str(self.state)).extend(index, data)
-
-
-def qgs_preload_env(qgs_socket: str, vsock_port: Optional[int], workdir: Any) -> Dict[str, str]:
-    """The LD_PRELOAD library's QGS variables: ``TDXMODEL_QGS_SOCKET`` (AF_VSOCK connects to CID 2
-    and ``TDXMODEL_QGS_PORT`` reach it) and, with a port, ``TDXMODEL_TDX_ATTEST_CONF`` (a file saying
-    ``port=N`` that fopen of /etc/tdx-attest.conf opens instead)."""
-    from tdxmodel import quote_abi as qa
-    out = {"TDXMODEL_QGS_SOCKET": str(qgs_socket),
-           "TDXMODEL_QGS_PORT": str(vsock_port if vsock_port is not None else qa.QGS_VSOCK_PORT)}
-    if vsock_port is not None:
-        conf = pathlib.Path(workdir) / "tdx-attest.conf"
-        conf.write_text(f"port={int(vsock_port)}\n")
-        out["TDXMODEL_TDX_ATTEST_CONF"] = str(conf)
-    return out
 
 
 def _is_mounted(path: str) -> bool:

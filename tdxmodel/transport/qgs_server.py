@@ -215,3 +215,18 @@ class QgsServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def preload_env(qgs_socket: str, vsock_port: Optional[int], workdir: Any) -> dict:
+    """The LD_PRELOAD library's QGS variables (csrc/preload/tdx_preload.c): ``TDXMODEL_QGS_SOCKET``
+    (AF_VSOCK connects to CID 2 and ``TDXMODEL_QGS_PORT`` reach it) and, with a port, a file
+    ``WORKDIR/tdx-attest.conf`` saying ``port=N`` that fopen of /etc/tdx-attest.conf opens instead
+    (``TDXMODEL_TDX_ATTEST_CONF``), so libtdx_attest asks the QGS over vsock (quote.md §2.7 step 3)."""
+    out = {"TDXMODEL_QGS_SOCKET": str(qgs_socket),
+           "TDXMODEL_QGS_PORT": str(vsock_port if vsock_port is not None else qa.QGS_VSOCK_PORT)}
+    if vsock_port is not None:
+        conf = os.path.join(str(workdir), "tdx-attest.conf")
+        with open(conf, "w") as f:
+            f.write(f"port={int(vsock_port)}\n")
+        out["TDXMODEL_TDX_ATTEST_CONF"] = conf
+    return out
