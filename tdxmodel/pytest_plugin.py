@@ -275,14 +275,14 @@ class ServedDevice:
         retry, oversize_out_len, out_len_changes, no_in_flight, no_interrupt; None: QEMU's behaviour)."""
         words = [fault or "none"] + [f"{k}={v}" for k, v in params.items()]
         try:
-            self.control("host/fault").write_text(" ".join(words) + "\n")
+            self.control("debug/host_fault").write_text(" ".join(words) + "\n")
         except OSError as e:
             raise ValueError(f"host fault {' '.join(words)!r} refused: {e.strerror}") from None
 
     def host_counters(self) -> Dict[str, Any]:
         """{"host": the VMM's counters (GetQuotes, completions, in flight ...), "qgs": the quote
         service's (requests, quotes, error responses ...)}."""
-        return json.loads(self.control("host/counters").read_text())
+        return json.loads(self.control("debug/host_counters").read_text())
 
     def control(self, relpath: str) -> pathlib.Path:
         return self.mount / relpath
