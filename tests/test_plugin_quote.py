@@ -138,3 +138,42 @@ def test_the_readme_quote_example_runs_as_a_downstream_suite(tmp_path):
                         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
                        capture_output=True, text=True, timeout=180, env=ENV, cwd=tmp_path)
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
+
+
+VSOCK_CLIENT = r'''
+import fcntl, json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from tdxmodel import abi
+from tdxmodel.host import qgs
+req = bytearray(abi.TDX_REPORT_REQ_LEN); req[:5] = b"vsock"
+fd = os.open("/dev/tdx_guest", os.O_RDWR)                       # the preload library's device
+fcntl.ioctl(fd, abi.TDX_CMD_GET_REPORT0, req); os.close(fd)
+s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+s.connect((2, int(sys.argv[2])))                                 # VMADDR_CID_HOST, the QGS port
+s.sendall(qgs.frame(qgs.get_quote_request(bytes(req[abi.TDX_REPORT_REQ_OFF_TDREPORT:]))))
+reply = b""
+while chunk := s.recv(65536): reply += chunk
+s.close()
+other = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+try:
+    other.connect((2, int(sys.argv[2]) + 1))                     # not the QGS: the kernel's answer
+    refused = 0
+except OSError as e:
+    refused = e.errno
+print(json.dumps({"quote": qgs.inflate_get_quote_response(qgs.unframe(reply))[1].hex(), "other": refused}))
+'''
+
+
+def test_a_python_vsock_client_under_the_preload_library_reaches_the_qgs(tmp_path, backend):
+    with ServedDevice("v6.2", backend=backend.BACKEND_NAME) as d:
+        script = tmp_path / "client.py"
+        script.write_text(VSOCK_CLIENT)
+        r = subprocess.run([sys.executable, str(script), ROOT, "5123"], capture_output=True, text=True,
+                           timeout=120, env=d.preload_env(ENV, vsock_port=5123), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        raw = bytes.fromhex(out["quote"])
+        assert Q.parse_quote(raw).reportdata.startswith(b"vsock")
+        assert Q.verify(raw, d.collateral(), x509_root(d.root_ca)).ok
+        assert out["other"] != 0  # another port is not mapped: the kernel refuses it
+        assert d.host_counters()["qgs"]["quotes"] == 1
