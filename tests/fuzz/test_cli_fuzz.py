@@ -10,7 +10,7 @@ from tests.fuzz import cli
 pytestmark = pytest.mark.slow
 
 #: Variants left out of the CI run (cli.VARIANTS): none may stay here once its fix is in.
-LEFT_OUT: tuple = ("corrupt_state:big_generation",)
+LEFT_OUT: tuple = ()
 
 
 def test_cli_survives_damaged_states_odd_paths_and_planted_links(fuzz_seed):
