@@ -114,6 +114,7 @@
 #define TDXM_EFBIG 27 /* errno (ref §0) */
 #define TDXM_ERANGE 34 /* errno (quote.md §0) */
 #define TDXM_ENAMETOOLONG 36 /* errno: a path component longer than NAME_MAX (Linux asm-generic/errno.h) */
+#define TDXM_ENOTEMPTY 39 /* errno: rmdir of a configfs path ending in '..' (Linux asm-generic/errno.h) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 /* --- ioctl --- */
 #define TDX_CMD_GET_TDREPORT 0xC0085401U /* v4 (2022-04): _IOWR('T', 0x01, __u64) (ref §1, §2.2) */

@@ -30,6 +30,8 @@ struct td_kernel {
     _Atomic int tsm_rwsem; /* tsm-mr's own rwsem (ref §2.5 "Read"): -1 a writer, else the readers */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
     tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
+    unsigned ninit_trace;  /* the points module init passed (td_init_trace) */
+    gk_trace_entry init_trace[GK_TRACE_MAX];
 };
 
 struct td_process {
@@ -563,8 +565,7 @@ static long ioctl_intel_downstream(td_process *p, gk_ctx *c, uint32_t cmd, uint6
  * REPORTDATA; a failure aborts the load. */
 static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint64_t *init_status)
 {
-    gk_ctx c = *cp;
-    tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
+    tk->report_buf = gk_kmalloc(cp, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
                                 GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
     if (!tk->report_buf)
         return -TDXM_ENOMEM;
@@ -576,7 +577,7 @@ static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint
     long ret = *init_status ? status_errno(tk->prof, *init_status) : 0;
     call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
     if (ret) {
-        gk_kfree(&c, tk->report_buf);
+        gk_kfree(cp, tk->report_buf);
         tk->report_buf = NULL;
         return (int)ret;
     }
@@ -662,6 +663,8 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         }
     }
     gk_set_resident(tk->gk, (uint64_t)tk->prof->resident);
+    tk->ninit_trace = ic.ntrace;
+    memcpy(tk->init_trace, ic.trace, ic.ntrace * sizeof ic.trace[0]);
     *err = 0;
     return tk;
 fail:
@@ -746,6 +749,12 @@ void td_fault_user_copy(td_process *p, int armed, size_t at)
     atomic_store(&p->partial_armed, armed);
 }
 
+unsigned td_init_trace(td_kernel *tk, gk_trace_entry out[GK_TRACE_MAX])
+{
+    memcpy(out, tk->init_trace, tk->ninit_trace * sizeof out[0]); /* written once, before tk is returned */
+    return tk->ninit_trace;
+}
+
 unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX])
 {
     pthread_mutex_lock(&p->trace_lock);
@@ -785,7 +794,48 @@ static int open_configfs(td_process *p, const char *path, int accmode)
     return -TDXM_EMFILE;
 }
 
+/* The VFS reads a run of slashes as one (path_lookupat): "report//a" is "report/a". NULL: the path
+ * has none (use it as it is), or no memory (*err). The copy is the caller's to free. */
+static char *squeeze_slashes(const char *path, int *err)
+{
+    *err = 0;
+    if (!strstr(path, "//"))
+        return NULL;
+    char *out = malloc(strlen(path) + 1), *o = out;
+    if (!out) {
+        *err = -TDXM_ENOMEM;
+        return NULL;
+    }
+    for (const char *s = path; *s; s++)
+        if (*s != '/' || o == out || o[-1] != '/')
+            *o++ = *s;
+    *o = 0;
+    return out;
+}
+
+#define WITH_SQUEEZED_PATH(p, path, call)                                                   \
+    do {                                                                                     \
+        int err_;                                                                            \
+        char *sq_ = squeeze_slashes(path, &err_);                                            \
+        if (err_) {                                                                          \
+            clear_trace(p);                                                                  \
+            return err_;                                                                     \
+        }                                                                                    \
+        if (sq_)                                                                             \
+            path = sq_;                                                                      \
+        __typeof__(call) ret_ = (call);                                                      \
+        free(sq_);                                                                           \
+        return ret_;                                                                         \
+    } while (0)
+
+static int open_path(td_process *p, const char *path, int accmode);
+
 int td_open(td_process *p, const char *path, int accmode)
+{
+    WITH_SQUEEZED_PATH(p, path, open_path(p, path, accmode));
+}
+
+static int open_path(td_process *p, const char *path, int accmode)
 {
     clear_trace(p);
     td_kernel *tk = p->tk;
@@ -936,7 +986,7 @@ long td_write(td_process *p, int fd, uint64_t addr, int64_t count)
     return ctx_finish(&c, p, ret);
 }
 
-int td_mkdir(td_process *p, const char *path)
+static int mkdir_path(td_process *p, const char *path)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -944,7 +994,12 @@ int td_mkdir(td_process *p, const char *path)
     return tsm_mkdir(p->tk->tsm, path);
 }
 
-int td_rmdir(td_process *p, const char *path)
+int td_mkdir(td_process *p, const char *path)
+{
+    WITH_SQUEEZED_PATH(p, path, mkdir_path(p, path));
+}
+
+static int rmdir_path(td_process *p, const char *path)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -952,7 +1007,12 @@ int td_rmdir(td_process *p, const char *path)
     return tsm_rmdir(p->tk->tsm, path);
 }
 
-int td_stat(td_process *p, const char *path, int *kind, int *mode)
+int td_rmdir(td_process *p, const char *path)
+{
+    WITH_SQUEEZED_PATH(p, path, rmdir_path(p, path));
+}
+
+static int stat_path(td_process *p, const char *path, int *kind, int *mode)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -960,12 +1020,22 @@ int td_stat(td_process *p, const char *path, int *kind, int *mode)
     return tsm_stat(p->tk->tsm, path, kind, mode);
 }
 
-long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+int td_stat(td_process *p, const char *path, int *kind, int *mode)
+{
+    WITH_SQUEEZED_PATH(p, path, stat_path(p, path, kind, mode));
+}
+
+static long readdir_path(td_process *p, const char *path, char *out, size_t cap)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
         return -TDXM_ENOENT;
     return tsm_readdir(p->tk->tsm, path, out, cap);
+}
+
+long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+{
+    WITH_SQUEEZED_PATH(p, path, readdir_path(p, path, out, cap));
 }
 
 /* ---- services of the quote provider (csrc/tsm_report.c) ------------------------------------------ */

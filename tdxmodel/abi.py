@@ -156,6 +156,7 @@ CONSTANTS: List[Const] = [
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
     _c("ERANGE", 34, "errno", "quote.md §0", "errno"),
     _c("ENAMETOOLONG", 36, "errno", "Linux asm-generic/errno.h", "errno: a path component longer than NAME_MAX"),
+    _c("ENOTEMPTY", 39, "errno", "Linux asm-generic/errno.h", "errno: rmdir of a configfs path ending in '..'"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     # --- ioctl numbers ---------------------------------------------------------------------
     _c("TDX_CMD_GET_TDREPORT", 0xC0085401, "ioctl", "ref §1, §2.2", "v4 (2022-04): _IOWR('T', 0x01, __u64)"),

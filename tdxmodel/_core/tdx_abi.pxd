@@ -100,6 +100,7 @@ cdef extern from "tdx_abi.h":
     int TDXM_EFBIG  # ref §0
     int TDXM_ERANGE  # quote.md §0
     int TDXM_ENAMETOOLONG  # Linux asm-generic/errno.h
+    int TDXM_ENOTEMPTY  # Linux asm-generic/errno.h
     int TDXM_ETIMEDOUT  # ref §0
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2
     unsigned long long TDX_CMD_GET_REPORT0  # ref §1, §2.4
