@@ -12,6 +12,9 @@ from tdxmodel import campaign, profiles
 from tdxmodel.config import ModuleConfig
 from tests.fuzz import coverage, engine
 
+#: wall-clock bound for one seeded run: CPU is ~10 s, a shared 2-core machine can stretch it 5x
+LONG_TIMEOUT = 300
+
 SEED = 20260301
 OPS_PER_GENERATION = 10_000
 NAMES = [p.name for p in profiles.PROFILES]
@@ -25,6 +28,7 @@ def _report():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 @pytest.mark.parametrize("driver", NAMES)
 def test_every_point_is_reached_by_the_campaign_or_the_fuzzer(driver):
     """Read from the profile: a point added to a generation fails here until something passes it."""
