@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 LEFT_OUT: tuple = ()
 
 
+@pytest.mark.timeout(300)  # ~20 CLI subprocesses, each bounded at cli.TIMEOUT: a loaded machine needs minutes
 def test_cli_survives_damaged_states_odd_paths_and_planted_links(fuzz_seed):
     """Every variant not left out once, its details drawn from this run's seed."""
     n = len(cli.VARIANTS) - len(LEFT_OUT)
