@@ -76,7 +76,7 @@ def request(r: random.Random, fmspc: str) -> Tuple[bytes, Optional[str]]:
         raw = r.randbytes(r.randrange(1, 300)) if r.random() < 0.5 else raw[:r.randrange(len(raw))]
     good = None
     if method == "GET" and version in ("HTTP/1.1", "HTTP/1.0") and not body and len(headers) <= 3 \
-            and raw.startswith(b"GET ") and raw.endswith(b"\r\n\r\n") and len(target) < 8000 \
+            and raw.startswith(b"GET /") and raw.endswith(b"\r\n\r\n") and len(target) < 8000 \
             and all(v is not None and k and len(v) < 8000 and k != "Transfer-Encoding" and k != "Expect"
                     for k, v in headers):
         good = target
