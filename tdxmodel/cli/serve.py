@@ -7,6 +7,7 @@ import os
 import pathlib
 
 from tdxmodel import abi
+from tdxmodel import quote_abi as qa
 from tdxmodel.cli import CliError
 
 PRELOAD_LIBRARY = pathlib.Path(__file__).resolve().parents[1] / "_lib" / "libtdxmodel_preload.so"
@@ -41,6 +42,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="show the boot event log's CCEL table and data at DIR/CCEL and DIR/data/CCEL "
                         "(default DIR: /sys/firmware/acpi/tables; an overlay makes missing paths, "
                         "removed on exit)")
+    p.add_argument("--qgs", nargs="?", const=qa.QGS_UNIX_SOCKET_PATH, metavar="PATH",
+                   help="also serve the emulated quote generation service on this Unix socket, Intel's "
+                        "QGS protocol (default PATH: /var/run/tdx-qgs/qgs.socket); the TD's GetQuote "
+                        "asks the same service")
     p.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
                    help="permissions of the device file and the socket (default 0600: root only)")
     p.add_argument("--backend", choices=("core", "reference"), help="emulator backend (default: core "
@@ -65,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("--threads must be at least 1")
     daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
                     mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
-                    bind_acpi=args.bind_acpi)
+                    bind_acpi=args.bind_acpi, qgs=args.qgs)
     daemon.handle_signals()
     try:
         daemon.start()
@@ -74,7 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"tdxmodel serve: ready {daemon.device_file}"
           + (f" socket {daemon.socket_path}" if daemon.socket_path else "")
           + (f" bind {daemon.bind}" if daemon.bind else "")
-          + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else ""), flush=True)
+          + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else "")
+          + (f" qgs {daemon.qgs_path}" if daemon.qgs_path else ""), flush=True)
     daemon.serve_forever()
     return 0
 

@@ -23,6 +23,9 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 ``debug/counters``                     JSON: the kernel's and module's debug counters and the
                                        number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
+``debug/host_fault``                   write ``NAME [key=value ...]``: Host.push_fault(NAME, ...)
+                                       for the next GetQuote (``clear``: drop queued faults)
+``debug/host_counters``                JSON: the VMM's and the quote service's counters
 =====================================  ==========================================================
 """
 
@@ -59,8 +62,13 @@ def driver_windows(driver: str) -> Dict[int, int]:
     """driver_windows(driver: str) -> {cmd: bytes from arg the driver may touch}.
 
     v4 reads 64 bytes and writes the 1024-byte TDREPORT in place (ref §2.2) though its command encodes
-    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5)."""
-    return {c.value: c.request_len for c in profiles.get(driver).commands}
+    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5). The commands the
+    VFS answers before the driver (profiles.VfsCommand) come with theirs: a socket client's kernel
+    (the preload library's) hands them to us; FUSE's answers them itself and never sends them."""
+    prof = profiles.get(driver)
+    windows = {v.cmd: v.window for v in prof.vfs_commands if v.window}
+    windows.update({c.value: c.request_len for c in prof.commands})
+    return windows
 
 
 class _FailNth:
@@ -102,7 +110,8 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock and in its order; ``sync_state()`` applies the
+    made through the measurement files or an extending ioctl (Command.extends_rtmr), under its lock
+    and in its order; ``sync_state()`` applies the
     store's RTMRs when its generation changes (the daemon polls it, and a measurement read calls it
     first)."""
 
@@ -130,6 +139,8 @@ class EmulatedDevice:
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
         self._mr_lock_held = False
+        self.host: Any = None
+        self.qgs: Any = None
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
@@ -181,6 +192,46 @@ class EmulatedDevice:
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
+        command = self.profile.command_numbered(cmd & 0xFFFFFFFF)
+        if command is not None and command.extends_rtmr and self.store is not None:
+            return self._ioctl_extend_through_store(f, command, cmd, arg, image, readable, writable)
+        return self._ioctl(f, cmd, arg, image, readable, writable)
+
+    def _ioctl_extend_through_store(self, f: _OpenFile, command: Any, cmd: int, arg: int,
+                                    image: memoryview, readable: int, writable: int) -> int:
+        """An ioctl that extends an RTMR (Command.extends_rtmr: intel-downstream's EXTEND_RTMR),
+        persisted as a measurement-file write is (_extend_through_store): under the state lock, the
+        live TD brought up to the log, the ioctl, then the record; a failed commit puts the RTMR back
+        and the call fails -EIO. The index and data are what the driver read: the client's bytes."""
+        from tdxmodel.state import StateError
+
+        idx_field, data_field = command.field("index"), command.field("data")
+        with self._extend_lock:
+            try:
+                with self.store.transaction() as txn:
+                    self._apply(txn.config, txn.generation)
+                    befores = [self.module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+                    ret = self._ioctl(f, cmd, arg, image, readable, writable)
+                    if ret != 0:
+                        return ret  # the driver refused: nothing changed, nothing to record
+                    index = image[idx_field.offset]
+                    data = bytes(image[data_field.offset:data_field.end])
+                    if not (0 <= index < abi.TDX_NUM_RTMRS and len(data) == data_field.size):
+                        return ret  # cannot happen: the driver read both and the module checks the index
+                    try:
+                        txn.extend(index, data, self.module.rtmr(index))
+                    except (StateError, ValueError) as e:
+                        self.kernel.set_rtmr(index, befores[index])
+                        self.log(f"state directory: {e} (the extend of RTMR{index} was undone)")
+                        return -errno.EIO
+                    self._generation = txn.generation
+                    return ret
+            except StateError as e:
+                self.log(f"state directory: {e} (an extending ioctl fails with EIO until it is usable)")
+                return -errno.EIO
+
+    def _ioctl(self, f: _OpenFile, cmd: int, arg: int, image: memoryview, readable: int,
+               writable: int) -> int:
         window = len(image)
         addr = USER_BASE + arg % PAGE
         with f.lock:
@@ -256,6 +307,11 @@ class EmulatedDevice:
         for mr in self.profile.measurements:
             add(f"measurements/{mr.name}", mr.mode, self._measurement_reader(mr.name),
                 self._measurement_writer(mr.name))
+        if self.host is not None:
+            add("debug/host_fault", 0o200, lambda size, off: -errno.EACCES, self._write_host_fault)
+            add("debug/host_counters", 0o444,
+                lambda size, off: _text(json.dumps(self.host_counters()) + "\n", off),
+                lambda data, off: -errno.EACCES)
         # the boot event log as Linux shows it (drivers/acpi/sysfs.c): the CCEL table and LAML bytes
         # at its LASA, both root-only like sysfs's ACPI tables
         for rel, blob in self.acpi_tables().items():
@@ -274,6 +330,40 @@ class EmulatedDevice:
             self._acpi = {"acpi/tables/CCEL": eventlog.ccel_table(len(area)),
                           "acpi/tables/data/CCEL": area}
         return self._acpi
+
+    # ------------------------------------------------------------------ the host behind GetQuote
+    def attach_host(self, host: Any, qgs: Any = None) -> None:
+        """The VMM (a backend Host) the TD's GetQuote reaches, and the QGS it asks; adds the control
+        files ``debug/host_fault`` (write ``NAME [seconds=S] [out_len=N]``: Host.push_fault for the
+        next GetQuote, the names of tdxmodel.host_faults, ``none`` for QEMU's behaviour; ``clear``
+        drops the queued faults) and ``debug/host_counters`` (JSON: the host's and the QGS's)."""
+        self.host = host
+        self.qgs = qgs
+
+    def host_counters(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"host": self.host.counters() if self.host is not None else None}
+        out["qgs"] = self.qgs.counters() if self.qgs is not None else None
+        return out
+
+    def _write_host_fault(self, data: bytes, offset: int) -> int:
+        words = data.decode("ascii", "replace").split()
+        if not words:
+            return -errno.EINVAL
+        if words == ["clear"]:
+            self.host.clear_faults()
+            return len(data)
+        name = None if words[0] == "none" else words[0]
+        params: Dict[str, Any] = {}
+        try:
+            for w in words[1:]:
+                key, sep, value = w.partition("=")
+                if not sep:
+                    return -errno.EINVAL
+                params[key] = float(value) if key == "seconds" else int(value, 0)
+            self.host.push_fault(name, **params)
+        except (ValueError, TypeError):
+            return -errno.EINVAL
+        return len(data)
 
     def counters(self) -> Dict[str, Any]:
         """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""
