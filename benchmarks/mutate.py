@@ -34,7 +34,7 @@ MUTANTS = [
     ("C fault times never used up", "csrc/gk_fault.c", "        a->times--;", "        (void)0;",
      ["tests/test_kernel_faults.py", "tests/fuzz/test_differential_fuzz.py"]),
     ("reference fd limit off by ten", "tdxmodel/_reference/kernel.py",
-     "if fd >= abi.FD_LIMIT:", "if fd >= abi.FD_LIMIT + 10:",
+     "if fd >= abi.FD_LIMIT:  # RLIMIT_NOFILE", "if fd >= abi.FD_LIMIT + 10:  # RLIMIT_NOFILE",
      ["tests/fuzz/test_differential_fuzz.py"]),
     ("state: extend reports success but commits nothing", "tdxmodel/state.py",
      "            txn.extend(index, bytes(data48), value)",
@@ -43,6 +43,29 @@ MUTANTS = [
     ("reference MAC check always passes", "tdxmodel/_reference/module.py",
      "if not hmac.compare_digest(self._mac(covered), tag):", "if False:",
      ["tests/fuzz/test_differential_fuzz.py"]),
+    ("state.json rewritten in place, not renamed (a reader can see it half-written)", "tdxmodel/state.py",
+     "        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)\n",
+     "        src = os.open(tmp, os.O_RDONLY, dir_fd=dir_fd)\n"
+     "        data = os.read(src, 1 << 24)\n"
+     "        os.close(src)\n"
+     "        os.unlink(tmp, dir_fd=dir_fd)\n"
+     "        dst = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600, dir_fd=dir_fd)\n"
+     "        for i in range(0, len(data), 64):\n"
+     "            os.write(dst, data[i:i + 64])\n"
+     "        os.close(dst)\n",
+     ["tests/test_state_atomicity.py"]),
+    ("state: a number past 4300 digits escapes as a bare ValueError", "tdxmodel/state.py",
+     "        except ValueError:  # an integer past", "        except KeyError:  # an integer past",
+     ["tests/test_state.py"]),
+    ("C 7.0 out_len bound (quote.md P9) dropped", "csrc/tsm_report.c",
+     "        if (out_len > prof->quote_buf_size - QUOTE_HDR_LEN)", "        if (0)",
+     ["tests/test_configfs_tsm.py", "tests/test_configfs_differential.py"]),
+    ("reference 7.0 out_len bound (quote.md P9) dropped", "tdxmodel/_reference/tsm_report.py",
+     "            if out_len > q.max_out_len:", "            if False:",
+     ["tests/test_configfs_tsm.py", "tests/test_configfs_differential.py"]),
+    ("C init trace not kept", "csrc/tdx_driver.c",
+     "    tk->ninit_trace = ic.ntrace;", "    tk->ninit_trace = 0;",
+     ["tests/test_kernel_api.py", "tests/fuzz/test_coverage.py"]),
 ]
 
 

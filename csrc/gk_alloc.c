@@ -380,8 +380,9 @@ void *gk_alloc_pages(gk_ctx *c, int point, int order, int flags)
     if (first < 0)
         return NULL;
     uint8_t *p = k->mem + (size_t)first * PAGE;
-    if (flags & GK_ZERO)
-        memset(p, 0, ((size_t)PAGE) << order);
+    /* unzeroed pages hold the slab poison too, as on the reference: their bytes (seen where a copy
+     * runs past its buffer, quote.md §2.3 P9) never depend on which pages the allocator picked */
+    memset(p, (flags & GK_ZERO) ? 0 : SLAB_POISON_INUSE, ((size_t)PAGE) << order);
     /* a page is 4096-aligned; 8 bytes past it breaks every alignment the leaves check */
     return (flags & GK_MISALIGN) ? p + 8 : p;
 }

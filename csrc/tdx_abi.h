@@ -114,6 +114,7 @@
 #define TDXM_EFBIG 27 /* errno (ref §0) */
 #define TDXM_ERANGE 34 /* errno (quote.md §0) */
 #define TDXM_ENAMETOOLONG 36 /* errno: a path component longer than NAME_MAX (Linux asm-generic/errno.h) */
+#define TDXM_ENOTEMPTY 39 /* errno: rmdir of a configfs path ending in '..' (Linux asm-generic/errno.h) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
 #define TDXM_EXDEV 18 /* errno: FICLONE from a file of another file system (fs/remap_range.c vfs_clone_file_range) (Linux asm-generic/errno-base.h) */
 #define TDXM_EOPNOTSUPP 95 /* errno: FIFREEZE / FS_IOC_FIEMAP on a file system without freeze_fs / fiemap (fs/ioctl.c) (Linux asm-generic/errno.h) */

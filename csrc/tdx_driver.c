@@ -30,6 +30,8 @@ struct td_kernel {
     _Atomic int tsm_rwsem; /* tsm-mr's own rwsem (ref §2.5 "Read"): -1 a writer, else the readers */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
     tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
+    unsigned ninit_trace;  /* the points module init passed (td_init_trace) */
+    gk_trace_entry init_trace[GK_TRACE_MAX];
     uint8_t fs_uuid[DEVTMPFS_UUID_LEN]; /* the device node's file system uuid (FS_IOC_GETFSUUID) */
 };
 
@@ -618,8 +620,7 @@ static long ioctl_intel_downstream(td_process *p, gk_ctx *c, uint32_t cmd, uint6
  * REPORTDATA; a failure aborts the load. */
 static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint64_t *init_status)
 {
-    gk_ctx c = *cp;
-    tk->report_buf = gk_kmalloc(&c, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
+    tk->report_buf = gk_kmalloc(cp, GK_PT_REPORT_BUF_KZALLOC, TDX_REPORT_LEN,
                                 GK_ZERO | (misaligned_report_buf ? GK_MISALIGN : 0));
     if (!tk->report_buf)
         return -TDXM_ENOMEM;
@@ -631,18 +632,18 @@ static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint
     long ret = *init_status ? status_errno(tk->prof, *init_status) : 0;
     call_exit_kind = TDXM_EXIT_NONE; /* an exit at init (pages unmapped by the host) is -EIO */
     if (ret) {
-        gk_kfree(&c, tk->report_buf);
+        gk_kfree(cp, tk->report_buf);
         tk->report_buf = NULL;
         return (int)ret;
     }
     /* tsm_mr_create_attribute_group (ref §2.5 "Init order" 1.3): both kzallocs are made before either
      * is checked; a failure unwinds tdx_mr_init (the report buffer too) and the load fails -ENOMEM */
-    void *attrs = gk_kmalloc(&c, GK_PT_TSM_MR_ATTRS_KZALLOC, TSM_MR_ATTRS_SIZE, GK_ZERO);
-    void *ctx = gk_kmalloc(&c, GK_PT_TSM_MR_CTX_KZALLOC, TSM_MR_CTX_SIZE, GK_ZERO);
+    void *attrs = gk_kmalloc(cp, GK_PT_TSM_MR_ATTRS_KZALLOC, TSM_MR_ATTRS_SIZE, GK_ZERO);
+    void *ctx = gk_kmalloc(cp, GK_PT_TSM_MR_CTX_KZALLOC, TSM_MR_CTX_SIZE, GK_ZERO);
     if (!attrs || !ctx) {
-        gk_kfree(&c, attrs);
-        gk_kfree(&c, ctx);
-        gk_kfree(&c, tk->report_buf);
+        gk_kfree(cp, attrs);
+        gk_kfree(cp, ctx);
+        gk_kfree(cp, tk->report_buf);
         tk->report_buf = NULL;
         return -TDXM_ENOMEM;
     }
@@ -820,6 +821,8 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
         }
     }
     gk_set_resident(tk->gk, (uint64_t)tk->prof->resident);
+    tk->ninit_trace = ic.ntrace;
+    memcpy(tk->init_trace, ic.trace, ic.ntrace * sizeof ic.trace[0]);
     *err = 0;
     return tk;
 fail:
@@ -904,6 +907,12 @@ void td_fault_user_copy(td_process *p, int armed, size_t at)
     atomic_store(&p->partial_armed, armed);
 }
 
+unsigned td_init_trace(td_kernel *tk, gk_trace_entry out[GK_TRACE_MAX])
+{
+    memcpy(out, tk->init_trace, tk->ninit_trace * sizeof out[0]); /* written once, before tk is returned */
+    return tk->ninit_trace;
+}
+
 unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX])
 {
     pthread_mutex_lock(&p->trace_lock);
@@ -943,7 +952,48 @@ static int open_configfs(td_process *p, const char *path, int accmode)
     return -TDXM_EMFILE;
 }
 
+/* The VFS reads a run of slashes as one (path_lookupat): "report//a" is "report/a". NULL: the path
+ * has none (use it as it is), or no memory (*err). The copy is the caller's to free. */
+static char *squeeze_slashes(const char *path, int *err)
+{
+    *err = 0;
+    if (!strstr(path, "//"))
+        return NULL;
+    char *out = malloc(strlen(path) + 1), *o = out;
+    if (!out) {
+        *err = -TDXM_ENOMEM;
+        return NULL;
+    }
+    for (const char *s = path; *s; s++)
+        if (*s != '/' || o == out || o[-1] != '/')
+            *o++ = *s;
+    *o = 0;
+    return out;
+}
+
+#define WITH_SQUEEZED_PATH(p, path, call)                                                   \
+    do {                                                                                     \
+        int err_;                                                                            \
+        char *sq_ = squeeze_slashes(path, &err_);                                            \
+        if (err_) {                                                                          \
+            clear_trace(p);                                                                  \
+            return err_;                                                                     \
+        }                                                                                    \
+        if (sq_)                                                                             \
+            path = sq_;                                                                      \
+        __typeof__(call) ret_ = (call);                                                      \
+        free(sq_);                                                                           \
+        return ret_;                                                                         \
+    } while (0)
+
+static int open_path(td_process *p, const char *path, int accmode);
+
 int td_open(td_process *p, const char *path, int accmode)
+{
+    WITH_SQUEEZED_PATH(p, path, open_path(p, path, accmode));
+}
+
+static int open_path(td_process *p, const char *path, int accmode)
 {
     clear_trace(p);
     td_kernel *tk = p->tk;
@@ -1097,7 +1147,7 @@ long td_write(td_process *p, int fd, uint64_t addr, int64_t count)
     return ctx_finish(&c, p, ret);
 }
 
-int td_mkdir(td_process *p, const char *path)
+static int mkdir_path(td_process *p, const char *path)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -1105,7 +1155,12 @@ int td_mkdir(td_process *p, const char *path)
     return tsm_mkdir(p->tk->tsm, path);
 }
 
-int td_rmdir(td_process *p, const char *path)
+int td_mkdir(td_process *p, const char *path)
+{
+    WITH_SQUEEZED_PATH(p, path, mkdir_path(p, path));
+}
+
+static int rmdir_path(td_process *p, const char *path)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -1113,7 +1168,12 @@ int td_rmdir(td_process *p, const char *path)
     return tsm_rmdir(p->tk->tsm, path);
 }
 
-int td_stat(td_process *p, const char *path, int *kind, int *mode)
+int td_rmdir(td_process *p, const char *path)
+{
+    WITH_SQUEEZED_PATH(p, path, rmdir_path(p, path));
+}
+
+static int stat_path(td_process *p, const char *path, int *kind, int *mode)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
@@ -1121,12 +1181,22 @@ int td_stat(td_process *p, const char *path, int *kind, int *mode)
     return tsm_stat(p->tk->tsm, path, kind, mode);
 }
 
-long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+int td_stat(td_process *p, const char *path, int *kind, int *mode)
+{
+    WITH_SQUEEZED_PATH(p, path, stat_path(p, path, kind, mode));
+}
+
+static long readdir_path(td_process *p, const char *path, char *out, size_t cap)
 {
     clear_trace(p);
     if (!p->tk->tsm || !tsm_owns_path(p->tk->tsm, path))
         return -TDXM_ENOENT;
     return tsm_readdir(p->tk->tsm, path, out, cap);
+}
+
+long td_readdir(td_process *p, const char *path, char *out, size_t cap)
+{
+    WITH_SQUEEZED_PATH(p, path, readdir_path(p, path, out, cap));
 }
 
 /* ---- services of the quote provider (csrc/tsm_report.c) ------------------------------------------ */

@@ -64,6 +64,7 @@ gk_task *td_process_task(td_process *p);
 void td_fault_user_copy(td_process *p, int armed, size_t at);
 /* The points the last syscall passed; returns the count (<= GK_TRACE_MAX). */
 unsigned td_last_trace(td_process *p, gk_trace_entry out[GK_TRACE_MAX]);
+unsigned td_init_trace(td_kernel *tk, gk_trace_entry out[GK_TRACE_MAX]);
 
 /* A TDCALL the kernel issued ended in a TD exit (only possible when the host unmapped the kernel's own
  * pages): the syscall cleans up as on an error and returns TD_RET_TD_EXIT; td_last_exit() tells the

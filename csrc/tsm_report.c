@@ -850,12 +850,28 @@ void tsm_release(tsm_state *s, gk_ctx *c, tsm_file *f)
     free(f);
 }
 
+/* 1 ".", 2 "..", 0 another last component (trailing slashes ignored): the VFS's LAST_DOT(DOT) */
+static int last_is_dot(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t start = n;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    size_t len = n - start;
+    return len == 1 && path[start] == '.' ? 1 : len == 2 && path[start] == '.' && path[start + 1] == '.' ? 2 : 0;
+}
+
 int tsm_mkdir(tsm_state *s, const char *path)
 {
     tsm_item *it;
     int attr, ret = 0;
     const char *leaf = NULL;
     size_t leaf_len = 0;
+
+    if (last_is_dot(path))  /* filename_create */
+        return -TDXM_EEXIST;
 
     pthread_mutex_lock(&s->items_lock);
     int lvl = resolve(s, path, &it, &attr, &leaf, &leaf_len);
@@ -909,6 +925,8 @@ int tsm_rmdir(tsm_state *s, const char *path)
     const char *leaf;
     size_t leaf_len;
 
+    if (last_is_dot(path))  /* do_rmdir: LAST_DOT -EINVAL, LAST_DOTDOT -ENOTEMPTY */
+        return last_is_dot(path) == 1 ? -TDXM_EINVAL : -TDXM_ENOTEMPTY;
     pthread_mutex_lock(&s->items_lock);
     int lvl = resolve(s, path, &it, &attr, &leaf, &leaf_len);
     if (lvl < 0)

@@ -70,6 +70,11 @@ static void run_listener(vmm_clock *c)
         fn(ctx, vmm_clock_now_ns(c));
 }
 
+uint64_t vmm_clock_add_ns(uint64_t t, uint64_t ns)
+{
+    return ns > VMM_CLOCK_MAX_NS - t || t > VMM_CLOCK_MAX_NS ? VMM_CLOCK_MAX_NS : t + ns;
+}
+
 static void virtual_move_to(vmm_clock *c, uint64_t target)
 {
     uint64_t now = atomic_load(&c->virtual_ns);
@@ -86,7 +91,7 @@ void vmm_clock_sleep_ns(vmm_clock *c, uint64_t ns)
             ;
     } else {
         uint64_t start = atomic_load(&c->virtual_ns);
-        virtual_move_to(c, start + ns);
+        virtual_move_to(c, vmm_clock_add_ns(start, ns));
     }
     run_listener(c);
 }
@@ -95,7 +100,9 @@ int vmm_clock_advance_ns(vmm_clock *c, uint64_t ns)
 {
     if (c->real)
         return -1;
-    atomic_fetch_add(&c->virtual_ns, ns);
+    uint64_t now = atomic_load(&c->virtual_ns);
+    while (!atomic_compare_exchange_weak(&c->virtual_ns, &now, vmm_clock_add_ns(now, ns)))
+        ;
     run_listener(c);
     return 0;
 }

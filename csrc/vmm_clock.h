@@ -21,6 +21,11 @@ void vmm_clock_destroy(vmm_clock *c);
 int vmm_clock_is_real(const vmm_clock *c);
 uint64_t vmm_clock_now_ns(vmm_clock *c);
 
+/* Virtual time stops at 2^64-2 ns (UINT64_MAX is the due time of no completion): t + ns, saturated
+ * there; every sleep, advance and due time goes through it (docs/CONTRACT.md "Clock"). */
+#define VMM_CLOCK_MAX_NS (UINT64_MAX - 1)
+uint64_t vmm_clock_add_ns(uint64_t t, uint64_t ns);
+
 /* Sleep ns: virtual time moves to max(now, start + ns) (concurrent sleepers overlap, as in real
  * time); real time sleeps. Then the listener runs. */
 void vmm_clock_sleep_ns(vmm_clock *c, uint64_t ns);

@@ -400,7 +400,7 @@ static uint64_t get_quote(vmm_host *h, uint64_t r12, uint64_t r13)
         uint64_t timer = (uint64_t)HOST_QGS_TIMEOUT_MS * 1000000ULL;
         uint64_t service = f.service_ns < timer ? f.service_ns : timer;
         uint64_t now = vmm_clock_now_ns(h->clock);
-        p->due_ns = f.kind == HOST_FAULT_NEVER ? NEVER_NS : now + service;
+        p->due_ns = f.kind == HOST_FAULT_NEVER ? NEVER_NS : vmm_clock_add_ns(now, service);
     }
     h->c.accepted++;
     return TDVMCALL_STATUS_SUCCESS;

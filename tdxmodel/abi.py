@@ -156,6 +156,7 @@ CONSTANTS: List[Const] = [
     _c("EFBIG", 27, "errno", "ref §0", "errno"),
     _c("ERANGE", 34, "errno", "quote.md §0", "errno"),
     _c("ENAMETOOLONG", 36, "errno", "Linux asm-generic/errno.h", "errno: a path component longer than NAME_MAX"),
+    _c("ENOTEMPTY", 39, "errno", "Linux asm-generic/errno.h", "errno: rmdir of a configfs path ending in '..'"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
     _c("EXDEV", 18, "errno", "Linux asm-generic/errno-base.h",
        "errno: FICLONE from a file of another file system (fs/remap_range.c vfs_clone_file_range)"),

@@ -56,6 +56,7 @@ Case record (``run_case``'s result; the spec's keys plus)::
     locks_held          int   kernel locks still held after the call
     fail_nth_fired      bool | null   whether the armed fault fired (null when not armed)
     trace               [[point, capability, failed], ...]   Process.last_trace()
+    init_trace          [[point, capability, failed], ...]   Kernel.init_trace() (module init's points)
     user_changed        int   bytes of the user buffer (the request and the pages around it) changed
     changed             [{"offset": int, "hex": str}, ...]    the changed runs, offsets from ``arg``
     foreign_bytes       int   changed bytes that equal neither the module's TDREPORT for the caller's
@@ -346,7 +347,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
         "user_fault_offset": None if uf is None else _position_offset(uf["at"], region_len),
         "ret": ret, "outcome": _outcome_name(ret),
         "leaked": counters["outstanding"] - counters["resident"], "locks_held": counters["locks_held"],
-        "fail_nth_fired": fired, "trace": [list(t) for t in trace], "user_changed": changed,
+        "fail_nth_fired": fired, "trace": [list(t) for t in trace],
+        "init_trace": [list(t) for t in kernel.init_trace()], "user_changed": changed,
         "changed": runs, "foreign_bytes": foreign, "tdreport_complete": complete,
     })
     return record

@@ -496,6 +496,8 @@ class StateStore:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StateError(f"{where}: corrupt state (not JSON: {_one_line(e)}); remove it to start afresh") from None
+        except ValueError:  # an integer past Python's int_max_str_digits (4300 digits) is no count we wrote
+            raise StateError(f"{where}: corrupt state (a number too long); remove it to start afresh") from None
         except RecursionError:
             raise StateError(f"{where}: corrupt state (JSON nested too deeply); remove it to start afresh") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
@@ -532,7 +534,7 @@ class StateStore:
             raise StateError(f"{where} is not an extend record (too long)")
         try:
             rec = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also a number past 4300 digits
             raise StateError(f"{where} is not JSON") from None
         if not isinstance(rec, dict) or not _is_count(rec.get("generation")) \
                 or not _is_count(rec.get("rtmr")) or not rec["rtmr"] < abi.TDX_NUM_RTMRS \

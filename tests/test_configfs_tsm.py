@@ -301,6 +301,20 @@ def test_read_into_unmapped_memory_is_efault(tsm):
 
 
 @pytest.mark.parametrize("driver", QUOTE_GENERATIONS)
+def test_paths_resolve_as_the_vfs_reads_them(tsm, driver):
+    """A run of slashes is one; "." and ".." are never item names (filename_create, do_rmdir)."""
+    k, p, h = tsm(driver)
+    assert p.mkdir(R + "//a") == 0 and p.readdir(R) == ["a"]
+    assert p.stat("/" + R + "///a/") == {"type": "dir", "mode": p.stat(R + "/a")["mode"]}
+    assert write_file(p, R + "//a//inblob", INBLOB) == 64
+    fd = p.open(R + "/a//outblob", os.O_RDONLY)
+    assert fd >= 3 and p.close(fd) == 0
+    assert p.mkdir(R + "/.") == -abi.EEXIST and p.mkdir(R + "/../") == -abi.EEXIST
+    assert p.rmdir(R + "/a/.") == -abi.EINVAL and p.rmdir(R + "/a/..") == -abi.ENOTEMPTY
+    assert p.readdir(R) == ["a"] and p.rmdir(R + "//a") == 0 and p.readdir(R) == []
+
+
+@pytest.mark.parametrize("driver", QUOTE_GENERATIONS)
 def test_r3_no_provider(tsm, driver):
     k, p, h = tsm(driver)
     assert p.mkdir(ITEM) == 0 and write_file(p, ITEM + "/inblob", INBLOB) == 64
@@ -310,9 +324,12 @@ def test_r3_no_provider(tsm, driver):
     fd = p.open(ITEM + "/provider", os.O_RDONLY)
     if q(driver).provider_gone_enxio:
         assert p.read(fd, UBUF, 100) == -abi.ENXIO
-    else:  # <= 6.15 dereferences the NULL provider (quote.md §1.7)
+        assert p.pread(fd, UBUF, 100, 0) == -abi.ENXIO
+    else:  # <= 6.15 dereferences the NULL provider (quote.md §1.7), whichever read reaches it
         with pytest.raises(errors.KernelOops):
             p.read(fd, UBUF, 100)
+        with pytest.raises(errors.KernelOops):
+            p.pread(fd, UBUF, 100, 0)
     p.close(fd)
     # 6.16+ refuses to register while items exist
     assert k.tsm_register() == (-abi.EBUSY if q(driver).counts_items else 0)
@@ -514,6 +531,20 @@ def test_p9_oversize_out_len(tsm, driver):
         assert ret == size - 24 + 1000
         assert data[:1088] == test_quote(k.module.report(INBLOB))
         assert data[1088:size - 24] == bytes(size - 24 - 1088)  # the rest of the zeroed buffer
+
+
+def test_p9_bytes_past_the_buffer_are_fresh_poison_not_an_earlier_quote(tsm):
+    """6.16 (unbounded out_len): the over-read reaches the pages kvmemdup just took for the new
+    outblob (this model places them right after the 8 KiB buffer); unzeroed pages hold the slab
+    poison on both backends, never the bytes of the outblob freed before (docs/CONTRACT.md)."""
+    k, p, h = tsm("v6.16")
+    size = q("v6.16").buf_size
+    for _ in range(2):
+        h.push_fault("oversize_out_len", out_len=size - 24 + 1000)
+        ret, data = quote_for(k, p)
+        assert ret == size - 24 + 1000
+        assert data[size - 24:] == bytes([abi.SLAB_POISON_INUSE]) * 1000
+        assert p.rmdir(ITEM) == 0
 
 
 @pytest.mark.parametrize("driver", QUOTE_GENERATIONS)

@@ -468,6 +468,26 @@ def test_virtual_clock_moves_only_when_told(backend):
     assert c.now_ns() == 30 * SEC + 5
 
 
+def test_virtual_clock_stops_at_the_end_of_time(backend):
+    """Past 2**64-2 ns a sleep or advance saturates (never wraps to the past, never leaves u64)."""
+    end = (1 << 64) - 2
+    c = backend.Clock()
+    c.advance_ns(1 << 63)
+    c.advance_ns(1 << 63)
+    assert c.now_ns() == end
+    c.sleep_ns((1 << 64) - 1)
+    c.advance_ns(5)
+    assert c.now_ns() == end
+
+
+def test_a_request_due_past_the_end_of_time_completes_there(make_host):
+    m, h = make_host()
+    h.clock.advance_ns((1 << 64) - 3)  # the 1 s service time would end past 2**64-2
+    assert get_quote(m) == OK and header(m)["status"] == abi.GET_QUOTE_IN_FLIGHT
+    h.clock.advance_ns(1)
+    assert header(m)["status"] == 0 and h.counters()["completed"] == 1
+
+
 def test_real_clock(backend):
     c = backend.Clock("real")
     t0 = c.now_ns()

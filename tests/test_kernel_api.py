@@ -84,6 +84,25 @@ def test_injection_points_are_named_as_the_contract_says(make_kernel, driver, po
     assert make_kernel(driver).injection_points() == points
 
 
+@pytest.mark.parametrize("driver, init", [
+    ("v4-2022-04", []), ("v6.2", []), ("intel-downstream", []),
+    ("v6.7", ["quote_buf:alloc_pages"]),                         # quote.md §2.2: the quote buffer
+    ("v6.16", ["report_buf:kzalloc", "quote_buf:alloc_pages"]),  # ref §2.5: the report buffer first
+])
+def test_init_trace_lists_the_points_module_init_passed(backend, make_module, make_kernel, driver, init):
+    """init_trace() names what init passed, in order; fail-nth at init fails exactly those points."""
+    k = make_kernel(driver)
+    trace = k.init_trace()
+    names = [pt for pt, _, _ in trace]
+    assert [pt for pt in names if pt in init] == init and not any(f for _, _, f in trace)
+    assert all(pt in k.injection_points() for pt in names)
+    assert all(cap == profiles.POINT_CAPABILITY[pt] for pt, cap, _ in trace)
+    for n in range(1, len(trace) + 1):  # each traced point is one init fail-nth can fail
+        with pytest.raises(errors.KernelError):
+            backend.Kernel(make_module(), driver, fail_nth=n)
+    assert backend.Kernel(make_module(), driver, fail_nth=len(trace) + 1).init_trace() == trace
+
+
 @pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 4)])  # 6.16: report buffer, tsm-mr's two, quote buffer
 def test_counters_after_init(make_kernel, driver, resident):
     c = make_kernel(driver).counters()

@@ -203,6 +203,7 @@ def test_a_bad_toml_is_a_one_line_error_naming_it(tmp_path, backend):
     b'{"format": 1, "generation": 1, "config": {"rtmr": 5}}',
     b'{"format": 1, "generation": 1, "config": {"xfam": "zz"}}',
     b'{"format": 1, "generation": 1, "config": {"mrtd": {"a": ' + b"[" * 50000 + b"]" * 50000 + b"}}}",
+    b'{"format": 1, "generation": 1' + b"0" * 5000 + b', "config": {}}',  # past Python's 4300-digit int limit
 ], ids=lambda content: content[:24].decode("latin-1"))
 def test_corrupt_state_is_a_one_line_error_naming_the_file(store, content):
     store.directory.mkdir(parents=True)

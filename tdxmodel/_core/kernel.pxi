@@ -500,6 +500,14 @@ cdef class Kernel:
         cdef int n = td_injection_points(self._driver_id, points)
         return [gk_point_name(points[i]).decode() for i in range(n)]
 
+    def init_trace(self):
+        """init_trace() -> list[tuple[str, str, bool]]: the injectable points module init passed, as
+        (point, capability, failed) (init that fails raises, so none is failed here)."""
+        cdef gk_trace_entry entries[GK_TRACE_MAX]
+        cdef unsigned n = td_init_trace(self.tk, entries)
+        return [(gk_point_name(entries[i].point).decode(), gk_capability_name(entries[i].capability).decode(),
+                 bool(entries[i].failed)) for i in range(n)]
+
     def __repr__(self):
         if self.tk == NULL:
             return "<core Kernel (uninitialised)>"
@@ -839,9 +847,7 @@ cdef class Process:
         else:
             ret = td_pread(p, c_fd, c_addr, c_count, c_offset)
         gk_caller_holds_lock(0)
-        if ret == TD_RET_TD_EXIT:
-            self._exit()
-        return ret
+        return self._check_ret(ret)  # a TD exit, or the <= 6.15 provider oops (pread on configfs too)
 
     def pread(self, fd, addr, count, offset):
         """pread(fd: int, addr: int, count: int, offset: int) -> int: bytes read or -errno

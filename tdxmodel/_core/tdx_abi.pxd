@@ -100,6 +100,7 @@ cdef extern from "tdx_abi.h":
     int TDXM_EFBIG  # ref §0
     int TDXM_ERANGE  # quote.md §0
     int TDXM_ENAMETOOLONG  # Linux asm-generic/errno.h
+    int TDXM_ENOTEMPTY  # Linux asm-generic/errno.h
     int TDXM_ETIMEDOUT  # ref §0
     int TDXM_EXDEV  # Linux asm-generic/errno-base.h
     int TDXM_EOPNOTSUPP  # Linux asm-generic/errno.h

@@ -44,6 +44,7 @@ cdef extern from "tdx_driver.h" nogil:
     gk_task *td_process_task(td_process *p)
     void td_fault_user_copy(td_process *p, int armed, size_t at)
     unsigned td_last_trace(td_process *p, gk_trace_entry *out)
+    unsigned td_init_trace(td_kernel *tk, gk_trace_entry *out)
     int td_last_exit(td_process *p, uint64_t *gpa)
 
     int td_open(td_process *p, const char *path, int accmode)

@@ -19,6 +19,13 @@ from tdxmodel._reference.module import Module, _u64
 
 CLOCK_KINDS = ("virtual", "real")
 NEVER = (1 << 64) - 1
+#: The virtual clock stops at 2**64-2 ns (about 584 years; NEVER is the due time of no completion):
+#: a sleep or advance past it, or a due time past it, saturates there (docs/CONTRACT.md "Clock").
+CLOCK_MAX_NS = NEVER - 1
+
+
+def _add_ns(t: int, ns: int) -> int:
+    return min(t + ns, CLOCK_MAX_NS)
 TIMER_NS = abi.HOST_QGS_TIMEOUT_MS * 1_000_000
 FAULT_QUEUE_MAX = 4096
 HDR = abi.QUOTE_HDR_LEN
@@ -60,7 +67,7 @@ class Clock:
             with self._guard:
                 start = self._virtual_ns
             with self._guard:  # concurrent sleepers overlap: time moves to max(now, start + ns)
-                self._virtual_ns = max(self._virtual_ns, start + ns)
+                self._virtual_ns = max(self._virtual_ns, _add_ns(start, ns))
         self._run_listener()
 
     def advance_ns(self, ns: int) -> None:
@@ -68,7 +75,7 @@ class Clock:
         if self._real:
             raise ValueError("a real clock cannot be advanced; sleep_ns() instead")
         with self._guard:
-            self._virtual_ns += ns
+            self._virtual_ns = _add_ns(self._virtual_ns, ns)
         self._run_listener()
 
     def poll(self) -> None:
@@ -279,7 +286,7 @@ class Host:
                 c["leaked_slots"] += 1                                    # unreachable: H3 read it
                 return abi.TDVMCALL_STATUS_INVALID_OPERAND
         service = min(fault[1], TIMER_NS)                                 # H9: start the task
-        due = NEVER if kind == abi.HOST_FAULT_NEVER else self._clock.now_ns() + service
+        due = NEVER if kind == abi.HOST_FAULT_NEVER else _add_ns(self._clock.now_ns(), service)
         self._pending.append(_Request(gpa, size, hdr, payload, due, self._seq, fault))
         self._seq += 1
         c["accepted"] += 1

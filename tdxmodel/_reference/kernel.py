@@ -21,6 +21,7 @@ with its file table and syscalls.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -35,6 +36,11 @@ from tdxmodel._reference.gk_usermem import UserMemory
 
 __all__ = ["FaultAttr", "Kernel", "Process"]
 _O_ACCMODE = os.O_ACCMODE
+
+
+def _squeeze(path: str) -> str:
+    """The VFS reads a run of slashes as one (path_lookupat): "report//a" is "report/a"."""
+    return re.sub("/{2,}", "/", path) if "//" in path else path
 
 
 # ---------------------------------------------------------------------------------------------- kernel
@@ -102,6 +108,7 @@ class Kernel:
             if saved is not None:
                 self._faults.restore_settings(saved)
         self._resident = prof.resident
+        self._init_trace = list(init_task._trace)
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -256,6 +263,10 @@ class Kernel:
 
     def injection_points(self) -> List[str]:
         return list(self.profile.points)
+
+    def init_trace(self) -> List[Tuple[str, str, bool]]:
+        """init_trace() -> list[tuple[str, str, bool]]: the injectable points module init passed."""
+        return list(self._init_trace)
 
     def __repr__(self) -> str:
         return f"<reference Kernel {self._driver_name} over {self._module.memory_pages} pages>"
@@ -462,6 +473,7 @@ class Process(_Task, UserMemory):
             raise TypeError(f"path must be a str, not {type(path).__name__}")
         _check_int("flags", flags, 0, I31)
         self._begin()
+        path = _squeeze(path)
         tsm = self._kernel.tsm
         if tsm is not None and tsm.owns(path):
             cfs = tsm.open(path, flags & _O_ACCMODE)
@@ -643,7 +655,7 @@ class Process(_Task, UserMemory):
             raise TypeError(f"path must be a str, not {type(path).__name__}")
         self._begin()
         tsm = self._kernel.tsm
-        if tsm is None or "\0" in path or not tsm.owns(path):
+        if tsm is None or "\0" in path or not tsm.owns(_squeeze(path)):
             return None
         return tsm
 
@@ -651,19 +663,19 @@ class Process(_Task, UserMemory):
         """mkdir(path: str, mode: int = 0o755) -> int: 0 or -errno (configfs ignores the mode)."""
         _check_int("mode", mode, 0, 0o7777)
         tsm = self._dir_call(path)
-        return -abi.ENOENT if tsm is None else tsm.mkdir(path)
+        return -abi.ENOENT if tsm is None else tsm.mkdir(_squeeze(path))
 
     def rmdir(self, path: str) -> int:
         """rmdir(path: str) -> int: 0 or -errno."""
         tsm = self._dir_call(path)
-        return -abi.ENOENT if tsm is None else tsm.rmdir(path)
+        return -abi.ENOENT if tsm is None else tsm.rmdir(_squeeze(path))
 
     def stat(self, path: str):
         """stat(path: str) -> dict {"type": "dir" | "file", "mode": int} or -errno."""
         tsm = self._dir_call(path)
-        return -abi.ENOENT if tsm is None else tsm.stat(path)
+        return -abi.ENOENT if tsm is None else tsm.stat(_squeeze(path))
 
     def readdir(self, path: str):
         """readdir(path: str) -> list[str] (sorted, without . and ..) or -errno."""
         tsm = self._dir_call(path)
-        return -abi.ENOENT if tsm is None else tsm.readdir(path)
+        return -abi.ENOENT if tsm is None else tsm.readdir(_squeeze(path))

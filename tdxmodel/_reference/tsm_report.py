@@ -576,6 +576,8 @@ class TsmReport:
         self._ob_free(it)
 
     def mkdir(self, path: str) -> int:
+        if path.rstrip("/").rsplit("/", 1)[-1] in (".", ".."):  # filename_create: LAST_DOT(DOT)
+            return -abi.EEXIST
         with self.items_lock:
             lvl, it, attr = self._resolve(path)
             if lvl >= 0:
@@ -601,6 +603,9 @@ class TsmReport:
                 self._rw_unlock(False)
 
     def rmdir(self, path: str) -> int:
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last in (".", ".."):  # do_rmdir: LAST_DOT -EINVAL, LAST_DOTDOT -ENOTEMPTY
+            return -abi.EINVAL if last == "." else -abi.ENOTEMPTY
         with self.items_lock:
             lvl, it, attr = self._resolve(path)
             if lvl < 0:

@@ -1,6 +1,10 @@
 """``python -m tests.fuzz --ops N --seed S``: a long differential campaign (tests/fuzz/engine.py)
 with a progress line on stderr; on a difference it prints the minimal reproducer (the shortest
-prefix of the episode's stream that still differs, greedily shrunk) and exits 1."""
+prefix of the episode's stream that still differs, greedily shrunk) and exits 1.
+
+``python -m tests.fuzz --coverage [--ops N] [--seed S]``: the fault-injection coverage report
+(tests/fuzz/coverage.py): per driver generation, the injection points the campaign and the fuzzer
+reached, and any neither did (exit 1 then)."""
 
 from __future__ import annotations
 
@@ -23,8 +27,19 @@ def main(argv=None) -> int:
     ap.add_argument("--without", default="", metavar="F1,F2",
                     help="leave these parts of the stream out: " + "; ".join(f"{k}: {v}" for k, v in engine.FEATURES.items()))
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    ap.add_argument("--coverage", action="store_true",
+                    help="print which injection points of every generation the campaign and the fuzzer "
+                         "(--ops of stream --seed, on the first backend) reach, instead of comparing backends")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
+    if args.coverage:
+        from tests.fuzz import coverage
+        rep = coverage.report(seed, args.ops, (args.backends or engine.backends()[0]).split(",")[0])
+        print(coverage.format_report(rep, seed, args.ops))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"seed": seed, "ops": args.ops, "generations": rep}, f, indent=1)
+        return 1 if coverage.problems(rep) else 0
     names = args.backends.split(",") if args.backends else None
     print(f"fuzz: seed {seed}, {args.ops} ops, backends {','.join(names or engine.backends())}", file=sys.stderr)
     t0 = time.monotonic()

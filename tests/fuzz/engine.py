@@ -10,7 +10,12 @@ values at and past their limits), fail-nth, make-it-fail, signals, forced TDCALL
 allocations, partial copies, mr_lock from outside, descriptor floods; and module leaves with random
 64-bit registers (``tdcall``, ``mr_report``, ``mr_rtmr_extend``, ``mr_verifyreport``, host-buffer
 ``report``/``extend``/``verify``, ``report_batch``, page states, host memory) and report parsing
-(``tdxmodel.report``) of random and mutated bytes.
+(``tdxmodel.report``) of random and mutated bytes. A *quote* episode (``tsm_episode``) loads a
+generation with the configfs-tsm quote path over a Host and runs mkdir/rmdir/open/read/write/pread/
+close/stat/readdir sequences on the tsm tree (good and bad paths, every access mode and size), with
+host-controlled fields from the host fault menu (``tdxmodel.host_faults``: out_len values up to
+2**32-1, statuses, service times, lost interrupts), clock advances, provider (un)registration,
+signals, fail-nth, knobs and forced TDCALL statuses.
 
 After every operation the observation holds its result (a return value, or the exception's class
 and its ``errno``/``status``/``operand_id``; messages are not compared), ``last_trace()``,
@@ -53,6 +58,11 @@ STATUSES = (abi.TDX_SUCCESS, abi.TDX_OPERAND_INVALID | abi.TDX_OPERAND_ID_RCX,
             abi.TDX_OPERAND_BUSY_HOST_PRIORITY, 0x8000000000000000, 1)
 LEAVES = (abi.TDG_MR_REPORT, abi.TDG_MR_RTMR_EXTEND, abi.TDG_MR_VERIFYREPORT, abi.TDG_VP_VMCALL, 1, 3, 23)
 MDIR = abi.MEASUREMENT_DIRS
+TSM = profiles.TSM_REPORT_DIR
+QUOTE_DRIVERS = tuple(p.name for p in profiles.PROFILES if p.quote is not None)
+TSM_ATTRS = ("inblob", "outblob", "generation", "provider", "auxblob", "privlevel", "privlevel_floor", "")
+EPISODES = ("episode", "tsm_episode")
+NEIGHBOUR_FROM = 2048
 #: Every generation's ioctl commands (tdxmodel.profiles): each driver also gets the others'.
 COMMANDS = tuple(sorted({c.value for prof in profiles.PROFILES for c in prof.commands}))
 
@@ -135,15 +145,104 @@ def _config_fields(r: random.Random) -> Dict[str, Any]:
     return f
 
 
+def _quote_pages(driver: Optional[str]) -> int:
+    """Pages to add for a generation's quote buffer, taken at init (quote.md §2.2): its size, twice
+    over for a 128 KiB one (an order-5 block aligned to 32 pages starts at page 32 at the earliest)."""
+    q = _profile(driver).quote if driver else None
+    n = 1 << q.buf_order if q is not None else 0
+    return n if n <= 2 else 2 * n
+
+
 def _episode(r: random.Random) -> Tuple:
     kernel = r.random() < 0.8
     pages = r.choice((HOST_PAGES + 1, HOST_PAGES + 2, HOST_PAGES + 2, HOST_PAGES + 3, HOST_PAGES + 5, 24, 32, 64)) \
         if kernel else r.choice((1, 4, 16, 24))
     driver = r.choice(abi.DRIVERS) if kernel else None
+    pages += _quote_pages(driver)  # the kernel's own pages stay as drawn (1..5 of them: tiny)
     init_nth = r.choice((0, 0, 0, 0, 1, 2)) if kernel else 0
     misaligned = kernel and bool(_profile(driver).cached_report_buf) and r.random() < 0.1
     seed = r.choice((0, 11, r.getrandbits(64)))
     return ("episode", _config_fields(r), pages, driver, seed, init_nth, misaligned)
+
+
+def _tsm_episode(r: random.Random) -> Tuple:
+    # quote buffers: 8 KiB (2 pages) or 128 KiB (32 pages) past the kernel's 16 pages (quote.md §2.2)
+    pages = r.choice((64, 96, 160, 160))
+    producer = r.random() < 0.9  # else QEMU without a quote service (quote.md §4.1 H5)
+    return ("tsm_episode", _config_fields(r), pages, r.choice(QUOTE_DRIVERS), r.choice((0, 7, r.getrandbits(64))),
+            r.choice((0,) * 9 + (1, 2, 3)), producer)
+
+
+def _tsm_path(r: random.Random) -> str:
+    c = r.random()
+    if c < 0.85:
+        name = r.choice(("a", "a", "b", "c"))
+        attr = r.choice(TSM_ATTRS)
+        return f"{TSM}/{name}/{attr}" if attr else f"{TSM}/{name}"
+    return r.choice((TSM, TSM + "/", TSM.rsplit("/", 1)[0], TSM + "/a/outblob/x", TSM + "/a/../a", TSM + "//a",
+                     TSM + "/" + "n" * r.choice((1, 255, 256)), TSM + "/a/inblob/", "", "/sys/kernel/config"))
+
+
+def _host_fault(r: random.Random):
+    c = r.random()
+    if c < 0.1:
+        return None
+    name = r.choice(abi.HOST_FAULTS + (None,))
+    if c < 0.3:
+        return name if name != "service_time" else {"fault": name, "seconds": 1}
+    spec = {"fault": name, "seconds": r.choice((0, 0.001, 0.5, 1, 5, 29.5, 30, 30.001, 45, 1e6)),
+            "out_len": r.choice((0, 1, 23, 24, 1000, 8168, 8169, 8192, 131048, 131049, 1 << 17, 1 << 20,
+                                 0xFFFFFFFF, r.getrandbits(32), r.randrange(0, 9000)))}
+    if r.random() < 0.02:  # bad specs: the host refuses them (ValueError/TypeError) on both backends
+        spec[r.choice(("seconds", "out_len"))] = r.choice((-1, 1 << 32, "x", float("nan"), True))
+    return spec
+
+
+def _tsm_op(r: random.Random) -> Tuple:
+    k = r.random()
+    if k < 0.12:  # the whole of one quote: the sequence a client makes (quote.md §1.4-§1.5)
+        return ("tsm_quote", r.choice(("a", "a", "b")), r.choice((1, 32, 64, 64, 64, 65)),
+                BASE + r.choice((0, 0, 64, PAGE - 32)), r.choice((100, PAGE, 3 * PAGE, 1 << 17)))
+    k = 0.12 + 0.88 * r.random()
+    if k < 0.20:
+        return ("mkdir", _tsm_path(r))
+    if k < 0.15:
+        return ("rmdir", _tsm_path(r))
+    if k < 0.30:
+        return ("open", _tsm_path(r), r.choice((os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY, 3)))
+    if k < 0.42:
+        return ("read", _fdi(r), _uaddr(r), r.choice((0, 1, 8, 100, 1088, PAGE, 3 * PAGE, 1 << 16, 1 << 20, -1)))
+    if k < 0.54:
+        return ("write", _fdi(r), _uaddr(r), r.choice((0, 1, 32, 63, 64, 65, 4096, 1 << 20, -1)))
+    if k < 0.58:
+        return ("pread", _fdi(r), _uaddr(r), r.choice((0, 10, 100, 5000, 1 << 17)),
+                r.choice((0, 0, 1, 50, 1000, 1 << 17, -1)))
+    if k < 0.63:
+        return ("close", r.randrange(-1, 6))
+    if k < 0.70:
+        return ("hfault", _host_fault(r))
+    if k < 0.73:
+        return ("hschedule", [_host_fault(r) for _ in range(r.randint(0, 4))], r.random() < 0.5)
+    if k < 0.77:
+        return ("advance", r.choice((0, 1, 10 ** 6, 10 ** 9, 30 * 10 ** 9, 31 * 10 ** 9, 1 << 62)))
+    if k < 0.79:
+        return (r.choice(("tsm_register", "tsm_unregister")),)
+    if k < 0.82:
+        return (r.choice(("stat", "readdir")), _tsm_path(r))
+    if k < 0.85:
+        return ("task", "signal_pending", r.random() < 0.5)
+    if k < 0.88:
+        return ("fail_nth", r.choice((0, 1, 1, 2, 3, 4, 6)))
+    if k < 0.90:
+        return ("force", r.choice(STATUSES), r.choice((None, abi.TDG_MR_REPORT, abi.TDG_VP_VMCALL)), r.choice((1, 2)))
+    if k < 0.94:
+        knob = r.choice(KNOBS)
+        return ("knob", r.choice(abi.FAULT_CAPABILITIES), knob, _knob_value(r, knob))
+    if k < 0.96:
+        return ("quote_lock",  ("read", 0, BASE, PAGE))
+    if k < 0.98:
+        return (r.choice(("poke", "peek")), _uaddr(r), r.choice((1, 64, PAGE)), r.getrandbits(32))
+    return ("mprotect", BASE + r.randrange(WINDOW_PAGES) * PAGE, PAGE, r.choice(PROTS))
 
 
 def _op(r: random.Random, driver: Optional[str], pages: int) -> Tuple:
@@ -151,6 +250,12 @@ def _op(r: random.Random, driver: Optional[str], pages: int) -> Tuple:
     k = r.random()
     if driver is None:
         k = 0.55 + 0.45 * k  # module-only episode: the module part of the table
+    if k < 0.05:  # one of this generation's own commands on a request inside the window
+        cmd = r.choice(_profile(driver).commands).value
+        return ("ioctl", r.choice((0, 0, 0, 1, 2)), cmd, BASE + r.choice((0, 0, 0, 64, PAGE - 64, PAGE, 3 * PAGE - 8)))
+    if k < 0.07 and _profile(driver).measurements:  # a whole register read or written (ref §2.5)
+        return (r.choice(("pread", "pwrite")), r.choice((1, 1, 2)), BASE + r.choice((0, 48, PAGE - 24, 5 * PAGE)),
+                48, r.choice((0, 0, 0, 1)))
     if k < 0.17:
         cmd = r.choice((r.choice(COMMANDS), r.choice(COMMANDS), r.choice(COMMANDS), r.choice(COMMANDS), 0,
                         r.getrandbits(32), r.choice(VFS_CMDS), r.choice(COMMANDS) ^ (1 << r.randrange(32)),
@@ -237,6 +342,7 @@ FEATURES = {
     "rejected_syscall": "syscalls Python rejects before the kernel (cmd/arg out of range), then last_trace()",
     "tiny_memory": "kernels with 1..7 pages of their own",
     "knob_race": "a knob set while another thread's calls use the fault up",
+    "tsm": "quote episodes: configfs-tsm sequences with host faults (out_len, status, timing)",
 }
 
 
@@ -251,15 +357,18 @@ def feature_of(op: Tuple) -> Optional[str]:
         return "knob_u64"
     if kind == "ioctl" and not (0 <= op[2] < 1 << 32 and 0 <= op[3] <= U64):
         return "rejected_syscall"
-    if kind == "episode" and op[3] is not None and op[2] < 24:
+    if kind == "episode" and op[3] is not None and op[2] - _quote_pages(op[3]) < 24:
         return "tiny_memory"
     if kind == "race":
         return "knob_race"
+    if kind == "tsm_episode":
+        return "tsm"
     return None
 
 
-def iter_episodes(seed: int, n_ops: int, without: Sequence[str] = ()) -> Iterator[List[Tuple]]:
-    """The stream ``generate(seed, n_ops)`` one episode (its marker first) at a time."""
+def iter_episodes(seed: int, n_ops: int, without: Sequence[str] = (), driver: Optional[str] = None) -> Iterator[List[Tuple]]:
+    """The stream ``generate(seed, n_ops)`` one episode (its marker first) at a time; ``driver``:
+    only episodes of that generation (the others drawn again)."""
     unknown = set(without) - set(FEATURES)
     if unknown:
         raise ValueError(f"unknown features: {', '.join(sorted(unknown))}")
@@ -273,9 +382,16 @@ def iter_episodes(seed: int, n_ops: int, without: Sequence[str] = ()) -> Iterato
                 return op
 
     while done < n_ops:
-        ep = draw(lambda: _episode(r))
+        ep = draw(lambda: _tsm_episode(r) if r.random() < 0.25 else _episode(r))
+        while driver is not None and ep[3] != driver:
+            ep = draw(lambda: _tsm_episode(r) if r.random() < 0.25 else _episode(r))
         length = r.choice((20, 80, 300, 1500))
-        ops = [ep] + [draw(lambda: _op(r, ep[3], ep[2])) for _ in range(min(length, n_ops - done - 1))]
+        if ep[0] == "tsm_episode":  # the last op closes every fd and removes every item
+            ops = [ep] + [draw(lambda: _tsm_op(r)) for _ in range(max(0, min(length, n_ops - done - 1) - 1))]
+            if done + len(ops) < n_ops:
+                ops.append(("tsm_teardown",))
+        else:
+            ops = [ep] + [draw(lambda: _op(r, ep[3], ep[2])) for _ in range(min(length, n_ops - done - 1))]
         done += len(ops)
         yield ops
 
@@ -293,8 +409,8 @@ def _exc(e: BaseException) -> Tuple:
 
 
 # which parts of memory an operation can change: the rest of the observation is carried over
-_USER_OPS = {"episode", "ioctl", "pread", "pwrite", "mmap", "munmap", "mprotect", "poke", "process", "race",
-             "mr_lock"}
+_USER_OPS = {"episode", "tsm_episode", "ioctl", "pread", "pwrite", "mmap", "munmap", "mprotect", "poke", "process",
+             "race", "mr_lock", "read", "quote_lock", "tsm_quote"}
 _HOST_OPS = {"episode", "tdcall", "mr_report", "mr_extend", "mr_verify", "page_state", "host_write"}
 
 
@@ -302,11 +418,63 @@ class _Run:
     def __init__(self, backend: Any) -> None:
         self.user_digest = self.host_digest = ""
         self.b = backend
-        self.m = self.k = self.p = None
+        self.m = self.k = self.p = self.h = None
         self.pages = 0
         self.fds: List[int] = []
+        self.reached: Dict[str, set] = {}  # driver -> injection points passed (init and syscalls)
+        self.neighbours_served = False
+        self.outblob_fds: Dict[int, bool] = {}
+
+    def close_host(self) -> None:
+        if self.h is not None:
+            self.h.close()
+            self.h = None
+
+    def _reach(self, trace) -> None:
+        self.reached.setdefault(self.k.driver, set()).update(pt for pt, _, _ in trace)
+
+    def _note_fault(self, specs) -> None:
+        """Before 7.0 out_len is read twice (quote.md §2.3 P9): with ``out_len_changes`` the tsm core
+        serves more than kvmemdup copied, from the slab objects beside it."""
+        names = [s.get("fault") if isinstance(s, dict) else s for s in specs]
+        if "out_len_changes" in names and not _profile(self.k.driver).quote.out_len_once:
+            self.neighbours_served = True
+
+    def _mask_neighbours(self, addr: int, ret, pos: int = 0) -> None:
+        """Which slab object lies beside another is the allocator's placement, which the backends may
+        choose differently (docs/CONTRACT.md: addresses may differ; the core keeps per-process caches):
+        bytes an outblob read served past the first 2048 (the size class of the 1088-byte quote
+        kvmemdup copied) are overwritten alike on both before memory is compared."""
+        if not self.neighbours_served or not isinstance(ret, int) or pos + ret <= NEIGHBOUR_FROM:
+            return
+        start = addr + max(0, NEIGHBOUR_FROM - pos)
+        for page_start in [start] + list(range((start // PAGE + 1) * PAGE, addr + ret, PAGE)):
+            n = min(addr + ret, (page_start // PAGE + 1) * PAGE) - page_start
+            try:
+                self.p.poke(page_start, b"\xee" * n)
+            except ValueError:
+                pass  # not mapped: the read stopped before it anyway
+
+    def tsm_episode(self, fields, pages, driver, seed, init_nth, producer):
+        self.close_host()
+        self.settled = False
+        self.neighbours_served = False
+        self.outblob_fds = {}
+        self.k = self.p = None
+        self.fds = []
+        self.pages = pages
+        self.m = self.b.Module(ModuleConfig(**fields), memory_pages=pages)
+        self.h = self.b.Host(self.m, producer=self.b.TestQuoteProducer() if producer else None)
+        self.k = self.b.Kernel(self.m, driver, seed=seed, fail_nth=init_nth)
+        self._reach(self.k.init_trace())
+        self.k.fault("failslab").ignore_gfp_wait = False  # configfs allocations are GFP_KERNEL
+        self.p = self.k.process()
+        self.p.mmap(BASE, WINDOW_PAGES * PAGE, "rw")
+        self.p.poke(BASE, bytes(i * 7 % 251 for i in range(WINDOW_PAGES * PAGE)))
+        return "tsm"
 
     def episode(self, fields, pages, driver, seed, init_nth, misaligned):
+        self.close_host()
         self.k = self.p = None
         self.fds = []
         self.pages = pages
@@ -315,6 +483,7 @@ class _Run:
         if driver is None:
             return "module"
         self.k = self.b.Kernel(self.m, driver, seed=seed, fail_nth=init_nth, misaligned_report_buf=misaligned)
+        self._reach(self.k.init_trace())
         self.p = self.k.process()
         self.p.mmap(BASE, WINDOW_PAGES * PAGE, "rw")
         self.p.poke(BASE, bytes(i * 7 % 251 for i in range(WINDOW_PAGES * PAGE)))
@@ -337,14 +506,75 @@ class _Run:
         p, k, m = self.p, self.k, self.m
         if kind == "episode":
             return self.episode(*op[1:])
+        if kind == "tsm_episode":
+            return self.tsm_episode(*op[1:])
         if m is None:
             return "no module"
+        if kind in ("read", "write"):
+            ret = getattr(p, kind)(self.fd(op[1]), op[2], op[3])
+            pos = self.outblob_fds.get(self.fd(op[1]))
+            if kind == "read" and pos is not None and isinstance(ret, int) and ret > 0:
+                self._mask_neighbours(op[2], ret, pos)
+                self.outblob_fds[self.fd(op[1])] = pos + ret
+            return ret
+        if kind in ("mkdir", "rmdir", "stat", "readdir"):
+            return getattr(p, kind)(op[1])
+        if kind == "hfault":
+            self._note_fault([op[1]])
+            return self.h.push_fault(op[1])
+        if kind == "hschedule":
+            self._note_fault(op[1])
+            return self.h.set_schedule(op[1], cycle=op[2])
+        if kind == "advance":
+            self.h.clock.advance_ns(op[1])
+            return self.h.clock.now_ns()
+        if kind in ("tsm_register", "tsm_unregister"):
+            return getattr(k, kind)()
+        if kind == "tsm_quote":
+            name, n, addr, count = op[1:]
+            item = f"{TSM}/{name}"
+            out = []
+
+            def call(fn, *args):  # each syscall's trace counts (last_trace holds only the last)
+                out.append(fn(*args))
+                self._reach(p.last_trace())
+                return out[-1]
+            call(p.mkdir, item)
+            for attr, rw, size in (("inblob", p.write, n), ("outblob", p.read, count)):
+                fd = call(p.open, f"{item}/{attr}", os.O_WRONLY if attr == "inblob" else os.O_RDONLY)
+                if fd >= 0:
+                    try:  # closed even after an oops (KernelOops): the exception is the op's result
+                        ret = call(rw, fd, addr, size)
+                        if attr == "outblob":
+                            self._mask_neighbours(addr, ret)
+                    finally:
+                        call(p.close, fd)
+            return tuple(out)
+        if kind == "tsm_teardown":
+            p.signal_pending = False
+            p.fail_nth = 0
+            closed = [p.close(fd) for fd in self.fds]
+            self.fds = []
+            items = p.readdir(TSM)
+            removed = [p.rmdir(f"{TSM}/{name}") for name in items] if isinstance(items, list) else items
+            self.settled = True
+            return closed, removed
+        if kind == "quote_lock":  # quote_lock held by another task while this one, signalled, reads
+            if not k.quote_lock_try():
+                return "busy"
+            saved, p.signal_pending = p.signal_pending, True
+            try:
+                return self.do(op[1])
+            finally:
+                p.signal_pending = saved
+                k.quote_lock_release()
         if kind == "ioctl":
             return p.ioctl(self.fd(op[1]), op[2], op[3])
         if kind == "open":
             fd = p.open(op[1], op[2])
             if fd >= 0:
                 self.fds.append(fd)
+                self.outblob_fds[fd] = 0 if op[1].rstrip("/").endswith("/outblob") else None
             return fd
         if kind == "close":
             fd = self.fd(op[1])
@@ -353,7 +583,10 @@ class _Run:
                 self.fds.remove(fd)
             return ret
         if kind in ("pread", "pwrite"):
-            return getattr(p, kind)(self.fd(op[1]), op[2], op[3], op[4])
+            ret = getattr(p, kind)(self.fd(op[1]), op[2], op[3], op[4])
+            if kind == "pread" and self.outblob_fds.get(self.fd(op[1])) is not None:
+                self._mask_neighbours(op[2], ret, op[4])
+            return ret
         if kind in ("mprotect", "munmap", "mmap"):
             args = (op[1], op[2]) if kind == "munmap" else (op[1], op[2], op[3])
             return getattr(p, kind)(*args)
@@ -501,7 +734,9 @@ class _Run:
         if k is not None:
             kc = k.counters()
             obs.append(tuple(sorted(kc.items())))
-            obs.append(tuple(p.last_trace()))
+            trace = tuple(p.last_trace())
+            self._reach(trace)
+            obs.append(trace)
             obs.append(p.fail_nth)
             if kind in _USER_OPS:
                 user = hashlib.blake2b(digest_size=12)
@@ -512,22 +747,46 @@ class _Run:
                         user.update(b"unmapped")
                 self.user_digest = user.hexdigest()
             obs.append(self.user_digest)
+            if self.h is not None:  # items keep their outblobs: balanced only after the teardown
+                obs.append(tuple(sorted(self.h.counters().items())))
+                obs.append(self.settled)
         return tuple(obs)
 
 
 def run(backend_name: str, ops: Sequence[Tuple], stop: Optional[int] = None) -> List[Tuple]:
     """run(backend_name, ops) -> one (result, observation) per op."""
-    st = _Run(_backend.load(backend_name))
+    return _run(_backend.load(backend_name), ops, stop)[0]
+
+
+def _run(backend: Any, ops: Sequence[Tuple], stop: Optional[int] = None) -> Tuple[List[Tuple], Dict[str, set]]:
+    st = _Run(backend)
     out = []
-    for op in ops[:stop]:
-        try:
-            res = st.do(op)
-        except (errors.TdxError, errors.TdExit, ValueError, TypeError, OverflowError) as e:
-            res = _exc(e)
-            if op[0] == "episode":
-                st.m = st.k = st.p = None
-        out.append((res, st.observe(op[0])))
-    return out
+    try:
+        for op in ops[:stop]:
+            try:
+                res = st.do(op)
+            except (errors.TdxError, errors.TdExit, ValueError, TypeError, OverflowError, RuntimeError) as e:
+                res = _exc(e)
+                if op[0] in EPISODES:
+                    st.close_host()
+                    st.m = st.k = st.p = None
+            if isinstance(res, (bytes, bytearray)):
+                res = hashlib.blake2b(res, digest_size=12).hexdigest()
+            out.append((res, st.observe(op[0])))
+    finally:
+        st.close_host()
+    return out, st.reached
+
+
+def reached(seed: int, n_ops: int, backend_name: Optional[str] = None, driver: Optional[str] = None) -> Dict[str, set]:
+    """reached(seed, n_ops) -> {driver: injection points the stream passed} on one backend
+    (``driver``: a stream of that generation's episodes only)."""
+    backend = _backend.load(backend_name)
+    points: Dict[str, set] = {}
+    for ops in iter_episodes(seed, n_ops, driver=driver):
+        for drv, pts in _run(backend, ops)[1].items():
+            points.setdefault(drv, set()).update(pts)
+    return points
 
 
 def backends() -> List[str]:
@@ -553,11 +812,12 @@ def balanced(obs: Tuple) -> bool:
     if len(obs) < 4:
         return True
     kc = dict(obs[3])
-    return kc["locks_held"] == 0 and kc["outstanding"] == kc["resident"]
+    items_may_hold = len(obs) > 8 and not obs[8]  # a quote episode before its teardown
+    return kc["locks_held"] == 0 and (kc["outstanding"] == kc["resident"] or items_may_hold)
 
 
 def _episode_start(ops: Sequence[Tuple], i: int) -> int:
-    while i > 0 and ops[i][0] != "episode":
+    while i > 0 and ops[i][0] not in EPISODES:
         i -= 1
     return i
 
@@ -572,7 +832,7 @@ def reproducer(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None, max_
     i = found[0]
     start = _episode_start(ops, i)
     case = list(ops[start:i + 1])
-    if case[0][0] != "episode" or first_difference(case, names) is None:
+    if case[0][0] not in EPISODES or first_difference(case, names) is None:
         case = list(ops[:i + 1])
     tries = 0
     j = len(case) - 2
@@ -595,8 +855,12 @@ def describe(case: Sequence[Tuple], names: Optional[Sequence[str]] = None) -> st
         lines.append(f"# differs at op {i}: {case[i]!r}")
         for n, (res, obs) in outs.items():
             lines.append(f"#   {n}: result={res!r}")
+            if not balanced(obs):
+                lines.append(f"#   {n}: unbalanced after it (locks held or allocations beyond the resident): "
+                             f"{dict(obs[3])!r}"[:400])
         others = list(outs.values())
-        labels = ("module counters", "rtmrs", "host memory", "kernel counters", "last_trace", "fail_nth", "user memory")
+        labels = ("module counters", "rtmrs", "host memory", "kernel counters", "last_trace", "fail_nth", "user memory",
+                  "host counters", "torn down")
         for f, label in enumerate(labels):
             vals = [o[1][f] if len(o[1]) > f else None for o in others]
             if any(v != vals[0] for v in vals):

@@ -9,6 +9,9 @@ import pytest
 
 from tests.fuzz import engine
 
+#: wall-clock bound for one seeded run: CPU is ~10 s, a shared 2-core machine can stretch it 5x
+LONG_TIMEOUT = 300
+
 FIXED_SEED = 20260301
 OPS_PER_SEED = 50_000
 #: Stream parts left out of the CI run (engine.FEATURES): none may stay here once its fix is in.
@@ -23,10 +26,12 @@ def _check(seed: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_backends_agree_on_the_fixed_seed_stream():
     _check(FIXED_SEED)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_backends_agree_on_this_runs_seed(fuzz_seed):
     _check(fuzz_seed)
