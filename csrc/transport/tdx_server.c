@@ -48,6 +48,7 @@ tdxf_server *tdxf_server_new(const tdxf_handler *handler, const char *device_pat
     s->nnodes = 1;
     s->listen_fd = -1;
     pthread_mutex_init(&s->stop_lock, NULL);
+    pthread_mutex_init(&s->vnode_lock, NULL);
     pthread_mutex_init(&s->conn_lock, NULL);
     pthread_mutex_init(&s->log_lock, NULL);
     for (int i = 0; i < TDXF_MAX_CONNS; i++)
@@ -61,6 +62,10 @@ void tdxf_server_free(tdxf_server *s)
     if (!s)
         return;
     pthread_mutex_destroy(&s->stop_lock);
+    for (size_t i = 0; i < s->nvnodes; i++)
+        free(s->vnodes[i].path);
+    free(s->vnodes);
+    pthread_mutex_destroy(&s->vnode_lock);
     pthread_mutex_destroy(&s->conn_lock);
     pthread_mutex_destroy(&s->log_lock);
     free(s);
@@ -120,7 +125,7 @@ long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, 
         return -ENOTDIR;
     if (!name || !*name || strlen(name) >= TDXF_NAME_MAX || strchr(name, '/'))
         return -EINVAL;
-    if (kind < TDXF_NODE_DIR || kind > TDXF_NODE_CONTROL)
+    if (kind < TDXF_NODE_DIR || kind > TDXF_NODE_VFS)
         return -EINVAL;
     for (int i = 1; i < s->nnodes; i++)
         if (s->nodes[i].parent == parent && strcmp(s->nodes[i].name, name) == 0)

@@ -20,7 +20,21 @@
 /* The null handler: open gives handle 0, ioctl returns 0 and changes nothing (benchmarks). */
 extern const tdxf_handler tdxf_null_handler;
 
-enum tdxf_node_kind { TDXF_NODE_DIR = 0, TDXF_NODE_DEVICE = 1, TDXF_NODE_CONTROL = 2 };
+/* TDXF_NODE_VFS: a directory whose subtree (itself included) is the handler's served tree
+ * (tdx_ops.h vfs_*), looked up by path on every access: the configfs-tsm tree, which changes with
+ * every mkdir and rmdir. */
+enum tdxf_node_kind { TDXF_NODE_DIR = 0, TDXF_NODE_DEVICE = 1, TDXF_NODE_CONTROL = 2, TDXF_NODE_VFS = 3 };
+
+/* Inodes of the served tree below a TDXF_NODE_VFS node: TDXF_VINO_BASE + n, one per path the kernel
+ * holds (lookup counts), dropped at FORGET. */
+#define TDXF_VINO_BASE (1ull << 32)
+#define TDXF_VPATH_MAX 4096
+
+typedef struct {
+    uint64_t ino;
+    uint64_t nlookup;
+    char *path;
+} tdxf_vnode;
 
 #define TDXF_MAX_NODES 64
 #define TDXF_MAX_CONNS 1024
@@ -58,6 +72,11 @@ typedef struct tdxf_server {
     atomic_int loop_running;
     pthread_t loop_thread;
     pthread_mutex_t stop_lock;
+    /* the served tree's inodes (tdx_fuse.c) */
+    pthread_mutex_t vnode_lock;
+    tdxf_vnode *vnodes;
+    size_t nvnodes, vnode_cap;
+    uint64_t next_vino;
     /* socket (tdx_socket.c) */
     int listen_fd;
     atomic_int socket_stopping;

@@ -41,6 +41,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="show the boot event log's CCEL table and data at DIR/CCEL and DIR/data/CCEL "
                         "(default DIR: /sys/firmware/acpi/tables; an overlay makes missing paths, "
                         "removed on exit)")
+    p.add_argument("--bind-tsm", nargs="?", const="/sys/kernel/config/tsm", metavar="PATH",
+                   help="show the configfs-tsm tree (DIR/tsm) at PATH (default /sys/kernel/config/tsm; "
+                        "an overlay makes a missing path, removed on exit; generations with a quote "
+                        "path only)")
     p.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
                    help="permissions of the device file and the socket (default 0600: root only)")
     p.add_argument("--backend", choices=("core", "reference"), help="emulator backend (default: core "
@@ -63,9 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise CliError("--threads must be at least 1")
-    daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
-                    mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
-                    bind_acpi=args.bind_acpi)
+    try:
+        daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
+                        mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
+                        bind_acpi=args.bind_acpi, bind_tsm=args.bind_tsm)
+    except DaemonError as e:
+        raise CliError(str(e)) from None
     daemon.handle_signals()
     try:
         daemon.start()
@@ -74,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"tdxmodel serve: ready {daemon.device_file}"
           + (f" socket {daemon.socket_path}" if daemon.socket_path else "")
           + (f" bind {daemon.bind}" if daemon.bind else "")
-          + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else ""), flush=True)
+          + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else "")
+          + (f" tsm {daemon.bind_tsm}" if daemon.bind_tsm else ""), flush=True)
     daemon.serve_forever()
     return 0
 

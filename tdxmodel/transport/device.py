@@ -23,7 +23,13 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 ``debug/counters``                     JSON: the kernel's and module's debug counters and the
                                        number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
+``acpi/tables/CCEL``, ``.../data/CCEL`` the boot event log's ACPI table and log area (0400)
+``debug/host_fault`` (quote path)      write ``NAME [key=value ...]``: Host.push_fault(NAME, ...)
+                                       for the next GetQuote (``clear``: drop queued faults)
 =====================================  ==========================================================
+
+The configfs-tsm tree (``tsm/report/...``, generations with a quote path) is the served tree of
+``tdxmodel.transport.tree``: the ``vfs_*`` methods below hand it to the transports.
 """
 
 from __future__ import annotations
@@ -133,8 +139,43 @@ class EmulatedDevice:
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
+        self.host: Any = None
+        from tdxmodel.transport.tree import ServedTree
+        self.tree = ServedTree(self)
         if store is not None:
             self.sync_state()  # one read gives the generation and the RTMRs it goes with
+
+    # ------------------------------------------------------------------ the served tree
+    def attach_host(self, host: Any) -> None:
+        """The VMM behind the TD's GetQuote (a backend Host): debug/host_fault pushes its faults."""
+        self.host = host
+
+    def vfs_stat(self, path):
+        return self.tree.vfs_stat(path)
+
+    def vfs_readdir(self, path):
+        return self.tree.vfs_readdir(path)
+
+    def vfs_mkdir(self, path, mode, pid):
+        return self.tree.vfs_mkdir(path, mode, pid)
+
+    def vfs_rmdir(self, path, pid):
+        return self.tree.vfs_rmdir(path, pid)
+
+    def vfs_open(self, path, flags, pid):
+        return self.tree.vfs_open(path, flags, pid)
+
+    def vfs_read(self, handle, size, offset):
+        return self.tree.vfs_read(handle, size, offset)
+
+    def vfs_write(self, handle, data, offset):
+        return self.tree.vfs_write(handle, data, offset)
+
+    def vfs_lseek(self, handle, offset, whence):
+        return self.tree.vfs_lseek(handle, offset, whence)
+
+    def vfs_release(self, handle):
+        self.tree.vfs_release(handle)
 
     # ------------------------------------------------------------------ the device file
     def attach_fast_path(self, path: Any) -> None:
@@ -262,7 +303,33 @@ class EmulatedDevice:
             add(rel, 0o400, lambda size, off, blob=blob: blob[off:off + size],
                 lambda data, off: -errno.EACCES)
             self.control_sizes[rel] = len(blob)
+        if self.profile.quote is not None:
+            add("debug/host_fault", 0o200, lambda size, off: -errno.EACCES, self._write_host_fault)
+        self.tree.add_controls(out, self.control_sizes)
         return out
+
+    def _write_host_fault(self, data: bytes, offset: int) -> int:
+        """debug/host_fault: ``NAME [seconds=S] [out_len=N]`` queues one host fault (README "The
+        guest's quote path": the fault menu) for the next GetQuote; ``clear`` drops the queue."""
+        if self.host is None:
+            return -errno.ENODEV
+        words = data.decode("ascii", "replace").split()
+        if not words:
+            return -errno.EINVAL
+        try:
+            if words == ["clear"]:
+                self.host.clear_faults()
+                return len(data)
+            params: Dict[str, Any] = {}
+            for word in words[1:]:
+                key, sep, value = word.partition("=")
+                if not sep:
+                    return -errno.EINVAL
+                params[key] = float(value) if key == "seconds" else int(value, 0)
+            self.host.push_fault(None if words[0] == "none" else words[0], **params)
+        except (ValueError, TypeError):
+            return -errno.EINVAL
+        return len(data)
 
     def acpi_tables(self) -> Dict[str, bytes]:
         """{relative path: bytes} of the CCEL table and its log area, from the state directory's
@@ -467,6 +534,7 @@ class EmulatedDevice:
 
     def close(self) -> None:
         self.release_debug_lock()
+        self.tree.close()
         with self._files_lock:
             handles = list(self._files)
         for h in handles:

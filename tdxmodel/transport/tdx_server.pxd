@@ -11,6 +11,7 @@ cdef extern from "tdx_server.h" nogil:
         TDXF_NODE_DIR
         TDXF_NODE_DEVICE
         TDXF_NODE_CONTROL
+        TDXF_NODE_VFS
 
     ctypedef struct tdxf_server:
         pass
