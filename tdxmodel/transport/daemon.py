@@ -267,15 +267,20 @@ class Daemon:
 
         backend = self._backend
         store = StateStore(self.state, backend=backend)
+        quotes = profiles.get(self.driver).quote is not None
+        if quotes:
+            # the platform's PKI first: making it moves the TD's TEE_TCB_SVN to the platform's TCB
+            # level (README "Quotes and verification"), which the live TD must report
+            from tdxmodel.host.collateral import Platform
+            platform = Platform(store)
+            platform.pki()
         module = backend.Module(store.load())
         kernel = backend.Kernel(module, self.driver)
         self.device = EmulatedDevice(kernel, store=store)
-        from tdxmodel import profiles
-        if profiles.get(self.driver).quote is not None:
+        if quotes:
             # GetQuote reaches the host, whose producer is the state's TDQE (README "Quotes and
             # verification"): outblobs are quotes real verifiers accept
-            from tdxmodel.host import quote_producer
-            self._host = backend.Host(module, producer=quote_producer(self.state, module=module))
+            self._host = backend.Host(module, producer=platform.quoting_enclave(module=module))
             self.device.attach_host(self._host)
         return self.device
 
