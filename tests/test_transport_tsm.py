@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 TSM_REPORT = profiles.TSM_REPORT_DIR
 BACKENDS = ("core", "reference")
-TRANSPORTS = ("fuse", "preload")
+TRANSPORTS = ("fuse",)
 
 
 @pytest.fixture(scope="session")
