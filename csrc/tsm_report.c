@@ -75,6 +75,7 @@ struct tsm_state {
     unsigned count;                 /* 6.16: provider.count */
     _Atomic int quote_lock;
     _Atomic int quote_outside_hold;
+    _Atomic uint32_t getquote_timeout; /* polls; the kernel's static u32, 30 (quote.md §2.2) */
     uint8_t *quote_buf;             /* host view of the shared buffer */
     uint64_t quote_gpa;
     /* how P7 waits (profiles.QuoteCompletion; set once at init by tsm_set_completion) */
@@ -237,21 +238,44 @@ static void guest_msleep(tsm_state *s, vmm_host *h, uint32_t ms)
     vmm_clock_sleep_ns(c, msleep_duration_ns(ms, s->hz, vmm_clock_now_ns(c)));
 }
 
-/* §2.4: as written, with its off-by-one both ways. */
+/* A signal due at a clock time (gk_task.signal_at) becomes pending once the clock reaches it. */
+static int signal_due(gk_task *task, vmm_clock *clk)
+{
+    uint64_t at = atomic_load(&task->signal_at);
+    if (at && clk && vmm_clock_now_ns(clk) >= at - 1) {
+        atomic_store(&task->signal_at, 0);
+        atomic_store(&task->signal_pending, 1);
+    }
+    return atomic_load(&task->signal_pending);
+}
+
+/* msleep_interruptible(ms): msleep's duration, cut short by a signal due during it. */
+static void guest_msleep_interruptible(tsm_state *s, gk_task *task, vmm_clock *c, uint32_t ms)
+{
+    uint64_t now = vmm_clock_now_ns(c), ns = msleep_duration_ns(ms, s->hz, now);
+    uint64_t at = atomic_load(&task->signal_at);
+    if (at && at - 1 > now && at - 1 - now < ns)
+        ns = at - 1 - now;
+    vmm_clock_sleep_ns(c, ns);
+}
+
+/* §2.4: as written, with its off-by-one both ways; the limit is getquote_timeout (30 polls). */
 static long wait_stock(tsm_state *s, gk_task *task)
 {
     vmm_host *h = host_of(s);
+    vmm_clock *clk = h ? vmm_host_clock(h) : NULL;
+    uint32_t limit = atomic_load(&s->getquote_timeout);
     uint32_t i = 0;
 
-    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < GETQUOTE_TIMEOUT) {
-        if (atomic_load(&task->signal_pending))   /* msleep_interruptible returns at once */
+    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < limit) {
+        if (signal_due(task, clk))                /* msleep_interruptible returns at once */
             return -TDXM_EINTR;
-        if (h)
-            guest_msleep(s, h, GETQUOTE_POLL_MS);
-        if (atomic_load(&task->signal_pending))   /* woken by a signal during the sleep */
+        if (clk)
+            guest_msleep_interruptible(s, task, clk, GETQUOTE_POLL_MS);
+        if (signal_due(task, clk))                /* woken by a signal during the sleep */
             return -TDXM_EINTR;
     }
-    return i == GETQUOTE_TIMEOUT ? -TDXM_ETIMEDOUT : 0;
+    return i == limit ? -TDXM_ETIMEDOUT : 0;
 }
 
 /* The proposed read_poll_timeout(status, status != IN_FLIGHT, interval, cap) (quote.md §2.5): after
@@ -306,9 +330,12 @@ static long wait_interrupt(tsm_state *s, gk_task *task, uint64_t irqs_before)
         vmm_host *h = host_of(s);
         if (atomic_load(&s->irqs) != irqs_before && read_status(s) != GET_QUOTE_IN_FLIGHT)
             return 0;
-        if (atomic_load(&task->signal_pending))
+        if (signal_due(task, h ? vmm_host_clock(h) : NULL))
             return -TDXM_EINTR;
         uint64_t due = h ? vmm_host_next_due_ns(h) : UINT64_MAX;
+        uint64_t at = atomic_load(&task->signal_at);   /* a signal due first ends the idle wait there */
+        if (h && at && at - 1 < due)
+            due = at - 1;
         if (due != UINT64_MAX) {
             vmm_clock *c = vmm_host_clock(h);
             uint64_t now = vmm_clock_now_ns(c);
@@ -1047,6 +1074,8 @@ uint64_t tsm_notify_irqs(tsm_state *s) { return atomic_load(&s->irqs); }
 
 uint64_t tsm_quote_buf_gpa(tsm_state *s) { return s->quote_gpa; }
 unsigned tsm_quote_buf_size(tsm_state *s) { return s->prof->quote_buf_size; }
+uint32_t tsm_getquote_timeout(tsm_state *s) { return atomic_load(&s->getquote_timeout); }
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls) { atomic_store(&s->getquote_timeout, polls); }
 
 tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const char *provider, int fail_decrypt, int *err,
                       uint64_t *leaked_pages)
@@ -1060,6 +1089,7 @@ tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const
     s->gk = td_kernel_gk(tk);
     s->m = gk_kernel_module(s->gk);
     s->prof = td_kernel_profile(tk);
+    atomic_store(&s->getquote_timeout, GETQUOTE_TIMEOUT);
     snprintf(s->provider, sizeof s->provider, "%s", provider);
     s->report_dir = strdup(report_dir);
     s->tsm_dir = s->report_dir ? dir_of(s->report_dir) : NULL;

@@ -70,5 +70,9 @@ int tsm_set_completion(tsm_state *s, int mode, uint32_t interval_ms, uint32_t ca
 int tsm_notify_registered(tsm_state *s);
 uint64_t tsm_notify_irqs(tsm_state *s);   /* notify vectors received */
 unsigned tsm_quote_buf_size(tsm_state *s);
+/* Model-only (tests): the wait loop's poll limit, getquote_timeout (a static u32 = 30 in the kernel,
+ * quote.md §2.2), so a real-clock test can run a 5-poll loop. */
+uint32_t tsm_getquote_timeout(tsm_state *s);
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls);
 
 #endif /* TSM_REPORT_H */

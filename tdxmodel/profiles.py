@@ -231,6 +231,11 @@ class Quote:
     counts_items: bool          # 6.16+: registering with items present is -EBUSY (quote.md §1.6)
     out_len_once: bool          # c3fd16c3b98e: out_len read once, > size - 24 -> -EFBIG (P9)
     status_check: bool          # 0f409eaea53e: status != SUCCESS -> -EIO (P8)
+    # The documented errno set of read(outblob), the call that returns the quote (0 implied):
+    # quote.md §1.5 R1-R8, §2.3 P1-P11 (P5 per tdx-abi.md §2.4/§2.5), configfs's copy_to_user -EFAULT
+    # and a read after rmdir -ENOENT (§1.6, frag_dead). -ETXTBSY cannot happen for TDX: no attribute
+    # is both readable and writable (§1.2), so one fd never mixes reads and writes.
+    read_errnos: Tuple[int, ...] = ()
     # How the provider waits (P7): upstream polls with the stock loop in every generation; the
     # read_poll_timeout variant is unmerged and interrupts are the downstream driver's (quote.md §2.5,
     # §2.6). The default of Kernel(..., quote_completion=None).
@@ -378,12 +383,21 @@ TSM_ATTRS = ("generation", "provider", "inblob", "outblob")
 TSM_PROVIDER_NAME = "tdx_guest"  # KBUILD_MODNAME; reads "tdx_guest\n" (quote.md §1.1)
 
 _SZ_8K, _SZ_32K, _SZ_128K, _SZ_16M = 8 << 10, 32 << 10, 128 << 10, 16 << 20
+# read(outblob): R1/R4/P3 EINVAL, R3 ENOTTY, R8 EFBIG, P1 EINTR, P2 EBUSY, P5 (<= 6.15 temporaries
+# ENOMEM, TDCALL EINVAL/EIO), P6 EIO, P7 EINTR/ETIMEDOUT, P10 ENOMEM, copy_to_user EFAULT, rmdir ENOENT
+_READ_ERRNOS_6_7 = (abi.EINVAL, abi.ENOTTY, abi.EFBIG, abi.EINTR, abi.EBUSY, abi.ENOMEM, abi.EIO,
+                    abi.ETIMEDOUT, abi.EFAULT, abi.ENOENT)
+# 6.16+: R3 ENXIO instead of ENOTTY; P5 through mr_lock: EINTR, ENXIO, EBUSY, EIO (ref §2.5); 7.0 adds
+# P9 EFBIG (R8's is then out of reach), 7.1 P8 EIO: the same set
+_READ_ERRNOS_6_16 = (abi.EINVAL, abi.ENXIO, abi.EFBIG, abi.EINTR, abi.EBUSY, abi.ENOMEM, abi.EIO,
+                     abi.ETIMEDOUT, abi.EFAULT, abi.ENOENT)
 _QUOTE_6_7 = Quote(buf_size=_SZ_8K, outblob_max=_SZ_32K, no_provider_errno=abi.ENOTTY,
                    visibility_callbacks=False, provider_gone_enxio=False, counts_items=False,
-                   out_len_once=False, status_check=False)
+                   out_len_once=False, status_check=False, read_errnos=_READ_ERRNOS_6_7)
 _QUOTE_6_11 = Quote(**{**_QUOTE_6_7.__dict__, "visibility_callbacks": True})
 _QUOTE_6_16 = Quote(**{**_QUOTE_6_11.__dict__, "no_provider_errno": abi.ENXIO,
-                       "provider_gone_enxio": True, "counts_items": True})
+                       "provider_gone_enxio": True, "counts_items": True,
+                       "read_errnos": _READ_ERRNOS_6_16})
 _QUOTE_7_0 = Quote(**{**_QUOTE_6_16.__dict__, "buf_size": _SZ_128K, "outblob_max": _SZ_16M,
                       "out_len_once": True})
 _QUOTE_7_1 = Quote(**{**_QUOTE_7_0.__dict__, "status_check": True})

@@ -455,6 +455,16 @@ cdef class Kernel:
         return tsm_quote_buf_size(self._tsm())
 
     @property
+    def getquote_timeout(self):
+        """getquote_timeout -> int: the wait loop's poll limit (the kernel's static u32 30, quote.md
+        §2.2); model-only, settable so a real-clock test can run a short loop."""
+        return tsm_getquote_timeout(self._tsm())
+
+    @getquote_timeout.setter
+    def getquote_timeout(self, value):
+        tsm_set_getquote_timeout(self._tsm(), <uint32_t>_int_arg("getquote_timeout", value, 0, 0xFFFFFFFF))
+
+    @property
     def quote_completion(self):
         """quote_completion -> profiles.QuoteCompletion: how the provider waits (quote.md §2.4-§2.6)."""
         self._tsm()
@@ -559,6 +569,20 @@ cdef class Process:
     @signal_pending.setter
     def signal_pending(self, value):
         gk_task_set_signal(td_process_task(self._live()), _bool_arg("signal_pending", value))
+
+    @property
+    def signal_at_ns(self):
+        """signal_at_ns -> int | None: a signal due at this platform-clock time; an interruptible
+        sleep (the quote wait loop) that reaches it is cut short there and the signal becomes pending."""
+        cdef uint64_t at = gk_task_get_signal_at(td_process_task(self._live()))
+        return None if at == 0 else at - 1
+
+    @signal_at_ns.setter
+    def signal_at_ns(self, value):
+        cdef uint64_t at = 0
+        if value is not None:
+            at = <uint64_t>_int_arg("signal_at_ns", value, 0, _U64_MAX - 1) + 1
+        gk_task_set_signal_at(td_process_task(self._live()), at)
 
     def last_trace(self):
         """last_trace() -> list[tuple[str, str, bool]]: the injectable points the last syscall passed,

@@ -216,6 +216,17 @@ class Kernel:
         return self._tsm_or_raise().q.buf_size
 
     @property
+    def getquote_timeout(self) -> int:
+        """The wait loop's poll limit (the kernel's static u32 30, quote.md §2.2); model-only,
+        settable so a real-clock test can run a short loop."""
+        return self._tsm_or_raise().getquote_timeout
+
+    @getquote_timeout.setter
+    def getquote_timeout(self, value: int) -> None:
+        t = self._tsm_or_raise()
+        t.getquote_timeout = _check_int("getquote_timeout", value, 0, 0xFFFFFFFF)
+
+    @property
     def quote_completion(self):
         """quote_completion -> profiles.QuoteCompletion: how the provider waits (quote.md §2.4-§2.6)."""
         return self._tsm_or_raise().completion
@@ -403,6 +414,16 @@ class Process(_Task, UserMemory):
     @signal_pending.setter
     def signal_pending(self, value: bool) -> None:
         self._signal_pending = _check_bool("signal_pending", value)
+
+    @property
+    def signal_at_ns(self) -> Optional[int]:
+        """A signal due at this platform-clock time: an interruptible sleep (the quote wait loop)
+        that reaches it is cut short there and the signal becomes pending."""
+        return self._signal_at
+
+    @signal_at_ns.setter
+    def signal_at_ns(self, value: Optional[int]) -> None:
+        self._signal_at = None if value is None else _check_int("signal_at_ns", value, 0, _U64 - 1)
 
     def last_trace(self) -> List[Tuple[str, str, bool]]:
         return list(self._trace)

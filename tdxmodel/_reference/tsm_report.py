@@ -97,6 +97,7 @@ class TsmReport:
         self.registered = False
         self.count = 0
         self.quote_lock = threading.Lock()
+        self.getquote_timeout = abi.GETQUOTE_TIMEOUT  # polls (quote.md §2.2)
         self.leaked_pages = 0
         self.completion = self.q.completion
         self.notify_registered = False
@@ -185,26 +186,47 @@ class TsmReport:
         return self.k.read(it.outblob, min(n, avail)) + bytes(max(0, n - avail))
 
     # -- the provider (quote.md §2.3) --------------------------------------------------------------
+    @staticmethod
+    def _signal_due(task, clock) -> bool:
+        """A signal due at a clock time (Process.signal_at_ns) becomes pending once it is reached."""
+        at = task._signal_at
+        if at is not None and clock is not None and clock.now_ns() >= at:
+            task._signal_at = None
+            task._signal_pending = True
+        return task._signal_pending
+
+    def _sleep_interruptible(self, task, h, ms: int) -> None:
+        """msleep_interruptible(ms): msleep's duration, cut short by a signal due during it."""
+        c = h.clock
+        now = c.now_ns()
+        ns = profiles.msleep_ns(ms, self.completion.hz, now)
+        at = task._signal_at
+        if at is not None and now < at < now + ns:
+            ns = at - now
+        c.sleep_ns(ns)
+
     def _msleep(self, h, ms: int) -> None:
         c = h.clock
         c.sleep_ns(profiles.msleep_ns(ms, self.completion.hz, c.now_ns()))
 
     def _wait_stock(self, task) -> int:
         h = self._host()
+        clock = h.clock if h is not None else None
+        limit = self.getquote_timeout
         i = 0
         while True:  # §2.4 as written: the increment happens even when the compare fails
             if self._status() != abi.GET_QUOTE_IN_FLIGHT:
                 break
             old, i = i, i + 1
-            if not old < abi.GETQUOTE_TIMEOUT:
+            if not old < limit:
                 break
-            if task._signal_pending:      # msleep_interruptible returns at once
+            if self._signal_due(task, clock):      # msleep_interruptible returns at once
                 return -abi.EINTR
-            if h is not None:
-                self._msleep(h, abi.GETQUOTE_POLL_MS)
-            if task._signal_pending:      # woken by a signal during the sleep
+            if clock is not None:
+                self._sleep_interruptible(task, h, abi.GETQUOTE_POLL_MS)
+            if self._signal_due(task, clock):      # woken by a signal during the sleep
                 return -abi.EINTR
-        return -abi.ETIMEDOUT if i == abi.GETQUOTE_TIMEOUT else 0
+        return -abi.ETIMEDOUT if i == limit else 0
 
     def _wait_poll(self) -> int:
         """read_poll_timeout(status, != IN_FLIGHT, interval, cap): one more check after the cap;
@@ -244,9 +266,12 @@ class TsmReport:
             h = self._host()
             if self.irqs != irqs_before and self._status() != abi.GET_QUOTE_IN_FLIGHT:
                 return 0
-            if task._signal_pending:
+            if self._signal_due(task, h.clock if h is not None else None):
                 return -abi.EINTR
             due = h._next_due_ns() if h is not None else None
+            at = task._signal_at                 # a signal due first ends the idle wait there
+            if h is not None and at is not None and (due is None or at < due):
+                due = at
             if due is not None:
                 now = h.clock.now_ns()
                 if due > now:
