@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 TSM_REPORT = profiles.TSM_REPORT_DIR
 BACKENDS = ("core", "reference")
-TRANSPORTS = ("fuse",)
+TRANSPORTS = ("fuse", "preload")
 
 
 @pytest.fixture(scope="session")
@@ -259,3 +259,87 @@ def test_bind_tsm_refuses_an_ioctl_only_generation(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tdxmodel", "serve", "--driver", "v6.2", "--mount",
                         str(tmp_path / "m"), "--bind-tsm"], capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no configfs-tsm" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# A Python client (stat, listdir, access, seek, the measurement files) through both transports
+# ------------------------------------------------------------------------------------------------
+PY_CLIENT = r"""
+import json, os, stat, sys
+tsm, meas = sys.argv[1], sys.argv[2]
+R = tsm + "/report"
+def err(f):
+    try:
+        f()
+        return 0
+    except OSError as e:
+        return e.errno
+out = {"tsm": os.listdir(tsm)}
+os.mkdir(R + "/py")
+out["attrs"] = sorted(os.listdir(R + "/py"))
+out["modes"] = {n: oct(stat.S_IMODE(os.stat(f"{R}/py/{n}").st_mode)) for n in out["attrs"]}
+out["sizes"] = {n: os.stat(f"{R}/py/{n}").st_size for n in out["attrs"]}
+out["isdir"] = [os.path.isdir(R + "/py"), os.path.isdir(R + "/py/inblob")]
+out["access"] = [os.access(R + "/py/outblob", os.R_OK), os.access(R + "/py/outblob", os.X_OK),
+                 os.access(R + "/nope", os.F_OK)]
+out["unlink"] = err(lambda: os.unlink(R + "/py/inblob"))
+out["missing"] = err(lambda: os.stat(R + "/nope"))
+out["create"] = err(lambda: open(R + "/py/newfile", "w"))
+out["rmdir_report"] = err(lambda: os.rmdir(R))
+fd = os.open(R + "/py/inblob", os.O_WRONLY)
+os.write(fd, b"z" * 64)
+os.close(fd)
+out["generation"] = open(R + "/py/generation").read()
+with open(R + "/py/outblob", "rb") as f:
+    head = f.read(10)
+    f.seek(0)
+    whole = f.read()
+    out["fstat_size"] = os.fstat(f.fileno()).st_size
+out["seek"] = whole[:10] == head and len(whole) > 1020
+before = open(meas + "/rtmr3:sha384", "rb").read()
+fd = os.open(meas + "/rtmr3:sha384", os.O_WRONLY)
+out["extend"] = os.write(fd, b"\x01" * 48)
+os.close(fd)
+out["rtmr3_changed"] = open(meas + "/rtmr3:sha384", "rb").read() != before
+out["readonly_measurement"] = err(lambda: os.open(meas + "/mrtd:sha384", os.O_WRONLY))
+os.rmdir(R + "/py")
+out["gone"] = not os.path.exists(R + "/py")
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_python_client_sees_the_same_tree_through_fuse_and_preload(served, backend):
+    device = served("v6.16", backend)
+    seen = {}
+    for transport in TRANSPORTS:
+        if transport == "fuse":
+            args, env = [str(device.mount / "tsm"), str(device.mount / "measurements")], ENV
+        else:
+            args, env = ["/sys/kernel/config/tsm", "/sys/class/misc/tdx_guest/measurements"], device.preload_env(ENV)
+        r = subprocess.run([sys.executable, "-c", PY_CLIENT, *args], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        seen[transport] = json.loads(r.stdout)
+    assert seen["fuse"] == seen["preload"]
+    out = seen["fuse"]
+    assert out["tsm"] == ["report"] and out["attrs"] == sorted(profiles.TSM_ATTRS)
+    assert out["modes"] == {"generation": "0o444", "inblob": "0o200", "outblob": "0o444", "provider": "0o444"}
+    assert out["sizes"] == {"generation": abi.TSM_TEXT_ATTR_SIZE, "provider": abi.TSM_TEXT_ATTR_SIZE,
+                            "inblob": abi.TSM_BIN_ATTR_SIZE, "outblob": abi.TSM_BIN_ATTR_SIZE}
+    assert out["isdir"] == [True, False] and out["access"] == [True, False, False]
+    assert (out["unlink"], out["missing"], out["create"], out["rmdir_report"]) == \
+        (errno.EPERM, errno.ENOENT, errno.EACCES, errno.EPERM)
+    assert out["generation"] == "1\n" and out["seek"] and out["fstat_size"] == abi.TSM_BIN_ATTR_SIZE
+    assert out["extend"] == abi.MEASUREMENT_LEN and out["rtmr3_changed"]
+    assert out["readonly_measurement"] == errno.EACCES and out["gone"]
+
+
+def test_hello_names_the_forwarded_paths(served):
+    from tdxmodel.transport import protocol
+    info = protocol.hello_info(served("v6.16", "core").socket)
+    assert set(info.maps) == {("/sys/kernel/config/tsm", "tsm", False),
+                              ("/sys/firmware/acpi/tables/CCEL", "acpi/tables/CCEL", True),
+                              ("/sys/firmware/acpi/tables/data/CCEL", "acpi/tables/data/CCEL", True),
+                              ("/sys/class/misc/tdx_guest/measurements", "measurements", False),
+                              ("/sys/devices/virtual/misc/tdx_guest/measurements", "measurements", False)}

@@ -606,6 +606,16 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fuse_reply_err(req, 0);
 }
 
+/* FLUSH comes, synchronously, with every close(2) of a client's fd; RELEASE only after the last one,
+ * and asynchronously (fs/fuse/file.c: fuse_file_put in the background), so the handler is told. */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    tdxf_server *s = fuse_req_userdata(req);
+    if (is_vfs(s, ino) && s->handler.vfs_flush)
+        s->handler.vfs_flush(s->handler.ctx, fi->fh);
+    fuse_reply_err(req, 0);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
     tdxf_server *s = fuse_req_userdata(req);
@@ -766,6 +776,7 @@ static const struct fuse_lowlevel_ops tdxf_ops = {
     .readdir = op_readdir,
     .open = op_open,
     .release = op_release,
+    .flush = op_flush,
     .read = op_read,
     .write = op_write,
     .ioctl = op_ioctl,

@@ -70,6 +70,10 @@ typedef struct {
     /* the open file's position: whence SEEK_SET / SEEK_CUR / SEEK_END; the new position or -errno */
     int64_t (*vfs_lseek)(void *ctx, uint64_t handle, int64_t offset, int whence);
     void (*vfs_release)(void *ctx, uint64_t handle);
+    /* a close(2) of one of the open file's fds (FUSE FLUSH; the preload library's close): the
+     * release that follows a last close is asynchronous on both transports, so the handler makes
+     * the client's next call on the tree wait for it */
+    void (*vfs_flush)(void *ctx, uint64_t handle);
 } tdxf_handler;
 
 /* The entries a device implemented in C lends the transport (no GIL). Passed between the two

@@ -102,6 +102,19 @@ void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor)
     s->rdev_minor = minor;
 }
 
+int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact)
+{
+    if (s->nmaps == TDXW_MAX_MAPS || strlen(client) >= TDXW_MAX_PATH || strlen(served) >= TDXW_MAX_SERVED ||
+        client[0] != '/')
+        return -EINVAL;
+    struct tdxw_map *m = &s->maps[s->nmaps++];
+    memset(m, 0, sizeof(*m));
+    snprintf(m->client, sizeof(m->client), "%s", client);
+    snprintf(m->served, sizeof(m->served), "%s", served);
+    m->exact = exact ? 1 : 0;
+    return 0;
+}
+
 void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out)
 {
     memset(out, 0, sizeof(*out));
@@ -116,6 +129,8 @@ void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out)
     out->mtime = (int64_t)s->started.tv_sec;
     out->nwindows = s->nwindows;
     memcpy(out->windows, s->windows, sizeof(out->windows));
+    out->nmaps = s->handler.vfs_stat ? s->nmaps : 0;
+    memcpy(out->maps, s->maps, sizeof(out->maps));
 }
 
 long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, unsigned mode,

@@ -61,6 +61,8 @@ typedef struct tdxf_server {
     char device_path[TDXW_MAX_PATH];
     struct tdxw_window windows[TDXW_MAX_WINDOWS];
     uint32_t nwindows;
+    struct tdxw_map maps[TDXW_MAX_MAPS]; /* the paths the preload library forwards (HELLO) */
+    uint32_t nmaps;
     uint32_t rdev_major, rdev_minor;
     tdxf_node nodes[TDXF_MAX_NODES]; /* nodes[i] has inode i + 1; nodes[0] is the root */
     int nnodes;
@@ -104,6 +106,9 @@ int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window);
 uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd);
 /* The device number stat answers for the node under the preload library (HELLO). */
 void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor);
+/* A client path the preload library forwards to the served tree (tdx_wire.h tdxw_map). 0 or -EINVAL
+ * (the table is full, a path too long). */
+int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact);
 /* The HELLO reply: device path, the device node's mode, rdev, start time and the window table. */
 void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out);
 

@@ -56,9 +56,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
         "preload-path", help="print the path of the LD_PRELOAD library",
         description="Print the absolute path of the library that, preloaded with "
-                    "TDXMODEL_SOCKET=PATH, forwards open/ioctl/close of the device node to "
-                    "`tdxmodel serve --socket PATH`. It cannot reach static or Go binaries or fopen: "
-                    "use the FUSE device file (serve --mount, --bind) for those.")
+                    "TDXMODEL_SOCKET=PATH, forwards the device node, the configfs-tsm tree, the CCEL "
+                    "files and the measurement files to `tdxmodel serve --socket PATH`. It cannot "
+                    "reach static or Go binaries or fopen: use the FUSE files (serve --mount, --bind, "
+                    "--bind-tsm, --bind-acpi) for those.")
     p.set_defaults(func=cmd_preload_path)
 
 

@@ -226,8 +226,15 @@ cdef void _py_vfs_release(void *ctx, uint64_t handle) noexcept with gil:
         _sink(ctx, e)
 
 
+cdef void _py_vfs_flush(void *ctx, uint64_t handle) noexcept with gil:
+    try:
+        _py(ctx).vfs_flush(handle)
+    except BaseException as e:
+        _sink(ctx, e)
+
+
 _VFS_METHODS = ("vfs_stat", "vfs_mkdir", "vfs_rmdir", "vfs_readdir", "vfs_open", "vfs_read",
-                "vfs_write", "vfs_lseek", "vfs_release")
+                "vfs_write", "vfs_lseek", "vfs_release", "vfs_flush")
 
 
 cdef class DeviceServer:
@@ -243,7 +250,8 @@ cdef class DeviceServer:
     the served tree (all of vfs_stat(path) -> (type, mode, size) | -errno, vfs_mkdir(path, mode,
     pid), vfs_rmdir(path, pid), vfs_readdir(path) -> [(name, is_dir)] | -errno, vfs_open(path,
     flags, pid) -> handle | -errno, vfs_read(handle, size, offset) -> bytes | -errno,
-    vfs_write(handle, data, offset), vfs_lseek(handle, offset, whence), vfs_release(handle); an
+    vfs_write(handle, data, offset), vfs_lseek(handle, offset, whence), vfs_release(handle),
+    vfs_flush(handle) (a close of one of its fds); an
     offset < 0 means the open file's position), served below NODE_VFS nodes.
     `fast_path` is an object whose fastpath() gives a tdxf_fastpath capsule (the core's DevicePath):
     ioctls and interrupts then run in C without the GIL. fuse_run and socket_run block (GIL
@@ -292,6 +300,7 @@ cdef class DeviceServer:
                 self.ops.vfs_write = _py_vfs_write
                 self.ops.vfs_lseek = _py_vfs_lseek
                 self.ops.vfs_release = _py_vfs_release
+                self.ops.vfs_flush = _py_vfs_flush
         self.handler = handler  # keeps ctx alive as long as the server
         self.fast_path = fast_path
         self.s = tdxf_server_new(&self.ops, device_path.encode())
@@ -308,6 +317,13 @@ cdef class DeviceServer:
         """set_rdev(major: int, minor: int) -> None: the device number the preload library's stat
         answers for the node (sent in HELLO)."""
         tdxf_set_rdev(self.s, major, minor)
+
+    def add_map(self, str client, str served, bint exact=False):
+        """add_map(client: str, served: str, exact=False) -> None: the preload library forwards the
+        absolute path `client` (and, unless exact, everything below it) to `served` of the served
+        tree (sent in HELLO)."""
+        if tdxf_add_map(self.s, client.encode(), served.encode(), exact) < 0:
+            raise ValueError(f"map {client} -> {served}: the table is full or a path is too long")
 
     def set_window(self, uint64_t cmd, uint32_t window):
         """set_window(cmd: int, window: int) -> None: bytes the driver may touch from arg for cmd."""

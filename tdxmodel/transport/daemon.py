@@ -35,6 +35,7 @@ from tdxmodel import _backend, abi, profiles
 
 FUSE_OPTIONS = "fsname=tdxmodel,subtype=tdxmodel,default_permissions,allow_other"
 MS_BIND = 4096
+ACPI_TABLES = "/sys/firmware/acpi/tables"   # where Linux shows ACPI tables (drivers/acpi/sysfs.c)
 MNT_DETACH = 2
 STATE_POLL_SECONDS = 0.2
 
@@ -186,6 +187,14 @@ class Daemon:
                                      node_id)
             if handler.tree.has_tsm:  # configfs-tsm: DIR/tsm is the emulated kernel's tree
                 self.server.add_node(1, "tsm", NODE_VFS, 0o755)
+            # what the preload library forwards to the served tree (README "LD_PRELOAD")
+            from tdxmodel.transport.tree import TSM, TSM_KERNEL_DIR
+            if handler.tree.has_tsm:
+                self.server.add_map(TSM_KERNEL_DIR, TSM)
+            for rel in ("CCEL", "data/CCEL"):
+                self.server.add_map(f"{ACPI_TABLES}/{rel}", f"acpi/tables/{rel}", True)
+            for d in profiles.get(self.driver).measurement_dirs:
+                self.server.add_map(d, "measurements")
         try:
             self.server.fuse_mount(self.mount, FUSE_OPTIONS, self.threads)
         except OSError as e:

@@ -177,6 +177,9 @@ class EmulatedDevice:
     def vfs_release(self, handle):
         self.tree.vfs_release(handle)
 
+    def vfs_flush(self, handle):
+        self.tree.vfs_flush(handle)
+
     # ------------------------------------------------------------------ the device file
     def attach_fast_path(self, path: Any) -> None:
         """Route ioctls through the core's nogil path (a ``tdxmodel._core._ext.DevicePath``, which

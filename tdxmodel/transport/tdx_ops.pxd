@@ -40,6 +40,7 @@ cdef extern from "tdx_ops.h" nogil:
         long (*vfs_write)(void *ctx, uint64_t handle, const char *buf, size_t size, int64_t offset) noexcept
         int64_t (*vfs_lseek)(void *ctx, uint64_t handle, int64_t offset, int whence) noexcept
         void (*vfs_release)(void *ctx, uint64_t handle) noexcept
+        void (*vfs_flush)(void *ctx, uint64_t handle) noexcept
 
     ctypedef struct tdxf_fastpath:
         void *ctx

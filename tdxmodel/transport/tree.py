@@ -17,7 +17,14 @@ configfs-tsm calls go to the emulated kernel's syscalls, so every errno is the k
 * reads and writes go at the transport's offset (``pread``/``pwrite`` of the emulated fd; FUSE sends
   the file position), so the double read of the first outblob read, EOF for an empty outblob,
   -EFBIG past 64 bytes, the open-mode -EACCES and the generation counter are the kernel's own;
-* mkdir, rmdir, stat and readdir run on a fresh Process each.
+* mkdir, rmdir, stat and readdir run on a fresh Process each;
+* the release of a last close comes after the client's close(2) has returned, on both transports
+  (FUSE sends RELEASE in the background, fs/fuse/file.c; a preload connection's end is read by
+  another thread), while configfs commits an inblob before close returns. So every close is
+  announced first (FUSE's FLUSH, the preload library's FLUSH request, both synchronous), and a
+  call on the tree waits, at most RELEASE_WAIT seconds, for the release of a written file whose fd
+  was closed: a client's next call sees the commit, as on the kernel. (A file with another fd
+  still open, dup'd or inherited, gets no release: the wait then ends at the bound.)
 """
 
 from __future__ import annotations
@@ -42,13 +49,15 @@ DIR, FILE = 1, 2   # tdx_ops.h TDXF_VFS_DIR, TDXF_VFS_FILE
 _TEXT_ATTRS = {"generation", "provider"}
 
 Stat = Tuple[int, int, int]   # (DIR | FILE, permission bits, st_size)
+#: The longest a call on the tree waits for the release of a closed, written file (seconds).
+RELEASE_WAIT = 0.5
 
 
 class _TsmFile:
-    __slots__ = ("process", "fd", "lock", "pos", "size")
+    __slots__ = ("process", "fd", "lock", "pos", "size", "writes")
 
-    def __init__(self, process: Any, fd: int, size: int) -> None:
-        self.process, self.fd, self.size = process, fd, size
+    def __init__(self, process: Any, fd: int, size: int, writes: bool) -> None:
+        self.process, self.fd, self.size, self.writes = process, fd, size, writes
         self.lock = threading.Lock()
         self.pos = 0
 
@@ -80,6 +89,8 @@ class ServedTree:
         self.has_tsm = device.profile.quote is not None
         self._files: Dict[int, Union[_TsmFile, _ControlFile]] = {}
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._closing: set = set()   # written files whose fd was closed, release not yet seen
         self._next = 1
         self._controls: Dict[str, Tuple[int, int, int]] = {}   # path -> (node, mode, size)
         self._dirs: Dict[str, List[Tuple[str, bool]]] = {}      # control directories -> entries
@@ -100,7 +111,22 @@ class ServedTree:
 
     # ------------------------------------------------------------------ paths
     def _tsm(self, path: str) -> Optional[str]:
-        return _kernel_path(path) if self.has_tsm else None
+        kpath = _kernel_path(path) if self.has_tsm else None
+        if kpath is not None and self._closing:
+            self._await_releases()
+        return kpath
+
+    def _await_releases(self) -> None:
+        with self._released:
+            self._released.wait_for(lambda: not self._closing, RELEASE_WAIT)
+            self._closing.clear()   # past the bound: an fd still open elsewhere, no release coming
+
+    def vfs_flush(self, handle: int) -> None:
+        """A close(2) of one of the open file's fds: a release may follow (see the module doc)."""
+        with self._lock:
+            f = self._files.get(handle)
+            if isinstance(f, _TsmFile) and f.writes:
+                self._closing.add(handle)
 
     def vfs_stat(self, path: str) -> Union[Stat, int]:
         kpath = self._tsm(path)
@@ -157,6 +183,15 @@ class ServedTree:
         return handle
 
     def vfs_open(self, path: str, flags: int, pid: int) -> int:
+        if flags & os.O_CREAT:
+            # configfs and kernfs have no create: a new name is -EACCES, O_EXCL on one that exists
+            # -EEXIST (fs/namei.c lookup_open); the preload library's opens arrive here with O_CREAT
+            st = self.vfs_stat(path)
+            if isinstance(st, tuple) and flags & os.O_EXCL:
+                return -errno.EEXIST
+            if st == -errno.ENOENT:
+                parent = self.vfs_stat(path.rsplit("/", 1)[0]) if "/" in path else (DIR, 0o755, 0)
+                return -errno.EACCES if isinstance(parent, tuple) and parent[0] == DIR else -errno.ENOENT
         kpath = self._tsm(path)
         if kpath is not None:
             p = self.kernel.process()
@@ -165,7 +200,8 @@ class ServedTree:
                 return fd
             p.mmap(IO_BASE, IO_MAX, "rw")
             st = self.vfs_stat(path)
-            return self._add(_TsmFile(p, fd, st[2] if isinstance(st, tuple) else 0))
+            return self._add(_TsmFile(p, fd, st[2] if isinstance(st, tuple) else 0,
+                                      flags & os.O_ACCMODE != os.O_RDONLY))
         if path in self._controls:
             node, mode, size = self._controls[path]
             # kernfs refuses to open a read-only attribute for writing, even for root
@@ -174,8 +210,8 @@ class ServedTree:
             if flags & os.O_ACCMODE != os.O_WRONLY and not mode & 0o444:
                 return -errno.EACCES
             return self._add(_ControlFile(node, size))
-        if path in self._dirs:
-            return -errno.EISDIR
+        if path in self._dirs:   # a directory opens for reading only; read(2) on it is -EISDIR
+            return -errno.EISDIR if flags & os.O_ACCMODE != os.O_RDONLY else self._add(_ControlFile(-1, 0))
         return -errno.ENOENT
 
     def vfs_release(self, handle: int) -> None:
@@ -184,15 +220,20 @@ class ServedTree:
         if isinstance(f, _TsmFile):
             with f.lock:
                 f.process.close(f.fd)   # configfs's release: a buffered inblob commits here
+        with self._released:
+            self._closing.discard(handle)
+            self._released.notify_all()
 
     def vfs_read(self, handle: int, size: int, offset: int) -> Union[bytes, int]:
+        if self._closing:
+            self._await_releases()
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
         with f.lock:
             pos = f.pos if offset < 0 else offset
             if isinstance(f, _ControlFile):
-                data = self.device.control_read(f.node, 0, size, pos)
+                data = self.device.control_read(f.node, 0, size, pos) if f.node >= 0 else -errno.EISDIR
             else:
                 p = f.process
                 count = min(size, IO_MAX)
@@ -203,13 +244,15 @@ class ServedTree:
             return data
 
     def vfs_write(self, handle: int, data: bytes, offset: int) -> int:
+        if self._closing:
+            self._await_releases()
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
         with f.lock:
             pos = f.pos if offset < 0 else offset
             if isinstance(f, _ControlFile):
-                n = self.device.control_write(f.node, 0, data, pos)
+                n = self.device.control_write(f.node, 0, data, pos) if f.node >= 0 else -errno.EBADF
             else:
                 p = f.process
                 # beyond the mapped buffer the copy faults as a client's unmapped page would
