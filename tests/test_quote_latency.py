@@ -38,6 +38,9 @@ def test_json_has_the_contract_keys_and_reproduces_the_table_on_the_virtual_cloc
     assert result["clock"] == "virtual" and result["hz"] == 1000 and result["service_ms"] == 4.6
     conc = result["quote_concurrency"]["callers"]
     assert list(conc) == ["1", "2", "4", "8"] and all(r["quotes"] == int(n) * 3 for n, r in conc.items())
+    # served one at a time: all N callers of a round take N quotes' time; quotes/s stays one caller's
+    assert [conc[n]["round_ms"] for n in conc] == [7.0, 14.0, 28.0, 56.0]
+    assert all(r["quotes_per_s"] == pytest.approx(1000 / 7) for r in conc.values())
 
 
 def test_poll_list_and_service_time(capsys):
@@ -52,7 +55,7 @@ def test_table_names_the_published_figures(capsys):
     code, out, _ = run_cli(capsys, "--quote-latency")
     assert code == 0
     assert "1025.95" in out and "6.85-10.93" in out and "2.99-10.76" in out and "HZ=1000" in out
-    assert "N callers in one TD" in out
+    assert "N callers in one TD asking at once" in out
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -27,7 +27,7 @@ Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R -
 
 ``--quote-latency [--poll-ms LIST] [--service-ms MS] [--clock virtual|real] [--json] [--plot FILE]``
 runs only the quote latency table (``quote_latency``, beside the published figures, quote.md §2.5)
-and the concurrency section (``quote_concurrency``: N callers in one TD, real clock).
+and the concurrency section (``quote_concurrency``: N callers in one TD asking at once, on the same clock).
 """
 
 from __future__ import annotations
@@ -351,9 +351,10 @@ def run_quote_latency(args) -> int:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
     result = ql.run(poll, service_ms=service, clock=clock, progress=progress)
-    progress("concurrency: 1, 2, 4, 8 callers in one TD (real clock)")
-    result["quote_concurrency"] = {"mode": "poll-5", "clock": "real",
-                                   "callers": ql.measure_concurrency(service_ms=service, quotes_per_caller=3)}
+    progress(f"concurrency: 1, 2, 4, 8 callers in one TD ({clock} clock)")
+    result["quote_concurrency"] = {"mode": "poll-5", "clock": clock,
+                                   "callers": ql.measure_concurrency(service_ms=service, quotes_per_caller=3,
+                                                                     clock=clock)}
     result["machine"] = machine_info()
     if args.plot:
         ql.write_plot(result, args.plot)
@@ -361,8 +362,10 @@ def run_quote_latency(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(ql.format_table(result))
-        print("N callers in one TD (poll-5, real clock): callers: quotes/s, median ms -> "
-              + "; ".join(f"{n}: {r['quotes_per_s']:.1f}, {r['median_ms']:.2f}"
+        print(f"N callers in one TD asking at once (poll-5, {clock} clock), callers: quotes/s, ms for all N"
+              + (", a caller's median ms" if clock == "real" else "") + " -> "
+              + "; ".join(f"{n}: {r['quotes_per_s']:.1f}, {r['round_ms']:.2f}"
+                          + (f", {r['median_ms']:.2f}" if "median_ms" in r else "")
                           for n, r in result["quote_concurrency"]["callers"].items()))
     return 0
 
