@@ -57,7 +57,7 @@ class ServedDevice:
     def __init__(self, driver: str = "v6.2", *, mode: Optional[int] = None, socket: bool = True,
                  state: Optional[str] = None, bind: Optional[str] = None,
                  extra_args: tuple = (), backend: Optional[str] = None,
-                 mount: Optional[str] = None) -> None:
+                 mount: Optional[str] = None, qgs: bool = True) -> None:
         if driver not in abi.DRIVERS:
             raise ValueError(f"driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         self.driver = driver
@@ -66,6 +66,10 @@ class ServedDevice:
         self.mount = pathlib.Path(mount) if mount else self.workdir / "mnt"
         self.state = pathlib.Path(state) if state else self.workdir / "state"
         self.socket = str(self.workdir / "sock") if socket else None
+        #: the daemon's quote generation service (Intel's QGS protocol, ``serve --qgs``)
+        self.qgs_socket = str(self.workdir / "qgs.sock") if qgs else None
+        self._pccs: Any = None
+        self._pccs_thread: Any = None
         self.bind = bind
         self.mode = mode
         self.backend = backend
@@ -82,6 +86,8 @@ class ServedDevice:
                str(self.mount), "--state", str(self.state)]
         if self.socket:
             cmd += ["--socket", self.socket]
+        if self.qgs_socket:
+            cmd += ["--qgs", self.qgs_socket]
         if self.mode is not None:
             cmd += ["--mode", f"{self.mode:o}"]
         if self.bind:
@@ -123,6 +129,11 @@ class ServedDevice:
     def stop(self) -> int:
         """SIGTERM, wait, then make sure nothing is left mounted; returns the exit status."""
         rc = 0
+        if self._pccs is not None:
+            self._pccs.shutdown()
+            self._pccs.server_close()
+            self._pccs_thread.join(10)
+            self._pccs = None
         self._last_stderr = self.stderr_text()
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -150,16 +161,128 @@ class ServedDevice:
         self.stop()
 
     # ------------------------------------------------------------------ clients' helpers
-    def preload_env(self, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    def preload_env(self, env: Optional[Dict[str, str]] = None, *,
+                    vsock_port: Optional[int] = None) -> Dict[str, str]:
         """Environment for a program that should reach this device at its real node path
-        (``/dev/tdx_guest`` or ``/dev/tdx-attest``) through the LD_PRELOAD library."""
+        (``/dev/tdx_guest`` or ``/dev/tdx-attest``) through the LD_PRELOAD library; its AF_VSOCK
+        connects to the host (CID 2) at ``vsock_port`` (default 4050) reach the QGS. ``vsock_port``
+        given: the program's ``/etc/tdx-attest.conf`` says ``port=N`` (libtdx_attest then asks the
+        QGS over vsock, quote.md §2.7 step 3)."""
         if not self.socket:
             raise ValueError("this device was started without a socket")
         from tdxmodel.cli.serve import PRELOAD_LIBRARY
         out = dict(os.environ if env is None else env)
         out["TDXMODEL_SOCKET"] = self.socket
         out["LD_PRELOAD"] = str(PRELOAD_LIBRARY)
+        if self.qgs_socket:
+            from tdxmodel.transport.qgs_server import preload_env
+            out.update(preload_env(self.qgs_socket, vsock_port, self.workdir))
         return out
+
+    # ------------------------------------------------------------------ the quote side
+    def report(self, reportdata: bytes = b"") -> bytes:
+        """A TDREPORT through the device file (the generation's report ioctl over FUSE)."""
+        import fcntl
+        cmd = profiles.get(self.driver).report
+        rd, out = cmd.field("reportdata"), cmd.field("tdreport")
+        if len(reportdata) > rd.size:
+            raise ValueError(f"reportdata is {len(reportdata)} bytes; at most {rd.size}")
+        buf = bytearray(max(cmd.request_len, out.end))
+        buf[rd.offset:rd.offset + len(reportdata)] = reportdata
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, cmd.value, buf)
+        finally:
+            os.close(fd)
+        return bytes(buf[out.offset:out.end])
+
+    def quote(self, reportdata: bytes = b"") -> bytes:
+        """quote(reportdata) -> a DCAP TD quote of this TD for REPORTDATA (zero-padded to 64 bytes), as
+        libtdx_attest's vsock path gets one: a TDREPORT through the device file, then a GET_QUOTE_REQ
+        to the daemon's quote generation service (Intel's QGS protocol, quote.md §4.2). Raises
+        RuntimeError with the QGS's error code if it refuses."""
+        import socket as _socket
+        from tdxmodel.host import qgs
+        if not self.qgs_socket:
+            raise ValueError("this device was started without the quote service (qgs=False)")
+        report = self.report(bytes(reportdata).ljust(abi.TDX_REPORTDATA_LEN, b"\0"))
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            s.settimeout(60)
+            s.connect(self.qgs_socket)
+            s.sendall(qgs.frame(qgs.get_quote_request(report)))
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        finally:
+            s.close()
+        if not reply:
+            raise RuntimeError("the quote service closed the connection without an answer")
+        message = qgs.unframe(reply)
+        _id, quote = qgs.inflate_get_quote_response(message)
+        if not quote:
+            raise RuntimeError(f"the quote service answered error 0x{qgs.header(message)[4]:08x}")
+        return quote
+
+    def _platform(self) -> Any:
+        from tdxmodel.host.collateral import Platform
+        from tdxmodel.state import StateStore
+        return Platform(StateStore(str(self.state)))
+
+    def collateral(self) -> Any:
+        """The emulated platform's collateral (``tdxmodel.host.collateral.Collateral``: TCB info, QE
+        identity, CRLs, issuer chains; ``.to_dcap_qvl_json()`` for dcap-qvl), what ``pccs_url`` serves."""
+        return self._platform().collateral()
+
+    @property
+    def root_ca(self) -> bytes:
+        """The emulated platform's root CA certificate (DER): the trust anchor a verifier must be given
+        in place of Intel's (README "The MAC is ours, not Intel's")."""
+        return self._platform().pki().root_der()
+
+    @property
+    def pccs_url(self) -> str:
+        """``http://127.0.0.1:PORT``: a PCCS (PCS v4 paths) for this platform's collateral, started
+        on a free loopback port on first use and stopped with the device."""
+        if self._pccs is None:
+            import threading
+            from tdxmodel.host.pccs import make_server
+            platform = self._platform()
+            platform.collateral()
+            self._pccs = make_server(platform, "127.0.0.1", 0)
+            self._pccs_thread = threading.Thread(target=self._pccs.serve_forever, kwargs={"poll_interval": 0.2},
+                                                 name="tdxmodel-pccs", daemon=True)
+            self._pccs_thread.start()
+        host, port = self._pccs.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def tsm_path(self) -> str:
+        """The configfs-tsm directory the daemon serves (``<mount>/tsm``; clients use
+        ``tsm_path + "/report"`` as ``/sys/kernel/config/tsm/report``). ValueError for a generation
+        without configfs-tsm (quote.md §1)."""
+        path = self.mount / "tsm"
+        if profiles.get(self.driver).quote is None or not path.is_dir():
+            raise ValueError(f"{self.driver}: the daemon serves no configfs-tsm tree")
+        return str(path)
+
+    def host_fault(self, fault: Optional[str] = None, **params: Any) -> None:
+        """host_fault("service_time", seconds=29.5): the next GetQuote meets this host fault (the
+        names and parameters of tdxmodel.host_faults: service_time, never, error, service_unavailable,
+        retry, oversize_out_len, out_len_changes, no_in_flight, no_interrupt; None: QEMU's behaviour)."""
+        words = [fault or "none"] + [f"{k}={v}" for k, v in params.items()]
+        try:
+            self.control("debug/host_fault").write_text(" ".join(words) + "\n")
+        except OSError as e:
+            raise ValueError(f"host fault {' '.join(words)!r} refused: {e.strerror}") from None
+
+    def host_counters(self) -> Dict[str, Any]:
+        """{"host": the VMM's counters (GetQuotes, completions, in flight ...), "qgs": the quote
+        service's (requests, quotes, error responses ...)}."""
+        return json.loads(self.control("debug/host_counters").read_text())
 
     def control(self, relpath: str) -> pathlib.Path:
         return self.mount / relpath

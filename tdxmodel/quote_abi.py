@@ -190,3 +190,52 @@ PCS_ROOT_CA_CRL_PATH = "/sgx/certification/v4/rootcacrl"
 HDR_TCB_INFO_ISSUER_CHAIN = "TCB-Info-Issuer-Chain"
 HDR_QE_IDENTITY_ISSUER_CHAIN = "SGX-Enclave-Identity-Issuer-Chain"
 HDR_PCK_CRL_ISSUER_CHAIN = "SGX-PCK-CRL-Issuer-Chain"
+
+# --- the QGS wire protocol (quote.md §4.2; qgs_msg_lib.h/.cpp [35], qgs_server.cpp [37]) ------------
+#: A frame is a 4-byte big-endian length of the message that follows, then the message.
+QGS_FRAME_LEN_BYTES = 4
+QGS_MSG_MAJOR_VER = 1                    # QGS_MSG_LIB_MAJOR_VER; the library checks only the major
+QGS_MSG_MINOR_VER = 1                    # QGS_MSG_LIB_MINOR_VER; QEMU also checks the minor (quote.md §4.1)
+#: qgs_msg_header_t: u16 major, u16 minor, u32 type, u32 size (whole message), u32 error_code
+QGS_HEADER_FMT = "<HHIII"
+QGS_HEADER_LEN = 16
+#: get_quote_req / get_quote_resp: the header, then two u32 (report_size + id_list_size, or
+#: selected_id_size + quote_size), then the bytes
+QGS_QUOTE_MSG_LEN = 24
+QGS_GET_QUOTE_REQ = 0
+QGS_GET_QUOTE_RESP = 1
+QGS_GET_COLLATERAL_REQ = 2
+QGS_GET_COLLATERAL_RESP = 3
+QGS_GET_PLATFORM_INFO_REQ = 4
+QGS_GET_PLATFORM_INFO_RESP = 5
+QGS_MSG_TYPE_MAX = 6
+#: The zero-filled error response of each request type is the fixed part of its response struct
+#: (qgs_msg_gen_error_resp): get_quote_resp 24, get_collateral_resp 16 + 2 + 2 + 7 * 4 = 48,
+#: get_platform_info_resp 16 + 2 + 2 + 4 + 4 = 28 bytes.
+QGS_ERROR_RESP_LEN = {QGS_GET_QUOTE_RESP: 24, QGS_GET_COLLATERAL_RESP: 48, QGS_GET_PLATFORM_INFO_RESP: 28}
+QGS_MSG_SUCCESS = 0
+QGS_MSG_ERROR_UNEXPECTED = 0x00012001    # QGS_MSG_MK_ERROR(x) = 0x00012000 | x
+QGS_MSG_ERROR_OUT_OF_MEMORY = 0x00012002
+QGS_MSG_ERROR_INVALID_PARAMETER = 0x00012003
+QGS_MSG_ERROR_INVALID_VERSION = 0x00012004
+QGS_MSG_ERROR_INVALID_TYPE = 0x00012005
+QGS_MSG_ERROR_INVALID_SIZE = 0x00012006
+QGS_MSG_ERROR_INVALID_CODE = 0x00012007
+QGS_MSG_ERROR_MAX = 0x00012008          # one past the last; a response code at or above it is INVALID_CODE
+#: The server answers a raw 1024-byte TDREPORT (no framing) with the raw quote (handle_raw_request).
+QGS_RAW_REPORT_LEN = 1024
+#: The server's first read is transfer_at_least(4 + 16) into a 4096-byte buffer (qgs_server.cpp).
+QGS_FIRST_READ_MIN = 20
+QGS_READ_BUFFER = 4096
+QGS_TIMEOUT_S = 30                       # QGS_TIMEOUT: per connection, then the socket is closed
+QGS_UNIX_SOCKET_PATH = "/var/run/tdx-qgs/qgs.socket"   # QGS_UNIX_SOCKET_FILE (server_main.cpp)
+QGS_VSOCK_PORT = 4050                    # qgs.conf "port = 4050"; guests: /etc/tdx-attest.conf port=4050
+VMADDR_CID_HOST = 2                      # the host's vsock CID libtdx_attest connects to (quote.md §2.7)
+#: The raw mode's "legitimate TD report" checks (get_raw_resp in qgs_ql_logic.cpp @a46ee8ab, over
+#: the SGX SDK's sgx_report2_t): REPORTTYPE type 0x81, subtype 0, version 0 or 1, its reserved byte,
+#: REPORTMACSTRUCT reserved1 (12 B @4) and reserved2 (32 B @192), and the report's reserved (17 B
+#: @495) all zero; anything else is closed without an answer.
+QGS_RAW_REPORT_TYPE = 0x81
+QGS_RAW_REPORT_SUBTYPE = 0
+QGS_RAW_REPORT_VERSIONS = (0, 1)
+QGS_RAW_ZERO_RANGES = ((3, 1), (4, 12), (192, 32), (495, 17))   # (offset, length)

@@ -3,9 +3,11 @@ with Intel's own sample program and our small client (tests/clients/tdx_attest_c
 the intel-downstream generation through FUSE (`tdxmodel run`) and through the LD_PRELOAD library
 (`tdxmodel run --preload`).
 
-What it reaches today: the report (TDX_CMD_GET_REPORT0) and the extends (TDX_CMD_EXTEND_RTMR; RTMR 2
-and 3 only, the driver answering -EINVAL for 0 and 1). Quotes are not reached yet (no configfs-tsm,
-QGS or downstream GET_QUOTE in the daemon): Intel's sample stops at its quote, and the test says so.
+The report (TDX_CMD_GET_REPORT0), the extends (TDX_CMD_EXTEND_RTMR; RTMR 2 and 3 only, the driver
+answering -EINVAL for 0 and 1), and quotes the way the library finds them (quote.md §2.7): over vsock
+to the QGS when /etc/tdx-attest.conf names a port (the preload library maps the connect onto the
+daemon's QGS socket, `run --preload --vsock-port N`). Every quote verifies in `tdxmodel quote verify`
+and in dcap-qvl, and carries the REPORTDATA and RTMRs of the TD that asked.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import shutil
 import subprocess
 import sys
 
+import dcap_qvl
 import pytest
 
 from tdxmodel import abi
+from tdxmodel import quote as Q
+from tdxmodel.host.collateral import Platform
 from tdxmodel.report import TdReport, verify
 from tdxmodel.state import StateStore
 
@@ -93,17 +98,56 @@ def test_our_client_reports_and_extends_rtmr_2_and_3(libtdx_attest, tmp_path, ba
     assert (b.rtmr[0], b.rtmr[1]) == (a.rtmr[0], a.rtmr[1])  # the refused extends changed nothing
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["fuse", "preload"])
-def test_intels_sample_gets_a_report_and_stops_at_the_quote(libtdx_attest, tmp_path, backend, preload):
-    """Intel's test_tdx_attest: the report it writes (report.dat) is a genuine TDREPORT of the
-    emulated platform; its quote fails (no quote transport is served yet), so it exits 1 before
-    its extends, as it does on a TD without a quote service."""
+def verifies_everywhere(state, raw, tmp_path, backend):
+    """The quote verifies in `tdxmodel quote verify` (exit 0, UpToDate) and in dcap-qvl against the
+    platform's collateral and root."""
+    import time
+    path = tmp_path / "verify-me.bin"
+    path.write_bytes(raw)
+    r = subprocess.run([sys.executable, "-m", "tdxmodel", "quote", "verify", str(path), "--state", state],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "UpToDate", r.stderr
+    platform = Platform(StateStore(state, backend=backend))
+    coll = dcap_qvl.QuoteCollateralV3.from_json(platform.collateral().to_dcap_qvl_json())
+    assert dcap_qvl.verify_with_root_ca(raw, coll, platform.pki().root_der(), int(time.time())).status == "UpToDate"
+    return Q.parse_quote(raw)
+
+
+#: How the library reaches a quote, and the run arguments that make it take that path (quote.md §2.7).
+QUOTE_PATHS = {
+    "vsock-preload": ["--driver", "intel-downstream", "--preload", "--vsock-port", "4050"],
+}
+
+
+@pytest.mark.parametrize("path", list(QUOTE_PATHS))
+def test_intels_sample_gets_its_quote_and_extends(libtdx_attest, tmp_path, backend, path):
+    """Intel's test_tdx_attest, start to end: report.dat is a genuine TDREPORT of the emulated
+    platform, quote.dat a quote of that TD that verifies, then RTMR 2 and 3 are extended (the values
+    they reach are checked with our client, whose second report shows them)."""
     state = str(tmp_path / "st")
-    args = ["--driver", "intel-downstream", "--backend", backend.BACKEND_NAME, "--state", state]
-    if preload:
-        args.append("--preload")
-    r = run(args + ["--", str(libtdx_attest / "test_tdx_attest")], cwd=tmp_path)
-    assert "Wrote TD Report to report.dat" in r.stdout
-    assert r.returncode == 1 and "Failed to get the quote" in r.stderr
-    raw = (tmp_path / "report.dat").read_bytes()
-    assert len(raw) == abi.TDX_REPORT_LEN and verify(raw, StateStore(state, backend=backend).module())[0]
+    r = run(QUOTE_PATHS[path] + ["--backend", backend.BACKEND_NAME, "--state", state, "--",
+                                 str(libtdx_attest / "test_tdx_attest")], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "Successfully get the TD Quote" in r.stdout
+    assert "Successfully extended rtmr[2]" in r.stderr and "Successfully extended rtmr[3]" in r.stderr
+    report = (tmp_path / "report.dat").read_bytes()
+    store = StateStore(state, backend=backend)
+    assert len(report) == abi.TDX_REPORT_LEN and verify(report, store.module())[0]
+    q = verifies_everywhere(state, (tmp_path / "quote.dat").read_bytes(), tmp_path, backend)
+    rep = TdReport.from_bytes(report)
+    assert q.reportdata == rep.reportdata
+    assert [q.fields[f"rtmr{i}"] for i in range(4)] == list(rep.rtmr)  # the TD before the extends
+
+
+@pytest.mark.parametrize("path", list(QUOTE_PATHS))
+def test_our_client_quotes_after_its_extends(libtdx_attest, tmp_path, backend, path):
+    state = str(tmp_path / "st")
+    r = run(QUOTE_PATHS[path] + ["--backend", backend.BACKEND_NAME, "--state", state, "--",
+                                 str(libtdx_attest / "tdx_attest_client"), "r1.bin", "r2.bin", "q.bin"],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    codes = json.loads(r.stdout)
+    assert codes["quote"] == SUCCESS and codes["extend2"] == codes["extend3"] == SUCCESS
+    q = verifies_everywhere(state, (tmp_path / "q.bin").read_bytes(), tmp_path, backend)
+    r2 = TdReport.from_bytes((tmp_path / "r2.bin").read_bytes())
+    assert q.reportdata == r2.reportdata and [q.fields[f"rtmr{i}"] for i in range(4)] == list(r2.rtmr)

@@ -1333,3 +1333,130 @@ int closedir(DIR *d)
     free(t);
     return 0;
 }
+
+/* ------------------------------------------------ AF_VSOCK to the quote service (quote.md §2.7, §4.2)
+ *
+ * libtdx_attest asks the host's QGS over vsock when /etc/tdx-attest.conf names a port: socket(AF_VSOCK),
+ * connect to CID 2 (VMADDR_CID_HOST) and that port, send the framed request, read the answer. With
+ * TDXMODEL_QGS_SOCKET=PATH (`tdxmodel serve --qgs PATH`), a connect of any stream socket to CID 2 and
+ * TDXMODEL_QGS_PORT (default 4050, qgs.conf's) becomes a connect to that Unix socket: a connected
+ * AF_UNIX socket is put in the fd's place (dup3, keeping its O_NONBLOCK and FD_CLOEXEC), so send,
+ * recv, poll and close work unchanged. Where the kernel has no vsock, socket(AF_VSOCK) gives a plain
+ * AF_UNIX stream socket to be replaced so (while TDXMODEL_QGS_SOCKET is set). Other vsock addresses go
+ * to the kernel (on such a stand-in: EINVAL, as an AF_UNIX socket answers a foreign address).
+ * TDXMODEL_TDX_ATTEST_CONF=FILE makes fopen of /etc/tdx-attest.conf open FILE (the port to use).
+ * Out of reach: getsockname/getpeername on the replaced socket (they show AF_UNIX), and raw syscalls. */
+#include <linux/vm_sockets.h>
+
+#define TDX_ATTEST_CONF "/etc/tdx-attest.conf"
+#define QGS_DEFAULT_PORT 4050u /* quote_abi.QGS_VSOCK_PORT */
+
+static pthread_once_t qgs_once = PTHREAD_ONCE_INIT;
+static char qgs_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static unsigned qgs_port = QGS_DEFAULT_PORT;
+static char attest_conf[4096];
+static int (*qgs_real_socket)(int, int, int);
+static int (*qgs_real_connect)(int, const struct sockaddr *, socklen_t);
+static int (*qgs_real_dup3)(int, int, int);
+static int (*qgs_real_close)(int);
+static FILE *(*qgs_real_fopen)(const char *, const char *);
+static FILE *(*qgs_real_fopen64)(const char *, const char *);
+
+static void qgs_init(void)
+{
+    int saved = errno;
+    qgs_real_socket = dlsym(RTLD_NEXT, "socket");
+    qgs_real_connect = dlsym(RTLD_NEXT, "connect");
+    qgs_real_dup3 = dlsym(RTLD_NEXT, "dup3");
+    qgs_real_close = dlsym(RTLD_NEXT, "close");
+    qgs_real_fopen = dlsym(RTLD_NEXT, "fopen");
+    qgs_real_fopen64 = dlsym(RTLD_NEXT, "fopen64");
+    const char *path = getenv("TDXMODEL_QGS_SOCKET");
+    if (path && *path && strlen(path) < sizeof(qgs_path))
+        strcpy(qgs_path, path);
+    const char *port = getenv("TDXMODEL_QGS_PORT");
+    if (port && *port) {
+        char *end;
+        unsigned long v = strtoul(port, &end, 10);
+        if (!*end && v > 0 && v <= 0xFFFFFFFFul)
+            qgs_port = (unsigned)v;
+    }
+    const char *conf = getenv("TDXMODEL_TDX_ATTEST_CONF");
+    if (conf && *conf && strlen(conf) < sizeof(attest_conf))
+        strcpy(attest_conf, conf);
+    errno = saved;
+}
+
+int socket(int domain, int type, int protocol)
+{
+    pthread_once(&qgs_once, qgs_init);
+    int fd = qgs_real_socket(domain, type, protocol);
+    if (fd < 0 && domain == AF_VSOCK && qgs_path[0] && (type & 0xf) == SOCK_STREAM &&
+        (errno == EAFNOSUPPORT || errno == ENODEV || errno == EPROTONOSUPPORT)) {
+        /* no vsock here: a stand-in that the connect to the QGS replaces */
+        return qgs_real_socket(AF_UNIX, type, 0);
+    }
+    return fd;
+}
+
+/* Put a Unix socket connected to the QGS in fd's place. */
+static int connect_qgs(int fd)
+{
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -1;
+    if (type != SOCK_STREAM) {
+        errno = ESOCKTNOSUPPORT;
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    if (fl < 0 || fdfl < 0)
+        return -1;
+    int s = qgs_real_socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, qgs_path, sizeof(sa.sun_path) - 1);
+    if (qgs_real_connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        fcntl(s, F_SETFL, fl & O_NONBLOCK) < 0 ||
+        qgs_real_dup3(s, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        int e = errno;
+        qgs_real_close(s);
+        errno = e == ENOENT ? ECONNREFUSED : e; /* no QGS listening: refused, as vsock says */
+        return -1;
+    }
+    qgs_real_close(s);
+    return 0;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    pthread_once(&qgs_once, qgs_init);
+    if (qgs_path[0] && addr && len >= sizeof(struct sockaddr_vm) && addr->sa_family == AF_VSOCK) {
+        const struct sockaddr_vm *vm = (const struct sockaddr_vm *)addr;
+        if (vm->svm_cid == VMADDR_CID_HOST && vm->svm_port == qgs_port)
+            return connect_qgs(fd);
+    }
+    return qgs_real_connect(fd, addr, len);
+}
+
+static const char *conf_path(const char *path)
+{
+    pthread_once(&qgs_once, qgs_init);
+    return attest_conf[0] && path && strcmp(path, TDX_ATTEST_CONF) == 0 ? attest_conf : path;
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+    const char *p = conf_path(path);
+    return qgs_real_fopen(p, mode);
+}
+
+FILE *fopen64(const char *path, const char *mode)
+{
+    const char *p = conf_path(path);
+    return qgs_real_fopen64 ? qgs_real_fopen64(p, mode) : qgs_real_fopen(p, mode);
+}

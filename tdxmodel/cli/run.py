@@ -61,6 +61,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--preload", action="store_true",
                    help="reach the device, configfs-tsm, CCEL and the measurement files through the "
                         "LD_PRELOAD library instead of mounts")
+    p.add_argument("--vsock-port", type=int, metavar="N",
+                   help="with --preload: CMD's /etc/tdx-attest.conf says port = N and its AF_VSOCK "
+                        "connects to the host (CID 2) at port N reach the emulated QGS, so "
+                        "libtdx_attest takes its vsock path for quotes")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_run)
 
@@ -75,12 +79,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise CliError("run: give the command after --, e.g. tdxmodel run -- ./client")
+    if args.vsock_port is not None and not args.preload:
+        raise CliError("--vsock-port needs --preload (only the preload library reaches the emulated "
+                       "QGS over vsock)")
+    if args.vsock_port is not None and not 0 < args.vsock_port <= 0xFFFFFFFF:
+        raise CliError(f"--vsock-port must be a port number 1..4294967295, not {args.vsock_port}")
     if os.geteuid() != 0:
         raise CliError("run needs root (it mounts FUSE and makes a private mount namespace)")
     workdir = tempfile.mkdtemp(prefix="tdxm-run-")
     spec = {"driver": args.driver, "state": os.path.abspath(args.state) if args.state else None,
             "config": os.path.abspath(args.config) if args.config else None, "backend": args.backend,
-            "preload": args.preload, "workdir": workdir, "cmd": cmd}
+            "preload": args.preload, "vsock_port": args.vsock_port, "workdir": workdir, "cmd": cmd}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
     proc = None
@@ -137,8 +146,9 @@ def inner(spec: Dict[str, Any]) -> int:
     from tdxmodel.transport.daemon import Daemon, DaemonError
     workdir = spec["workdir"]
     socket_path = os.path.join(workdir, "sock")
+    qgs_path = os.path.join(workdir, "qgs.sock")
     daemon = Daemon(spec["driver"], os.path.join(workdir, "mnt"), state=spec["state"],
-                    socket_path=socket_path, backend=spec["backend"])
+                    socket_path=socket_path, backend=spec["backend"], qgs=qgs_path)
     placement = Placement(workdir)
     child: Optional[subprocess.Popen] = None
     stop_requested: List[int] = []
@@ -159,8 +169,10 @@ def inner(spec: Dict[str, Any]) -> int:
         env = dict(os.environ)
         if spec["preload"]:
             from tdxmodel.cli.serve import PRELOAD_LIBRARY
+            from tdxmodel.transport.qgs_server import preload_env
             env["TDXMODEL_SOCKET"] = socket_path
             env["LD_PRELOAD"] = os.fspath(PRELOAD_LIBRARY)
+            env.update(preload_env(qgs_path, spec.get("vsock_port"), workdir))
         else:
             try:
                 for target, source in _places(daemon, spec["driver"], workdir):

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 from tdxmodel import abi
+from tdxmodel import quote_abi as qa
 from tdxmodel.cli import CliError
 
 PRELOAD_LIBRARY = pathlib.Path(__file__).resolve().parents[1] / "_lib" / "libtdxmodel_preload.so"
@@ -45,6 +46,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="show the configfs-tsm tree (DIR/tsm) at PATH (default /sys/kernel/config/tsm; "
                         "an overlay makes a missing path, removed on exit; generations with a quote "
                         "path only)")
+    p.add_argument("--qgs", nargs="?", const=qa.QGS_UNIX_SOCKET_PATH, metavar="PATH",
+                   help="also serve the emulated quote generation service on this Unix socket, Intel's "
+                        "QGS protocol (default PATH: /var/run/tdx-qgs/qgs.socket); the TD's GetQuote "
+                        "asks the same service")
     p.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
                    help="permissions of the device file and the socket (default 0600: root only)")
     p.add_argument("--backend", choices=("core", "reference"), help="emulator backend (default: core "
@@ -71,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
                         mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
-                        bind_acpi=args.bind_acpi, bind_tsm=args.bind_tsm)
+                        bind_acpi=args.bind_acpi, qgs=args.qgs, bind_tsm=args.bind_tsm)
     except DaemonError as e:
         raise CliError(str(e)) from None
     daemon.handle_signals()
@@ -83,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           + (f" socket {daemon.socket_path}" if daemon.socket_path else "")
           + (f" bind {daemon.bind}" if daemon.bind else "")
           + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else "")
+          + (f" qgs {daemon.qgs_path}" if daemon.qgs_path else "")
           + (f" tsm {daemon.bind_tsm}" if daemon.bind_tsm else ""), flush=True)
     daemon.serve_forever()
     return 0

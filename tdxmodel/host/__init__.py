@@ -8,6 +8,8 @@ It imports layer 0 (``abi``, ``quote_abi``, ``config``), the Python API (``repor
 * ``tdxmodel.host.pki``: certificates and CRLs as Intel's PCS issues them;
 * ``tdxmodel.host.collateral``: ``Platform``, the per-state-directory PKI, TCB position and collateral;
 * ``tdxmodel.host.pccs``: the PCS v4 HTTP server.
+* ``tdxmodel.host.qgs``: the quote generation service (Intel's QGS protocol, quote.md §4.2) over a
+  quote producer, and the VMM's producers over it (upstream QEMU's framing, the pass-through).
 
 **The quote-producer interface.** Whatever turns a TDREPORT into a quote on the host (the quote path's
 QGS/VMM model calls it) is a ``QuoteProducer``: one method ``produce(tdreport: bytes) -> bytes`` that

@@ -107,7 +107,8 @@ class Daemon:
     def __init__(self, driver: str, mount: str, *, state: Optional[str] = None,
                  socket_path: Optional[str] = None, bind: Optional[str] = None, mode: int = 0o600,
                  backend: Optional[str] = None, null: bool = False, threads: int = 16,
-                 bind_acpi: Optional[str] = None, bind_tsm: Optional[str] = None) -> None:
+                 bind_acpi: Optional[str] = None, qgs: Optional[str] = None,
+                 bind_tsm: Optional[str] = None) -> None:
         if driver not in abi.DRIVERS:
             raise DaemonError(f"--driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         if not 0 <= mode <= 0o777:
@@ -122,6 +123,11 @@ class Daemon:
         if self.bind_tsm and profiles.get(driver).quote is None:
             raise DaemonError(f"--bind-tsm: {driver} has no configfs-tsm (it is ioctl-only)")
         self._placement: Any = None
+        self._platform: Any = None
+        self.qgs_path = os.path.abspath(qgs) if qgs else None
+        self.qgs_service: Any = None
+        self.host: Any = None
+        self._qgs_server: Any = None
         self.mode = mode
         self.backend_name = backend
         self.null = null
@@ -136,7 +142,6 @@ class Daemon:
         self._mounted = False
         self._fuse_conn: Optional[int] = None
         self._backend: Any = None
-        self._host: Any = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -159,6 +164,7 @@ class Daemon:
             handler = None
         else:
             handler = self._make_device()
+            self._attach_quote_service()
         # the ioctl hot path runs without the GIL when the emulator is the C core, which lends the
         # transport its C path; the reference backend is served through Python alone
         fast = None
@@ -212,6 +218,14 @@ class Daemon:
                 self.stop()
                 raise DaemonError(f"cannot listen on {self.socket_path}: {e.strerror}") from None
             self._spawn("socket", self.server.socket_run)
+        if self.qgs_path and self.qgs_service is not None:
+            from tdxmodel.transport.qgs_server import QgsServer, QgsServerError
+            try:
+                self._qgs_server = QgsServer(self.qgs_service, self.qgs_path, mode=self.mode,
+                                             log=self._log).start()
+            except QgsServerError as e:
+                self.stop()
+                raise DaemonError(str(e)) from None
         if handler is not None and handler.store is not None:
             self._spawn("state", self._watch_state)
         if self.bind:
@@ -274,24 +288,31 @@ class Daemon:
         from tdxmodel.state import StateStore
         from tdxmodel.transport.device import EmulatedDevice
 
+        from tdxmodel.host.collateral import Platform
+
         backend = self._backend
         store = StateStore(self.state, backend=backend)
-        quotes = profiles.get(self.driver).quote is not None
-        if quotes:
-            # the platform's PKI first: making it moves the TD's TEE_TCB_SVN to the platform's TCB
-            # level (README "Quotes and verification"), which the live TD must report
-            from tdxmodel.host.collateral import Platform
-            platform = Platform(store)
-            platform.pki()
+        # the platform first: making its PKI sets the TD's TEE_TCB_SVNs in the state to its TCB level
+        # (Platform._apply_position), and the live TD must be built with them for its quotes to verify
+        self._platform = Platform(store)
+        self._platform.pki()
         module = backend.Module(store.load())
         kernel = backend.Kernel(module, self.driver)
         self.device = EmulatedDevice(kernel, store=store)
-        if quotes:
-            # GetQuote reaches the host, whose producer is the state's TDQE (README "Quotes and
-            # verification"): outblobs are quotes real verifiers accept
-            self._host = backend.Host(module, producer=platform.quoting_enclave(module=module))
-            self.device.attach_host(self._host)
         return self.device
+
+    def _attach_quote_service(self) -> None:
+        """The emulated platform's quote generation service (tdxmodel.host.qgs over its TDQE) and the
+        VMM behind the TD's GetQuote, which asks that same service (QgsVmm: framed payloads pass
+        through, a raw TDREPORT is framed as upstream QEMU does). ``--qgs PATH`` also serves it on a
+        Unix socket."""
+        from tdxmodel.host.qgs import QgsService, QgsVmm
+        from tdxmodel.transport.qgs_server import RateLimitedLog
+
+        tdqe = self._platform.quoting_enclave(module=self.device.module)
+        self.qgs_service = QgsService(tdqe, log=RateLimitedLog(self._log))
+        self.host = self._backend.Host(self.device.module, producer=QgsVmm(self.qgs_service))
+        self.device.attach_host(self.host, self.qgs_service)
 
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, name=f"tdxmodel-{name}", daemon=True)
@@ -426,6 +447,9 @@ class Daemon:
             # a client waiting for the lock held through debug/mr_lock would keep its FUSE worker,
             # and so the loop, from ending
             self.device.release_debug_lock()
+        if self._qgs_server is not None:
+            self._qgs_server.stop()
+            self._qgs_server = None
         if self.server is not None:
             if self.socket_path:
                 self.server.socket_stop()
@@ -453,6 +477,6 @@ class Daemon:
             self._mounted = False
         if self.device is not None:
             self.device.close()
-        if self._host is not None:
-            self._host.close()
-            self._host = None
+        if self.host is not None:
+            self.host.close()
+            self.host = None

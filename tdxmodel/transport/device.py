@@ -24,8 +24,9 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
                                        number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
 ``acpi/tables/CCEL``, ``.../data/CCEL`` the boot event log's ACPI table and log area (0400)
-``debug/host_fault`` (quote path)      write ``NAME [key=value ...]``: Host.push_fault(NAME, ...)
+``debug/host_fault``                   write ``NAME [key=value ...]``: Host.push_fault(NAME, ...)
                                        for the next GetQuote (``clear``: drop queued faults)
+``debug/host_counters``                JSON: the VMM's and the quote service's counters
 =====================================  ==========================================================
 
 The configfs-tsm tree (``tsm/report/...``, generations with a quote path) is the served tree of
@@ -136,20 +137,17 @@ class EmulatedDevice:
         self._measurement_fds: Dict[str, int] = {}
         self._control_lock = threading.Lock()
         self._mr_lock_held = False
+        self.host: Any = None
+        self.qgs: Any = None
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
-        self.host: Any = None
         from tdxmodel.transport.tree import ServedTree
         self.tree = ServedTree(self)
         if store is not None:
             self.sync_state()  # one read gives the generation and the RTMRs it goes with
 
     # ------------------------------------------------------------------ the served tree
-    def attach_host(self, host: Any) -> None:
-        """The VMM behind the TD's GetQuote (a backend Host): debug/host_fault pushes its faults."""
-        self.host = host
-
     def vfs_stat(self, path):
         return self.tree.vfs_stat(path)
 
@@ -300,39 +298,19 @@ class EmulatedDevice:
         for mr in self.profile.measurements:
             add(f"measurements/{mr.name}", mr.mode, self._measurement_reader(mr.name),
                 self._measurement_writer(mr.name))
+        if self.host is not None:
+            add("debug/host_fault", 0o200, lambda size, off: -errno.EACCES, self._write_host_fault)
+            add("debug/host_counters", 0o444,
+                lambda size, off: _text(json.dumps(self.host_counters()) + "\n", off),
+                lambda data, off: -errno.EACCES)
         # the boot event log as Linux shows it (drivers/acpi/sysfs.c): the CCEL table and LAML bytes
         # at its LASA, both root-only like sysfs's ACPI tables
         for rel, blob in self.acpi_tables().items():
             add(rel, 0o400, lambda size, off, blob=blob: blob[off:off + size],
                 lambda data, off: -errno.EACCES)
             self.control_sizes[rel] = len(blob)
-        if self.profile.quote is not None:
-            add("debug/host_fault", 0o200, lambda size, off: -errno.EACCES, self._write_host_fault)
         self.tree.add_controls(out, self.control_sizes)
         return out
-
-    def _write_host_fault(self, data: bytes, offset: int) -> int:
-        """debug/host_fault: ``NAME [seconds=S] [out_len=N]`` queues one host fault (README "The
-        guest's quote path": the fault menu) for the next GetQuote; ``clear`` drops the queue."""
-        if self.host is None:
-            return -errno.ENODEV
-        words = data.decode("ascii", "replace").split()
-        if not words:
-            return -errno.EINVAL
-        try:
-            if words == ["clear"]:
-                self.host.clear_faults()
-                return len(data)
-            params: Dict[str, Any] = {}
-            for word in words[1:]:
-                key, sep, value = word.partition("=")
-                if not sep:
-                    return -errno.EINVAL
-                params[key] = float(value) if key == "seconds" else int(value, 0)
-            self.host.push_fault(None if words[0] == "none" else words[0], **params)
-        except (ValueError, TypeError):
-            return -errno.EINVAL
-        return len(data)
 
     def acpi_tables(self) -> Dict[str, bytes]:
         """{relative path: bytes} of the CCEL table and its log area, from the state directory's
@@ -344,6 +322,40 @@ class EmulatedDevice:
             self._acpi = {"acpi/tables/CCEL": eventlog.ccel_table(len(area)),
                           "acpi/tables/data/CCEL": area}
         return self._acpi
+
+    # ------------------------------------------------------------------ the host behind GetQuote
+    def attach_host(self, host: Any, qgs: Any = None) -> None:
+        """The VMM (a backend Host) the TD's GetQuote reaches, and the QGS it asks; adds the control
+        files ``debug/host_fault`` (write ``NAME [seconds=S] [out_len=N]``: Host.push_fault for the
+        next GetQuote, the names of tdxmodel.host_faults, ``none`` for QEMU's behaviour; ``clear``
+        drops the queued faults) and ``debug/host_counters`` (JSON: the host's and the QGS's)."""
+        self.host = host
+        self.qgs = qgs
+
+    def host_counters(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"host": self.host.counters() if self.host is not None else None}
+        out["qgs"] = self.qgs.counters() if self.qgs is not None else None
+        return out
+
+    def _write_host_fault(self, data: bytes, offset: int) -> int:
+        words = data.decode("ascii", "replace").split()
+        if not words:
+            return -errno.EINVAL
+        if words == ["clear"]:
+            self.host.clear_faults()
+            return len(data)
+        name = None if words[0] == "none" else words[0]
+        params: Dict[str, Any] = {}
+        try:
+            for w in words[1:]:
+                key, sep, value = w.partition("=")
+                if not sep:
+                    return -errno.EINVAL
+                params[key] = float(value) if key == "seconds" else int(value, 0)
+            self.host.push_fault(name, **params)
+        except (ValueError, TypeError):
+            return -errno.EINVAL
+        return len(data)
 
     def counters(self) -> Dict[str, Any]:
         """The emulated kernel's and module's debug counters, plus open files (debug/counters)."""

@@ -1,10 +1,11 @@
 /* A small client of Intel's libtdx_attest (built unmodified from ../shared/clients/libtdx_attest by
  * tests/test_libtdx_attest.py): a report, extends of RTMR 2 and 3, extends of RTMR 0 and 1 (which
  * the library reports as TDX_ATTEST_ERROR_INVALID_RTMR_INDEX when the driver answers -EINVAL), and a
- * second report.
+ * second report; with QUOTE, then a quote (tdx_att_get_quote: vsock, configfs or the ioctl, as the
+ * library finds them, quote.md §2.7) for the same REPORTDATA.
  *
- * usage: tdx_attest_client REPORT1 REPORT2
- * Writes both TDREPORTs and prints one JSON object with every return code. */
+ * usage: tdx_attest_client REPORT1 REPORT2 [QUOTE]
+ * Writes the TDREPORTs (and the quote) and prints one JSON object with every return code. */
 #include <stdio.h>
 #include <string.h>
 
@@ -36,8 +37,8 @@ int main(int argc, char **argv)
     tdx_report_data_t rd;
     tdx_report_t r1, r2;
 
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s REPORT1 REPORT2\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s REPORT1 REPORT2 [QUOTE]\n", argv[0]);
         return 2;
     }
     memset(&rd, 0, sizeof(rd));
@@ -54,6 +55,20 @@ int main(int argc, char **argv)
     if (report2 == TDX_ATTEST_SUCCESS && write_file(argv[2], r2.d, sizeof(r2.d)))
         return 2;
     printf("{\"report1\": %d, \"extend2\": %d, \"extend3\": %d, \"extend1\": %d, \"extend0\": %d, "
-           "\"extend4\": %d, \"report2\": %d}\n", report1, ext2, ext3, ext1, ext0, ext4, report2);
+           "\"extend4\": %d, \"report2\": %d", report1, ext2, ext3, ext1, ext0, ext4, report2);
+    if (argc == 4) {
+        uint8_t *quote = NULL;
+        uint32_t quote_size = 0;
+        tdx_uuid_t key_id;
+        int q = (int)tdx_att_get_quote(&rd, NULL, 0, &key_id, &quote, &quote_size, 0);
+        if (q == TDX_ATTEST_SUCCESS) {
+            int bad = write_file(argv[3], quote, quote_size);
+            tdx_att_free_quote(quote);
+            if (bad)
+                return 2;
+        }
+        printf(", \"quote\": %d", q);
+    }
+    printf("}\n");
     return 0;
 }
