@@ -324,3 +324,31 @@ int gk_put_user_u64(gk_ctx *c, int point, uint64_t uaddr, uint64_t value)
     pthread_rwlock_unlock(&c->mm->lock);
     return rc;
 }
+
+size_t gk_user_read(gk_mm *mm, uint64_t uaddr, void *dst, size_t n)
+{
+    pthread_rwlock_rdlock(&mm->lock);
+    size_t left = walk(mm, uaddr, n, GK_PROT_READ, read_chunk, dst);
+    pthread_rwlock_unlock(&mm->lock);
+    return left;
+}
+
+size_t gk_user_write(gk_mm *mm, uint64_t uaddr, const void *src, size_t n)
+{
+    pthread_rwlock_rdlock(&mm->lock);
+    size_t left = walk(mm, uaddr, n, GK_PROT_WRITE, write_chunk, (void *)src);
+    pthread_rwlock_unlock(&mm->lock);
+    return left;
+}
+
+int gk_user_put(gk_mm *mm, uint64_t uaddr, const void *src, size_t n)
+{
+    int rc = -TDXM_EFAULT;
+    pthread_rwlock_rdlock(&mm->lock);
+    if (walk(mm, uaddr, n, GK_PROT_WRITE, noop_chunk, NULL) == 0) {
+        walk(mm, uaddr, n, GK_PROT_WRITE, write_chunk, (void *)src);
+        rc = 0;
+    }
+    pthread_rwlock_unlock(&mm->lock);
+    return rc;
+}

@@ -183,5 +183,11 @@ size_t gk_copy_from_user(gk_ctx *c, int point, void *dst, uint64_t uaddr, size_t
 size_t gk_copy_to_user(gk_ctx *c, int point, uint64_t uaddr, const void *src, size_t n);
 /* put_user of a u64: one store, all or nothing. 0 or -TDXM_EFAULT. */
 int gk_put_user_u64(gk_ctx *c, int point, uint64_t uaddr, uint64_t value);
+/* The VFS's own user accesses (do_vfs_ioctl, before any driver): no injection point, so fail_usercopy
+ * never fails them (a model simplification, docs/CONTRACT.md). read/write: the bytes not copied (the
+ * prefix up to the first bad byte is copied); put: one store of n <= 8 bytes, 0 or -TDXM_EFAULT. */
+size_t gk_user_read(gk_mm *mm, uint64_t uaddr, void *dst, size_t n);
+size_t gk_user_write(gk_mm *mm, uint64_t uaddr, const void *src, size_t n);
+int gk_user_put(gk_mm *mm, uint64_t uaddr, const void *src, size_t n);
 
 #endif /* GUEST_KERNEL_H */

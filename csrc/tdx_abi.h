@@ -115,6 +115,8 @@
 #define TDXM_ERANGE 34 /* errno (quote.md §0) */
 #define TDXM_ENAMETOOLONG 36 /* errno: a path component longer than NAME_MAX (Linux asm-generic/errno.h) */
 #define TDXM_ETIMEDOUT 110 /* errno (ref §0) */
+#define TDXM_EXDEV 18 /* errno: FICLONE from a file of another file system (fs/remap_range.c vfs_clone_file_range) (Linux asm-generic/errno-base.h) */
+#define TDXM_EOPNOTSUPP 95 /* errno: FIFREEZE / FS_IOC_FIEMAP on a file system without freeze_fs / fiemap (fs/ioctl.c) (Linux asm-generic/errno.h) */
 /* --- ioctl --- */
 #define TDX_CMD_GET_TDREPORT 0xC0085401U /* v4 (2022-04): _IOWR('T', 0x01, __u64) (ref §1, §2.2) */
 #define TDX_CMD_GET_REPORT0 0xC4405401U /* v6.2+: _IOWR('T', 1, struct tdx_report_req) (ref §1, §2.4) */
@@ -128,6 +130,29 @@
 #define TDX_EXTEND_RTMR_REQ_LEN 49 /* sizeof(struct tdx_extend_rtmr_req {u8 data[48]; u8 index;}), no padding (ref §1) */
 #define TDX_EXTEND_RTMR_REQ_OFF_INDEX 48 /* tdx_extend_rtmr_req.index (ref §1) */
 #define TDX_DOWNSTREAM_MIN_RTMR 2 /* Intel downstream EXTEND_RTMR refuses index < 2 (BIOS and kernel RTMRs). The reference names -EPERM (libtdx_attest's driver) and -EINVAL (td-partitioning); we model td-partitioning tdx-guest.c @1b3c1894 tdx_extend_rtmr: -EINVAL (ref §2.5 CONFLICT; quote.md §2.6) */
+/* --- vfs_ioctl --- */
+#define FIONBIO 21537 /* get_user(int) then set/clear O_NONBLOCK (fs/ioctl.c @011da44b ioctl_fionbio) */
+#define FIONCLEX 21584 /* clear close-on-exec (fs/ioctl.c @011da44b do_vfs_ioctl) */
+#define FIOCLEX 21585 /* set close-on-exec (fs/ioctl.c @011da44b do_vfs_ioctl) */
+#define FIOASYNC 21586 /* get_user(int); turning FASYNC on without f_op->fasync is -ENOTTY (fs/ioctl.c @011da44b ioctl_fioasync) */
+#define FIOQSIZE 21600 /* dir/regular/symlink only: a character device gets -ENOTTY (fs/ioctl.c @011da44b do_vfs_ioctl) */
+#define FIGETBSZ 2 /* _IO(0x00, 2): put_user(int s_blocksize) (fs/ioctl.c @011da44b do_vfs_ioctl; include/uapi/linux/fs.h) */
+#define FIFREEZE 0xC0045877U /* _IOWR('X', 119, int): CAP_SYS_ADMIN, then the superblock's freeze_fs (fs/ioctl.c @011da44b ioctl_fsfreeze) */
+#define FITHAW 0xC0045878U /* _IOWR('X', 120, int): CAP_SYS_ADMIN, then thaw_super (-EINVAL if not frozen) (fs/ioctl.c @011da44b ioctl_fsthaw) */
+#define FS_IOC_FIEMAP 0xC020660BU /* _IOWR('f', 11, struct fiemap, 32 B): -EOPNOTSUPP without i_op->fiemap, before any copy (fs/ioctl.c @011da44b ioctl_fiemap) */
+#define FICLONE 0x40049409U /* _IOW(0x94, 9, int): arg is the source fd (fs/ioctl.c @011da44b ioctl_file_clone; fs/remap_range.c) */
+#define FICLONERANGE 0x4020940DU /* _IOW(0x94, 13, struct file_clone_range, 32 B, src_fd first) (fs/ioctl.c @011da44b ioctl_file_clone_range) */
+#define FIDEDUPERANGE 0xC0189436U /* _IOWR(0x94, 54, struct file_dedupe_range, 24 B + 32 B per dest) (fs/ioctl.c @011da44b ioctl_file_dedupe_range) */
+#define FS_IOC_GETFSUUID 0x80111500U /* _IOR(0x15, 0, struct fsuuid2 {u8 len; u8 uuid[16];}): 6.9+ (fs/ioctl.c @v6.16 ioctl_getfsuuid (41bcbe59c3b3, 6.9)) */
+#define FS_IOC_GETFSSYSFSPATH 0x80811501U /* _IOR(0x15, 1, struct fs_sysfs_path {u8 len; u8 name[128];}): 6.10+ (fs/ioctl.c @v6.16 ioctl_get_fs_sysfs_path (ae8c51175730, 6.10)) */
+#define FIOQSIZE_LEN 8 /* FIOQSIZE writes a loff_t (fs/ioctl.c do_vfs_ioctl) */
+#define FILE_CLONE_RANGE_LEN 32 /* sizeof(struct file_clone_range) (include/uapi/linux/fs.h) */
+#define FILE_DEDUPE_RANGE_LEN 24 /* sizeof(struct file_dedupe_range) without its info[] (include/uapi/linux/fs.h) */
+#define FILE_DEDUPE_RANGE_OFF_COUNT 16 /* file_dedupe_range.dest_count (u16), read first with get_user (include/uapi/linux/fs.h) */
+#define FILE_DEDUPE_RANGE_INFO_LEN 32 /* sizeof(struct file_dedupe_range_info) (include/uapi/linux/fs.h) */
+#define FSUUID2_LEN 17 /* sizeof(struct fsuuid2) (include/uapi/linux/fs.h) */
+#define DEVTMPFS_UUID_LEN 16 /* tmpfs (so devtmpfs) has a 16-byte random uuid per mount; the model derives it from the seed (mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)) */
+/* --- ioctl --- */
 #define IOC_NRSHIFT 0 /* ioctl number bits 7:0 (ref §1) */
 #define IOC_TYPESHIFT 8 /* ioctl type bits 15:8 (ref §1) */
 #define IOC_SIZESHIFT 16 /* ioctl size bits 29:16 (ref §1) */
@@ -183,6 +208,9 @@
 /* --- kernel --- */
 #define SLAB_POISON_INUSE 90 /* byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible (Linux include/linux/poison.h (POISON_INUSE)) */
 #define MEASUREMENT_LEN 48 /* every 6.16 measurement file is 48 bytes (ref §2.5) */
+#define TSM_MR_ATTRS_SIZE 136 /* kzalloc of the bin_attribute pointer array and the names (kmalloc-192) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
+#define TSM_MR_CTX_SIZE 808 /* kzalloc of struct tm_context with its mrs[] (kmalloc-1024) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
+#define KMALLOC_8K 8192 /* the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes end at 4096, so an order-1 page allocation stands in for it (ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches) */
 /* --- tsm --- */
 #define TSM_INBLOB_MAX 64 /* cb_max_size of inblob: a write past it is -EFBIG (quote.md §1.1) */
 #define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
@@ -296,7 +324,10 @@ enum gk_point {
     GK_PT_RTMR_INDEX_COPY_FROM_USER = 16,
     GK_PT_EXTEND_DATA_KMALLOC = 17,
     GK_PT_EXTEND_DATA_COPY_FROM_USER = 18,
-    GK_NUM_POINTS = 19
+    GK_PT_TSM_MR_ATTRS_KZALLOC = 19,
+    GK_PT_TSM_MR_CTX_KZALLOC = 20,
+    GK_PT_KERNFS_BUF_KMALLOC = 21,
+    GK_NUM_POINTS = 22
 };
 static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "reportdata:kmalloc",
@@ -318,6 +349,9 @@ static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "rtmr_index:copy_from_user",
     "extend_data:kmalloc",
     "extend_data:copy_from_user",
+    "tsm_mr_attrs:kzalloc",
+    "tsm_mr_ctx:kzalloc",
+    "kernfs_buf:kmalloc",
 };
 static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
@@ -339,6 +373,9 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAIL_USERCOPY,
     GK_FAILSLAB,
     GK_FAIL_USERCOPY,
+    GK_FAILSLAB,
+    GK_FAILSLAB,
+    GK_FAILSLAB,
 };
 
 /* --- kmalloc size classes (tdxmodel/abi.py SLAB_CLASSES) --- */
@@ -355,8 +392,12 @@ enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_VERIFY_REPORT = 1, TDXM_CM
 #define TDXM_FIELD_VERIFY_REPORT_ERR_CODE 1
 #define TDXM_FIELD_EXTEND_RTMR_DATA 0
 #define TDXM_FIELD_EXTEND_RTMR_INDEX 1
+/* what do_vfs_ioctl does with a command it answers on the device node (profiles.VfsCommand) */
+enum tdxm_vfs_action { TDXM_VFS_OK = 0, TDXM_VFS_GET_INT = 1, TDXM_VFS_FIOASYNC = 2, TDXM_VFS_ERRNO = 3, TDXM_VFS_PUT_INT = 4, TDXM_VFS_CLONE = 5, TDXM_VFS_CLONE_RANGE = 6, TDXM_VFS_DEDUPE = 7, TDXM_VFS_FSUUID = 8 };
+#define TDXM_MAX_VFS 14
+typedef struct { unsigned cmd; int action, err; unsigned value; } tdxm_vfs; /* err positive */
 #define TDXM_MAX_FIELDS 2
-#define TDXM_MAX_PROFILE_POINTS 10
+#define TDXM_MAX_PROFILE_POINTS 12
 #define TDXM_MAX_ERRNO_MAP 2
 typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */
 typedef struct {
@@ -390,6 +431,8 @@ typedef struct {
     unsigned long long tsm_outblob_max;
     int tsm_no_provider_errno, tsm_visibility_callbacks, tsm_provider_gone_enxio, tsm_counts_items;
     int quote_out_len_once, quote_status_check;
+    int nvfs;                 /* commands do_vfs_ioctl answers before the driver (ref §1) */
+    tdxm_vfs vfs[TDXM_MAX_VFS];
 } tdxm_profile;
 static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
@@ -405,6 +448,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .cached_report_buf = 0, .resident = 0,
         .status_writeback_off = 0, .status_writeback_len = 8,
         .npoints = 5, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_GET_ZEROED_PAGE, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_STATUS_PUT_USER, GK_PT_TDREPORT_COPY_TO_USER},
+        .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
     },
     [TDXM_PROFILE_V6_2] = { /* ref §2.4 */
         .name = "v6.2", .ops = TDXM_OPS_V6_2,
@@ -419,6 +463,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .cached_report_buf = 0, .resident = 0,
         .status_writeback_off = 0, .status_writeback_len = 0,
         .npoints = 4, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER},
+        .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
     },
     [TDXM_PROFILE_V6_7] = { /* quote.md §1-§2.4; ref §2.4, §2.6 */
         .name = "v6.7", .ops = TDXM_OPS_V6_2,
@@ -437,6 +482,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENOTTY,
         .tsm_visibility_callbacks = 0, .tsm_provider_gone_enxio = 0, .tsm_counts_items = 0,
         .quote_out_len_once = 0, .quote_status_check = 0,
+        .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
     },
     [TDXM_PROFILE_V6_11] = { /* quote.md §1-§2.4; ref §2.4, §2.6 */
         .name = "v6.11", .ops = TDXM_OPS_V6_2,
@@ -455,6 +501,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENOTTY,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 0, .tsm_counts_items = 0,
         .quote_out_len_once = 0, .quote_status_check = 0,
+        .nvfs = 14, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}, {0x80111500U /* FS_IOC_GETFSUUID */, TDXM_VFS_FSUUID, 0, 0}, {0x80811501U /* FS_IOC_GETFSSYSFSPATH */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}},
     },
     [TDXM_PROFILE_V6_16] = { /* ref §2.5; quote.md §1-§2.4 */
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
@@ -466,13 +513,14 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 8192, .quote_buf_order = 1,
         .tsm_outblob_max = 32768ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
         .quote_out_len_once = 0, .quote_status_check = 0,
+        .nvfs = 14, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}, {0x80111500U /* FS_IOC_GETFSUUID */, TDXM_VFS_FSUUID, 0, 0}, {0x80811501U /* FS_IOC_GETFSSYSFSPATH */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}},
     },
     [TDXM_PROFILE_V7_0] = { /* ref §2.5; quote.md §1-§2.4 */
         .name = "v7.0", .ops = TDXM_OPS_V6_16,
@@ -484,13 +532,14 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
         .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
         .quote_out_len_once = 1, .quote_status_check = 0,
+        .nvfs = 14, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}, {0x80111500U /* FS_IOC_GETFSUUID */, TDXM_VFS_FSUUID, 0, 0}, {0x80811501U /* FS_IOC_GETFSSYSFSPATH */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}},
     },
     [TDXM_PROFILE_V7_1] = { /* ref §2.5; quote.md §1-§2.4 */
         .name = "v7.1", .ops = TDXM_OPS_V6_16,
@@ -502,13 +551,14 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .nerrno = 2, .errno_class = {0xC0000100U, 0x80000200U}, .errno_value = {TDXM_ENXIO, TDXM_EBUSY},
         .errno_default = TDXM_EIO,
         .has_mr_lock = 1, .has_quote_lock = 1,
-        .cached_report_buf = 1, .resident = 2,
+        .cached_report_buf = 1, .resident = 4,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 9, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
+        .npoints = 12, .points = {GK_PT_REPORT_BUF_KZALLOC, GK_PT_TSM_MR_ATTRS_KZALLOC, GK_PT_TSM_MR_CTX_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_KERNFS_BUF_KMALLOC, GK_PT_MEASUREMENT_COPY_TO_USER, GK_PT_MEASUREMENT_COPY_FROM_USER, GK_PT_QUOTE_BUF_ALLOC_PAGES, GK_PT_OUTBLOB_KVMEMDUP, GK_PT_CONFIGFS_COPY_FROM_USER, GK_PT_CONFIGFS_COPY_TO_USER},
         .has_quote = 1, .quote_buf_size = 131072, .quote_buf_order = 5,
         .tsm_outblob_max = 16777216ULL, .tsm_no_provider_errno = TDXM_ENXIO,
         .tsm_visibility_callbacks = 1, .tsm_provider_gone_enxio = 1, .tsm_counts_items = 1,
         .quote_out_len_once = 1, .quote_status_check = 1,
+        .nvfs = 14, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}, {0x80111500U /* FS_IOC_GETFSUUID */, TDXM_VFS_FSUUID, 0, 0}, {0x80811501U /* FS_IOC_GETFSSYSFSPATH */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}},
     },
     [TDXM_PROFILE_INTEL_DOWNSTREAM] = { /* quote.md §2.6; ref §1, §2.4 */
         .name = "intel-downstream", .ops = TDXM_OPS_INTEL_DOWNSTREAM,
@@ -523,6 +573,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .cached_report_buf = 0, .resident = 0,
         .status_writeback_off = 0, .status_writeback_len = 0,
         .npoints = 10, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_REPORTMAC_KMALLOC, GK_PT_REPORTMAC_COPY_FROM_USER, GK_PT_ERR_CODE_COPY_TO_USER, GK_PT_RTMR_INDEX_COPY_FROM_USER, GK_PT_EXTEND_DATA_KMALLOC, GK_PT_EXTEND_DATA_COPY_FROM_USER},
+        .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
     },
 };
 

@@ -30,6 +30,7 @@ struct td_kernel {
     _Atomic int tsm_rwsem; /* tsm-mr's own rwsem (ref §2.5 "Read"): -1 a writer, else the readers */
     _Atomic int mr_outside_hold; /* mr_lock is held through td_mr_lock_try (a test playing another task) */
     tsm_state *tsm;        /* configfs-tsm and the quote provider (profiles with a quote path) */
+    uint8_t fs_uuid[DEVTMPFS_UUID_LEN]; /* the device node's file system uuid (FS_IOC_GETFSUUID) */
 };
 
 struct td_process {
@@ -399,8 +400,46 @@ unlock: /* 5 */
  * writing, and if still stale refresh with tdx_do_report (mr_lock, -EINTR; a REPORT using whatever sits
  * at buf+128), then downgrade; 5 copy from the cache (a refresh error is returned instead); 6 kernfs
  * copies to the user. A fresh or non-LIVE read never touches mr_lock. */
+/* kernfs' bounce buffer (ref §2.5 "Read" #1, "Write" #1): kmalloc(size), which kfree_kernfs frees.
+ * kmalloc(0) is ZERO_SIZE_PTR (no point); kmalloc(4097) is kmalloc-8k, beyond the model's slab
+ * classes: failslab sees 8 KiB and an order-1 page allocation stands in (KMALLOC_8K). */
+static const uint8_t kernfs_zero_size;
+static void *kernfs_alloc(gk_ctx *c, size_t size)
+{
+    if (size == 0)
+        return (void *)&kernfs_zero_size;
+    if (size <= TDX_PAGE_SIZE)
+        return gk_kmalloc(c, GK_PT_KERNFS_BUF_KMALLOC, size, 0);
+    if (gk_should_fail(c, GK_PT_KERNFS_BUF_KMALLOC, GK_FAILSLAB, KMALLOC_8K, 0))
+        return NULL;
+    return gk_alloc_pages(c, GK_PT_KERNFS_BUF_KMALLOC, 1, GK_NOFAIL);
+}
+
+static void kernfs_free(gk_ctx *c, void *buf, size_t size)
+{
+    if (size > TDX_PAGE_SIZE)
+        gk_free_pages(c, buf, 1);
+    else if (size)
+        gk_kfree(c, buf);
+}
+
+static long read_measurement_cached(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                    int64_t count, int64_t offset);
+
 static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                              int64_t offset)
+{
+    size_t size = count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE;
+    void *buf = kernfs_alloc(c, size);
+    if (!buf)
+        return -TDXM_ENOMEM;
+    long ret = read_measurement_cached(p, c, node, addr, count, offset);
+    kernfs_free(c, buf, size);
+    return ret;
+}
+
+static long read_measurement_cached(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                    int64_t count, int64_t offset)
 {
     td_kernel *tk = p->tk;
     if (offset >= MEASUREMENT_LEN || count == 0)
@@ -440,8 +479,24 @@ static long read_measurement(td_process *p, gk_ctx *c, const td_node *node, uint
  * 3 tsm-mr: offset != 0 or clipped count != 48 -> -EINVAL;
  * 5 tdx_do_extend: lock, the first 48 bytes to buf+128, leaf 2 with RCX = pa(buf+128), RDX = index;
  * 6 success marks the cache stale and returns 48. */
+static long write_measurement_copied(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                     int64_t count, int64_t offset);
+
 static long write_measurement(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr, int64_t count,
                               int64_t offset)
+{
+    /* 0: kernfs kmallocs min(count, PAGE_SIZE) + 1 (the terminating NUL) first */
+    size_t size = (count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE) + 1;
+    void *buf = kernfs_alloc(c, size);
+    if (!buf)
+        return -TDXM_ENOMEM;
+    long ret = write_measurement_copied(p, c, node, addr, count, offset);
+    kernfs_free(c, buf, size);
+    return ret;
+}
+
+static long write_measurement_copied(td_process *p, gk_ctx *c, const td_node *node, uint64_t addr,
+                                     int64_t count, int64_t offset)
 {
     td_kernel *tk = p->tk;
     size_t len = count < TDX_PAGE_SIZE ? (size_t)count : TDX_PAGE_SIZE;
@@ -580,6 +635,17 @@ static int init_v6_16(td_kernel *tk, gk_ctx *cp, int misaligned_report_buf, uint
         tk->report_buf = NULL;
         return (int)ret;
     }
+    /* tsm_mr_create_attribute_group (ref §2.5 "Init order" 1.3): both kzallocs are made before either
+     * is checked; a failure unwinds tdx_mr_init (the report buffer too) and the load fails -ENOMEM */
+    void *attrs = gk_kmalloc(&c, GK_PT_TSM_MR_ATTRS_KZALLOC, TSM_MR_ATTRS_SIZE, GK_ZERO);
+    void *ctx = gk_kmalloc(&c, GK_PT_TSM_MR_CTX_KZALLOC, TSM_MR_CTX_SIZE, GK_ZERO);
+    if (!attrs || !ctx) {
+        gk_kfree(&c, attrs);
+        gk_kfree(&c, ctx);
+        gk_kfree(&c, tk->report_buf);
+        tk->report_buf = NULL;
+        return -TDXM_ENOMEM;
+    }
     atomic_store(&tk->mr_stale, 1); /* the tsm-mr cache starts stale */
     return 0;
 }
@@ -609,6 +675,97 @@ static const td_ops *const OPS[TDXM_NUM_OPS] = {
     [TDXM_OPS_INTEL_DOWNSTREAM] = &ops_intel_downstream,
 };
 
+/* ---- the commands do_vfs_ioctl answers before any driver (ref §1; tdxmodel.profiles.VfsCommand) ---- */
+
+/* tmpfs draws a random uuid per mount (mm/shmem.c); the model draws it from the seed: two splitmix64
+ * steps, version 4 and the RFC 4122 variant (tdxmodel.profiles.devtmpfs_uuid, the same on both backends) */
+static void devtmpfs_uuid(uint64_t seed, uint8_t out[DEVTMPFS_UUID_LEN])
+{
+    uint64_t x = seed;
+    for (int i = 0; i < 2; i++) {
+        x += 0x9E3779B97F4A7C15ULL;
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        for (int b = 0; b < 8; b++)
+            out[8 * i + b] = (uint8_t)(z >> (8 * b));
+    }
+    out[6] = (uint8_t)((out[6] & 0x0F) | 0x40);
+    out[8] = (uint8_t)((out[8] & 0x3F) | 0x80);
+}
+
+static const td_node *fd_node(td_process *p, int fd, int *accmode);
+
+/* FICLONE's checks up to the first that fails on a character device (fs/remap_range.c): the source
+ * fd (fdget takes an unsigned int), the superblock, then "not a regular file". */
+static long vfs_clone(td_process *p, uint64_t srcfd)
+{
+    uint32_t fd = (uint32_t)srcfd;
+    int accmode = 0;
+    const td_node *src = fd < FD_LIMIT ? fd_node(p, (int)fd, &accmode) : NULL;
+    if (!src)
+        return -TDXM_EBADF;
+    return src->kind == TD_NODE_DEVICE ? -TDXM_EINVAL : -TDXM_EXDEV;
+}
+
+static long vfs_ioctl(td_process *p, const tdxm_vfs *v, uint64_t arg)
+{
+    uint8_t buf[TDX_PAGE_SIZE];
+    switch (v->action) {
+    case TDXM_VFS_OK:
+        return 0;
+    case TDXM_VFS_ERRNO:
+        return -v->err;
+    case TDXM_VFS_GET_INT:
+    case TDXM_VFS_FIOASYNC: {
+        uint32_t on = 0;
+        if (gk_user_read(p->mm, arg, &on, sizeof on))
+            return -TDXM_EFAULT;
+        /* FASYNC would change and the misc device has no fasync (it is never on, so only on != 0) */
+        return v->action == TDXM_VFS_FIOASYNC && on ? -TDXM_ENOTTY : 0;
+    }
+    case TDXM_VFS_PUT_INT: {
+        uint32_t value = v->value;
+        return gk_user_put(p->mm, arg, &value, sizeof value);
+    }
+    case TDXM_VFS_FSUUID:
+        buf[0] = DEVTMPFS_UUID_LEN;
+        memcpy(buf + 1, p->tk->fs_uuid, DEVTMPFS_UUID_LEN);
+        return gk_user_write(p->mm, arg, buf, FSUUID2_LEN) ? -TDXM_EFAULT : 0;
+    case TDXM_VFS_CLONE:
+        return vfs_clone(p, arg);
+    case TDXM_VFS_CLONE_RANGE: {
+        if (gk_user_read(p->mm, arg, buf, FILE_CLONE_RANGE_LEN))
+            return -TDXM_EFAULT;
+        uint64_t src_fd;
+        memcpy(&src_fd, buf, sizeof src_fd);
+        return vfs_clone(p, src_fd);
+    }
+    case TDXM_VFS_DEDUPE: {
+        uint16_t count;
+        uint64_t at = arg + FILE_DEDUPE_RANGE_OFF_COUNT;
+        if (at < arg || gk_user_read(p->mm, at, &count, sizeof count))
+            return -TDXM_EFAULT;
+        size_t size = FILE_DEDUPE_RANGE_LEN + (size_t)FILE_DEDUPE_RANGE_INFO_LEN * count;
+        if (size > TDX_PAGE_SIZE)
+            return -TDXM_ENOMEM;
+        if (gk_user_read(p->mm, arg, buf, size)) /* memdup_user */
+            return -TDXM_EFAULT;
+        return -TDXM_EINVAL; /* vfs_dedupe_file_range: not a regular file */
+    }
+    }
+    return -TDXM_ENOTTY;
+}
+
+static const tdxm_vfs *vfs_command(const tdxm_profile *prof, uint32_t cmd)
+{
+    for (int i = 0; i < prof->nvfs; i++)
+        if (prof->vfs[i].cmd == cmd)
+            return &prof->vfs[i];
+    return NULL;
+}
+
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
@@ -631,6 +788,7 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
     tk->prof = &TDXM_PROFILES[driver];
     tk->ops = OPS[tk->prof->ops];
     tk->gk = gk_kernel_create(m, seed);
+    devtmpfs_uuid(seed, tk->fs_uuid);
     tk->nodes = calloc(nnodes ? nnodes : 1, sizeof *tk->nodes);
     if (!tk->gk || !tk->nodes)
         goto fail;
@@ -846,6 +1004,7 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
 {
     int accmode = 0;
     const td_node *node = fd_node(p, fd, &accmode);
+    const tdxm_vfs *vfs;
     gk_ctx c;
     ctx_init(&c, p);
     long ret;
@@ -853,6 +1012,8 @@ long td_ioctl(td_process *p, int fd, uint32_t cmd, uint64_t arg)
         ret = -TDXM_EBADF;
     else if (node->kind != TD_NODE_DEVICE)
         ret = -TDXM_ENOTTY;
+    else if ((vfs = vfs_command(p->tk->prof, cmd)) != NULL)
+        ret = vfs_ioctl(p, vfs, arg); /* do_vfs_ioctl: the driver never sees it (ref §1) */
     else
         ret = p->tk->ops->ioctl(p, &c, cmd, arg);
     return ctx_finish(&c, p, ret);

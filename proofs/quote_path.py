@@ -79,7 +79,7 @@ class QuoteEnv:
         self.leftover = b("leftover_in_flight")      # an earlier request's buffer still IN_FLIGHT
         self.points = tuple(p for p in READ_POINTS if p in prof.points)
         self.fail = {p: b(f"fail[{p}]") for p in self.points}
-        init_points = [p for p in ("report_buf:kzalloc", "quote_buf:alloc_pages") if p in prof.points]
+        init_points = list(prof.init_points)   # module load's points, in order (profiles.INIT_POINTS)
         self.init_fail = {p: b(f"init.fail[{p}]") for p in init_points}
         self.decrypt_fails = b("init.decrypt_fails")
 

@@ -38,7 +38,8 @@ def test_case_space_covers_every_injection_point(backend, make_kernel):
         k = make_kernel(driver)
         declared = set(spec.p.report.points)
         assert declared <= set(k.injection_points()), driver
-        assert declared == {p for p in k.injection_points() if not p.startswith(("measurement:", "report_buf:", "quote_buf:", "outblob:", "configfs:"))} \
+        assert declared == {p for p in k.injection_points() if not p.startswith(("measurement:", "report_buf:", "quote_buf:", "outblob:", "configfs:",
+                                                                                  "tsm_mr_", "kernfs_buf:"))} \
             or len(spec.p.commands) > 1, driver
         failed = {inj.failed_point for inj in SPACE[driver].values() if inj.failed_point}
         assert declared == failed, driver
@@ -76,3 +77,25 @@ def test_conformance_check_detects_a_drifted_encoding(backend):
     diffs = differences(expected_record("v6.2", spec, module_report(backend.BACKEND_NAME), drifted), record)
     assert any(d.startswith("changed:") for d in diffs), diffs
     assert any(d.startswith("trace:") for d in diffs), diffs
+
+
+@pytest.mark.parametrize("nth, point", [(2, "tsm_mr_attrs:kzalloc"), (3, "tsm_mr_ctx:kzalloc")])
+def test_v6_16_tsm_mr_init_failure_matches(backend, make_module, nth, point):
+    """tsm_mr_create_attribute_group's kzallocs: the encoding and both backends agree on the load's
+    -ENOMEM, and the encoding frees every init buffer it allocated (the no_leak theorem's init half)."""
+    from proofs.symbolic import Injection
+    import z3
+    inj = Injection(prefix="init.")
+    init = DRIVERS["v6.16"].init(inj)
+    s = z3.SolverFor("QF_BV")
+    others = [inj.fails(q) for q in ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc")
+              if q != point]
+    s.add(inj.fails(point), *[z3.Not(o) for o in others], inj.tdcall_status == 0, *init.path.assumptions)
+    assert s.check() == z3.sat
+    m = s.model()
+    predicted = m.eval(init.ret, model_completion=True).as_long() - (1 << 64)
+    assert all(z3.is_false(m.eval(z3.And(b.allocated, z3.Not(b.freed)), model_completion=True))
+               for b in init.path.buffers)
+    with pytest.raises(errors.KernelError) as exc:
+        backend.Kernel(make_module(), "v6.16", fail_nth=nth)
+    assert -exc.value.errno == predicted == -abi.ENOMEM

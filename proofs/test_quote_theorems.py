@@ -96,7 +96,9 @@ def test_most_campaign_quote_cases_are_in_the_encoding():
         ids = {c for drv, c in CASES if drv == d}
         assert {"quote", "host:never", "host:no_in_flight", "signal:sleep:30", "fail_nth:1",
                 "misuse:no_provider", "misuse:retry_after_eintr"} <= ids
-        assert len(ids) >= len(campaign_quote.cases(d)) - 20
+        # module-load cases are outside the encoding (``encodable``); their number follows the
+        # profile's init points (6.16+: tsm-mr's two too), so they are not counted against it
+        assert len(ids) >= len([c for c in campaign_quote.cases(d) if c["init"] is None]) - 16
 
 
 @pytest.mark.parametrize("driver,case_id", CASES, ids=[f"{d}:{c}" for d, c in CASES])

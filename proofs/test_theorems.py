@@ -65,3 +65,24 @@ def test_whole_matrix_is_fast():
     results = run_all()
     assert len(results) == len(THEOREMS) * len(DRIVERS)
     assert max(r.seconds for r in results) < 10, [(r.theorem, r.driver, r.seconds) for r in results]
+
+
+def test_unknown_command_clause_excludes_what_the_vfs_answers():
+    """v4 returns 0 for a command it does not know (the expected counterexample); a command the VFS
+    answers first (FIOQSIZE: -ENOTTY from do_vfs_ioctl, ref §1) never reaches the driver, so the
+    theorems do not range over it, while FIONREAD (which a character device passes on) still does."""
+    import z3
+    from proofs.engine import check
+    from proofs.theorems import theorem_errno_contract
+    from tdxmodel import abi, profiles
+    spec = DRIVERS["v4-2022-04"]
+    ob = theorem_errno_contract(spec)
+    cmd = ob.variables["cmd"]
+    assert check(ob).result == COUNTEREXAMPLE
+    for v in profiles.get("v4-2022-04").vfs_commands:   # outside what the theorem quantifies over
+        pinned = type(ob)(ob.claim, tuple(ob.assumptions) + (cmd == v.cmd,), ob.variables)
+        assert check(pinned).reason == "assumptions are contradictory", v.name
+    other = type(ob)(ob.claim, tuple(ob.assumptions) + (cmd == 0x541B,), ob.variables)  # FIONREAD
+    assert check(other).result == COUNTEREXAMPLE
+    assert prove("errno_contract", "v4-2022-04").counterexample["cmd"] not in {
+        v.cmd for v in profiles.get("v4-2022-04").vfs_commands}

@@ -29,9 +29,18 @@ THEOREMS: Tuple[str, ...] = ("no_leak", "errno_contract", "no_silent_loss", "no_
                              "status_mapping", "operand_checks", "serialisation")
 
 
+def reaches_driver(spec: DriverSpec, cmd: z3.BitVecRef) -> z3.BoolRef:
+    """The command is not one do_vfs_ioctl answers itself on the device node (ref §1 "Commands the VFS
+    handles first"; profiles.VfsCommand): only those reach the driver this encoding mirrors."""
+    return z3.And([cmd != z3.BitVecVal(v.cmd, CMD_BITS) for v in spec.p.vfs_commands])
+
+
 def _ioctl(spec: DriverSpec) -> Tuple[Injection, Path]:
+    """The encoded driver ioctl, for the commands that reach it (``reaches_driver``)."""
     inj = Injection()
-    return inj, spec.ioctl(inj)
+    p = spec.ioctl(inj)
+    p.assumptions.append(reaches_driver(spec, inj.cmd))
+    return inj, p
 
 
 def _vars(inj: Injection, p: Path, **extra: z3.ExprRef) -> Dict[str, z3.ExprRef]:
@@ -47,8 +56,9 @@ def _documented_returns(spec: DriverSpec, width: int) -> List[z3.BitVecRef]:
 
 def theorem_no_leak(spec: DriverSpec) -> Obligation:
     """No leak: on every path of the ioctl, every buffer it allocated is freed exactly once and every
-    lock it took is released; 6.16's report buffer is the documented exception: module init
-    (tdx_mr_init) keeps it exactly when init succeeds and frees it when init fails."""
+    lock it took is released; 6.16's report buffer and tsm-mr's attribute group are the documented
+    exception: module init (tdx_mr_init) keeps each exactly when init succeeds and frees each it
+    allocated when init fails."""
     inj, p = _ioctl(spec)
     claim = [z3.Not(p.leaked()), z3.Not(p.locks_unbalanced())]
     assumptions = list(p.assumptions)
@@ -56,9 +66,9 @@ def theorem_no_leak(spec: DriverSpec) -> Obligation:
     if spec.init is not None:
         init_inj = Injection(prefix="init.")
         init = spec.init(init_inj)
-        buf = init.path.buffers[0]
-        kept = z3.And(buf.allocated, z3.Not(buf.freed))
-        claim += [kept == (init.ret == 0), z3.Not(buf.double_freed)]
+        for buf in init.path.buffers:
+            kept = z3.And(buf.allocated, z3.Not(buf.freed))
+            claim += [kept == (init.ret == 0), z3.Not(buf.double_freed)]
         assumptions += init.path.assumptions
         variables.update(init_inj.variables())
         variables["init.ret"] = init.ret
@@ -68,7 +78,8 @@ def theorem_no_leak(spec: DriverSpec) -> Obligation:
 def theorem_errno_contract(spec: DriverSpec) -> Obligation:
     """Errno contract: the ioctl returns 0 or a -errno of the version's documented set; it returns 0
     if and only if the whole TDREPORT of this call reached the caller's buffer (every byte j of it at
-    its documented offset); and a command the generation does not know gives -ENOTTY."""
+    its documented offset); and a command the generation does not know, and the VFS does not answer
+    before the driver (ref §1), gives -ENOTTY."""
     inj, p = _ioctl(spec)
     w = inj.reg_bits
     j = z3.BitVec("j", inj.off_bits)

@@ -1,7 +1,7 @@
 """v6.16+ (ref §2.5): ``tdx-guest.c`` ``tdx_do_report`` under ``mr_lock`` with the report buffer
 allocated once by ``tdx_mr_init``, and ``tdx.c`` ``tdx_mcall_get_report0`` returning -ENXIO/-EBUSY/-EIO.
 
-The encoding follows the reference's step tables row by row (ioctl rows 1-5, init steps 1-2).
+The encoding follows the reference's step tables row by row (ioctl rows 1-5, init steps 1.1-1.3).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def tdx_guest_ioctl(inj: Injection) -> Path:
 
 def tdx_mr_init(inj: Injection) -> InitPath:
     """tdx_mr_init (ref §2.5 "Init order" step 1): allocate the 1024-B zeroed buffer, then one REPORT
-    with zero REPORTDATA; a failure frees the buffer and aborts module load."""
+    with zero REPORTDATA, then tsm_mr_create_attribute_group's two kzallocs, both made before either
+    is checked (tsm-mr.c @2fbe8203); a failure frees what was allocated and aborts module load."""
     p = Path(inj, "v6.16 tdx_mr_init")
     w = inj.reg_bits
     buf = p.alloc("tdx_report_buf", A.TDX_REPORT_LEN, point="report_buf:kzalloc", capability="failslab",
@@ -81,6 +82,16 @@ def tdx_mr_init(inj: Injection) -> InitPath:
     with p.when(ret != 0):
         p.kfree(buf)
     p.return_if(ret != 0, ret)
+    attrs = p.alloc("tsm_mr attrs", A.TSM_MR_ATTRS_SIZE, point="tsm_mr_attrs:kzalloc",
+                    capability="failslab", zeroed=True, resident=True)                     # 1.3
+    ctx = p.alloc("tsm_mr ctx", A.TSM_MR_CTX_SIZE, point="tsm_mr_ctx:kzalloc", capability="failslab",
+                  zeroed=True, resident=True)
+    failed = z3.Or(z3.Not(attrs.ok), z3.Not(ctx.ok))
+    with p.when(failed):       # __free(kfree) of both (kfree(NULL) is a no-op), then tdx_mr_init's unwind
+        p.kfree(attrs)
+        p.kfree(ctx)
+        p.kfree(buf)
+    p.return_if(failed, zabi.neg_errno("ENOMEM", w))
     p.finish()
     return InitPath(p.ret, p)
 

@@ -111,6 +111,12 @@ def _render_profiles() -> list:
     for key, names in keys.items():
         for i, name in enumerate(names):
             out.append(f"#define TDXM_FIELD_{_ident(key)}_{_ident(name)} {i}")
+    max_vfs = max(len(p.vfs_commands) for p in profiles.PROFILES)
+    out += ["/* what do_vfs_ioctl does with a command it answers on the device node (profiles.VfsCommand) */",
+            "enum tdxm_vfs_action { " + ", ".join(f"TDXM_VFS_{_ident(a)} = {i}"
+                                                 for i, a in enumerate(profiles.VFS_ACTIONS)) + " };",
+            f"#define TDXM_MAX_VFS {max_vfs}",
+            "typedef struct { unsigned cmd; int action, err; unsigned value; } tdxm_vfs; /* err positive */"]
     out += [f"#define TDXM_MAX_FIELDS {max_fields}", f"#define TDXM_MAX_PROFILE_POINTS {max_points}",
             f"#define TDXM_MAX_ERRNO_MAP {max_errnos}",
             "typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */",
@@ -145,6 +151,8 @@ def _render_profiles() -> list:
             "    unsigned long long tsm_outblob_max;",
             "    int tsm_no_provider_errno, tsm_visibility_callbacks, tsm_provider_gone_enxio, tsm_counts_items;",
             "    int quote_out_len_once, quote_status_check;",
+            "    int nvfs;                 /* commands do_vfs_ioctl answers before the driver (ref §1) */",
+            "    tdxm_vfs vfs[TDXM_MAX_VFS];",
             "} tdxm_profile;",
             "static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {"]
     for p in profiles.PROFILES:
@@ -182,6 +190,10 @@ def _render_profiles() -> list:
                     f"        .tsm_outblob_max = {q.outblob_max}ULL, .tsm_no_provider_errno = TDXM_{_errno_name(q.no_provider_errno)},",
                     f"        .tsm_visibility_callbacks = {int(q.visibility_callbacks)}, .tsm_provider_gone_enxio = {int(q.provider_gone_enxio)}, .tsm_counts_items = {int(q.counts_items)},",
                     f"        .quote_out_len_once = {int(q.out_len_once)}, .quote_status_check = {int(q.status_check)},"]
+        vfs = ", ".join(f"{{{_c_literal(v.cmd)} /* {v.name} */, TDXM_VFS_{_ident(v.action)}, "
+                        f"{('TDXM_' + _errno_name(v.errno)) if v.errno else 0}, {v.value}}}"
+                        for v in p.vfs_commands)
+        out += [f"        .nvfs = {len(p.vfs_commands)}, .vfs = {{{vfs}}},"]
         out += ["    },"]
     out.append("};")
     return out

@@ -157,6 +157,10 @@ CONSTANTS: List[Const] = [
     _c("ERANGE", 34, "errno", "quote.md §0", "errno"),
     _c("ENAMETOOLONG", 36, "errno", "Linux asm-generic/errno.h", "errno: a path component longer than NAME_MAX"),
     _c("ETIMEDOUT", 110, "errno", "ref §0", "errno"),
+    _c("EXDEV", 18, "errno", "Linux asm-generic/errno-base.h",
+       "errno: FICLONE from a file of another file system (fs/remap_range.c vfs_clone_file_range)"),
+    _c("EOPNOTSUPP", 95, "errno", "Linux asm-generic/errno.h",
+       "errno: FIFREEZE / FS_IOC_FIEMAP on a file system without freeze_fs / fiemap (fs/ioctl.c)"),
     # --- ioctl numbers ---------------------------------------------------------------------
     _c("TDX_CMD_GET_TDREPORT", 0xC0085401, "ioctl", "ref §1, §2.2", "v4 (2022-04): _IOWR('T', 0x01, __u64)"),
     _c("TDX_CMD_GET_REPORT0", 0xC4405401, "ioctl", "ref §1, §2.4", "v6.2+: _IOWR('T', 1, struct tdx_report_req)"),
@@ -180,6 +184,51 @@ CONSTANTS: List[Const] = [
        "Intel downstream EXTEND_RTMR refuses index < 2 (BIOS and kernel RTMRs). The reference names "
        "-EPERM (libtdx_attest's driver) and -EINVAL (td-partitioning); we model td-partitioning "
        "tdx-guest.c @1b3c1894 tdx_extend_rtmr: -EINVAL"),
+    # --- commands do_vfs_ioctl answers before any driver (ref §1 "Commands the VFS handles first";
+    # torvalds/linux fs/ioctl.c @011da44b and @v6.16 do_vfs_ioctl; numbers: include/uapi/asm-generic/
+    # ioctls.h (x86 uses the generic ones) and include/uapi/linux/fs.h). What each does on the device
+    # node is in tdxmodel.profiles VFS_COMMANDS. FIONREAD (0x541B), FS_IOC_GETFLAGS/SETFLAGS/
+    # FSGETXATTR/FSSETXATTR and FIBMAP/FS_IOC_RESVSP are NOT here: on a character device they reach
+    # the driver (FIONREAD: !S_ISREG -> vfs_ioctl; the fileattr ones: the devtmpfs special inode has no
+    # fileattr_get, -ENOIOCTLCMD -> vfs_ioctl; the file_ioctl ones: S_ISREG only).
+    _c("FIONBIO", 0x5421, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_fionbio",
+       "get_user(int) then set/clear O_NONBLOCK"),
+    _c("FIONCLEX", 0x5450, "vfs_ioctl", "fs/ioctl.c @011da44b do_vfs_ioctl", "clear close-on-exec"),
+    _c("FIOCLEX", 0x5451, "vfs_ioctl", "fs/ioctl.c @011da44b do_vfs_ioctl", "set close-on-exec"),
+    _c("FIOASYNC", 0x5452, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_fioasync",
+       "get_user(int); turning FASYNC on without f_op->fasync is -ENOTTY"),
+    _c("FIOQSIZE", 0x5460, "vfs_ioctl", "fs/ioctl.c @011da44b do_vfs_ioctl",
+       "dir/regular/symlink only: a character device gets -ENOTTY"),
+    _c("FIGETBSZ", 0x2, "vfs_ioctl", "fs/ioctl.c @011da44b do_vfs_ioctl; include/uapi/linux/fs.h",
+       "_IO(0x00, 2): put_user(int s_blocksize)"),
+    _c("FIFREEZE", 0xC0045877, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_fsfreeze",
+       "_IOWR('X', 119, int): CAP_SYS_ADMIN, then the superblock's freeze_fs"),
+    _c("FITHAW", 0xC0045878, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_fsthaw",
+       "_IOWR('X', 120, int): CAP_SYS_ADMIN, then thaw_super (-EINVAL if not frozen)"),
+    _c("FS_IOC_FIEMAP", 0xC020660B, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_fiemap",
+       "_IOWR('f', 11, struct fiemap, 32 B): -EOPNOTSUPP without i_op->fiemap, before any copy"),
+    _c("FICLONE", 0x40049409, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_file_clone; fs/remap_range.c",
+       "_IOW(0x94, 9, int): arg is the source fd"),
+    _c("FICLONERANGE", 0x4020940D, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_file_clone_range",
+       "_IOW(0x94, 13, struct file_clone_range, 32 B, src_fd first)"),
+    _c("FIDEDUPERANGE", 0xC0189436, "vfs_ioctl", "fs/ioctl.c @011da44b ioctl_file_dedupe_range",
+       "_IOWR(0x94, 54, struct file_dedupe_range, 24 B + 32 B per dest)"),
+    _c("FS_IOC_GETFSUUID", 0x80111500, "vfs_ioctl", "fs/ioctl.c @v6.16 ioctl_getfsuuid (41bcbe59c3b3, 6.9)",
+       "_IOR(0x15, 0, struct fsuuid2 {u8 len; u8 uuid[16];}): 6.9+"),
+    _c("FS_IOC_GETFSSYSFSPATH", 0x80811501, "vfs_ioctl",
+       "fs/ioctl.c @v6.16 ioctl_get_fs_sysfs_path (ae8c51175730, 6.10)",
+       "_IOR(0x15, 1, struct fs_sysfs_path {u8 len; u8 name[128];}): 6.10+"),
+    _c("FIOQSIZE_LEN", 8, "vfs_ioctl", "fs/ioctl.c do_vfs_ioctl", "FIOQSIZE writes a loff_t"),
+    _c("FILE_CLONE_RANGE_LEN", 32, "vfs_ioctl", "include/uapi/linux/fs.h", "sizeof(struct file_clone_range)"),
+    _c("FILE_DEDUPE_RANGE_LEN", 24, "vfs_ioctl", "include/uapi/linux/fs.h",
+       "sizeof(struct file_dedupe_range) without its info[]"),
+    _c("FILE_DEDUPE_RANGE_OFF_COUNT", 16, "vfs_ioctl", "include/uapi/linux/fs.h",
+       "file_dedupe_range.dest_count (u16), read first with get_user"),
+    _c("FILE_DEDUPE_RANGE_INFO_LEN", 32, "vfs_ioctl", "include/uapi/linux/fs.h",
+       "sizeof(struct file_dedupe_range_info)"),
+    _c("FSUUID2_LEN", 17, "vfs_ioctl", "include/uapi/linux/fs.h", "sizeof(struct fsuuid2)"),
+    _c("DEVTMPFS_UUID_LEN", 16, "vfs_ioctl", "mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)",
+       "tmpfs (so devtmpfs) has a 16-byte random uuid per mount; the model derives it from the seed"),
     _c("IOC_NRSHIFT", 0, "ioctl", "ref §1", "ioctl number bits 7:0"),
     _c("IOC_TYPESHIFT", 8, "ioctl", "ref §1", "ioctl type bits 15:8"),
     _c("IOC_SIZESHIFT", 16, "ioctl", "ref §1", "ioctl size bits 29:16"),
@@ -241,6 +290,17 @@ CONSTANTS: List[Const] = [
     _c("SLAB_POISON_INUSE", 0x5A, "kernel", "Linux include/linux/poison.h (POISON_INUSE)",
        "byte an unzeroed kmalloc object holds, so disclosure of uninitialised memory is visible"),
     _c("MEASUREMENT_LEN", 48, "kernel", "ref §2.5", "every 6.16 measurement file is 48 bytes"),
+    # tsm_mr_create_attribute_group's two kzallocs (ref §2.5 "Init order" 1.3; tsm-mr.c @2fbe8203).
+    # (Analysis) x86-64, no lock debugging, the 8 registers of ref §2.5: the attribute array is
+    # 8 * (8 + 1) pointers + the "name:sha384" strings of the 5 hashed registers (12 + 4 * 13 = 64);
+    # the context is 104 B (rwsem 40, attribute_group 48, tm 8, in_sync 8) + 8 bin_attributes of 88 B.
+    _c("TSM_MR_ATTRS_SIZE", 136, "kernel", "ref §2.5; tsm-mr.c @2fbe8203 (Analysis)",
+       "kzalloc of the bin_attribute pointer array and the names (kmalloc-192)"),
+    _c("TSM_MR_CTX_SIZE", 808, "kernel", "ref §2.5; tsm-mr.c @2fbe8203 (Analysis)",
+       "kzalloc of struct tm_context with its mrs[] (kmalloc-1024)"),
+    _c("KMALLOC_8K", 8192, "kernel", "ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches",
+       "the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes "
+       "end at 4096, so an order-1 page allocation stands in for it"),
     # --- configfs-tsm and the TDX quote provider (quote.md §1-§2) ---------------------------------
     _c("TSM_INBLOB_MAX", 64, "tsm", "quote.md §1.1", "cb_max_size of inblob: a write past it is -EFBIG"),
     _c("TSM_NAME_MAX", 255, "tsm", "Linux NAME_MAX", "longest configfs item name"),

@@ -1,7 +1,8 @@
 """The exhaustive fault campaign over one driver generation's ioctl path and quote path (layer 3).
 
 ``cases(driver)`` enumerates case specifications: the report ioctl's (``report_cases``, the schema
-below) and, for a generation with a quote path, the quote path's (``tdxmodel.campaign_quote``: every
+below), for a generation with measurement files theirs (``tdxmodel.campaign_measurement``: every spec
+with a ``"file"`` key) and, for a generation with a quote path, the quote path's (``tdxmodel.campaign_quote``: every
 spec with a ``"path"`` key, its schema there); ``run_case(backend_name, driver, spec)`` runs one on a
 fresh Module + Kernel + Process and returns its record; ``run(driver, backend_name)`` runs them all.
 ``run_case`` is the one runner of concrete cases: the proofs' conformance tests and
@@ -70,7 +71,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from tdxmodel import _backend, abi, campaign_quote, profiles
+from tdxmodel import _backend, abi, campaign_measurement, campaign_quote, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -125,12 +126,22 @@ def cases(driver: str) -> List[Dict[str, Any]]:
     """cases(driver: str) -> list[dict]: every case of the campaign for ``driver``: the report
     ioctl's, then the quote path's."""
     _check_driver(driver)
-    return report_cases(driver) + campaign_quote.cases(driver)
+    return report_cases(driver) + campaign_measurement.cases(driver) + campaign_quote.cases(driver)
 
 
 def is_quote_case(spec: Dict[str, Any]) -> bool:
     """A quote-path case or record (it has a "path")."""
     return isinstance(spec, dict) and "path" in spec
+
+
+def is_measurement_case(spec: Dict[str, Any]) -> bool:
+    """A measurement-file case or record (it has a "file"; tdxmodel.campaign_measurement)."""
+    return campaign_measurement.is_measurement_case(spec)
+
+
+def is_report_case(spec: Dict[str, Any]) -> bool:
+    """A report ioctl case or record (the schema above)."""
+    return not is_quote_case(spec) and not is_measurement_case(spec)
 
 
 def report_cases(driver: str) -> List[Dict[str, Any]]:
@@ -229,6 +240,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     prof = _check_driver(driver)
     if is_quote_case(spec):
         return campaign_quote.run_case(backend_name, driver, spec)
+    if campaign_measurement.is_measurement_case(spec):
+        return campaign_measurement.run_case(backend_name, driver, spec)
     _validate_spec(spec)
     backend = _backend.load(backend_name)
     module = backend.Module(ModuleConfig(seed=1), memory_pages=MODULE_PAGES)
@@ -343,9 +356,12 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The campaign's summary: the report ioctl's case counts per outcome class and the invariants'
     totals; "cases" counts every case, "quote" summarises the quote path's (campaign_quote.summarize)."""
     quote = [r for r in records if is_quote_case(r)]
-    summary = _summarize_report([r for r in records if not is_quote_case(r)])
+    measurement = [r for r in records if is_measurement_case(r)]
+    summary = _summarize_report([r for r in records if is_report_case(r)])
     summary["report_cases"] = summary["cases"]
     summary["cases"] = len(records)
+    if measurement:
+        summary["measurement"] = campaign_measurement.summarize(measurement)
     if quote:
         summary["quote"] = campaign_quote.summarize(quote)
     return summary
@@ -399,5 +415,5 @@ def stderr_progress(min_seconds: float = 0.5) -> Callable[[int, int], None]:
     return report
 
 
-__all__ = ["cases", "report_cases", "is_quote_case", "run_case", "run", "summarize", "POSITIONS",
+__all__ = ["cases", "report_cases", "is_quote_case", "is_measurement_case", "is_report_case", "run_case", "run", "summarize", "POSITIONS",
            "TDCALL_OUTCOMES"]

@@ -192,8 +192,8 @@ def _count_points(driver: str) -> int:
 
 
 def _count_init_points(driver: str) -> int:
-    """Init points before the quote buffer's (6.16+: the report buffer first; ref §7)."""
-    return sum(1 for p in profiles.get(driver).points if p in ("report_buf:kzalloc", "quote_buf:alloc_pages"))
+    """Init points up to the quote buffer's (6.16+: the report buffer and tsm-mr's two first; ref §7)."""
+    return len(profiles.get(driver).init_points)
 
 
 def _outcome_name(ret: int) -> str:

@@ -60,6 +60,9 @@ class Command:
     errno_map: Optional[Tuple[Tuple[int, int], ...]] = None
     errno_default: Optional[int] = None
     points: Tuple[str, ...] = ()     # the injection points its path can pass, in order
+    # it extends RTMR[index field] with the data field (a served TD persists it to the state
+    # directory, README "The state directory", as 6.16's measurement-file writes)
+    extends_rtmr: bool = False
 
     @property
     def value(self) -> int:
@@ -254,6 +257,87 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class VfsCommand:
+    """A command ``do_vfs_ioctl`` answers itself on the device node (a misc character device on
+    devtmpfs), before any driver sees it (ref §1 "Commands the VFS handles first"; torvalds/linux
+    fs/ioctl.c, cited per constant in ``tdxmodel.abi``). ``action`` says what it does there:
+
+    ``ok``        returns 0, touches no memory (FIOCLEX, FIONCLEX: the close-on-exec flag)
+    ``get_int``   get_user(int): -EFAULT, else 0 (FIONBIO: O_NONBLOCK, which no path here reads)
+    ``fioasync``  get_user(int): -EFAULT; nonzero asks for FASYNC and the driver has no fasync: -ENOTTY
+    ``errno``     returns -``errno`` before touching memory (FIOQSIZE on a character device, FIEMAP
+                  without i_op->fiemap, FIFREEZE on tmpfs, FITHAW of a superblock not frozen, ...)
+    ``put_int``   put_user(int ``value``) (FIGETBSZ: devtmpfs' s_blocksize, PAGE_SIZE): -EFAULT, else 0
+    ``clone``     FICLONE: the source fd is arg's low 32 bits: not open -EBADF, another superblock
+                  -EXDEV, the same (devtmpfs) -EINVAL: not a regular file (fs/remap_range.c checks
+                  the superblock first, then generic_file_rw_checks)
+    ``clone_range`` copy the 32-byte struct in (-EFAULT), then as ``clone`` with its src_fd
+    ``dedupe``    get_user(u16 dest_count at +16) (-EFAULT); 24 + 32 * count > PAGE_SIZE -ENOMEM;
+                  memdup_user of that size (-EFAULT); vfs_dedupe_file_range: not regular -EINVAL
+    ``fsuuid``    copy_to_user of struct fsuuid2 {16, the devtmpfs uuid} (-EFAULT), else 0
+
+    The copies here are not injection points (fail_usercopy and failslab never fail them in the
+    model; docs/CONTRACT.md "Commands the VFS answers"). The caller is modelled with CAP_SYS_ADMIN
+    (attestation clients run as root): without it FIFREEZE and FITHAW would be -EPERM."""
+
+    name: str            # the tdxmodel.abi constant
+    action: str
+    errno: int = 0       # action "errno"
+    value: int = 0       # action "put_int"
+
+    @property
+    def cmd(self) -> int:
+        return abi.VALUES[self.name]
+
+    @property
+    def window(self) -> int:
+        """Bytes from arg it may read or write (what a transport mirrors of the caller's memory)."""
+        return {"get_int": 4, "fioasync": 4, "put_int": 4, "fsuuid": abi.FSUUID2_LEN,
+                "clone_range": abi.FILE_CLONE_RANGE_LEN, "dedupe": abi.TDX_PAGE_SIZE}.get(self.action, 0)
+
+
+def devtmpfs_uuid(seed: int) -> bytes:
+    """The 16-byte uuid FS_IOC_GETFSUUID reads for the device node's file system. tmpfs (so devtmpfs)
+    draws a random version-4 uuid per mount (mm/shmem.c shmem_fill_super, uuid_gen); the model draws
+    it from the kernel's seed with two splitmix64 steps (a design choice both backends share)."""
+    out = b""
+    x = seed & (2**64 - 1)
+    for _ in range(2):
+        x = (x + 0x9E3779B97F4A7C15) & (2**64 - 1)
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+        out += (z ^ (z >> 31)).to_bytes(8, "little")
+    u = bytearray(out)
+    u[6] = (u[6] & 0x0F) | 0x40   # version 4 (generate_random_uuid)
+    u[8] = (u[8] & 0x3F) | 0x80   # RFC 4122 variant
+    return bytes(u)
+
+
+VFS_ACTIONS = ("ok", "get_int", "fioasync", "errno", "put_int", "clone", "clone_range", "dedupe", "fsuuid")
+
+#: do_vfs_ioctl's own list on the device node, from 5.3 (the v4 patch's base) to 6.8: fs/ioctl.c @011da44b.
+VFS_COMMANDS_BASE: Tuple[VfsCommand, ...] = (
+    VfsCommand("FIOCLEX", "ok"),
+    VfsCommand("FIONCLEX", "ok"),
+    VfsCommand("FIONBIO", "get_int"),
+    VfsCommand("FIOASYNC", "fioasync"),
+    VfsCommand("FIOQSIZE", "errno", errno=abi.ENOTTY),        # not dir / regular / symlink
+    VfsCommand("FIFREEZE", "errno", errno=abi.EOPNOTSUPP),    # tmpfs has no freeze_fs / freeze_super
+    VfsCommand("FITHAW", "errno", errno=abi.EINVAL),          # thaw_super: the superblock is not frozen
+    VfsCommand("FS_IOC_FIEMAP", "errno", errno=abi.EOPNOTSUPP),  # special inodes have no i_op->fiemap
+    VfsCommand("FIGETBSZ", "put_int", value=abi.TDX_PAGE_SIZE),  # shmem_fill_super: s_blocksize PAGE_SIZE
+    VfsCommand("FICLONE", "clone"),
+    VfsCommand("FICLONERANGE", "clone_range"),
+    VfsCommand("FIDEDUPERANGE", "dedupe"),
+)
+#: 6.9 adds FS_IOC_GETFSUUID (41bcbe59c3b3); tmpfs sets a uuid from that kernel on (mm/shmem.c).
+VFS_COMMANDS_6_9 = VFS_COMMANDS_BASE + (VfsCommand("FS_IOC_GETFSUUID", "fsuuid"),)
+#: 6.10 adds FS_IOC_GETFSSYSFSPATH (ae8c51175730); tmpfs names no sysfs directory: -ENOTTY.
+VFS_COMMANDS_6_10 = VFS_COMMANDS_6_9 + (VfsCommand("FS_IOC_GETFSSYSFSPATH", "errno", errno=abi.ENOTTY),)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str                            # the spelling of the CLI and API (--driver, Kernel(driver=))
     ref: str                             # the reference section of its step table
@@ -275,6 +359,9 @@ class Profile:
     status_writeback: Optional[Field] = None   # v4 put_user()s the masked status here on failure
     quote: Optional[Quote] = None        # the configfs-tsm quote path (quote.md §1-§2); None: ioctl only
     traits: Mapping[str, Any] = field(default_factory=dict)  # anything else a generation needs
+    # what do_vfs_ioctl answers on the device node before the driver, as the generation's first kernel
+    # does (a range such as 6.7-6.10 is modelled as 6.7: 6.9/6.10 would also answer GETFSUUID)
+    vfs_commands: Tuple[VfsCommand, ...] = VFS_COMMANDS_BASE
 
     @property
     def id(self) -> int:
@@ -287,6 +374,15 @@ class Profile:
 
     def command(self, key: str) -> Optional[Command]:
         return next((c for c in self.commands if c.key == key), None)
+
+    def command_numbered(self, cmd: int) -> Optional[Command]:
+        """The driver command with ioctl number ``cmd``, or None."""
+        return next((c for c in self.commands if c.value == cmd), None)
+
+    @property
+    def extends_through_ioctl(self) -> bool:
+        """Some ioctl command extends an RTMR (Command.extends_rtmr)."""
+        return any(c.extends_rtmr for c in self.commands)
 
     def has_lock(self, lock: str) -> bool:
         return lock in self.locks
@@ -313,8 +409,17 @@ class Profile:
     def point_capabilities(self) -> Tuple[Tuple[str, str], ...]:
         return tuple((p, POINT_CAPABILITY[p]) for p in self.points)
 
+    @property
+    def init_points(self) -> Tuple[str, ...]:
+        """The injection points module load passes, in order (Kernel(fail_nth=N) fails the N-th)."""
+        return tuple(p for p in INIT_POINTS if p in self.points)
+
     def measurement(self, name: str) -> Optional[Measurement]:
         return next((m for m in self.measurements if m.name == name), None)
+
+    def vfs_command(self, cmd: int) -> Optional[VfsCommand]:
+        """The command ``do_vfs_ioctl`` answers itself on this generation's device node, or None."""
+        return next((v for v in self.vfs_commands if v.cmd == cmd), None)
 
     def other_report_cmd(self) -> int:
         """A command this generation does not know: another generation's report number."""
@@ -345,8 +450,19 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     ("rtmr_index:copy_from_user", "fail_usercopy"),
     ("extend_data:kmalloc", "failslab"),
     ("extend_data:copy_from_user", "fail_usercopy"),
+    # 6.16+ (ref §2.5 "Init order" #1.3, §7): tsm_mr_create_attribute_group's two kzallocs, both made
+    # before either is checked (drivers/virt/coco/guest/tsm-mr.c @2fbe8203)
+    ("tsm_mr_attrs:kzalloc", "failslab"),
+    ("tsm_mr_ctx:kzalloc", "failslab"),
+    # kernfs' bounce buffer of a measurement-file read or write (ref §2.5 "Read" #1, "Write" #1, §7;
+    # fs/kernfs/file.c @f83f3c51 kernfs_file_read_iter / kernfs_fop_write_iter: sysfs bin files have no
+    # prealloc buffer, so every call kmallocs)
+    ("kernfs_buf:kmalloc", "failslab"),
 )
 POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
+#: The points module load passes (ref §2.5 "Init order", quote.md §2.2), in that order.
+INIT_POINTS: Tuple[str, ...] = ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+                                "quote_buf:alloc_pages")
 #: errno value -> its tdxmodel.abi name.
 ERRNO_NAMES: Dict[int, str] = {c.value: c.name for c in abi.CONSTANTS if c.group == "errno"}
 
@@ -407,6 +523,12 @@ _QUOTE_POINTS_6_7 = ("quote_buf:alloc_pages", "reportdata:kmalloc", "tdreport:kz
 _QUOTE_POINTS_6_16 = ("quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user",
                       "configfs:copy_to_user")
 
+#: 6.16+ in the order reached: init (the report buffer, then tsm-mr's attribute group, ref §2.5 "Init
+#: order"), the ioctl's copies, the measurement files (kernfs' buffer, then the copies), the quote path.
+_POINTS_6_16 = ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+                "reportdata:copy_from_user", "tdreport:copy_to_user", "kernfs_buf:kmalloc",
+                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16
+
 _MEASUREMENT_DIRS_6_16 = ("/sys/devices/virtual/misc/tdx_guest/measurements",   # ref §1
                           "/sys/class/misc/tdx_guest/measurements")
 
@@ -452,7 +574,7 @@ PROFILES: Tuple[Profile, ...] = (
         points=("reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
                 "tdreport:copy_to_user") + _QUOTE_POINTS_6_7[:1] + _QUOTE_POINTS_6_7[3:],
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
-        locks=("quote_lock",), resident=1, quote=_QUOTE_6_11),
+        locks=("quote_lock",), resident=1, quote=_QUOTE_6_11, vfs_commands=VFS_COMMANDS_6_10),
     # ref §2.5: 6.16+, the report buffer from init under mr_lock, -ENXIO/-EBUSY, measurement files.
     Profile(
         name="v6.16", ref="ref §2.5; quote.md §1-§2.4", kernel=("6.16", "6.19"),
@@ -460,33 +582,33 @@ PROFILES: Tuple[Profile, ...] = (
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_6_16),
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_6_16,
+        vfs_commands=VFS_COMMANDS_6_10),
     # 7.0: 128 KiB quote buffer, 16 MiB outblob, out_len read once and bounded (quote.md §2.1).
     Profile(
         name="v7.0", ref="ref §2.5; quote.md §1-§2.4", kernel=("7.0", "7.0"),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_0),
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_7_0,
+        vfs_commands=VFS_COMMANDS_6_10),
     # 7.1: a non-SUCCESS status gives -EIO (0f409eaea53e, quote.md §2.3 P8).
     Profile(
         name="v7.1", ref="ref §2.5; quote.md §1-§2.4", kernel=("7.1", None),
         device_path="/dev/tdx_guest", misc_name="tdx_guest", ops="v6_16",
         commands=(replace(_GET_REPORT0, points=("reportdata:copy_from_user", "tdreport:copy_to_user")),), unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.ENXIO), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
-        points=("report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-                "measurement:copy_to_user", "measurement:copy_from_user") + _QUOTE_POINTS_6_16,
+        points=_POINTS_6_16,
         report_errnos=(abi.ENOTTY, abi.EINTR, abi.EFAULT, abi.ENXIO, abi.EBUSY, abi.EIO),
         locks=("mr_lock", "quote_lock"), measurements=_MEASUREMENTS_6_16,
-        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=2, cached_report_buf=True, quote=_QUOTE_7_1),
+        measurement_dirs=_MEASUREMENT_DIRS_6_16, resident=4, cached_report_buf=True, quote=_QUOTE_7_1,
+        vfs_commands=VFS_COMMANDS_6_10),
     # Intel's out-of-tree tdx-guest driver, which DCAP's libtdx_attest and the Python SDKs call (ref §1,
     # quote.md §2.6; intel/td-partitioning drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 and
     # arch/x86/coco/tdx/tdx.c @01e17622): GET_REPORT0 as 6.2 (tdx_get_report0; tdx_mcall_get_report0
@@ -512,7 +634,7 @@ PROFILES: Tuple[Profile, ...] = (
                     "ref §1, §2.5; quote.md §2.6",
                     errno_map=((_INVALID, abi.EINVAL), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
                     points=("rtmr_index:copy_from_user", "extend_data:kmalloc",
-                            "extend_data:copy_from_user")),
+                            "extend_data:copy_from_user"), extends_rtmr=True),
         ),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
@@ -521,6 +643,8 @@ PROFILES: Tuple[Profile, ...] = (
                                       "extend_data:kmalloc", "extend_data:copy_from_user"),
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
         locks=("quote_lock",),
+        # td-partitioning's tree is a 6.x before 6.11 (its driver has an int .remove and no_llseek);
+        # which 6.x is not known: we pick the VFS list of 6.2-6.8 (no FS_IOC_GETFSUUID)
         traits={"extend_min_index": abi.TDX_DOWNSTREAM_MIN_RTMR}),
 )
 
@@ -556,6 +680,15 @@ def _check() -> None:
         assert p.report.field("reportdata").direction == IN and p.report.field("tdreport").direction == OUT
         assert bool(p.measurements) == bool(p.measurement_dirs), p.name
         assert p.quote is None or p.has_lock("quote_lock"), p.name
+        for c in p.commands:   # an extending command names its register and its data
+            assert not c.extends_rtmr or (c.field("index").size == 1
+                                          and c.field("data").size == abi.TDX_EXTEND_DATA_LEN), p.name
+        assert all(v.action in VFS_ACTIONS for v in p.vfs_commands), p.name
+        if p.measurements:  # tsm-mr's attribute array: a pointer per register + NULL, the hashed names
+            assert abi.TSM_MR_ATTRS_SIZE == 8 * (len(p.measurements) + 1) + sum(
+                len(m.name) + 1 for m in p.measurements if ":" in m.name), p.name
+        # the VFS answers first: no driver command may share a number with it
+        assert not {v.cmd for v in p.vfs_commands} & {c.value for c in p.commands}, p.name
 
 
 _check()

@@ -826,20 +826,27 @@ def _random_seed() -> int:
     return secrets.randbits(63)
 
 
-def replay_events(events: List[Dict[str, Any]], initial: Optional[List[bytes]] = None) -> List[bytes]:
-    """replay_events(events, initial=None) -> list of 4 RTMRs: apply each logged extend in order,
-    RTMR[i] <- SHA-384(RTMR[i] || data) (ref §4.5), from ``initial`` (default all zero). Raises
-    StateError at the first record whose logged value the replay does not reproduce."""
+def replay_events(events: List[Dict[str, Any]], initial: Optional[List[bytes]] = None, *,
+                  verify: bool = True, prefixes: bool = False) -> List[Any]:
+    """replay_events(events, initial=None, *, verify=True, prefixes=False) -> list of 4 RTMRs: apply
+    each logged extend in order, RTMR[i] <- SHA-384(RTMR[i] || data) (ref §4.5), from ``initial``
+    (default all zero). Raises StateError at the first record whose logged value the replay does not
+    reproduce. ``verify=False``: records need no "value" (an oracle replaying what it extended);
+    ``prefixes``: the RTMRs after every prefix instead, a tuple each, ``len(events) + 1`` of them."""
     rtmr = list(initial) if initial is not None else [bytes(abi.TDX_SHA384_LEN)] * abi.TDX_NUM_RTMRS
+    states = [tuple(rtmr)]
     for n, ev in enumerate(events):
         try:
-            i, data, value = ev["rtmr"], bytes.fromhex(ev["data"]), ev["value"]
+            i, data = ev["rtmr"], bytes.fromhex(ev["data"])
+            value = ev["value"] if verify else None
             if not 0 <= i < abi.TDX_NUM_RTMRS or len(data) != abi.TDX_EXTEND_DATA_LEN:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise StateError(f"extend log record {n} is malformed: {_one_line(ev)[:80]}") from None
         rtmr[i] = hashlib.sha384(rtmr[i] + data).digest()
-        if rtmr[i].hex() != value:
+        if verify and rtmr[i].hex() != value:
             raise StateError(f"extend log record {n} (generation {ev.get('generation')}): replay gives "
                              f"{rtmr[i].hex()[:16]}..., the log says {str(value)[:16]}...")
-    return rtmr
+        if prefixes:
+            states.append(tuple(rtmr))
+    return states if prefixes else rtmr

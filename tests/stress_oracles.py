@@ -19,6 +19,7 @@ import numpy as np
 
 from tdxmodel import abi, errors, profiles
 from tdxmodel.client import TdxGuest
+from tdxmodel.state import replay_events
 
 RTMRS_OFF = abi.TDR_OFF_RTMR0
 RTMRS_END = abi.TDR_OFF_RTMR0 + abi.TDX_NUM_RTMRS * abi.TDX_SHA384_LEN
@@ -168,13 +169,9 @@ def stress_driver(kernel, threads: int = 4, ops_per_thread: int = 200, extend_ra
 
 
 def replay(initial: Sequence[bytes], extends: Sequence[Tuple[int, bytes]]) -> List[Tuple[bytes, ...]]:
-    """The RTMR state after each prefix of ``extends``: RTMR[i] <- SHA-384(RTMR[i] || data) (ref §4.5)."""
-    state = list(initial)
-    states = [tuple(state)]
-    for index, data in extends:
-        state[index] = hashlib.sha384(state[index] + data).digest()
-        states.append(tuple(state))
-    return states
+    """The RTMR state after each prefix of ``extends`` (tdxmodel.state.replay_events, ref §4.5)."""
+    return replay_events([{"rtmr": i, "data": d.hex()} for i, d in extends], list(initial),
+                         verify=False, prefixes=True)
 
 
 def check_stress(log: StressLog, final: Sequence[bytes], mac_key: Optional[bytes] = None) -> List[str]:
@@ -281,9 +278,7 @@ def check_stress_per_index(log: PerIndexLog, final: Sequence[bytes]) -> List[str
     problems: List[str] = []
     chains = []
     for i, datas in enumerate(log.extends):
-        chain = [log.initial[i]]
-        for d in datas:
-            chain.append(hashlib.sha384(chain[-1] + d).digest())
+        chain = [s[i] for s in replay(log.initial, [(i, d) for d in datas])]
         chains.append({v: j for j, v in enumerate(chain)})
         if final[i] != chain[-1]:
             problems.append(f"final RTMR{i} differs from the replay of its {len(datas)} extends")

@@ -63,7 +63,7 @@ def test_json_has_the_contract_keys(capsys):
     assert 0 <= result["call_median_us"] <= result["call_p99_us"]
     # No extends were asked for, so no report can have met the held RTMR lock (ref §4.8).
     assert result["busy_rate"] == 0.0
-    assert result["driver"] == "v6.2" and result["callers"] == 2  # v6.2 is the default
+    assert (result["driver"], result["callers"]) == ("v6.2", 2)  # v6.2 is the default
 
 
 def test_extend_ratio_runs_extends_and_reports_busy_as_a_fraction(capsys):
@@ -71,7 +71,7 @@ def test_extend_ratio_runs_extends_and_reports_busy_as_a_fraction(capsys):
                            *FAST)
     assert code == 0
     result = json.loads(out)
-    assert result["driver"] == "v6.16" and result["extend_ratio"] == 0.5
+    assert (result["driver"], result["extend_ratio"]) == ("v6.16", 0.5)
     assert 0.0 <= result["busy_rate"] <= 1.0
     # On v6.16 the extends go through the measurement file under mr_lock, like the driver's REPORTs,
     # so no driver call can meet BUSY (ref §2.5, §4.8).

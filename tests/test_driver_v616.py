@@ -28,8 +28,9 @@ BUSY = abi.TDX_OPERAND_BUSY | abi.TDX_OPERAND_ID_RTMR
 
 def balanced(k):
     c = k.counters()
-    # the report buffer and the quote buffer (quote.md §2.2), kept from init to exit
-    assert c["resident"] == 2 and c["outstanding"] == 2, c
+    # the report buffer, tsm-mr's attribute array and context (ref §2.5 "Init order") and the quote
+    # buffer (quote.md §2.2), kept from init to exit
+    assert c["resident"] == 4 and c["outstanding"] == 4, c
     assert c["locks_held"] == 0 and c["locks_taken"] == c["locks_released"], c
     return c
 
@@ -68,7 +69,7 @@ def kernel_memory(k):
 def test_init_keeps_one_report_buffer_and_issues_one_report(make_kernel):
     k = make_kernel(DRIVER)
     c = balanced(k)
-    assert c["allocs"] == 2 and c["slab_allocs"] == 1 and c["page_allocs"] == 1 and c["frees"] == 0
+    assert c["allocs"] == 4 and c["slab_allocs"] == 3 and c["page_allocs"] == 1 and c["frees"] == 0
     assert k.module.counters()["reports"] == 1
     # the buffer holds the init-time report (zero REPORTDATA), 1024-aligned in guest memory
     where = kernel_memory(k).find(k.module.report(bytes(64)))
@@ -91,12 +92,27 @@ def test_init_report_failure_aborts_load(backend, make_module):
 
 def test_init_quote_buffer_failure_aborts_load(backend, make_module):
     with pytest.raises(errors.KernelError) as e:
-        backend.Kernel(make_module(), DRIVER, fail_nth=2)  # after the report buffer (quote.md §2.2)
+        backend.Kernel(make_module(), DRIVER, fail_nth=4)  # after tdx_mr_init's three (quote.md §2.2)
     assert e.value.errno == abi.ENOMEM
 
 
+@pytest.mark.parametrize("nth", [2, 3])
+def test_init_tsm_mr_attribute_group_failure_aborts_load(backend, make_module, nth):
+    """tsm_mr_create_attribute_group's two kzallocs (ref §2.5 "Init order" 1.3, §7): either failing
+    fails the load with -ENOMEM, after the init REPORT was issued, and leaves the kernel memory as a
+    load that never happened (the report buffer is unwound too)."""
+    m = make_module()
+    with pytest.raises(errors.KernelError) as e:
+        backend.Kernel(m, DRIVER, fail_nth=nth)
+    assert e.value.errno == abi.ENOMEM
+    assert m.counters()["reports"] == 1
+    k = backend.Kernel(m, DRIVER)   # the memory the failed load took is all free again
+    balanced(k)
+    assert k.injection_points()[:3] == ["report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc"]
+
+
 def test_init_fail_nth_beyond_the_points_loads_and_leaves_defaults(backend, make_module):
-    k = backend.Kernel(make_module(), DRIVER, fail_nth=3)
+    k = backend.Kernel(make_module(), DRIVER, fail_nth=5)  # four init points: the fifth is never reached
     balanced(k)
     assert k.fault("failslab").ignore_gfp_wait is True and k.fault("fail_page_alloc").min_order == 1
 
@@ -112,7 +128,7 @@ def test_row5_success_and_selftest_check(dev):
     lo, hi = PAGE + OUT, PAGE + abi.TDX_REPORT_REQ_LEN
     assert after[:lo] == before[:lo] and after[hi:] == before[hi:]
     c = k.counters()
-    assert c["allocs"] == 2 and c["locks_taken"] == 2  # init (report and quote buffers) and this call: no allocation
+    assert c["allocs"] == 4 and c["locks_taken"] == 2  # init (the four resident buffers) and this call: no allocation
 
 
 def test_row1_contended_lock_with_signal_is_eintr(dev):
@@ -471,10 +487,13 @@ def test_measurement_user_faults(dev):
     p.mprotect(BUF, PAGE, "rw")
     p.fail_nth = 1
     assert p.pwrite(f, BUF, 48, 0) == -abi.EFAULT
-    assert p.last_trace() == [("measurement:copy_from_user", "fail_usercopy", True)]
+    # kernfs' bounce buffer comes first; ignore-gfp-wait hides it from fail-nth (ref §7)
+    assert p.last_trace() == [("kernfs_buf:kmalloc", "failslab", False),
+                              ("measurement:copy_from_user", "fail_usercopy", True)]
     p.fail_nth = 1
     assert p.pread(f, BUF, 48, 0) == -abi.EFAULT
-    assert p.last_trace() == [("measurement:copy_to_user", "fail_usercopy", True)]
+    assert p.last_trace() == [("kernfs_buf:kmalloc", "failslab", False),
+                              ("measurement:copy_to_user", "fail_usercopy", True)]
     assert p.close(f) == 0
     assert k.module.rtmr(2) == old
     balanced(k)
@@ -635,4 +654,49 @@ def test_a_writer_waiting_for_mr_lock_holds_tsm_mr_rwsem(dev):
     p.signal_pending = False
     assert mread(k, p, "mrtd:sha384")[0] == 48
     assert writer.close(wfd) == 0
+    balanced(k)
+
+
+@pytest.mark.parametrize("count, size_class", [(1, 8), (48, 64), (4095, 4096), (9000, abi.KMALLOC_8K)])
+def test_kernfs_bounce_buffer_of_a_write_fails_first(dev, count, size_class):
+    """kernfs kmallocs min(count, PAGE_SIZE) + 1 before copying anything (ref §2.5 "Write" #1, §7):
+    failslab failing it is -ENOMEM whatever the offset, before -EFAULT, -EFBIG or -EINVAL."""
+    k, p, fd = dev
+    old = k.module.rtmr(2)
+    f = mopen(p, "rtmr2:sha384", os.O_RDWR)
+    p.mmap(BUF + PAGE, 2 * PAGE, "rw")
+    fs = k.fault("failslab")
+    fs.ignore_gfp_wait = False
+    fs.probability, fs.times, fs.space = 100, -1, 0
+    for offset in (0, 1, 48):
+        assert p.pwrite(f, 0, count, offset) == -abi.ENOMEM   # address 0 would fault: never reached
+        assert p.last_trace() == [("kernfs_buf:kmalloc", "failslab", True)]
+    # space: the budget counts the object size the cache hands out (kmalloc-8k for 4096 + 1)
+    fs.space = size_class + 1   # should_fail takes the size off a larger budget and does not fail
+    assert p.pwrite(f, BUF, count, 0) == (48 if count >= 48 else -abi.EINVAL)
+    assert fs.space == 1
+    fs.probability, fs.space = 100, 0
+    assert p.pwrite(f, BUF, 0, 0) == -abi.ENOMEM   # even a 0-byte write kmallocs its 1-byte NUL
+    fs.probability = 0
+    assert p.close(f) == 0
+    assert (k.module.rtmr(2) == old) == (count < 48)
+    balanced(k)
+
+
+def test_kernfs_bounce_buffer_of_a_read(dev):
+    """A read kmallocs min(count, PAGE_SIZE) first (ref §2.5 "Read" #1): -ENOMEM even at offset 48;
+    a 0-byte read asks kmalloc(0), ZERO_SIZE_PTR, and passes no point."""
+    k, p, fd = dev
+    f = mopen(p, "rtmr0:sha384", os.O_RDONLY)
+    fs = k.fault("failslab")
+    fs.ignore_gfp_wait = False
+    fs.probability, fs.times = 100, -1
+    for offset in (0, 48):
+        assert p.pread(f, BUF, 48, offset) == -abi.ENOMEM
+        assert p.last_trace() == [("kernfs_buf:kmalloc", "failslab", True)]
+    assert p.pread(f, BUF, 0, 0) == 0 and p.last_trace() == []
+    fs.probability = 0
+    assert p.pread(f, BUF, 48, 0) == 48
+    assert k.counters()["slab_allocs"] == 3 + 1  # init's three and this read's buffer
+    assert p.close(f) == 0
     balanced(k)

@@ -23,11 +23,11 @@ def balanced(kernel):
 
 
 def report_cmd(driver):
-    return abi.TDX_CMD_GET_TDREPORT if driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+    return profiles.get(driver).report.value
 
 
 def report_offset(driver):
-    return 0 if driver == "v4-2022-04" else abi.TDX_REPORT_REQ_OFF_TDREPORT
+    return profiles.get(driver).report.field("tdreport").offset
 
 
 def open_device(kernel, pages=2):
@@ -74,8 +74,9 @@ def test_kernel_owns_private_pages_from_16(make_kernel, driver):
                     "status:put_user", "tdreport:copy_to_user"]),
     ("v6.2", ["reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
               "tdreport:copy_to_user"]),
-    ("v6.16", ["report_buf:kzalloc", "reportdata:copy_from_user", "tdreport:copy_to_user",
-               "measurement:copy_to_user", "measurement:copy_from_user",
+    ("v6.16", ["report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",
+               "reportdata:copy_from_user", "tdreport:copy_to_user",
+               "kernfs_buf:kmalloc", "measurement:copy_to_user", "measurement:copy_from_user",
                # the quote path (quote.md §2.2-§2.3)
                "quote_buf:alloc_pages", "outblob:kvmemdup", "configfs:copy_from_user", "configfs:copy_to_user"]),
 ])
@@ -83,7 +84,7 @@ def test_injection_points_are_named_as_the_contract_says(make_kernel, driver, po
     assert make_kernel(driver).injection_points() == points
 
 
-@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 2)])  # 6.16: report + quote buffer
+@pytest.mark.parametrize("driver, resident", [("v4-2022-04", 0), ("v6.2", 0), ("v6.16", 4)])  # 6.16: report buffer, tsm-mr's two, quote buffer
 def test_counters_after_init(make_kernel, driver, resident):
     c = make_kernel(driver).counters()
     assert set(c) >= {"allocs", "frees", "outstanding", "resident", "slab_allocs", "page_allocs",
@@ -163,7 +164,7 @@ def test_open_close_and_bad_fds(make_kernel, driver):
     k = make_kernel(driver)
     p = k.process()
     assert p.open("/dev/nonexistent") == -abi.ENOENT
-    other = "/dev/tdx-attest" if driver != "v4-2022-04" else "/dev/tdx_guest"
+    other = next(q.device_path for q in profiles.PROFILES if q.device_path != k.device_path)
     assert p.open(other) == -abi.ENOENT  # each generation has its own node (ref §1)
     fd = p.open(k.device_path, os.O_RDWR | os.O_SYNC)  # as the selftest opens it (ref §3)
     assert fd == 3
@@ -333,7 +334,7 @@ def test_set_rtmr_is_host_side_sync_and_leaves_no_stale_measurement(make_kernel,
     (ref §2.5), where Module.set_rtmr alone would leave the cached value."""
     k = make_kernel(driver)
     value = bytes(range(48))
-    if driver != "v6.16":
+    if not profiles.get(driver).measurements:
         k.set_rtmr(2, value)
         assert k.module.rtmr(2) == value
         return

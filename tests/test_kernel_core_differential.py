@@ -47,7 +47,7 @@ def _step(rnd, k, p, fds, driver):
         elif op <= 5:
             arg = rnd.choice([DATA, DATA + rnd.randrange(3 * PAGE), EDGE - rnd.randrange(1200), EDGE,
                               EDGE - 64, 0])
-            good = abi.TDX_CMD_GET_TDREPORT if driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+            good = profiles.get(driver).report.value
             return p.ioctl(fd, good if rnd.random() < 0.7 else rnd.choice(CMDS), arg)
         elif op == 6:
             attr = rnd.choice(sorted(KNOBS))

@@ -119,8 +119,8 @@ def test_signal_matters_only_when_the_lock_is_contended(make_kernel):
 def test_concurrent_reports_each_carry_their_own_reportdata(make_kernel, driver):
     k = make_kernel(driver)
     threads, calls = 4, 40
-    cmd = abi.TDX_CMD_GET_TDREPORT if driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
-    out_off = 0 if driver == "v4-2022-04" else abi.TDX_REPORT_REQ_OFF_TDREPORT
+    cmd = profiles.get(driver).report.value
+    out_off = profiles.get(driver).report.field("tdreport").offset
     procs = [mapped_process(k) for _ in range(threads)]
     mismatches = []
 

@@ -59,7 +59,7 @@ def replay(name, driver, ops, memory_pages=24):
     p.mmap(WINDOW, PAGES * PAGE, "rw")
     p.poke(WINDOW, bytes(i * 7 % 251 for i in range(PAGES * PAGE)))
     fd = p.open(k.device_path)
-    own = abi.TDX_CMD_GET_TDREPORT if driver == "v4-2022-04" else abi.TDX_CMD_GET_REPORT0
+    own = profiles.get(driver).report.value
     log = []
     for o in ops:
         kind = o[0]

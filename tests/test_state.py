@@ -506,3 +506,21 @@ def test_an_extend_whose_state_cannot_be_written_changes_nothing(tmp_path, backe
     assert store.state_path.read_bytes() == before and store.log_path.read_bytes() == log_before
     assert sorted(p.name for p in store.directory.iterdir()) == ["boot-eventlog.json", "events.jsonl", "lock", "state.json"]
     assert replay_events(store.events(), initial(store)) == list(store.load().rtmr)
+
+
+def test_replay_events_prefixes_and_unverified_records():
+    """replay_events(prefixes=True) gives the RTMRs after every prefix (the stress oracles' replay);
+    verify=False takes records without a logged value, which the log itself never may."""
+    import hashlib
+    data = [bytes([k]) * 48 for k in range(3)]
+    events = [{"rtmr": 1, "data": data[0].hex()}, {"rtmr": 3, "data": data[1].hex()},
+              {"rtmr": 1, "data": data[2].hex()}]
+    zero = bytes(48)
+    states = replay_events(events, verify=False, prefixes=True)
+    r1 = hashlib.sha384(zero + data[0]).digest()
+    r3 = hashlib.sha384(zero + data[1]).digest()
+    assert states == [(zero,) * 4, (zero, r1, zero, zero), (zero, r1, zero, r3),
+                      (zero, hashlib.sha384(r1 + data[2]).digest(), zero, r3)]
+    assert replay_events(events, verify=False) == list(states[-1])
+    with pytest.raises(StateError, match="record 0 is malformed"):
+        replay_events(events)   # a log record must carry its value

@@ -262,7 +262,10 @@ def test_malformed_socket_messages_end_only_that_connection():
     with ServedDevice("v6.2") as d:
         device, windows = protocol.hello(d.socket)
         assert device == abi.DEVICE_PATHS["v6.2"]
-        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN}
+        # the report command's window, and those of the commands the emulated VFS answers first
+        vfs = {v.cmd: v.window for v in profiles.get("v6.2").vfs_commands if v.window}
+        assert windows == {abi.TDX_CMD_GET_REPORT0: abi.TDX_REPORT_REQ_LEN, **vfs}
+        assert vfs[abi.FIONBIO] == 4 and vfs[abi.FIDEDUPERANGE] == abi.TDX_PAGE_SIZE
         for junk in (b"\x00" * 12, protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, 9, 0),
                      protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, 1 << 30),
                      protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, protocol.IOCTL.size)
@@ -541,3 +544,63 @@ def test_serve_on_a_corrupt_state_exits_2_naming_the_file(tmp_path, content):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-300:]
     assert r.stderr.startswith(f"tdxmodel: {state / 'state.json'}: ")
     assert not _is_mounted(str(tmp_path / "mnt"))
+
+
+# ------------------------------------------------------------------ extends through an ioctl (intel-downstream)
+def _extend_ioctl(path, index, data):
+    """TDX_CMD_EXTEND_RTMR on the served node: 0 or -errno."""
+    cmd = profiles.get("intel-downstream").command("extend_rtmr")
+    req = bytearray(cmd.request_len)
+    req[cmd.field("data").offset:cmd.field("data").end] = data
+    req[cmd.field("index").offset] = index
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, cmd.value, req)
+        return 0
+    except OSError as e:
+        return -e.errno
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_downstream_ioctl_extends_are_persisted_in_one_order(backend):
+    """intel-downstream's EXTEND_RTMR (Command.extends_rtmr) served with a state directory is recorded
+    as 6.16's measurement-file writes are: interleaved with `tdxmodel extend`, the served TD,
+    state.json and the log agree, in one order; a refused extend (index < 2) records nothing."""
+    from tdxmodel import eventlog
+    from tdxmodel.state import StateStore, replay_events
+    with ServedDevice("intel-downstream", backend=backend) as d:
+        store = StateStore(str(d.state))
+        for k in range(4):
+            store.extend(2, bytes([k, 1]) * 24)
+            assert _extend_ioctl(d.path, 2 + k % 2, bytes([k, 2]) * 24) == 0
+            assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(
+                store.events(), eventlog.replay(store.boot_events()))
+        assert [(e["rtmr"], e["data"][:4]) for e in store.events()] == [
+            (r, f"{k:02x}{j:02x}") for k in range(4) for r, j in ((2, 1), (2 + k % 2, 2))]
+        events = store.events()
+        assert _extend_ioctl(d.path, 1, b"\x07" * 48) == -errno.EINVAL   # RTMR 0/1 refused (quote.md §2.6)
+        assert store.events() == events
+        assert d.counters()["fast_path"] is False   # extends are committed under the state lock
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+def test_downstream_ioctl_extend_with_a_corrupt_state_changes_nothing(backend):
+    from tdxmodel import eventlog
+    from tdxmodel.state import StateStore, replay_events
+    with ServedDevice("intel-downstream", backend=backend) as d:
+        store = StateStore(str(d.state))
+        assert _extend_ioctl(d.path, 3, b"\x01" * 48) == 0
+        good = (d.state / "state.json").read_bytes()
+        before, events = _served_rtmrs(d), store.events()
+        (d.state / "state.json").write_text("{ corrupt")
+        assert _extend_ioctl(d.path, 3, b"\x02" * 48) == -errno.EIO
+        assert _served_rtmrs(d) == before
+        (d.state / "state.json").write_bytes(good)
+        assert store.events() == events
+        assert _extend_ioctl(d.path, 3, b"\x03" * 48) == 0
+        assert _served_rtmrs(d) == list(store.load().rtmr) == replay_events(
+            store.events(), eventlog.replay(store.boot_events()))
+        assert store.load().rtmr[3] == hashlib.sha384(before[3] + b"\x03" * 48).digest()
+        assert d.proc.poll() is None

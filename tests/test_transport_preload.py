@@ -192,3 +192,55 @@ def test_without_a_daemon_stat_passes_through(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import os, sys; print(os.path.exists(sys.argv[1]))",
                         abi.DEVICE_PATHS["v6.2"]], capture_output=True, text=True, timeout=30, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "False"
+
+
+PY_VFS = """
+import errno, fcntl, os, sys
+dev, regular = sys.argv[1], sys.argv[2]
+FIOCLEX, FIONCLEX, FIONBIO, FIOASYNC, FIOQSIZE, FIGETBSZ, FICLONE, UUID = map(int, sys.argv[3:11])
+
+def call(fd, cmd, arg):
+    try:
+        return fcntl.ioctl(fd, cmd, arg)
+    except OSError as e:
+        return -e.errno
+
+fd = os.open(dev, os.O_RDWR)
+other = os.open(dev, os.O_RDWR)
+reg = os.open(regular, os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETFD, 0)
+print(call(fd, FIOCLEX, 0), fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+print(call(fd, FIONCLEX, 0), fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+one = (1).to_bytes(4, "little")
+print(call(fd, FIONBIO, one) == one, fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+print(call(fd, FIOASYNC, bytes(4)) == bytes(4), call(fd, FIOASYNC, one))
+print(call(fd, FIOQSIZE, bytes(8)))
+print(int.from_bytes(call(fd, FIGETBSZ, bytes(4)), "little"))
+print(call(fd, FICLONE, other), call(fd, FICLONE, reg), call(fd, FICLONE, 987))
+u = call(fd, UUID, bytes(17))
+print(u if isinstance(u, int) else u.hex())
+"""
+
+
+@pytest.mark.parametrize("backend", ["core", "reference"])
+@pytest.mark.parametrize("driver", ["v6.2", "v6.16"])
+def test_vfs_commands_through_preload(served, backend, driver, tmp_path):
+    """FIOCLEX acts on the client's fd, FIONBIO does not make the daemon's socket nonblocking, FICLONE
+    names the client's fds, the rest are the daemon's emulated VFS (docs/CONTRACT.md)."""
+    d = served(driver, backend)
+    regular = tmp_path / "plain"
+    regular.write_bytes(b"x")
+    args = [str(v) for v in (abi.FIOCLEX, abi.FIONCLEX, abi.FIONBIO, abi.FIOASYNC, abi.FIOQSIZE,
+                             abi.FIGETBSZ, abi.FICLONE, abi.FS_IOC_GETFSUUID)]
+    r = subprocess.run([sys.executable, "-c", PY_VFS, d.device_node, str(regular), *args],
+                       capture_output=True, text=True, timeout=30, env=d.preload_env())
+    assert r.returncode == 0, r.stderr
+    prof = profiles.get(driver)
+    lines = r.stdout.splitlines()
+    assert lines[:6] == ["0 1", "0 0", "True 0", f"True {-errno.ENOTTY}", str(-errno.ENOTTY),
+                         str(abi.TDX_PAGE_SIZE)]
+    assert lines[6] == f"{-errno.EINVAL} {-errno.EXDEV} {-errno.EBADF}"
+    if prof.vfs_command(abi.FS_IOC_GETFSUUID):
+        assert len(bytes.fromhex(lines[7])) == abi.FSUUID2_LEN and lines[7][:2] == "10"
+    else:
+        assert lines[7] == str(-errno.ENOTTY)

@@ -50,6 +50,7 @@
 #include <unistd.h>
 #include <grp.h>
 
+#include "tdx_abi.h"
 #include "tdx_usercopy.h"
 #include "tdx_wire.h"
 
@@ -690,6 +691,45 @@ int __openat64_2(int dirfd, const char *path, int flags)
     return real___openat64_2(dirfd, path, flags);
 }
 
+/* FICLONE's checks on our fd as the kernel makes them on the character device (fs/remap_range.c; the
+ * daemon cannot see this process's fds): the source not open -EBADF; another of our device fds, the
+ * same superblock: -EINVAL (not a regular file); any other file: -EXDEV (another file system; a real
+ * file on the host's devtmpfs would give -EINVAL, which we cannot tell from here). */
+static int clone_from(uint64_t srcfd)
+{
+    int fd = (int)(uint32_t)srcfd; /* fdget takes an unsigned int */
+    errno = conn(fd) ? EINVAL : fcntl(fd, F_GETFD) < 0 ? EBADF : EXDEV;
+    return -1;
+}
+
+/* Commands the VFS answers before any driver (tdxmodel.profiles.VfsCommand): the close-on-exec pair
+ * acts on our socket fd, as the kernel would on the device's; FICLONE/FICLONERANGE name fds of this
+ * process; the rest go to the daemon's emulated VFS like any command. 1: answered, *ret set. */
+static int vfs_local(int fd, unsigned int cmd, void *arg, int *ret)
+{
+    if (cmd == FIOCLEX || cmd == FIONCLEX) {
+        *ret = real_ioctl(fd, (unsigned long)cmd, arg);
+        return 1;
+    }
+    if (cmd == FICLONE) {
+        *ret = clone_from((uint64_t)(uintptr_t)arg);
+        return 1;
+    }
+    if (cmd == FICLONERANGE) {
+        uint8_t range[FILE_CLONE_RANGE_LEN];
+        uint64_t src_fd;
+        if (self_copy((uint64_t)(uintptr_t)arg, range, sizeof range, 0) < sizeof range) {
+            errno = EFAULT;
+            *ret = -1;
+            return 1;
+        }
+        memcpy(&src_fd, range, sizeof src_fd);
+        *ret = clone_from(src_fd);
+        return 1;
+    }
+    return 0;
+}
+
 int ioctl(int fd, unsigned long request, ...)
 {
     va_list ap;
@@ -701,8 +741,12 @@ int ioctl(int fd, unsigned long request, ...)
         errno = ENOTTY; /* configfs and sysfs attributes have no ioctl */
         return -1;
     }
-    if (conn(fd))
+    if (conn(fd)) {
+        int ret;
+        if (vfs_local(fd, (unsigned int)request, arg, &ret))
+            return ret;
         return forward_ioctl(fd, request, arg);
+    }
     return real_ioctl(fd, request, arg);
 }
 

@@ -101,6 +101,8 @@ cdef extern from "tdx_abi.h":
     int TDXM_ERANGE  # quote.md §0
     int TDXM_ENAMETOOLONG  # Linux asm-generic/errno.h
     int TDXM_ETIMEDOUT  # ref §0
+    int TDXM_EXDEV  # Linux asm-generic/errno-base.h
+    int TDXM_EOPNOTSUPP  # Linux asm-generic/errno.h
     unsigned long long TDX_CMD_GET_TDREPORT  # ref §1, §2.2
     unsigned long long TDX_CMD_GET_REPORT0  # ref §1, §2.4
     int TDX_REPORT_REQ_LEN  # ref §2.4
@@ -113,6 +115,27 @@ cdef extern from "tdx_abi.h":
     int TDX_EXTEND_RTMR_REQ_LEN  # ref §1
     int TDX_EXTEND_RTMR_REQ_OFF_INDEX  # ref §1
     int TDX_DOWNSTREAM_MIN_RTMR  # ref §2.5 CONFLICT; quote.md §2.6
+    int FIONBIO  # fs/ioctl.c @011da44b ioctl_fionbio
+    int FIONCLEX  # fs/ioctl.c @011da44b do_vfs_ioctl
+    int FIOCLEX  # fs/ioctl.c @011da44b do_vfs_ioctl
+    int FIOASYNC  # fs/ioctl.c @011da44b ioctl_fioasync
+    int FIOQSIZE  # fs/ioctl.c @011da44b do_vfs_ioctl
+    int FIGETBSZ  # fs/ioctl.c @011da44b do_vfs_ioctl; include/uapi/linux/fs.h
+    unsigned long long FIFREEZE  # fs/ioctl.c @011da44b ioctl_fsfreeze
+    unsigned long long FITHAW  # fs/ioctl.c @011da44b ioctl_fsthaw
+    unsigned long long FS_IOC_FIEMAP  # fs/ioctl.c @011da44b ioctl_fiemap
+    int FICLONE  # fs/ioctl.c @011da44b ioctl_file_clone; fs/remap_range.c
+    int FICLONERANGE  # fs/ioctl.c @011da44b ioctl_file_clone_range
+    unsigned long long FIDEDUPERANGE  # fs/ioctl.c @011da44b ioctl_file_dedupe_range
+    unsigned long long FS_IOC_GETFSUUID  # fs/ioctl.c @v6.16 ioctl_getfsuuid (41bcbe59c3b3, 6.9)
+    unsigned long long FS_IOC_GETFSSYSFSPATH  # fs/ioctl.c @v6.16 ioctl_get_fs_sysfs_path (ae8c51175730, 6.10)
+    int FIOQSIZE_LEN  # fs/ioctl.c do_vfs_ioctl
+    int FILE_CLONE_RANGE_LEN  # include/uapi/linux/fs.h
+    int FILE_DEDUPE_RANGE_LEN  # include/uapi/linux/fs.h
+    int FILE_DEDUPE_RANGE_OFF_COUNT  # include/uapi/linux/fs.h
+    int FILE_DEDUPE_RANGE_INFO_LEN  # include/uapi/linux/fs.h
+    int FSUUID2_LEN  # include/uapi/linux/fs.h
+    int DEVTMPFS_UUID_LEN  # mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)
     int IOC_NRSHIFT  # ref §1
     int IOC_TYPESHIFT  # ref §1
     int IOC_SIZESHIFT  # ref §1
@@ -161,6 +184,9 @@ cdef extern from "tdx_abi.h":
     int HOST_FAULT_NO_INTERRUPT  # quote.md §3.3
     int SLAB_POISON_INUSE  # Linux include/linux/poison.h (POISON_INUSE)
     int MEASUREMENT_LEN  # ref §2.5
+    int TSM_MR_ATTRS_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
+    int TSM_MR_CTX_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
+    int KMALLOC_8K  # ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches
     int TSM_INBLOB_MAX  # quote.md §1.1
     int TSM_NAME_MAX  # Linux NAME_MAX
     int TSM_TEXT_ATTR_SIZE  # fs/configfs/inode.c (picked, not in the reference)

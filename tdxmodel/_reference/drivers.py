@@ -14,6 +14,8 @@ someone unmapped the kernel's own pages) propagates after the same cleanup.
 from __future__ import annotations
 
 import threading
+from typing import Optional
+
 from tdxmodel import abi, errors
 
 _REPORT_LEN = abi.TDX_REPORT_LEN
@@ -181,6 +183,14 @@ class DriverV616:
         if ret:
             kernel.kfree(buf)
             raise errors.errno_exception(-ret, "tdx_guest init: TDG.MR.REPORT", status=self._last_status)
+        # §2.5 init #1.3 tsm_mr_create_attribute_group: both kzallocs are made before either is checked
+        attrs = kernel.kmalloc(task, abi.TSM_MR_ATTRS_SIZE, "tsm_mr_attrs:kzalloc", zero=True)
+        ctx = kernel.kmalloc(task, abi.TSM_MR_CTX_SIZE, "tsm_mr_ctx:kzalloc", zero=True)
+        if attrs is None or ctx is None:
+            for ptr in (attrs, ctx, buf):
+                if ptr is not None:
+                    kernel.kfree(ptr)
+            raise errors.errno_exception(abi.ENOMEM, "tdx_guest init: tsm-mr attribute group")
         # §2.5 init #2 misc_register cannot fail in the model; #3-#4 (the quote buffer, tsm registration)
         # follow in tsm_report.TsmReport (quote.md §2.2)
 
@@ -230,7 +240,30 @@ class DriverV616:
             k.mutex_unlock(self.mr_lock)
 
     # -- measurement files (§2.5 "Measurement files") -----------------------------------------------
+    def _kernfs_buf(self, task, size: int) -> Optional[int]:
+        """kernfs' bounce buffer (§2.5 "Read" #1, "Write" #1): kmalloc(size); kmalloc(0) is
+        ZERO_SIZE_PTR (0 here, no point); kmalloc(4097) is kmalloc-8k, beyond the model's slab
+        classes: failslab sees 8 KiB and an order-1 page allocation stands in (abi.KMALLOC_8K)."""
+        k = self.k
+        if size == 0:
+            return 0
+        if size <= abi.TDX_PAGE_SIZE:
+            return k.kmalloc(task, size, "kernfs_buf:kmalloc")
+        if k.inject(task, "kernfs_buf:kmalloc", "failslab", abi.KMALLOC_8K):
+            return None
+        return k.alloc_pages(task, 1, "kernfs_buf:kmalloc", nofail=True)
+
     def read_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
+        buf = self._kernfs_buf(task, min(count, abi.TDX_PAGE_SIZE))
+        if buf is None:
+            return -abi.ENOMEM
+        try:
+            return self._read_measurement(task, name, uaddr, count, offset)
+        finally:
+            if buf:
+                self.k.kfree(buf)
+
+    def _read_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
         mr = self.p.measurement(name)
         field_offset, live = mr.tdr_offset, mr.live
         size = abi.MEASUREMENT_LEN
@@ -262,6 +295,16 @@ class DriverV616:
         return n
 
     def write_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
+        # §2.5 "Write" #1: kernfs kmallocs min(count, PAGE_SIZE) + 1 (the terminating NUL) first
+        buf = self._kernfs_buf(task, min(count, abi.TDX_PAGE_SIZE) + 1)
+        if buf is None:
+            return -abi.ENOMEM
+        try:
+            return self._write_measurement(task, name, uaddr, count, offset)
+        finally:
+            self.k.kfree(buf)
+
+    def _write_measurement(self, task, name: str, uaddr: int, count: int, offset: int) -> int:
         mr = self.p.measurement(name)  # only the RTMRs open for writing (0644)
         index = (mr.tdr_offset - abi.TDR_OFF_RTMR0) // abi.TDX_SHA384_LEN
         k = self.k

@@ -81,6 +81,7 @@ class Kernel:
         self._lock = threading.Lock()          # the lock counters
         rng_seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._faults = Faults(rng_seed)
+        self._fs_uuid = profiles.devtmpfs_uuid(rng_seed)  # FS_IOC_GETFSUUID on the device node
         self._alloc = Allocator(module, self._faults, KERNEL_FIRST_PAGE)
         self._misaligned: Optional[str] = None
         self._mr_outside_holds = False
@@ -521,7 +522,58 @@ class Process(_Task, UserMemory):
             return -abi.EBADF
         if f.kind != "device":
             return -abi.ENOTTY
+        vfs = self._kernel.profile.vfs_command(cmd)
+        if vfs is not None:  # do_vfs_ioctl answers it; the driver never sees it (ref §1)
+            return self._vfs_ioctl(vfs, arg)
         return self._kernel._driver.ioctl(self, cmd, arg)
+
+    def _vfs_ioctl(self, vfs: "profiles.VfsCommand", arg: int) -> int:
+        """What do_vfs_ioctl does on the device node (tdxmodel.profiles.VfsCommand); its user copies
+        are not injection points."""
+        act = vfs.action
+        if act == "ok":
+            return 0
+        if act == "errno":
+            return -vfs.errno
+        if act in ("get_int", "fioasync"):
+            raw = self._read_user(arg, 4)
+            if len(raw) < 4:
+                return -abi.EFAULT
+            # FIOASYNC: FASYNC would change and the misc device has no fasync (never on, so only on != 0)
+            return -abi.ENOTTY if act == "fioasync" and int.from_bytes(raw, "little") else 0
+        if act == "put_int":
+            if not self._user_accessible(arg, 4, "w"):
+                return -abi.EFAULT
+            self._write_user(arg, vfs.value.to_bytes(4, "little"))
+            return 0
+        if act == "fsuuid":
+            data = bytes([abi.DEVTMPFS_UUID_LEN]) + self._kernel._fs_uuid
+            return -abi.EFAULT if self._write_user(arg, data) < len(data) else 0
+        if act == "clone_range":
+            raw = self._read_user(arg, abi.FILE_CLONE_RANGE_LEN)
+            if len(raw) < abi.FILE_CLONE_RANGE_LEN:
+                return -abi.EFAULT
+            return self._vfs_clone(int.from_bytes(raw[:8], "little"))
+        if act == "clone":
+            return self._vfs_clone(arg)
+        # dedupe: get_user(dest_count), the PAGE_SIZE bound, memdup_user, then "not a regular file"
+        off = abi.FILE_DEDUPE_RANGE_OFF_COUNT
+        raw = self._read_user(arg + off, 2) if arg + off + 2 <= _U64 + 1 else b""
+        if len(raw) < 2:
+            return -abi.EFAULT
+        size = abi.FILE_DEDUPE_RANGE_LEN + abi.FILE_DEDUPE_RANGE_INFO_LEN * int.from_bytes(raw, "little")
+        if size > PAGE_SIZE:
+            return -abi.ENOMEM
+        if len(self._read_user(arg, size)) < size:
+            return -abi.EFAULT
+        return -abi.EINVAL
+
+    def _vfs_clone(self, srcfd: int) -> int:
+        """FICLONE's checks up to the first that fails on a character device (fs/remap_range.c)."""
+        src = self._files.get(srcfd & 0xFFFFFFFF)  # fdget takes an unsigned int
+        if src is None:
+            return -abi.EBADF
+        return -abi.EINVAL if src.kind == "device" else -abi.EXDEV  # same superblock: not regular
 
     def pread(self, fd: int, addr: int, count: int, offset: int) -> int:
         """pread(fd: int, addr: int, count: int, offset: int) -> int: bytes read or -errno

@@ -32,10 +32,28 @@ def register(subparsers) -> None:
 
 
 def _table(result) -> str:
-    from tdxmodel.campaign import is_quote_case
-    report = _report_table(result, [r for r in result["cases"] if not is_quote_case(r)])
+    from tdxmodel.campaign import is_measurement_case, is_quote_case, is_report_case
+    report = _report_table(result, [r for r in result["cases"] if is_report_case(r)])
+    measurement = [r for r in result["cases"] if is_measurement_case(r)]
+    if measurement:
+        report += "\n" + _measurement_table(result["summary"]["measurement"], measurement)
     quote = [r for r in result["cases"] if is_quote_case(r)]
     return report if not quote else report + "\n" + _quote_table(result["summary"]["quote"], quote)
+
+
+def _measurement_table(s, records) -> str:
+    by_outcome = {}
+    for r in records:
+        row = by_outcome.setdefault(r["outcome"], {"cases": 0, "leaked": 0, "locks": 0})
+        row["cases"] += 1
+        row["leaked"] += bool(r["leaked"])
+        row["locks"] += bool(r["locks_held"])
+    lines = [f"measurement files: {s['cases']} cases",
+             f"{'outcome':<10} {'cases':>6} {'leaking':>8} {'locks held':>11}"]
+    for outcome, row in sorted(by_outcome.items()):
+        lines.append(f"{outcome:<10} {row['cases']:>6} {row['leaked']:>8} {row['locks']:>11}")
+    lines.append(f"{'total':<10} {s['cases']:>6} {s['leaking_cases']:>8} {s['lock_imbalanced_cases']:>11}")
+    return "\n".join(lines)
 
 
 def _quote_table(s, records) -> str:

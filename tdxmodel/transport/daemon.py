@@ -167,8 +167,13 @@ class Daemon:
             self._attach_quote_service()
         # the ioctl hot path runs without the GIL when the emulator is the C core, which lends the
         # transport its C path; the reference backend is served through Python alone
+        # An ioctl that extends an RTMR (Command.extends_rtmr) must be committed to the state directory
+        # under its lock, which the C path cannot take: such a generation served with a state directory
+        # goes through Python for every ioctl (one lock per open file, one order of extends).
         fast = None
-        if handler is not None and self._backend.BACKEND_NAME == "core":
+        needs_store = handler is not None and handler.store is not None and \
+            profiles.get(self.driver).extends_through_ioctl
+        if handler is not None and self._backend.BACKEND_NAME == "core" and not needs_store:
             from tdxmodel._core._ext import DevicePath
             fast = DevicePath()
             handler.attach_fast_path(fast)

@@ -66,8 +66,13 @@ def driver_windows(driver: str) -> Dict[int, int]:
     """driver_windows(driver: str) -> {cmd: bytes from arg the driver may touch}.
 
     v4 reads 64 bytes and writes the 1024-byte TDREPORT in place (ref §2.2) though its command encodes
-    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5)."""
-    return {c.value: c.request_len for c in profiles.get(driver).commands}
+    8; 6.2+ reads 64 and writes 1024 at +64 of the 1088-byte struct (ref §2.4, §2.5). The commands the
+    VFS answers before the driver (profiles.VfsCommand) come with theirs: a socket client's kernel
+    (the preload library's) hands them to us; FUSE's answers them itself and never sends them."""
+    prof = profiles.get(driver)
+    windows = {v.cmd: v.window for v in prof.vfs_commands if v.window}
+    windows.update({c.value: c.request_len for c in prof.commands})
+    return windows
 
 
 class _FailNth:
@@ -109,7 +114,8 @@ class EmulatedDevice:
     """EmulatedDevice(kernel, *, store=None, log=print-to-stderr)
 
     The handler of one served TD. ``store`` (a ``tdxmodel.state.StateStore``) receives every extend
-    made through the measurement files, under its lock and in its order; ``sync_state()`` applies the
+    made through the measurement files or an extending ioctl (Command.extends_rtmr), under its lock
+    and in its order; ``sync_state()`` applies the
     store's RTMRs when its generation changes (the daemon polls it, and a measurement read calls it
     first)."""
 
@@ -223,6 +229,46 @@ class EmulatedDevice:
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
+        command = self.profile.command_numbered(cmd & 0xFFFFFFFF)
+        if command is not None and command.extends_rtmr and self.store is not None:
+            return self._ioctl_extend_through_store(f, command, cmd, arg, image, readable, writable)
+        return self._ioctl(f, cmd, arg, image, readable, writable)
+
+    def _ioctl_extend_through_store(self, f: _OpenFile, command: Any, cmd: int, arg: int,
+                                    image: memoryview, readable: int, writable: int) -> int:
+        """An ioctl that extends an RTMR (Command.extends_rtmr: intel-downstream's EXTEND_RTMR),
+        persisted as a measurement-file write is (_extend_through_store): under the state lock, the
+        live TD brought up to the log, the ioctl, then the record; a failed commit puts the RTMR back
+        and the call fails -EIO. The index and data are what the driver read: the client's bytes."""
+        from tdxmodel.state import StateError
+
+        idx_field, data_field = command.field("index"), command.field("data")
+        with self._extend_lock:
+            try:
+                with self.store.transaction() as txn:
+                    self._apply(txn.config, txn.generation)
+                    befores = [self.module.rtmr(i) for i in range(abi.TDX_NUM_RTMRS)]
+                    ret = self._ioctl(f, cmd, arg, image, readable, writable)
+                    if ret != 0:
+                        return ret  # the driver refused: nothing changed, nothing to record
+                    index = image[idx_field.offset]
+                    data = bytes(image[data_field.offset:data_field.end])
+                    if not (0 <= index < abi.TDX_NUM_RTMRS and len(data) == data_field.size):
+                        return ret  # cannot happen: the driver read both and the module checks the index
+                    try:
+                        txn.extend(index, data, self.module.rtmr(index))
+                    except (StateError, ValueError) as e:
+                        self.kernel.set_rtmr(index, befores[index])
+                        self.log(f"state directory: {e} (the extend of RTMR{index} was undone)")
+                        return -errno.EIO
+                    self._generation = txn.generation
+                    return ret
+            except StateError as e:
+                self.log(f"state directory: {e} (an extending ioctl fails with EIO until it is usable)")
+                return -errno.EIO
+
+    def _ioctl(self, f: _OpenFile, cmd: int, arg: int, image: memoryview, readable: int,
+               writable: int) -> int:
         window = len(image)
         addr = USER_BASE + arg % PAGE
         with f.lock:
