@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.fuse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=ROOT)
+ENV = dict(os.environ, PYTHONPATH=ROOT, TMPDIR=tempfile.gettempdir())
 CLIENT = os.path.join(ROOT, "tests", "clients", "ccel_client.py")
 GUEST_PATHS = ["/dev/tdx_guest", "/dev/tdx-attest", "/sys/firmware/acpi/tables/CCEL",
                "/sys/firmware/acpi/tables/data/CCEL", "/etc/tdx-attest.conf",
@@ -23,14 +23,29 @@ GUEST_PATHS = ["/dev/tdx_guest", "/dev/tdx-attest", "/sys/firmware/acpi/tables/C
 _OTHERS = re.compile(re.escape(tempfile.gettempdir()) + r"/tdxm-(?!run-)")
 
 
+def _elsewhere(mountpoint: str) -> bool:
+    """A mount of another test's daemon under the temp dir (other suites' mounts come and go on a
+    shared machine); this test's own runs work under ENV["TMPDIR"], which stays watched."""
+    tmp = tempfile.gettempdir() + "/"
+    return (mountpoint.startswith(tmp) and not mountpoint.startswith(ENV["TMPDIR"] + "/")) \
+        or bool(_OTHERS.match(mountpoint))
+
+
 def host_view():
     """The mount table (without other test daemons' temporary mounts, which come and go on a shared
     machine), which guest paths exist, and the run work directories left in the temp dir."""
     with open("/proc/self/mountinfo") as f:
         mounts = sorted(" ".join(l.split()[3:5] + l.split(" - ")[1].split()[:2])
-                        for l in f if not _OTHERS.match(l.split()[4]))
+                        for l in f if not _elsewhere(l.split()[4]))
     return {"mounts": mounts, "paths": {p: os.path.lexists(p) for p in GUEST_PATHS},
-            "workdirs": sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("tdxm-run-"))}
+            "workdirs": sorted(n for n in os.listdir(ENV["TMPDIR"]) if n.startswith("tdxm-run-"))}
+
+
+@pytest.fixture(autouse=True)
+def private_tmpdir(tmp_path_factory, monkeypatch):
+    """Each test's `tdxmodel run` makes its work directory in a temp dir of its own, so "nothing left
+    behind" is checked against this test's runs only, not other suites' running at the same time."""
+    monkeypatch.setitem(ENV, "TMPDIR", str(tmp_path_factory.mktemp("runtmp")))
 
 
 def run(*args, timeout=120, **kw):
