@@ -215,6 +215,8 @@
 /* --- tsm --- */
 #define TSM_INBLOB_MAX 64 /* cb_max_size of inblob: a write past it is -EFBIG (quote.md §1.1) */
 #define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
+#define TSM_TEXT_ATTR_SIZE 4096 /* st_size of generation and provider (fs/configfs/inode.c (picked, not in the reference)) */
+#define TSM_BIN_ATTR_SIZE 0 /* st_size of inblob and outblob (fs/configfs/inode.c (picked, not in the reference)) */
 #define GETQUOTE_TIMEOUT 30 /* getquote_timeout: at most 30 polls (quote.md §2.2, §2.4) */
 #define GETQUOTE_POLL_MS 1000 /* each poll sleeps 1000 ms interruptibly (quote.md §2.4) */
 /* --- tsm_wait --- */

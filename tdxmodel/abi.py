@@ -305,6 +305,12 @@ CONSTANTS: List[Const] = [
     # --- configfs-tsm and the TDX quote provider (quote.md §1-§2) ---------------------------------
     _c("TSM_INBLOB_MAX", 64, "tsm", "quote.md §1.1", "cb_max_size of inblob: a write past it is -EFBIG"),
     _c("TSM_NAME_MAX", 255, "tsm", "Linux NAME_MAX", "longest configfs item name"),
+    # st_size of configfs attributes: not in the reference, picked from fs/configfs/inode.c
+    # (configfs_init_file: PAGE_SIZE, configfs_init_bin_file: 0); what `serve` answers to stat
+    _c("TSM_TEXT_ATTR_SIZE", 4096, "tsm", "fs/configfs/inode.c (picked, not in the reference)",
+       "st_size of generation and provider"),
+    _c("TSM_BIN_ATTR_SIZE", 0, "tsm", "fs/configfs/inode.c (picked, not in the reference)",
+       "st_size of inblob and outblob"),
     _c("GETQUOTE_TIMEOUT", 30, "tsm", "quote.md §2.2, §2.4", "getquote_timeout: at most 30 polls"),
     _c("GETQUOTE_POLL_MS", 1000, "tsm", "quote.md §2.4", "each poll sleeps 1000 ms interruptibly"),
     # --- how the provider waits for the host (quote.md §2.4-§2.6, §3.3): a kernel option --------

@@ -72,7 +72,8 @@ def test_run_places_the_guest_paths_and_leaves_the_host_as_it_was(tmp_path):
     assert r.returncode == 0, r.stderr
     inside = json.loads(r.stdout)
     for p in ("/dev/tdx_guest", "/sys/firmware/acpi/tables/CCEL", "/sys/firmware/acpi/tables/data/CCEL",
-              "/etc/tdx-attest.conf", "/sys/class/misc/tdx_guest", "/sys/devices/virtual/misc/tdx_guest"):
+              "/etc/tdx-attest.conf", "/sys/class/misc/tdx_guest", "/sys/devices/virtual/misc/tdx_guest",
+              "/sys/kernel/config/tsm"):
         assert inside[p], p
     assert not inside["/dev/tdx-attest"]  # v6.16's node only
     assert "port" not in inside["conf"].replace("# tdxmodel run: no vsock port", "")
@@ -82,11 +83,14 @@ def test_run_places_the_guest_paths_and_leaves_the_host_as_it_was(tmp_path):
     assert host_view() == before
 
 
+@pytest.mark.parametrize("driver", ["v6.2", "v6.16"])
 @pytest.mark.parametrize("script, status", [("exit 7", 7), ("kill -9 $$", 128 + 9), ("kill -15 $$", 128 + 15)])
-def test_cmd_status_is_runs_and_a_killed_cmd_leaves_nothing(tmp_path, script, status):
+def test_cmd_status_is_runs_and_a_killed_cmd_leaves_nothing(tmp_path, script, status, driver):
     before = host_view()
-    r = run("--driver", "v6.2", "--state", str(tmp_path / "st"), "--", "sh", "-c",
-            "test -e /dev/tdx_guest && test -e /sys/firmware/acpi/tables/CCEL || exit 99; " + script)
+    tsm = "test -d /sys/kernel/config/tsm/report && mkdir /sys/kernel/config/tsm/report/k && " \
+          "test -e /sys/class/misc/tdx_guest/measurements/rtmr2:sha384 || exit 98; " if driver == "v6.16" else ""
+    r = run("--driver", driver, "--state", str(tmp_path / "st"), "--", "sh", "-c",
+            "test -e /dev/tdx_guest && test -e /sys/firmware/acpi/tables/CCEL || exit 99; " + tsm + script)
     assert r.returncode == status, r.stderr
     assert host_view() == before
 
@@ -97,18 +101,38 @@ def test_v4_node_is_dev_tdx_attest(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["mounts", "preload"])
 @pytest.mark.parametrize("driver", ["v6.2", "v6.16"])
-def test_python_client_requiring_ccel_replays_the_log_to_the_report(tmp_path, backend, driver):
+def test_python_client_requiring_ccel_replays_the_log_to_the_report(tmp_path, backend, driver, preload):
     """The SDK-style client (tests/clients/ccel_client.py, no tdxmodel import) starts only with the
-    CCEL table; the boot log it reads there replays to the TDREPORT's RTMRs."""
+    CCEL table; the boot log it reads there replays to the TDREPORT's RTMRs and, where configfs-tsm
+    is served (6.16), to the RTMRs of a quote it gets through it, which verifies in `tdxmodel quote
+    verify` and dcap-qvl. Through the mounts of `run` and through the preload library (`run
+    --preload`: nothing mounted, the CCEL files and the tree forwarded)."""
     state = str(tmp_path / "st")
-    r = run("--driver", driver, "--backend", backend.BACKEND_NAME, "--state", state, "--",
-            sys.executable, CLIENT)
+    r = run("--driver", driver, "--backend", backend.BACKEND_NAME, "--state", state,
+            *(["--preload"] if preload else []), "--", sys.executable, CLIENT)
     assert r.returncode == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["match"]
     from tdxmodel.state import StateStore
     assert out["report"] == [v.hex() for v in StateStore(state).load().rtmr]
+    if driver == "v6.2":
+        assert "quote" not in out   # ioctl-only: no configfs-tsm
+        return
+    assert out["quote_match"] and out["quote"] == out["report"]
+    quote = tmp_path / "quote.bin"
+    quote.write_bytes(bytes.fromhex(out["quote_hex"]))
+    v = subprocess.run([sys.executable, "-m", "tdxmodel", "quote", "verify", str(quote), "--state", state],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert v.returncode == 0 and v.stdout.strip() == "UpToDate", v.stderr
+    import time
+    import dcap_qvl
+    from tdxmodel.host.collateral import Platform
+    platform = Platform(StateStore(state))
+    coll = dcap_qvl.QuoteCollateralV3.from_json(platform.collateral().to_dcap_qvl_json())
+    assert dcap_qvl.verify_with_root_ca(quote.read_bytes(), coll, platform.pki().root_der(),
+                                        int(time.time())).status == "UpToDate"
 
 
 def test_a_log_that_does_not_replay_is_caught_by_the_client(tmp_path):
@@ -127,17 +151,22 @@ def test_a_log_that_does_not_replay_is_caught_by_the_client(tmp_path):
 
 
 def test_preload_reaches_the_device_without_mounts(tmp_path):
+    """run --preload mounts nothing: the device, the CCEL files, the measurement files and the
+    configfs-tsm tree are forwarded by the library, for CMD only."""
     before = host_view()
     code = ("import os, fcntl; fd = os.open('/dev/tdx_guest', os.O_RDWR); b = bytearray(1088); "
             "b[:64] = b'p' * 64; fcntl.ioctl(fd, 0xC4405401, b); print(bytes(b[64:]).hex()); "
-            "print(os.path.exists('/sys/firmware/acpi/tables/CCEL'))")
+            "print(os.path.exists('/sys/firmware/acpi/tables/CCEL')); "
+            "print(open('/sys/class/misc/tdx_guest/measurements/rtmr0:sha384', 'rb').read().hex()); "
+            "print(','.join(os.listdir('/sys/kernel/config/tsm')))")
     r = run("--preload", "--state", str(tmp_path / "st"), "--", sys.executable, "-c", code)
     assert r.returncode == 0, r.stderr
-    report_hex, ccel = r.stdout.split()
+    report_hex, ccel, rtmr0, tsm = r.stdout.split()
     report = bytes.fromhex(report_hex)
     assert report[128:192] == b"p" * 64 and report[0] == 0x81
-    assert ccel == str(os.path.exists("/sys/firmware/acpi/tables/CCEL"))  # nothing placed
-    assert host_view() == before
+    assert ccel == "True" and tsm == "report"
+    assert rtmr0 == report[720:768].hex()
+    assert host_view() == before   # nothing was placed on the host
 
 
 def test_run_refuses_without_root_and_without_a_command(tmp_path, monkeypatch, capsys):

@@ -312,7 +312,8 @@ def test_malformed_socket_messages_are_logged_rate_limited():
         assert lines[0].startswith("tdxmodel serve: ") and f"client pid {os.getpid()}" in lines[0]
         assert "magic 0x01010101" in lines[0]
         hdr = protocol.HEADER.pack
-        for junk, what in [(hdr(protocol.MAGIC, protocol.VERSION, 9, 0), "unknown op 9"),
+        unknown = protocol.OP_FLUSH + 1   # the first op number the protocol does not have
+        for junk, what in [(hdr(protocol.MAGIC, protocol.VERSION, unknown, 0), f"unknown op {unknown}"),
                            (hdr(protocol.MAGIC, protocol.VERSION + 7, protocol.OP_HELLO, 0),
                             f"protocol version {protocol.VERSION + 7}"),
                            (hdr(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL, 1 << 30),
@@ -324,7 +325,7 @@ def test_malformed_socket_messages_are_logged_rate_limited():
             new = logged()[before:]
             assert len(new) == 1 and what in new[0], (what, new)
         for _ in range(300):
-            _send_junk(d.socket, hdr(protocol.MAGIC, protocol.VERSION, 9, 0))
+            _send_junk(d.socket, hdr(protocol.MAGIC, protocol.VERSION, unknown, 0))
         lines = logged()
         assert 10 <= len(lines) < 60  # 305 bad messages; at most 10 lines per 10 s
         assert "further ones are counted, not logged" in lines[9]

@@ -30,6 +30,14 @@ typedef struct {
     uint32_t writable; /* client bytes writable from arg (<= readable) */
 } tdxf_ioctl_call;
 
+/* What stat says of a path of the served tree. */
+enum { TDXF_VFS_DIR = 1, TDXF_VFS_FILE = 2 };
+typedef struct {
+    uint32_t type; /* TDXF_VFS_DIR or TDXF_VFS_FILE */
+    uint32_t mode; /* permission bits */
+    uint64_t size;
+} tdxf_vstat;
+
 /* What the transports call. Every function may be called from many threads at once. */
 typedef struct {
     void *ctx;
@@ -46,6 +54,26 @@ typedef struct {
      * called from another thread while ioctl runs), or that call has ended (on = 0). The emulated
      * task sees a pending signal in between: 6.16's mr_lock_interruptible gives -EINTR (ref §2.5). */
     void (*interrupt)(void *ctx, uint64_t handle, int on);
+    /* The served tree beside the node table: the configfs-tsm tree (both transports) and, for the
+     * socket, the control files too. Paths are relative to the mount ("tsm/report/q/inblob").
+     * Each may be NULL (the null handler): the tree is then empty. */
+    int (*vfs_stat)(void *ctx, const char *path, tdxf_vstat *out);
+    int (*vfs_mkdir)(void *ctx, const char *path, unsigned mode, uint32_t pid);
+    int (*vfs_rmdir)(void *ctx, const char *path, uint32_t pid);
+    /* the entries' names, each NUL-terminated, into buf: bytes used, or -errno (-ERANGE: too many) */
+    long (*vfs_readdir)(void *ctx, const char *path, char *buf, size_t size);
+    /* one open file of the path (its last close is vfs_release): 0 and *handle, or -errno */
+    int (*vfs_open)(void *ctx, const char *path, int flags, uint32_t pid, uint64_t *handle);
+    /* at offset, or at (and moving) the open file's position when offset < 0: bytes or -errno */
+    long (*vfs_read)(void *ctx, uint64_t handle, char *buf, size_t size, int64_t offset);
+    long (*vfs_write)(void *ctx, uint64_t handle, const char *buf, size_t size, int64_t offset);
+    /* the open file's position: whence SEEK_SET / SEEK_CUR / SEEK_END; the new position or -errno */
+    int64_t (*vfs_lseek)(void *ctx, uint64_t handle, int64_t offset, int whence);
+    void (*vfs_release)(void *ctx, uint64_t handle);
+    /* a close(2) of one of the open file's fds (FUSE FLUSH; the preload library's close): the
+     * release that follows a last close is asynchronous on both transports, so the handler makes
+     * the client's next call on the tree wait for it */
+    void (*vfs_flush)(void *ctx, uint64_t handle);
 } tdxf_handler;
 
 /* The entries a device implemented in C lends the transport (no GIL). Passed between the two

@@ -48,6 +48,7 @@ tdxf_server *tdxf_server_new(const tdxf_handler *handler, const char *device_pat
     s->nnodes = 1;
     s->listen_fd = -1;
     pthread_mutex_init(&s->stop_lock, NULL);
+    pthread_mutex_init(&s->vnode_lock, NULL);
     pthread_mutex_init(&s->conn_lock, NULL);
     pthread_mutex_init(&s->log_lock, NULL);
     for (int i = 0; i < TDXF_MAX_CONNS; i++)
@@ -61,6 +62,10 @@ void tdxf_server_free(tdxf_server *s)
     if (!s)
         return;
     pthread_mutex_destroy(&s->stop_lock);
+    for (size_t i = 0; i < s->nvnodes; i++)
+        free(s->vnodes[i].path);
+    free(s->vnodes);
+    pthread_mutex_destroy(&s->vnode_lock);
     pthread_mutex_destroy(&s->conn_lock);
     pthread_mutex_destroy(&s->log_lock);
     free(s);
@@ -97,6 +102,19 @@ void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor)
     s->rdev_minor = minor;
 }
 
+int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact)
+{
+    if (s->nmaps == TDXW_MAX_MAPS || strlen(client) >= TDXW_MAX_PATH || strlen(served) >= TDXW_MAX_SERVED ||
+        client[0] != '/')
+        return -EINVAL;
+    struct tdxw_map *m = &s->maps[s->nmaps++];
+    memset(m, 0, sizeof(*m));
+    snprintf(m->client, sizeof(m->client), "%s", client);
+    snprintf(m->served, sizeof(m->served), "%s", served);
+    m->exact = exact ? 1 : 0;
+    return 0;
+}
+
 void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out)
 {
     memset(out, 0, sizeof(*out));
@@ -111,6 +129,8 @@ void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out)
     out->mtime = (int64_t)s->started.tv_sec;
     out->nwindows = s->nwindows;
     memcpy(out->windows, s->windows, sizeof(out->windows));
+    out->nmaps = s->handler.vfs_stat ? s->nmaps : 0;
+    memcpy(out->maps, s->maps, sizeof(out->maps));
 }
 
 long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, unsigned mode,
@@ -120,7 +140,7 @@ long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, 
         return -ENOTDIR;
     if (!name || !*name || strlen(name) >= TDXF_NAME_MAX || strchr(name, '/'))
         return -EINVAL;
-    if (kind < TDXF_NODE_DIR || kind > TDXF_NODE_CONTROL)
+    if (kind < TDXF_NODE_DIR || kind > TDXF_NODE_VFS)
         return -EINVAL;
     for (int i = 1; i < s->nnodes; i++)
         if (s->nodes[i].parent == parent && strcmp(s->nodes[i].name, name) == 0)

@@ -20,7 +20,21 @@
 /* The null handler: open gives handle 0, ioctl returns 0 and changes nothing (benchmarks). */
 extern const tdxf_handler tdxf_null_handler;
 
-enum tdxf_node_kind { TDXF_NODE_DIR = 0, TDXF_NODE_DEVICE = 1, TDXF_NODE_CONTROL = 2 };
+/* TDXF_NODE_VFS: a directory whose subtree (itself included) is the handler's served tree
+ * (tdx_ops.h vfs_*), looked up by path on every access: the configfs-tsm tree, which changes with
+ * every mkdir and rmdir. */
+enum tdxf_node_kind { TDXF_NODE_DIR = 0, TDXF_NODE_DEVICE = 1, TDXF_NODE_CONTROL = 2, TDXF_NODE_VFS = 3 };
+
+/* Inodes of the served tree below a TDXF_NODE_VFS node: TDXF_VINO_BASE + n, one per path the kernel
+ * holds (lookup counts), dropped at FORGET. */
+#define TDXF_VINO_BASE (1ull << 32)
+#define TDXF_VPATH_MAX 4096
+
+typedef struct {
+    uint64_t ino;
+    uint64_t nlookup;
+    char *path;
+} tdxf_vnode;
 
 #define TDXF_MAX_NODES 64
 #define TDXF_MAX_CONNS 1024
@@ -47,6 +61,8 @@ typedef struct tdxf_server {
     char device_path[TDXW_MAX_PATH];
     struct tdxw_window windows[TDXW_MAX_WINDOWS];
     uint32_t nwindows;
+    struct tdxw_map maps[TDXW_MAX_MAPS]; /* the paths the preload library forwards (HELLO) */
+    uint32_t nmaps;
     uint32_t rdev_major, rdev_minor;
     tdxf_node nodes[TDXF_MAX_NODES]; /* nodes[i] has inode i + 1; nodes[0] is the root */
     int nnodes;
@@ -58,6 +74,11 @@ typedef struct tdxf_server {
     atomic_int loop_running;
     pthread_t loop_thread;
     pthread_mutex_t stop_lock;
+    /* the served tree's inodes (tdx_fuse.c) */
+    pthread_mutex_t vnode_lock;
+    tdxf_vnode *vnodes;
+    size_t nvnodes, vnode_cap;
+    uint64_t next_vino;
     /* socket (tdx_socket.c) */
     int listen_fd;
     atomic_int socket_stopping;
@@ -85,6 +106,9 @@ int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window);
 uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd);
 /* The device number stat answers for the node under the preload library (HELLO). */
 void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor);
+/* A client path the preload library forwards to the served tree (tdx_wire.h tdxw_map). 0 or -EINVAL
+ * (the table is full, a path too long). */
+int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact);
 /* The HELLO reply: device path, the device node's mode, rdev, start time and the window table. */
 void tdxf_fill_hello(const tdxf_server *s, struct tdxw_hello *out);
 

@@ -58,16 +58,23 @@ static int write_full(int fd, const void *buf, size_t len)
  * one padded C struct: the wire has no padding between them). */
 static int send_reply(int fd, int64_t result, uint32_t off, const uint8_t *data, uint32_t len)
 {
-    uint8_t msg[sizeof(struct tdxw_header) + sizeof(struct tdxw_reply) + TDXW_MAX_WINDOW];
+    uint8_t small[sizeof(struct tdxw_header) + sizeof(struct tdxw_reply) + TDXW_MAX_WINDOW];
+    size_t total = sizeof(struct tdxw_header) + sizeof(struct tdxw_reply) + len;
     struct tdxw_header h = {TDXW_MAGIC, TDXW_VERSION, 0, (uint32_t)sizeof(struct tdxw_reply) + len};
     struct tdxw_reply r = {result, off, len};
-    if (len > TDXW_MAX_WINDOW)
+    if (len > TDXW_MAX_IO)
+        return -1;
+    uint8_t *msg = total <= sizeof(small) ? small : malloc(total);
+    if (!msg)
         return -1;
     memcpy(msg, &h, sizeof(h));
     memcpy(msg + sizeof(h), &r, sizeof(r));
     if (len)
         memcpy(msg + sizeof(h) + sizeof(r), data, len);
-    return write_full(fd, msg, sizeof(h) + sizeof(r) + len);
+    int ret = write_full(fd, msg, total);
+    if (msg != small)
+        free(msg);
+    return ret;
 }
 
 typedef struct {
@@ -100,10 +107,102 @@ static void conn_slot_free(tdxf_server *s, int slot)
 
 static const char *op_name(uint16_t op)
 {
-    return op == TDXW_OP_HELLO ? "HELLO" : op == TDXW_OP_OPEN ? "OPEN" : op == TDXW_OP_IOCTL ? "IOCTL" : "?";
+    static const char *names[] = {"HELLO", "OPEN", "IOCTL", "VSTAT", "MKDIR", "RMDIR", "READDIR", "VOPEN",
+                                  "READ", "WRITE", "LSEEK", "FLUSH"};
+    return op <= TDXW_OP_LAST ? names[op] : "?";
 }
 
-/* One connection: HELLO any number of times, then OPEN, then IOCTLs until the client closes. A
+/* The payload of a path op: its header and the NUL-terminated path. 0, or -1 when malformed. */
+static int parse_path(const uint8_t *payload, uint32_t length, struct tdxw_path *p, char *path)
+{
+    if (length < sizeof(*p))
+        return -1;
+    memcpy(p, payload, sizeof(*p));
+    if (p->length >= TDXW_MAX_PATH || length != sizeof(*p) + p->length)
+        return -1;
+    memcpy(path, payload + sizeof(*p), p->length);
+    path[p->length] = 0;
+    return strlen(path) == p->length ? 0 : -1;
+}
+
+/* One op of the served tree on connection `c`; -1 ends the connection. *vopened: the connection's
+ * open file of the tree (VOPEN), *vhandle its handle. */
+static int vfs_op(tdxf_server *s, int fd, uint32_t pid, const struct tdxw_header *h, const uint8_t *payload,
+                  int opened, int *vopened, uint64_t *vhandle)
+{
+    const tdxf_handler *d = &s->handler;
+#define BADV(...) do { tdxf_log_client_error(s, pid, __VA_ARGS__); return -1; } while (0)
+    if (!d->vfs_stat)
+        BADV("%s: this daemon serves no tree", op_name(h->op));
+    if (h->op <= TDXW_OP_VOPEN) {
+        struct tdxw_path p;
+        char path[TDXW_MAX_PATH];
+        if (parse_path(payload, h->length, &p, path) < 0)
+            BADV("%s payload of %u bytes is not a path header and path", op_name(h->op), h->length);
+        if (h->op == TDXW_OP_VSTAT) {
+            tdxf_vstat v;
+            memset(&v, 0, sizeof(v));
+            int r = d->vfs_stat(d->ctx, path, &v);
+            struct tdxw_vstat w = {v.type, v.mode, v.size};
+            return send_reply(fd, r, 0, r == 0 ? (const uint8_t *)&w : NULL, r == 0 ? sizeof(w) : 0);
+        }
+        if (h->op == TDXW_OP_MKDIR)
+            return send_reply(fd, d->vfs_mkdir(d->ctx, path, p.mode, pid), 0, NULL, 0);
+        if (h->op == TDXW_OP_RMDIR)
+            return send_reply(fd, d->vfs_rmdir(d->ctx, path, pid), 0, NULL, 0);
+        if (h->op == TDXW_OP_READDIR) {
+            char *buf = malloc(TDXW_MAX_IO);
+            if (!buf)
+                return send_reply(fd, -ENOMEM, 0, NULL, 0);
+            long r = d->vfs_readdir(d->ctx, path, buf, TDXW_MAX_IO);
+            int ret = send_reply(fd, r < 0 ? r : 0, 0, (const uint8_t *)buf, r < 0 ? 0 : (uint32_t)r);
+            free(buf);
+            return ret;
+        }
+        /* VOPEN */
+        if (opened || *vopened)
+            BADV("VOPEN on a connection already open");
+        int r = d->vfs_open(d->ctx, path, p.flags, pid, vhandle);
+        if (r == 0)
+            *vopened = 1;
+        return send_reply(fd, r, 0, NULL, 0) < 0 || r < 0 ? -1 : 0;
+    }
+    struct tdxw_rw q;
+    if (!*vopened)
+        BADV("%s before VOPEN", op_name(h->op));
+    if (h->op == TDXW_OP_FLUSH) {
+        if (d->vfs_flush)
+            d->vfs_flush(d->ctx, *vhandle);
+        return send_reply(fd, 0, 0, NULL, 0);
+    }
+    if (h->length < sizeof(q))
+        BADV("%s payload of %u bytes (at least %zu)", op_name(h->op), h->length, sizeof(q));
+    memcpy(&q, payload, sizeof(q));
+    if (h->op == TDXW_OP_LSEEK)
+        return send_reply(fd, d->vfs_lseek(d->ctx, *vhandle, q.offset, q.whence), 0, NULL, 0);
+    if (q.count > TDXW_MAX_IO)
+        BADV("%s of %u bytes (at most %u)", op_name(h->op), q.count, TDXW_MAX_IO);
+    if (h->op == TDXW_OP_WRITE) {
+        if (h->length != sizeof(q) + q.count)
+            BADV("WRITE payload of %u bytes for %u bytes (expected %zu)", h->length, q.count,
+                 sizeof(q) + q.count);
+        return send_reply(fd, d->vfs_write(d->ctx, *vhandle, (const char *)payload + sizeof(q), q.count,
+                                           q.offset), 0, NULL, 0);
+    }
+    if (h->length != sizeof(q))
+        BADV("READ payload of %u bytes, not %zu", h->length, sizeof(q));
+    char *buf = malloc(q.count ? q.count : 1);
+    if (!buf)
+        return send_reply(fd, -ENOMEM, 0, NULL, 0);
+    long r = d->vfs_read(d->ctx, *vhandle, buf, q.count, q.offset);
+    int ret = send_reply(fd, r, 0, (const uint8_t *)buf, r < 0 ? 0 : (uint32_t)r);
+    free(buf);
+    return ret;
+#undef BADV
+}
+
+/* One connection: HELLO and the served tree's path ops any number of times, then OPEN and IOCTLs,
+ * or VOPEN and READ/WRITE/LSEEK, until the client closes (the last close of its fd: the release). A
  * malformed message ends the connection (the client sees EIO) and is logged, never the daemon's
  * end: bad input from a client is reported as QEMU reports bad guest input (LOG_GUEST_ERROR). */
 static void *conn_main(void *p)
@@ -111,10 +210,13 @@ static void *conn_main(void *p)
     conn_arg a = *(conn_arg *)p;
     free(p);
     tdxf_server *s = a.s;
-    int opened = 0;
-    uint64_t handle = 0;
-    uint8_t payload[sizeof(struct tdxw_ioctl) + TDXW_MAX_WINDOW];
+    int opened = 0, vopened = 0;
+    uint64_t handle = 0, vhandle = 0;
+    const size_t payload_max = sizeof(struct tdxw_rw) + TDXW_MAX_IO;
+    uint8_t *payload = malloc(payload_max);
     uint8_t before[TDXW_MAX_WINDOW];
+    if (!payload)
+        goto done;
 #define BAD(...) do { tdxf_log_client_error(s, a.pid, __VA_ARGS__); goto done; } while (0)
     for (;;) {
         struct tdxw_header h;
@@ -128,10 +230,11 @@ static void *conn_main(void *p)
             BAD("magic 0x%08x, not 0x%08x", h.magic, TDXW_MAGIC);
         if (h.version != TDXW_VERSION)
             BAD("protocol version %u, not %u", h.version, TDXW_VERSION);
-        if (h.op > TDXW_OP_IOCTL)
+        if (h.op > TDXW_OP_LAST)
             BAD("unknown op %u", h.op);
-        if (h.length > sizeof(payload))
-            BAD("%s payload of %u bytes (at most %zu)", op_name(h.op), h.length, sizeof(payload));
+        if (h.length > (h.op == TDXW_OP_WRITE ? payload_max : sizeof(struct tdxw_ioctl) + TDXW_MAX_WINDOW))
+            BAD("%s payload of %u bytes (at most %zu)", op_name(h.op), h.length,
+                h.op == TDXW_OP_WRITE ? payload_max : sizeof(struct tdxw_ioctl) + TDXW_MAX_WINDOW);
         if (read_full(a.fd, payload, h.length, &got) < 0) {
             if (!atomic_load(&s->socket_stopping))
                 BAD("%s payload truncated (%zu of %u bytes)", op_name(h.op), got, h.length);
@@ -143,8 +246,11 @@ static void *conn_main(void *p)
             struct tdxw_header rh = {TDXW_MAGIC, TDXW_VERSION, TDXW_OP_HELLO, sizeof(hello)};
             if (write_full(a.fd, &rh, sizeof(rh)) < 0 || write_full(a.fd, &hello, sizeof(hello)) < 0)
                 break;
+        } else if (h.op >= TDXW_OP_VSTAT) {
+            if (vfs_op(s, a.fd, a.pid, &h, payload, opened, &vopened, &vhandle) < 0)
+                goto done;
         } else if (h.op == TDXW_OP_OPEN) {
-            if (opened)
+            if (opened || vopened)
                 BAD("OPEN on a connection already open");
             if (h.length != sizeof(struct tdxw_open))
                 BAD("OPEN payload of %u bytes, not %zu", h.length, sizeof(struct tdxw_open));
@@ -190,6 +296,9 @@ done:
         s->handler.release(s->handler.ctx, handle);
         atomic_fetch_add(&s->c_releases, 1);
     }
+    if (vopened)
+        s->handler.vfs_release(s->handler.ctx, vhandle);
+    free(payload);
     conn_slot_free(s, a.slot);
     close(a.fd);
     atomic_fetch_sub(&s->socket_threads, 1);

@@ -190,6 +190,8 @@ cdef extern from "tdx_abi.h":
     int KMALLOC_8K  # ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches
     int TSM_INBLOB_MAX  # quote.md §1.1
     int TSM_NAME_MAX  # Linux NAME_MAX
+    int TSM_TEXT_ATTR_SIZE  # fs/configfs/inode.c (picked, not in the reference)
+    int TSM_BIN_ATTR_SIZE  # fs/configfs/inode.c (picked, not in the reference)
     int GETQUOTE_TIMEOUT  # quote.md §2.2, §2.4
     int GETQUOTE_POLL_MS  # quote.md §2.4
     int QUOTE_WAIT_STOCK  # quote.md §2.4

@@ -16,7 +16,8 @@ Two processes:
 Paths: the device node of the generation, ``/sys/firmware/acpi/tables/CCEL`` and ``data/CCEL``, the
 6.16 measurement directories, ``/etc/tdx-attest.conf`` (no vsock port: libtdx_attest then takes the
 configfs path), and ``/sys/kernel/config/tsm`` when the daemon serves configfs-tsm. ``--preload``
-places nothing: CMD runs under the LD_PRELOAD library (device node only, README "LD_PRELOAD").
+places nothing: CMD runs under the LD_PRELOAD library, which forwards the device node, the CCEL and
+measurement files and the configfs-tsm tree (README "LD_PRELOAD").
 
 Exit status: CMD's (128 + N when signal N ended it); 2 with one line when run cannot start (no root,
 no mount namespaces, a daemon that does not start).
@@ -58,7 +59,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--config", metavar="TOML", help="configuration a new state directory is made from")
     p.add_argument("--backend", choices=("core", "reference"), help="emulator backend")
     p.add_argument("--preload", action="store_true",
-                   help="reach the device through the LD_PRELOAD library instead of mounts")
+                   help="reach the device, configfs-tsm, CCEL and the measurement files through the "
+                        "LD_PRELOAD library instead of mounts")
     p.add_argument("--vsock-port", type=int, metavar="N",
                    help="with --preload: CMD's /etc/tdx-attest.conf says port = N and its AF_VSOCK "
                         "connects to the host (CID 2) at port N reach the emulated QGS, so "

@@ -42,6 +42,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="show the boot event log's CCEL table and data at DIR/CCEL and DIR/data/CCEL "
                         "(default DIR: /sys/firmware/acpi/tables; an overlay makes missing paths, "
                         "removed on exit)")
+    p.add_argument("--bind-tsm", nargs="?", const="/sys/kernel/config/tsm", metavar="PATH",
+                   help="show the configfs-tsm tree (DIR/tsm) at PATH (default /sys/kernel/config/tsm; "
+                        "an overlay makes a missing path, removed on exit; generations with a quote "
+                        "path only)")
     p.add_argument("--qgs", nargs="?", const=qa.QGS_UNIX_SOCKET_PATH, metavar="PATH",
                    help="also serve the emulated quote generation service on this Unix socket, Intel's "
                         "QGS protocol (default PATH: /var/run/tdx-qgs/qgs.socket); the TD's GetQuote "
@@ -57,9 +61,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
         "preload-path", help="print the path of the LD_PRELOAD library",
         description="Print the absolute path of the library that, preloaded with "
-                    "TDXMODEL_SOCKET=PATH, forwards open/ioctl/close of the device node to "
-                    "`tdxmodel serve --socket PATH`. It cannot reach static or Go binaries or fopen: "
-                    "use the FUSE device file (serve --mount, --bind) for those.")
+                    "TDXMODEL_SOCKET=PATH, forwards the device node, the configfs-tsm tree, the CCEL "
+                    "files and the measurement files to `tdxmodel serve --socket PATH`. It cannot "
+                    "reach static or Go binaries or fopen: use the FUSE files (serve --mount, --bind, "
+                    "--bind-tsm, --bind-acpi) for those.")
     p.set_defaults(func=cmd_preload_path)
 
 
@@ -68,9 +73,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise CliError("--threads must be at least 1")
-    daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
-                    mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
-                    bind_acpi=args.bind_acpi, qgs=args.qgs)
+    try:
+        daemon = Daemon(args.driver, args.mount, state=args.state, socket_path=args.socket, bind=args.bind,
+                        mode=args.mode, backend=args.backend, null=args.null, threads=args.threads,
+                        bind_acpi=args.bind_acpi, qgs=args.qgs, bind_tsm=args.bind_tsm)
+    except DaemonError as e:
+        raise CliError(str(e)) from None
     daemon.handle_signals()
     try:
         daemon.start()
@@ -80,7 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           + (f" socket {daemon.socket_path}" if daemon.socket_path else "")
           + (f" bind {daemon.bind}" if daemon.bind else "")
           + (f" acpi {daemon.bind_acpi}" if daemon.bind_acpi else "")
-          + (f" qgs {daemon.qgs_path}" if daemon.qgs_path else ""), flush=True)
+          + (f" qgs {daemon.qgs_path}" if daemon.qgs_path else "")
+          + (f" tsm {daemon.bind_tsm}" if daemon.bind_tsm else ""), flush=True)
     daemon.serve_forever()
     return 0
 

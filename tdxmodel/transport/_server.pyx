@@ -13,8 +13,8 @@ Thin: the policy lives in tdxmodel/transport/*.py.
 from cpython.buffer cimport PyBUF_WRITE
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.pycapsule cimport PyCapsule_GetPointer
-from libc.errno cimport EIO, EINVAL
-from libc.stdint cimport uint32_t, uint64_t
+from libc.errno cimport EIO, EINVAL, ERANGE
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.types cimport off_t
 
@@ -31,6 +31,9 @@ cdef struct _Ctx:
 NODE_DIR = TDXF_NODE_DIR
 NODE_DEVICE = TDXF_NODE_DEVICE
 NODE_CONTROL = TDXF_NODE_CONTROL
+NODE_VFS = TDXF_NODE_VFS
+VFS_DIR = TDXF_VFS_DIR
+VFS_FILE = TDXF_VFS_FILE
 MAX_WINDOW = TDXW_MAX_WINDOW
 if MAX_WINDOW > 8192:  # _py_ioctl's saved copy
     raise ImportError("csrc/transport/tdx_wire.h: TDXW_MAX_WINDOW grew past _py_ioctl's buffer")
@@ -125,6 +128,115 @@ cdef int _py_control_write(void *ctx, int node, uint32_t pid, const char *buf, s
         return -EIO
 
 
+# ---------------------------------------------------------------------------------- the served tree
+cdef int _py_vfs_stat(void *ctx, const char *path, tdxf_vstat *out) noexcept with gil:
+    try:
+        r = _py(ctx).vfs_stat(path.decode("utf-8", "surrogateescape"))
+        if isinstance(r, int):
+            return r if r < 0 else -EINVAL
+        out.type, out.mode, out.size = r
+        return 0
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef int _py_vfs_mkdir(void *ctx, const char *path, unsigned mode, uint32_t pid) noexcept with gil:
+    try:
+        return _py(ctx).vfs_mkdir(path.decode("utf-8", "surrogateescape"), mode, pid)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef int _py_vfs_rmdir(void *ctx, const char *path, uint32_t pid) noexcept with gil:
+    try:
+        return _py(ctx).vfs_rmdir(path.decode("utf-8", "surrogateescape"), pid)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef long _py_vfs_readdir(void *ctx, const char *path, char *buf, size_t size) noexcept with gil:
+    try:
+        r = _py(ctx).vfs_readdir(path.decode("utf-8", "surrogateescape"))
+        if isinstance(r, int):
+            return r if r < 0 else -EINVAL
+        data = b"".join((b"d" if is_dir else b"f") + name.encode("utf-8", "surrogateescape") + b"\0"
+                        for name, is_dir in r)
+        if <size_t>len(data) > size:
+            return -ERANGE
+        memcpy(buf, <const char *>data, len(data))
+        return len(data)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef int _py_vfs_open(void *ctx, const char *path, int flags, uint32_t pid,
+                      uint64_t *handle) noexcept with gil:
+    try:
+        r = _py(ctx).vfs_open(path.decode("utf-8", "surrogateescape"), flags, pid)
+        if r < 0:
+            return r
+        handle[0] = r
+        return 0
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef long _py_vfs_read(void *ctx, uint64_t handle, char *buf, size_t size,
+                       int64_t offset) noexcept with gil:
+    try:
+        r = _py(ctx).vfs_read(handle, size, offset)
+        if isinstance(r, int):
+            return r if r < 0 else -EINVAL
+        data = bytes(r)
+        if <size_t>len(data) > size:
+            data = data[:size]
+        memcpy(buf, <const char *>data, len(data))
+        return len(data)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef long _py_vfs_write(void *ctx, uint64_t handle, const char *buf, size_t size,
+                        int64_t offset) noexcept with gil:
+    try:
+        return _py(ctx).vfs_write(handle, buf[:size], offset)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef int64_t _py_vfs_lseek(void *ctx, uint64_t handle, int64_t offset, int whence) noexcept with gil:
+    try:
+        return _py(ctx).vfs_lseek(handle, offset, whence)
+    except BaseException as e:
+        _sink(ctx, e)
+        return -EIO
+
+
+cdef void _py_vfs_release(void *ctx, uint64_t handle) noexcept with gil:
+    try:
+        _py(ctx).vfs_release(handle)
+    except BaseException as e:
+        _sink(ctx, e)
+
+
+cdef void _py_vfs_flush(void *ctx, uint64_t handle) noexcept with gil:
+    try:
+        _py(ctx).vfs_flush(handle)
+    except BaseException as e:
+        _sink(ctx, e)
+
+
+_VFS_METHODS = ("vfs_stat", "vfs_mkdir", "vfs_rmdir", "vfs_readdir", "vfs_open", "vfs_read",
+                "vfs_write", "vfs_lseek", "vfs_release", "vfs_flush")
+
+
 cdef class DeviceServer:
     """DeviceServer(handler: object | None, device_path: str, fast_path: object | None = None)
 
@@ -134,7 +246,13 @@ cdef class DeviceServer:
     with open(flags, pid) -> handle | -errno, release(handle), ioctl(handle, pid, cmd, arg, image,
     readable, writable) -> int, control_read(node, pid, size, offset) -> bytes | -errno,
     control_write(node, pid, data, offset) -> int, callback_error(exc), and optionally
-    interrupt(handle, on: bool) (a FUSE client got a signal during its ioctl / that call ended).
+    interrupt(handle, on: bool) (a FUSE client got a signal during its ioctl / that call ended) and
+    the served tree (all of vfs_stat(path) -> (type, mode, size) | -errno, vfs_mkdir(path, mode,
+    pid), vfs_rmdir(path, pid), vfs_readdir(path) -> [(name, is_dir)] | -errno, vfs_open(path,
+    flags, pid) -> handle | -errno, vfs_read(handle, size, offset) -> bytes | -errno,
+    vfs_write(handle, data, offset), vfs_lseek(handle, offset, whence), vfs_release(handle),
+    vfs_flush(handle) (a close of one of its fds); an
+    offset < 0 means the open file's position), served below NODE_VFS nodes.
     `fast_path` is an object whose fastpath() gives a tdxf_fastpath capsule (the core's DevicePath):
     ioctls and interrupts then run in C without the GIL. fuse_run and socket_run block (GIL
     released): call them from their own threads.
@@ -172,6 +290,17 @@ cdef class DeviceServer:
                 self.ops.interrupt = _fast_interrupt
             self.ops.control_read = _py_control_read
             self.ops.control_write = _py_control_write
+            if all(callable(getattr(handler, name, None)) for name in _VFS_METHODS):
+                self.ops.vfs_stat = _py_vfs_stat
+                self.ops.vfs_mkdir = _py_vfs_mkdir
+                self.ops.vfs_rmdir = _py_vfs_rmdir
+                self.ops.vfs_readdir = _py_vfs_readdir
+                self.ops.vfs_open = _py_vfs_open
+                self.ops.vfs_read = _py_vfs_read
+                self.ops.vfs_write = _py_vfs_write
+                self.ops.vfs_lseek = _py_vfs_lseek
+                self.ops.vfs_release = _py_vfs_release
+                self.ops.vfs_flush = _py_vfs_flush
         self.handler = handler  # keeps ctx alive as long as the server
         self.fast_path = fast_path
         self.s = tdxf_server_new(&self.ops, device_path.encode())
@@ -188,6 +317,13 @@ cdef class DeviceServer:
         """set_rdev(major: int, minor: int) -> None: the device number the preload library's stat
         answers for the node (sent in HELLO)."""
         tdxf_set_rdev(self.s, major, minor)
+
+    def add_map(self, str client, str served, bint exact=False):
+        """add_map(client: str, served: str, exact=False) -> None: the preload library forwards the
+        absolute path `client` (and, unless exact, everything below it) to `served` of the served
+        tree (sent in HELLO)."""
+        if tdxf_add_map(self.s, client.encode(), served.encode(), exact) < 0:
+            raise ValueError(f"map {client} -> {served}: the table is full or a path is too long")
 
     def set_window(self, uint64_t cmd, uint32_t window):
         """set_window(cmd: int, window: int) -> None: bytes the driver may touch from arg for cmd."""

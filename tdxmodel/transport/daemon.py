@@ -8,8 +8,11 @@ Life cycle (``Daemon.start`` / ``Daemon.stop``):
 2. build the TD from the state directory (``tdxmodel.state.StateStore``) and load the driver;
 3. mount the file system (multithreaded FUSE loop, ``allow_other`` + ``default_permissions``, the
    device file ``--mode`` 0600 by default) and start the socket server and the state watcher;
-4. ``--bind``: bind-mount the device file on DEVPATH (created if absent);
-5. on stop, in reverse: unbind (and remove DEVPATH if we created it), remove the socket, unmount.
+4. ``--bind``: bind-mount the device file on DEVPATH (created if absent); ``--bind-acpi`` and
+   ``--bind-tsm`` place the CCEL files and ``DIR/tsm`` (``tdxmodel.transport.placement``: a bind
+   mount, over an overlay with a private tmpfs upper where the path is missing);
+5. on stop, in reverse: undo the placements, unbind (and remove DEVPATH if we created it), remove
+   the socket, unmount.
 
 The daemon prints ``tdxmodel serve: ready <device file>`` on stdout once everything is up.
 """
@@ -32,6 +35,7 @@ from tdxmodel import _backend, abi, profiles
 
 FUSE_OPTIONS = "fsname=tdxmodel,subtype=tdxmodel,default_permissions,allow_other"
 MS_BIND = 4096
+ACPI_TABLES = "/sys/firmware/acpi/tables"   # where Linux shows ACPI tables (drivers/acpi/sysfs.c)
 MNT_DETACH = 2
 STATE_POLL_SECONDS = 0.2
 
@@ -73,6 +77,26 @@ def lazy_unmount(path: str) -> None:
             subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, timeout=10)
 
 
+def _fs_type_of(path: str) -> Optional[str]:
+    """The type of the file system `path` is on (the longest mount point above it)."""
+    real = os.path.realpath(path)
+    best, kind = -1, None
+    for fields in _mounts():
+        if len(fields) > 2:
+            mnt = _unescape(fields[1])
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= best:
+                best, kind = len(mnt), fields[2]
+    return kind
+
+
+def _private_mount_namespace() -> bool:
+    """Whether this process's mount namespace is not init's (False when that cannot be told)."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
 class Daemon:
     """Daemon(driver, mount, *, state=None, socket_path=None, bind=None, mode=0o600, backend=None,
     null=False, threads=16)
@@ -83,7 +107,8 @@ class Daemon:
     def __init__(self, driver: str, mount: str, *, state: Optional[str] = None,
                  socket_path: Optional[str] = None, bind: Optional[str] = None, mode: int = 0o600,
                  backend: Optional[str] = None, null: bool = False, threads: int = 16,
-                 bind_acpi: Optional[str] = None, qgs: Optional[str] = None) -> None:
+                 bind_acpi: Optional[str] = None, qgs: Optional[str] = None,
+                 bind_tsm: Optional[str] = None) -> None:
         if driver not in abi.DRIVERS:
             raise DaemonError(f"--driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         if not 0 <= mode <= 0o777:
@@ -94,6 +119,9 @@ class Daemon:
         self.socket_path = os.path.abspath(socket_path) if socket_path else None
         self.bind = os.path.abspath(bind) if bind else None
         self.bind_acpi = os.path.abspath(bind_acpi) if bind_acpi else None
+        self.bind_tsm = os.path.abspath(bind_tsm) if bind_tsm else None
+        if self.bind_tsm and profiles.get(driver).quote is None:
+            raise DaemonError(f"--bind-tsm: {driver} has no configfs-tsm (it is ioctl-only)")
         self._placement: Any = None
         self._platform: Any = None
         self.qgs_path = os.path.abspath(qgs) if qgs else None
@@ -117,7 +145,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
-        from tdxmodel.transport._server import NODE_CONTROL, NODE_DEVICE, NODE_DIR, DeviceServer
+        from tdxmodel.transport._server import NODE_CONTROL, NODE_DEVICE, NODE_DIR, NODE_VFS, DeviceServer
 
         if os.geteuid() != 0:
             raise DaemonError("serving needs root (FUSE allow_other, process_vm_readv on clients, binds)")
@@ -168,6 +196,16 @@ class Daemon:
                                      handler.control_sizes.get(
                                          path, abi.MEASUREMENT_LEN if path.startswith("measurements/") else 0),
                                      node_id)
+            if handler.tree.has_tsm:  # configfs-tsm: DIR/tsm is the emulated kernel's tree
+                self.server.add_node(1, "tsm", NODE_VFS, 0o755)
+            # what the preload library forwards to the served tree (README "LD_PRELOAD")
+            from tdxmodel.transport.tree import TSM, TSM_KERNEL_DIR
+            if handler.tree.has_tsm:
+                self.server.add_map(TSM_KERNEL_DIR, TSM)
+            for rel in ("CCEL", "data/CCEL"):
+                self.server.add_map(f"{ACPI_TABLES}/{rel}", f"acpi/tables/{rel}", True)
+            for d in profiles.get(self.driver).measurement_dirs:
+                self.server.add_map(d, "measurements")
         try:
             self.server.fuse_mount(self.mount, FUSE_OPTIONS, self.threads)
         except OSError as e:
@@ -207,12 +245,43 @@ class Daemon:
             except DaemonError:
                 self.stop()
                 raise
+        if self.bind_tsm and handler is not None:
+            try:
+                self._bind_tsm()
+            except DaemonError:
+                self.stop()
+                raise
+
+    def _bind_tsm(self) -> None:
+        """--bind-tsm PATH: PATH shows DIR/tsm. Where PATH is missing (no configfs, or configfs
+        without a TSM provider) an overlay on its deepest existing directory makes it, with nothing
+        written below (tdxmodel.transport.placement). An overlay on a mounted configfs would take
+        its other subsystems' mkdirs into the overlay's tmpfs, so that is refused in the host's
+        mount namespace (use `tdxmodel run`, or `unshare -m`)."""
+        from tdxmodel.transport.placement import Placement
+        target = self.bind_tsm
+        assert target is not None
+        if not os.path.lexists(target):
+            anc = os.path.dirname(target)
+            while not os.path.lexists(anc):
+                anc = os.path.dirname(anc)
+            if _fs_type_of(anc) == "configfs" and not _private_mount_namespace():
+                raise DaemonError(f"--bind-tsm {target}: {anc} is configfs without a TSM provider; "
+                                  "making the path would overlay configfs for every process of the "
+                                  "host: run in a private mount namespace (tdxmodel run, unshare -m)")
+        if self._placement is None:
+            self._placement = Placement()
+        try:
+            self._placement.place(target, os.path.join(self.mount, "tsm"))
+        except OSError as e:
+            raise DaemonError(f"--bind-tsm {target}: {e.strerror or e}") from None
 
     def _bind_acpi(self) -> None:
         """--bind-acpi DIR: DIR/CCEL and DIR/data/CCEL show the served table and log (an overlay on
         the deepest existing directory makes whatever is missing; tdxmodel.transport.placement)."""
         from tdxmodel.transport.placement import Placement
-        self._placement = Placement()
+        if self._placement is None:
+            self._placement = Placement()
         for rel in ("CCEL", "data/CCEL"):
             try:
                 self._placement.place(os.path.join(self.bind_acpi, rel),

@@ -23,10 +23,14 @@ Control files (FUSE only; paths relative to the mount, in the kernel's debugfs v
 ``debug/counters``                     JSON: the kernel's and module's debug counters and the
                                        number of open device files (tests assert they balance)
 ``measurements/<name>`` (6.16 only)    the sysfs files of ref §2.5, through Process.pread/pwrite
+``acpi/tables/CCEL``, ``.../data/CCEL`` the boot event log's ACPI table and log area (0400)
 ``debug/host_fault``                   write ``NAME [key=value ...]``: Host.push_fault(NAME, ...)
                                        for the next GetQuote (``clear``: drop queued faults)
 ``debug/host_counters``                JSON: the VMM's and the quote service's counters
 =====================================  ==========================================================
+
+The configfs-tsm tree (``tsm/report/...``, generations with a quote path) is the served tree of
+``tdxmodel.transport.tree``: the ``vfs_*`` methods below hand it to the transports.
 """
 
 from __future__ import annotations
@@ -144,8 +148,41 @@ class EmulatedDevice:
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
+        from tdxmodel.transport.tree import ServedTree
+        self.tree = ServedTree(self)
         if store is not None:
             self.sync_state()  # one read gives the generation and the RTMRs it goes with
+
+    # ------------------------------------------------------------------ the served tree
+    def vfs_stat(self, path):
+        return self.tree.vfs_stat(path)
+
+    def vfs_readdir(self, path):
+        return self.tree.vfs_readdir(path)
+
+    def vfs_mkdir(self, path, mode, pid):
+        return self.tree.vfs_mkdir(path, mode, pid)
+
+    def vfs_rmdir(self, path, pid):
+        return self.tree.vfs_rmdir(path, pid)
+
+    def vfs_open(self, path, flags, pid):
+        return self.tree.vfs_open(path, flags, pid)
+
+    def vfs_read(self, handle, size, offset):
+        return self.tree.vfs_read(handle, size, offset)
+
+    def vfs_write(self, handle, data, offset):
+        return self.tree.vfs_write(handle, data, offset)
+
+    def vfs_lseek(self, handle, offset, whence):
+        return self.tree.vfs_lseek(handle, offset, whence)
+
+    def vfs_release(self, handle):
+        self.tree.vfs_release(handle)
+
+    def vfs_flush(self, handle):
+        self.tree.vfs_flush(handle)
 
     # ------------------------------------------------------------------ the device file
     def attach_fast_path(self, path: Any) -> None:
@@ -318,6 +355,7 @@ class EmulatedDevice:
             add(rel, 0o400, lambda size, off, blob=blob: blob[off:off + size],
                 lambda data, off: -errno.EACCES)
             self.control_sizes[rel] = len(blob)
+        self.tree.add_controls(out, self.control_sizes)
         return out
 
     def acpi_tables(self) -> Dict[str, bytes]:
@@ -557,6 +595,7 @@ class EmulatedDevice:
 
     def close(self) -> None:
         self.release_debug_lock()
+        self.tree.close()
         with self._files_lock:
             handles = list(self._files)
         for h in handles:

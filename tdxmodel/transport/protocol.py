@@ -16,7 +16,13 @@ A connection carries, in order:
    offset, same permissions) in the emulated Process, runs the ioctl, and replies with the result
    (0 / -errno) and the range of bytes the emulated kernel changed, which the client writes back.
 
-Every message is a 12-byte header (magic "TDXM", version 2, op, payload length) and a payload. A
+Or, instead of 2-3, the served tree (configfs-tsm, the CCEL files, the measurement files, at the
+client paths HELLO's ``maps`` name): path ops ``VSTAT``, ``MKDIR``, ``RMDIR``, ``READDIR`` (a path
+header and the path; the reply's data is the answer), or one ``VOPEN`` that makes the connection one
+open file of the tree, then ``READ``, ``WRITE``, ``LSEEK`` and ``FLUSH`` (a close of one of the
+client's fds); the connection's end is the file's release.
+
+Every message is a 12-byte header (magic "TDXM", version 3, op, payload length) and a payload. A
 malformed message ends its connection and the daemon logs what was wrong (rate-limited).
 """
 
@@ -27,14 +33,21 @@ import struct
 from typing import Dict, NamedTuple, Tuple
 
 MAGIC = 0x4D584454
-VERSION = 2
+VERSION = 3
 OP_HELLO, OP_OPEN, OP_IOCTL = 0, 1, 2
+OP_VSTAT, OP_MKDIR, OP_RMDIR, OP_READDIR, OP_VOPEN, OP_READ, OP_WRITE, OP_LSEEK, OP_FLUSH = range(3, 12)
 MAX_WINDOW = 8192
 MAX_PATH = 256
 MAX_WINDOWS = 16
+MAX_MAPS = 8
+MAX_SERVED = 64
+MAX_IO = 65536
 
 HEADER = struct.Struct("<IHHI")
-HELLO = struct.Struct(f"<{MAX_PATH}sIIIIq" + "QII" * MAX_WINDOWS)
+HELLO = struct.Struct(f"<{MAX_PATH}sIIIIq" + "QII" * MAX_WINDOWS + "II" + f"{MAX_PATH}s{MAX_SERVED}sII" * MAX_MAPS)
+PATH = struct.Struct("<iIII")
+VSTAT = struct.Struct("<IIQ")
+RW = struct.Struct("<qIi")
 OPEN = struct.Struct("<iI")
 IOCTL = struct.Struct("<QQIIII")
 REPLY = struct.Struct("<qII")
@@ -64,6 +77,7 @@ class Hello(NamedTuple):
     rdev: Tuple[int, int]      #: (major, minor) stat answers for it
     mtime: int                 #: its times (the daemon's start), seconds since the epoch
     windows: Dict[int, int]    #: {cmd: bytes from arg the driver may touch}
+    maps: Tuple[Tuple[str, str, bool], ...] = ()   #: (client path, served path, exact) forwarded
 
 
 def hello_info(path: str) -> Hello:
@@ -76,7 +90,12 @@ def hello_info(path: str) -> Hello:
     device = fields[0].split(b"\0", 1)[0].decode()
     n, mode, major, minor, mtime = fields[1:6]
     windows = {fields[6 + 3 * i]: fields[7 + 3 * i] for i in range(min(n, MAX_WINDOWS))}
-    return Hello(device, mode, (major, minor), mtime, windows)
+    at = 6 + 3 * MAX_WINDOWS
+    nmaps = fields[at]
+    maps = tuple((fields[at + 2 + 4 * i].split(b"\0", 1)[0].decode(),
+                  fields[at + 3 + 4 * i].split(b"\0", 1)[0].decode(), bool(fields[at + 4 + 4 * i]))
+                 for i in range(min(nmaps, MAX_MAPS)))
+    return Hello(device, mode, (major, minor), mtime, windows, maps)
 
 
 def hello(path: str) -> Tuple[str, Dict[int, int]]:

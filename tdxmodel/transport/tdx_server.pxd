@@ -11,6 +11,7 @@ cdef extern from "tdx_server.h" nogil:
         TDXF_NODE_DIR
         TDXF_NODE_DEVICE
         TDXF_NODE_CONTROL
+        TDXF_NODE_VFS
 
     ctypedef struct tdxf_server:
         pass
@@ -20,6 +21,7 @@ cdef extern from "tdx_server.h" nogil:
     int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window)
     uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd)
     void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor)
+    int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact)
     long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, unsigned mode,
                        uint64_t size, int node_id)
 

@@ -2,7 +2,10 @@
 """A TD attestation client written the way the Python SDKs are (cc-trusted-vmsdk's TdxVM), with no
 tdxmodel import: it refuses to start without the CCEL ACPI table, reads the boot event log from
 /sys/firmware/acpi/tables/data/CCEL, gets a TDREPORT with TDX_CMD_GET_REPORT0 on /dev/tdx_guest,
-replays the log and compares the result with the report's RTMRs.
+replays the log and compares the result with the report's RTMRs; where configfs-tsm is there
+(/sys/kernel/config/tsm/report) it also gets a quote through it, as the SDKs' TSM path does
+(temporary item, inblob, outblob, rmdir), and compares the quote's RTMRs too (quote.md §5.2: the
+TD body at 48 (v4) or 54 (v5), RTMR0..3 at body offset 328).
 
 Prints one JSON object; exit 0 when the replay matches, 1 when it does not, 3 when CCEL is missing.
 """
@@ -19,6 +22,29 @@ CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
 DEVICE = "/dev/tdx_guest"
 TDX_CMD_GET_REPORT0 = 0xC4405401  # _IOWR('T', 1, struct tdx_report_req), 1088 bytes
 RTMR_OFFSET = 720                 # TDREPORT: TDINFO.RTMR0, RTMRi at 720 + 48 i
+TSM_REPORT = "/sys/kernel/config/tsm/report"
+QUOTE_BODY = {4: 48, 5: 54}       # quote.md §5.2
+BODY_RTMR0 = 328
+
+
+def quote_via_tsm(nonce):
+    """A quote through configfs-tsm, or None when the tree is not there."""
+    if not os.path.isdir(TSM_REPORT):
+        return None
+    item = os.path.join(TSM_REPORT, "ccel-client-%d" % os.getpid())
+    os.mkdir(item)
+    try:
+        with open(os.path.join(item, "provider")) as f:
+            assert f.read() == "tdx_guest\n", "not the TDX provider"
+        fd = os.open(os.path.join(item, "inblob"), os.O_WRONLY)
+        try:
+            os.write(fd, nonce)
+        finally:
+            os.close(fd)
+        with open(os.path.join(item, "outblob"), "rb") as f:
+            return f.read()
+    finally:
+        os.rmdir(item)
 
 
 def parse_events(data):
@@ -73,8 +99,20 @@ def main():
     report = bytes(req[64:])
     reported = [report[RTMR_OFFSET + 48 * i:RTMR_OFFSET + 48 * (i + 1)] for i in range(4)]
     ok = reported == rtmr
-    print(json.dumps({"events": len(events), "replayed": [r.hex() for r in rtmr],
-                      "report": [r.hex() for r in reported], "match": ok}))
+    out = {"events": len(events), "replayed": [r.hex() for r in rtmr],
+           "report": [r.hex() for r in reported], "match": ok}
+    quote = quote_via_tsm(bytes(req[:64]))
+    if quote is not None:
+        version = struct.unpack_from("<H", quote, 0)[0]
+        at = QUOTE_BODY[version] + BODY_RTMR0
+        quoted = [quote[at + 48 * i:at + 48 * (i + 1)] for i in range(4)]
+        out["quote_version"] = version
+        out["quote"] = [r.hex() for r in quoted]
+        out["quote_hex"] = quote.hex()
+        out["quote_match"] = quoted == rtmr
+        ok = ok and quoted == rtmr
+        out["match"] = ok
+    print(json.dumps(out))
     return 0 if ok else 1
 
 
