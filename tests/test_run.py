@@ -12,6 +12,8 @@ import tempfile
 
 import pytest
 
+from tdxmodel import profiles
+
 pytestmark = pytest.mark.fuse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +90,8 @@ def test_run_places_the_guest_paths_and_leaves_the_host_as_it_was(tmp_path):
 def test_cmd_status_is_runs_and_a_killed_cmd_leaves_nothing(tmp_path, script, status, driver):
     before = host_view()
     tsm = "test -d /sys/kernel/config/tsm/report && mkdir /sys/kernel/config/tsm/report/k && " \
-          "test -e /sys/class/misc/tdx_guest/measurements/rtmr2:sha384 || exit 98; " if driver == "v6.16" else ""
+          "test -e /sys/class/misc/tdx_guest/measurements/rtmr2:sha384 || exit 98; " \
+          if profiles.get(driver).measurements else ""
     r = run("--driver", driver, "--state", str(tmp_path / "st"), "--", "sh", "-c",
             "test -e /dev/tdx_guest && test -e /sys/firmware/acpi/tables/CCEL || exit 99; " + tsm + script)
     assert r.returncode == status, r.stderr
@@ -117,7 +120,7 @@ def test_python_client_requiring_ccel_replays_the_log_to_the_report(tmp_path, ba
     assert out["match"]
     from tdxmodel.state import StateStore
     assert out["report"] == [v.hex() for v in StateStore(state).load().rtmr]
-    if driver == "v6.2":
+    if profiles.get(driver).quote is None:
         assert "quote" not in out   # ioctl-only: no configfs-tsm
         return
     assert out["quote_match"] and out["quote"] == out["report"]
