@@ -423,6 +423,7 @@ class _Run:
         self.fds: List[int] = []
         self.reached: Dict[str, set] = {}  # driver -> injection points passed (init and syscalls)
         self.neighbours_served = False
+        self.neighbour_from = NEIGHBOUR_FROM
         self.outblob_fds: Dict[int, bool] = {}
 
     def close_host(self) -> None:
@@ -437,17 +438,27 @@ class _Run:
         """Before 7.0 out_len is read twice (quote.md §2.3 P9): with ``out_len_changes`` the tsm core
         serves more than kvmemdup copied, from the slab objects beside it."""
         names = [s.get("fault") if isinstance(s, dict) else s for s in specs]
-        if "out_len_changes" in names and not _profile(self.k.driver).quote.out_len_once:
+        quote = _profile(self.k.driver).quote
+        if quote.out_len_once:
+            return
+        if "out_len_changes" in names:
             self.neighbours_served = True
+            self.neighbour_from = min(self.neighbour_from, NEIGHBOUR_FROM)
+        if "oversize_out_len" in names:
+            # kvmemdup(out_len) reads past the shared buffer's data into the pages beside it, whose
+            # placement is the page allocator's (docs/CONTRACT.md): mask from the buffer's end
+            self.neighbours_served = True
+            self.neighbour_from = min(self.neighbour_from, quote.max_out_len)
 
     def _mask_neighbours(self, addr: int, ret, pos: int = 0) -> None:
         """Which slab object lies beside another is the allocator's placement, which the backends may
         choose differently (docs/CONTRACT.md: addresses may differ; the core keeps per-process caches):
         bytes an outblob read served past the first 2048 (the size class of the 1088-byte quote
-        kvmemdup copied) are overwritten alike on both before memory is compared."""
-        if not self.neighbours_served or not isinstance(ret, int) or pos + ret <= NEIGHBOUR_FROM:
+        kvmemdup copied), or past the shared buffer's data when out_len overstates it, are overwritten
+        alike on both before memory is compared."""
+        if not self.neighbours_served or not isinstance(ret, int) or pos + ret <= self.neighbour_from:
             return
-        start = addr + max(0, NEIGHBOUR_FROM - pos)
+        start = addr + max(0, self.neighbour_from - pos)
         for page_start in [start] + list(range((start // PAGE + 1) * PAGE, addr + ret, PAGE)):
             n = min(addr + ret, (page_start // PAGE + 1) * PAGE) - page_start
             try:
@@ -459,6 +470,7 @@ class _Run:
         self.close_host()
         self.settled = False
         self.neighbours_served = False
+        self.neighbour_from = NEIGHBOUR_FROM
         self.outblob_fds = {}
         self.k = self.p = None
         self.fds = []
