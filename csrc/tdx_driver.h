@@ -50,6 +50,10 @@ void td_force_misaligned(td_kernel *tk, int target);
 /* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when no outside hold. */
 int td_mr_lock_try(td_kernel *tk);
 int td_mr_lock_release(td_kernel *tk);
+/* The ioctl quote paths' quote_lock from outside (downstream, v4): 1 taken, 0 busy (or no such lock);
+ * release: 0, or -TDXM_EINVAL when no outside hold. */
+int td_quote_lock_try(td_kernel *tk);
+int td_quote_lock_release(td_kernel *tk);
 /* Mark the 6.16 tsm-mr cache stale (host-side state sync after tdxm_set_rtmr); harmless elsewhere. */
 void td_mr_cache_stale(td_kernel *tk);
 /* The injection points of generation `driver` in the order the driver reaches them (its profile's

@@ -20,6 +20,11 @@
 #include "tdx_module.h"
 #include "vmm_clock.h"
 
+/* A payload that is one whole valid QGS GET_QUOTE_REQ frame (what libtdx_attest builds for the
+ * downstream ioctl, quote.md §2.7) gets a GET_QUOTE_RESP frame back around the producer's quote of
+ * the report inside, as a VMM that passes the message to QGS unchanged returns it (quote.md §2.6-§2.7,
+ * §4.2; upstream QEMU would wrap it once more and QGS refuse it: not modelled). Any other payload is
+ * QGS's raw mode: the producer's quote of the payload itself. */
 /* A producer turns the GetQuote payload (in_len bytes at data, normally the TDREPORT) into quote
  * bytes: writes at most cap bytes to out, sets *out_len, returns 0; nonzero means the quote service
  * failed (status ERROR). *out_len > cap is a failure too. */
@@ -70,6 +75,11 @@ vmm_host *vmm_host_of(tdxm_module *m);
 
 void vmm_host_set_producer(vmm_host *h, vmm_produce_fn produce, void *produce_ctx);
 void vmm_host_set_irq(vmm_host *h, vmm_irq_fn fn, void *ctx);
+/* Clear the handler only if ctx registered it (a guest kernel leaving). */
+void vmm_host_unset_irq(vmm_host *h, void *ctx);
+/* When the next pending request completes (UINT64_MAX: none will by itself): a vCPU that waits for
+ * the notify interrupt idles the virtual clock up to it. */
+uint64_t vmm_host_next_due_ns(vmm_host *h);
 
 /* Faults: push_fault queues one for the next GetQuote; the schedule is used when the queue is empty
  * (cycle: restart at its end; else QEMU afterwards). Each GetQuote consumes one. 0, or -TDXM_EINVAL

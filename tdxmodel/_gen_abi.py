@@ -63,8 +63,13 @@ def command_keys():
     for p in profiles.PROFILES:
         for c in p.commands:
             names = tuple(f.name for f in c.fields)
-            if keys.setdefault(c.key, names) != names:
-                raise ValueError(f"{p.name}: command {c.key} has fields {names}, others {keys[c.key]}")
+            have = keys.setdefault(c.key, names)
+            # one generation may carry more fields than another (v4's get_quote has a timeout): the
+            # shorter list must be a prefix, so every index means the same field everywhere
+            short, long_ = sorted((have, names), key=len)
+            if long_[:len(short)] != short:
+                raise ValueError(f"{p.name}: command {c.key} has fields {names}, others {have}")
+            keys[c.key] = long_
     return keys
 
 
@@ -145,6 +150,9 @@ def _render_profiles() -> list:
             "    unsigned long long tsm_outblob_max;",
             "    int tsm_no_provider_errno, tsm_visibility_callbacks, tsm_provider_gone_enxio, tsm_counts_items;",
             "    int quote_out_len_once, quote_status_check;",
+            "    /* the get_quote ioctl (tdxmodel.profiles.IoctlQuote; ref §2.2, quote.md §2.6); 0: none */",
+            "    int has_ioctl_quote;",
+            "    unsigned notify_vector;   /* registered with SetupEventNotifyInterrupt at boot */",
             "} tdxm_profile;",
             "static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {"]
     for p in profiles.PROFILES:
@@ -182,6 +190,9 @@ def _render_profiles() -> list:
                     f"        .tsm_outblob_max = {q.outblob_max}ULL, .tsm_no_provider_errno = TDXM_{_errno_name(q.no_provider_errno)},",
                     f"        .tsm_visibility_callbacks = {int(q.visibility_callbacks)}, .tsm_provider_gone_enxio = {int(q.provider_gone_enxio)}, .tsm_counts_items = {int(q.counts_items)},",
                     f"        .quote_out_len_once = {int(q.out_len_once)}, .quote_status_check = {int(q.status_check)},"]
+        iq = p.ioctl_quote
+        if iq is not None:
+            out += [f"        .has_ioctl_quote = 1, .notify_vector = {iq.notify_vector},"]
         out += ["    },"]
     out.append("};")
     return out

@@ -404,12 +404,19 @@ cdef class Kernel:
         return rc
 
     def quote_lock_try(self):
-        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        """quote_lock_try() -> bool: hold the provider's quote_lock (or the ioctl quote path's) as
+        another task would (no waiting)."""
+        if self._profile.ioctl_quote is not None:
+            return td_quote_lock_try(self._live()) == 1
         return bool(tsm_quote_lock_try(self._tsm()))
 
     def quote_lock_release(self):
         """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
-        if tsm_quote_lock_release(self._tsm()) != 0:
+        if self._profile.ioctl_quote is not None:
+            rc = td_quote_lock_release(self._live())
+        else:
+            rc = tsm_quote_lock_release(self._tsm())
+        if rc != 0:
             raise ValueError("quote_lock is not held by quote_lock_try")
 
     @property

@@ -35,6 +35,8 @@ cdef extern from "tdx_driver.h" nogil:
     void td_force_misaligned(td_kernel *tk, int target)
     int td_mr_lock_try(td_kernel *tk)
     int td_mr_lock_release(td_kernel *tk)
+    int td_quote_lock_try(td_kernel *tk)
+    int td_quote_lock_release(td_kernel *tk)
     void td_mr_cache_stale(td_kernel *tk)
     int td_injection_points(int driver, int *out)
 
