@@ -167,6 +167,7 @@ long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
     if (call->writable)
         gk_mm_peek(mm, addr, call->image, call->writable);
     pthread_mutex_unlock(&f->lock);
-    /* a TD exit needs the host to unmap the kernel's own pages, which the daemon never does */
-    return ret == TD_RET_TD_EXIT ? -EIO : ret;
+    /* a TD exit needs the host to unmap the kernel's own pages, which the daemon never does; a task
+     * that would hang for good (v4's leaked quote_lock) is answered EIO rather than hold a thread */
+    return ret == TD_RET_TD_EXIT || ret == TD_RET_HUNG ? -EIO : ret;
 }

@@ -35,6 +35,7 @@ struct td_kernel {
     _Atomic int quote_lock;          /* the driver's quote_lock: mutex_lock, never interrupted */
     _Atomic int quote_outside_hold;  /* held through td_quote_lock_try (a test playing another task) */
     _Atomic int quote_work;          /* the notify IRQ queued quote_work (downstream) */
+    _Atomic int quote_leaked;        /* v4: a call returned to user space holding quote_lock */
     struct quote_entry *quote_list;  /* downstream: requests on quote_list, under quote_lock */
     _Atomic unsigned v4_done;        /* v4: req_compl's done count (complete / reinit_completion) */
     vmm_host *irq_host;              /* the host our notify-IRQ handler is registered with */
@@ -861,18 +862,27 @@ static long gen_quote_v4(td_process *p, gk_ctx *c, uint64_t arg)
     const tdxm_command *qc = &tk->prof->cmds[TDXM_CMD_GET_QUOTE];
     uint8_t req[TDX_GEN_QUOTE_REQ_LEN];
     long ret;
-    /* 1: quote_lock (mutex_lock); 2: reinit_completion(&req_compl) */
-    qlock_lock(tk);
+    /* 1: quote_lock (mutex_lock): held for good by a call that returned with it, the task hangs */
+    if (!qlock_trylock(tk)) {
+        if (atomic_load(&tk->quote_leaked))
+            return TD_RET_HUNG;
+        qlock_lock(tk);
+    }
+    /* 2: reinit_completion(&req_compl) */
     atomic_store(&tk->v4_done, 0);
     /* 3: the 24-B request; a fault returns with quote_lock held */
-    if (gk_copy_from_user(c, GK_PT_QUOTE_REQ_COPY_FROM_USER, req, arg, qc->request_len))
+    if (gk_copy_from_user(c, GK_PT_QUOTE_REQ_COPY_FROM_USER, req, arg, qc->request_len)) {
+        atomic_store(&tk->quote_leaked, 1);
         return -TDXM_EFAULT;
+    }
     uint64_t ubuf = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_BUF].offset);
     uint64_t len = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_LEN].offset);
     uint32_t timeout_ms = get32(req + qc->fields[TDXM_FIELD_GET_QUOTE_TIMEOUT].offset);
     /* 4: len <= 0 || timeout <= 0 (both unsigned: == 0) -> -EINVAL, quote_lock held */
-    if (len == 0 || timeout_ms == 0)
+    if (len == 0 || timeout_ms == 0) {
+        atomic_store(&tk->quote_leaked, 1);
         return -TDXM_EINVAL;
+    }
     /* 5: dma_alloc_coherent(PAGE_ALIGN(len), GFP_KERNEL | __GFP_ZERO) */
     quote_entry *e = entry_alloc(tk, c, len, 0);
     if (!e) {
@@ -912,6 +922,8 @@ unlock:
     qlock_unlock(tk);
     return ret;
 }
+
+int td_locks_leaked(td_kernel *tk) { return atomic_load(&tk->quote_leaked); }
 
 int td_quote_lock_try(td_kernel *tk)
 {

@@ -16,7 +16,7 @@ import struct
 
 import pytest
 
-from tdxmodel import abi, profiles
+from tdxmodel import abi, errors, profiles
 
 DRIVER = "v4-2022-04"
 PROF = profiles.get(DRIVER)
@@ -143,9 +143,13 @@ def test_3_4_early_returns_keep_quote_lock_held(backend, make_module, setup, err
         arg = setup(p)
         assert p.ioctl(fd, CMD.value, arg) == -err
         c = k.counters()
-        assert c["locks_held"] == 1                       # nobody will ever release it
-        assert not k.quote_lock_try()                     # the next GEN_QUOTE would block for good
+        assert c["locks_held"] == c["locks_leaked"] == 1  # nobody will ever release it
+        assert not k.quote_lock_try()
         assert c["outstanding"] == c["resident"] and h.counters()["get_quotes"] == 0
+        request(p, k)                                     # a good request now blocks for good
+        with pytest.raises(errors.TaskHung):
+            p.ioctl(fd, CMD.value, REQ)
+        assert h.counters()["get_quotes"] == 0 and k.counters()["locks_held"] == 1
     finally:
         h.close()
 

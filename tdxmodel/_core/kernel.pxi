@@ -96,6 +96,10 @@ cdef inline uint64_t _u64_arg(str name, object value) except? 0xFFFFFFFFFFFFFFFF
     return _int_arg(name, value, 0, _U64_MAX)
 
 
+_TASK_HUNG = ("mutex_lock(quote_lock) never returns: a TDX_CMD_GEN_QUOTE returned to user space "
+              "holding it (v4 3/3's early returns, ref §2.2)")
+
+
 cdef class FaultAttr:
     """One fault capability's knobs with the kernel's defaults (ref §7; docs/CONTRACT.md "FaultAttr").
 
@@ -442,13 +446,13 @@ cdef class Kernel:
 
     def counters(self):
         """counters() -> dict: allocs, frees, outstanding, resident, slab_allocs, page_allocs,
-        locks_taken, locks_released, locks_held."""
+        locks_taken, locks_released, locks_held, locks_leaked."""
         cdef gk_counters c
         gk_get_counters(self._gk(), &c)
         return {"allocs": c.allocs, "frees": c.frees, "outstanding": c.outstanding,
                 "resident": c.resident, "slab_allocs": c.slab_allocs, "page_allocs": c.page_allocs,
                 "locks_taken": c.locks_taken, "locks_released": c.locks_released,
-                "locks_held": c.locks_held}
+                "locks_held": c.locks_held, "locks_leaked": td_locks_leaked(self._live())}
 
     def process(self):
         """process() -> Process: a new process with an empty address space."""
@@ -766,6 +770,8 @@ cdef class Process:
         gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
+        if ret == TD_RET_HUNG:
+            raise _errors.TaskHung(_TASK_HUNG)
         return ret
 
     cdef object _rw(self, fd, addr, count, offset, bint write):

@@ -66,6 +66,8 @@ class _TsmRwsem:
 
 
 NEVER = (1 << 64) - 1
+TASK_HUNG = ("mutex_lock(quote_lock) never returns: a TDX_CMD_GEN_QUOTE returned to user space "
+             "holding it (v4 3/3's early returns, ref §2.2)")
 
 
 class _Entry:
@@ -87,6 +89,7 @@ class _IoctlQuote:
     def _iq_init(self, kernel) -> None:
         self.quote_lock = threading.Lock()
         self.quote_outside_hold = False
+        self.quote_leaked = False             # v4: a call returned to user space holding quote_lock
         self._work = False
         self._done_lock = threading.Lock()   # the completions' done counts
         self.quote_list = []
@@ -301,13 +304,18 @@ class DriverV4(_IoctlQuote):
         quote_lock held, a timed-out or interrupted request frees the buffer the host still owns, and
         PAGE_ALIGN(len) bytes go back before the status is checked."""
         k = self.k
-        # 1: quote_lock (mutex_lock); 2: reinit_completion(&req_compl)
-        self._qlock()
+        # 1: quote_lock (mutex_lock): held for good by a call that returned with it, the task hangs
+        if not self._qtrylock():
+            if self.quote_leaked:
+                raise errors.TaskHung(TASK_HUNG)
+            self._qlock()
+        # 2: reinit_completion(&req_compl)
         with self._done_lock:
             self.v4_done.done = 0
         # 3: the 24-byte request; a fault returns with quote_lock held
         raw = k.copy_in(task, "quote_req:copy_from_user", arg, req.request_len)
         if len(raw) != req.request_len:
+            self.quote_leaked = True
             return -abi.EFAULT
         ubuf = int.from_bytes(raw[0:8], "little")
         length = int.from_bytes(raw[8:16], "little")
@@ -315,6 +323,7 @@ class DriverV4(_IoctlQuote):
         timeout_ms = int.from_bytes(raw[f.offset:f.end], "little")
         # 4: len <= 0 || timeout <= 0 (unsigned: == 0) -> -EINVAL, quote_lock held
         if length == 0 or timeout_ms == 0:
+            self.quote_leaked = True
             return -abi.EINVAL
         try:
             # 5: dma_alloc_coherent(PAGE_ALIGN(len), GFP_KERNEL | __GFP_ZERO)

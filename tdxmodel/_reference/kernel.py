@@ -218,6 +218,7 @@ class Kernel:
             c["outstanding"] = c["allocs"] - c["frees"]
             c["resident"] = self._resident
             c["locks_held"] = c["locks_taken"] - c["locks_released"]
+        c["locks_leaked"] = int(getattr(self._driver, "quote_leaked", False))  # v4's kept quote_lock
         return c
 
     def process(self) -> "Process":
