@@ -53,6 +53,9 @@ typedef struct {
     _Atomic unsigned int fail_nth; /* /proc/<pid>/fail-nth: 0 = not armed */
     _Atomic int make_it_fail;
     _Atomic int signal_pending;
+    /* A signal due at platform-clock time signal_at - 1 (0: none): an interruptible sleep that
+     * reaches it is cut short there and the signal becomes pending (model-only knob). */
+    _Atomic uint64_t signal_at;
 } gk_task;
 
 typedef struct {

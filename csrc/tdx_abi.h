@@ -207,6 +207,19 @@
 #define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
 #define GETQUOTE_TIMEOUT 30 /* getquote_timeout: at most 30 polls (quote.md §2.2, §2.4) */
 #define GETQUOTE_POLL_MS 1000 /* each poll sleeps 1000 ms interruptibly (quote.md §2.4) */
+/* --- tsm_wait --- */
+#define QUOTE_WAIT_STOCK 0 /* the stock loop: 30 msleep_interruptible(1000) polls (quote.md §2.4) */
+#define QUOTE_WAIT_POLL 1 /* the proposed read_poll_timeout() variant: interval and cap, one more check after the cap (quote.md §2.5) */
+#define QUOTE_WAIT_INTERRUPT 2 /* completion by the SetupEventNotifyInterrupt vector (downstream driver): no timeout (quote.md §2.6, §3.3) */
+#define QUOTE_SLEEP_MSLEEP 0 /* the poll sleeps msleep(interval): the Feb 2026 patch as measured (jiffy-rounded) (quote.md §2.5) */
+#define QUOTE_SLEEP_USLEEP_RANGE 1 /* the poll sleeps usleep_range(interval/4 + 1, interval) as read_poll_timeout() does; the model wakes at the upper bound (the hrtimer's hard expiry with no other timer to coalesce with) (Linux include/linux/iopoll.h) */
+#define QUOTE_POLL_PROPOSED_MS 5 /* the proposed poll interval (Jun Miao, Feb 2026) (quote.md §2.5) */
+#define QUOTE_POLL_CAP_MS 2000 /* the maintainer's maximum wait (10 Mar 2026) (quote.md §2.5) */
+#define QUOTE_NOTIFY_VECTOR 34 /* the vector the guest registers (x86_vector_domain picks one at boot; any of 32..255: choice) (quote.md §2.6, §3.1) */
+#define KERNEL_HZ_MAX 1000 /* largest CONFIG_HZ the jiffy model takes (100, 250, 300, 1000; 0: exact sleeps) (Linux kernel/Kconfig.hz) */
+#define TIMER_LVL_CLK_SHIFT 3 /* timer wheel: each level's granularity is 8x the previous one's (Linux kernel/time/timer.c) */
+#define TIMER_LVL_BITS 6 /* timer wheel: 64 buckets a level (Linux kernel/time/timer.c) */
+#define TIMER_LVL_DEPTH 9 /* timer wheel levels (HZ > 100) (Linux kernel/time/timer.c) */
 /* --- kernel --- */
 #define KERNEL_FIRST_PAGE 16 /* the kernel allocator owns guest pages KERNEL_FIRST_PAGE..: 0..3 the host's, 4..15 free for tests (docs/CONTRACT.md "Kernel" (design choice)) */
 

@@ -1075,7 +1075,7 @@ void td_kernel_destroy(td_kernel *tk)
      * memory (which may already be gone) is not touched here */
     tsm_destroy(tk->tsm);
     if (tk->irq_host && vmm_host_of(tk->m) == tk->irq_host)
-        vmm_host_unset_irq(tk->irq_host, tk);
+        vmm_host_clear_irq(tk->irq_host, tk);
     while (tk->quote_list) { /* requests the host never finished: their guest memory may be gone */
         quote_entry *e = tk->quote_list;
         tk->quote_list = e->next;

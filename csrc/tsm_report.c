@@ -75,8 +75,14 @@ struct tsm_state {
     unsigned count;                 /* 6.16: provider.count */
     _Atomic int quote_lock;
     _Atomic int quote_outside_hold;
+    _Atomic uint32_t getquote_timeout; /* polls; the kernel's static u32, 30 (quote.md §2.2) */
     uint8_t *quote_buf;             /* host view of the shared buffer */
     uint64_t quote_gpa;
+    /* how P7 waits (profiles.QuoteCompletion; set once at init by tsm_set_completion) */
+    int wait_mode, poll_sleep;
+    uint32_t interval_ms, cap_ms, hz;
+    int notify_registered;          /* SetupEventNotifyInterrupt answered SUCCESS */
+    _Atomic uint64_t irqs;          /* notify vectors the host injected */
 };
 
 /* ---- locks --------------------------------------------------------------------------------------- */
@@ -207,21 +213,143 @@ static int kvmemdup_outblob(tsm_state *s, gk_ctx *c, tsm_item *it, size_t n)
 
 /* ---- the provider: tdx_report_new (quote.md §2.3) ------------------------------------------------ */
 
-/* §2.4: as written, with its off-by-one both ways. */
-static long wait_for_quote_completion(tsm_state *s, gk_task *task)
+/* msleep(ms) on the platform clock (profiles.msleep_ns, the same arithmetic): hz 0 sleeps exactly;
+ * else schedule_timeout(msecs_to_jiffies(ms) + 1), whose timer fires in the wheel bucket after its
+ * expiry at the level's granularity (kernel/time/timer.c calc_wheel_index / calc_index). */
+static uint64_t msleep_duration_ns(uint32_t ms, uint32_t hz, uint64_t now)
+{
+    if (hz == 0)
+        return (uint64_t)ms * 1000000ULL;
+    uint64_t tick = 1000000000ULL / hz;
+    uint64_t timeout = ((uint64_t)ms * hz + 999) / 1000 + 1;
+    uint64_t expires = now / tick + timeout;
+    unsigned lvl = 0;
+    while (lvl < TIMER_LVL_DEPTH - 1 &&
+           timeout >= (((1ULL << TIMER_LVL_BITS) - 1) << (lvl * TIMER_LVL_CLK_SHIFT)))
+        lvl++;
+    unsigned shift = lvl * TIMER_LVL_CLK_SHIFT;
+    uint64_t bucket = ((expires >> shift) + 1) << shift;
+    return bucket * tick - now;
+}
+
+static void guest_msleep(tsm_state *s, vmm_host *h, uint32_t ms)
+{
+    vmm_clock *c = vmm_host_clock(h);
+    vmm_clock_sleep_ns(c, msleep_duration_ns(ms, s->hz, vmm_clock_now_ns(c)));
+}
+
+/* A signal due at a clock time (gk_task.signal_at) becomes pending once the clock reaches it. */
+static int signal_due(gk_task *task, vmm_clock *clk)
+{
+    uint64_t at = atomic_load(&task->signal_at);
+    if (at && clk && vmm_clock_now_ns(clk) >= at - 1) {
+        atomic_store(&task->signal_at, 0);
+        atomic_store(&task->signal_pending, 1);
+    }
+    return atomic_load(&task->signal_pending);
+}
+
+/* msleep_interruptible(ms): msleep's duration, cut short by a signal due during it. */
+static void guest_msleep_interruptible(tsm_state *s, gk_task *task, vmm_clock *c, uint32_t ms)
+{
+    uint64_t now = vmm_clock_now_ns(c), ns = msleep_duration_ns(ms, s->hz, now);
+    uint64_t at = atomic_load(&task->signal_at);
+    if (at && at - 1 > now && at - 1 - now < ns)
+        ns = at - 1 - now;
+    vmm_clock_sleep_ns(c, ns);
+}
+
+/* §2.4: as written, with its off-by-one both ways; the limit is getquote_timeout (30 polls). */
+static long wait_stock(tsm_state *s, gk_task *task)
 {
     vmm_host *h = host_of(s);
+    vmm_clock *clk = h ? vmm_host_clock(h) : NULL;
+    uint32_t limit = atomic_load(&s->getquote_timeout);
     uint32_t i = 0;
 
-    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < GETQUOTE_TIMEOUT) {
-        if (atomic_load(&task->signal_pending))   /* msleep_interruptible returns at once */
+    while (read_status(s) == GET_QUOTE_IN_FLIGHT && i++ < limit) {
+        if (signal_due(task, clk))                /* msleep_interruptible returns at once */
             return -TDXM_EINTR;
-        if (h)
-            vmm_clock_sleep_ns(vmm_host_clock(h), (uint64_t)GETQUOTE_POLL_MS * 1000000ULL);
-        if (atomic_load(&task->signal_pending))   /* woken by a signal during the sleep */
+        if (clk)
+            guest_msleep_interruptible(s, task, clk, GETQUOTE_POLL_MS);
+        if (signal_due(task, clk))                /* woken by a signal during the sleep */
             return -TDXM_EINTR;
     }
-    return i == GETQUOTE_TIMEOUT ? -TDXM_ETIMEDOUT : 0;
+    return i == limit ? -TDXM_ETIMEDOUT : 0;
+}
+
+/* The proposed read_poll_timeout(status, status != IN_FLIGHT, interval, cap) (quote.md §2.5): after
+ * the cap has passed the condition is read once more, so a quote ready by then succeeds. The sleeps
+ * are uninterruptible: a signal does not end this wait. cap 0: no timeout. No host (it went away):
+ * no clock moves, so the cap counts as passed (a choice). */
+static long wait_poll(tsm_state *s)
+{
+    vmm_host *h = host_of(s);
+    vmm_clock *c = h ? vmm_host_clock(h) : NULL;
+    uint64_t deadline = (c ? vmm_clock_now_ns(c) : 0) + (uint64_t)s->cap_ms * 1000000ULL;
+
+    for (;;) {
+        if (read_status(s) != GET_QUOTE_IN_FLIGHT)
+            return 0;
+        if (c == NULL || (s->cap_ms && vmm_clock_now_ns(c) > deadline))
+            return read_status(s) != GET_QUOTE_IN_FLIGHT ? 0 : -TDXM_ETIMEDOUT;
+        if (s->poll_sleep == QUOTE_SLEEP_USLEEP_RANGE)
+            vmm_clock_sleep_ns(c, (uint64_t)s->interval_ms * 1000000ULL); /* the range's upper bound */
+        else
+            guest_msleep(s, h, s->interval_ms);
+        h = host_of(s);
+        c = h ? vmm_host_clock(h) : NULL;
+    }
+}
+
+/* The notify vector's handler (the downstream driver's tdx_notify_irq): count it; the waiter then
+ * scans the buffer status, as its workqueue does. */
+static void tsm_notify_irq(void *ctx, unsigned vector)
+{
+    tsm_state *s = ctx;
+    if (vector == QUOTE_NOTIFY_VECTOR)
+        atomic_fetch_add(&s->irqs, 1);
+}
+
+/* SetupEventNotifyInterrupt (quote.md §3.1): 0 when the host took the vector. */
+static int register_notify(tsm_state *s)
+{
+    tdxm_vmcall_regs regs = {0, TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, QUOTE_NOTIFY_VECTOR, 0, 0, 0};
+    tdxm_vp_vmcall(s->m, &regs);
+    s->notify_registered = regs.r10 == TDVMCALL_STATUS_SUCCESS;
+    return s->notify_registered ? 0 : -1;
+}
+
+/* wait_for_completion_interruptible with no timeout (quote.md §2.6 step 6): done once a vector came
+ * after the GetQuote and the status is no longer IN_FLIGHT. The waiting vCPU is idle until the host's
+ * next completion is due (virtual: time moves there; real: it sleeps until then). With nothing due
+ * (no_interrupt after the completion, never) it waits for a signal. */
+static long wait_interrupt(tsm_state *s, gk_task *task, uint64_t irqs_before)
+{
+    for (;;) {
+        vmm_host *h = host_of(s);
+        if (atomic_load(&s->irqs) != irqs_before && read_status(s) != GET_QUOTE_IN_FLIGHT)
+            return 0;
+        if (signal_due(task, h ? vmm_host_clock(h) : NULL))
+            return -TDXM_EINTR;
+        uint64_t due = h ? vmm_host_next_due_ns(h) : UINT64_MAX;
+        uint64_t at = atomic_load(&task->signal_at);   /* a signal due first ends the idle wait there */
+        if (h && at && at - 1 < due)
+            due = at - 1;
+        if (due != UINT64_MAX) {
+            vmm_clock *c = vmm_host_clock(h);
+            uint64_t now = vmm_clock_now_ns(c);
+            if (due > now)
+                vmm_clock_sleep_ns(c, due - now);
+            else
+                vmm_clock_poll(c);
+        } else {
+            struct timespec ts = {0, 100000};   /* nothing due: wait for a signal or another task */
+            nanosleep(&ts, NULL);
+            if (h)
+                vmm_clock_poll(vmm_host_clock(h));
+        }
+    }
 }
 
 static long report_status_errno(const tdxm_profile *prof, uint64_t status)
@@ -292,11 +420,26 @@ static long report_new_locked(tsm_state *s, gk_ctx *c, tsm_item *it, uint8_t **r
         quote_buf_header(s);
         memcpy(s->quote_buf + QUOTE_HDR_LEN, *tdr, TDX_REPORT_LEN);
     }
+    uint64_t irqs_before = atomic_load(&s->irqs);
+    if (s->wait_mode == QUOTE_WAIT_INTERRUPT) {
+        /* The vector is registered at init; a Kernel made before its Host registers before its first
+         * GetQuote instead, and a host that refuses it leaves no completion signal: -EIO (choices). */
+        if (!s->notify_registered && register_notify(s) != 0)
+            return -TDXM_EIO;
+        if (host_of(s))
+            vmm_host_set_irq(host_of(s), tsm_notify_irq, s);
+    }
     tdxm_vmcall_regs regs = {0, TDVMCALL_GET_QUOTE, s->quote_gpa | TDX_GPA_SHARED_BIT, prof->quote_buf_size, 0, 0};
     tdxm_vp_vmcall(s->m, &regs);                                       /* P6 */
     if (regs.r10 != 0)
         return -TDXM_EIO;
-    if ((ret = wait_for_quote_completion(s, c->task)))                /* P7 */
+    if (s->wait_mode == QUOTE_WAIT_POLL)                              /* P7 */
+        ret = wait_poll(s);
+    else if (s->wait_mode == QUOTE_WAIT_INTERRUPT)
+        ret = wait_interrupt(s, c->task, irqs_before);
+    else
+        ret = wait_stock(s, c->task);
+    if (ret)
         return ret;
     if (prof->quote_status_check && read_status(s) != GET_QUOTE_SUCCESS) /* P8 (7.1) */
         return -TDXM_EIO;
@@ -911,8 +1054,28 @@ int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint
     return ret;
 }
 
+int tsm_set_completion(tsm_state *s, int mode, uint32_t interval_ms, uint32_t cap_ms, int sleep, uint32_t hz)
+{
+    if (mode < QUOTE_WAIT_STOCK || mode > QUOTE_WAIT_INTERRUPT || interval_ms == 0 ||
+        (sleep != QUOTE_SLEEP_MSLEEP && sleep != QUOTE_SLEEP_USLEEP_RANGE) || hz > KERNEL_HZ_MAX)
+        return -TDXM_EINVAL;
+    s->wait_mode = mode;
+    s->interval_ms = interval_ms;
+    s->cap_ms = cap_ms;
+    s->poll_sleep = sleep;
+    s->hz = hz;
+    if (mode == QUOTE_WAIT_INTERRUPT)
+        (void)register_notify(s);   /* at init (quote.md §2.6); retried before a GetQuote if it failed */
+    return 0;
+}
+
+int tsm_notify_registered(tsm_state *s) { return s->notify_registered; }
+uint64_t tsm_notify_irqs(tsm_state *s) { return atomic_load(&s->irqs); }
+
 uint64_t tsm_quote_buf_gpa(tsm_state *s) { return s->quote_gpa; }
 unsigned tsm_quote_buf_size(tsm_state *s) { return s->prof->quote_buf_size; }
+uint32_t tsm_getquote_timeout(tsm_state *s) { return atomic_load(&s->getquote_timeout); }
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls) { atomic_store(&s->getquote_timeout, polls); }
 
 tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const char *provider, int fail_decrypt, int *err,
                       uint64_t *leaked_pages)
@@ -926,6 +1089,7 @@ tsm_state *tsm_create(td_kernel *tk, gk_ctx *init, const char *report_dir, const
     s->gk = td_kernel_gk(tk);
     s->m = gk_kernel_module(s->gk);
     s->prof = td_kernel_profile(tk);
+    atomic_store(&s->getquote_timeout, GETQUOTE_TIMEOUT);
     snprintf(s->provider, sizeof s->provider, "%s", provider);
     s->report_dir = strdup(report_dir);
     s->tsm_dir = s->report_dir ? dir_of(s->report_dir) : NULL;
@@ -964,6 +1128,8 @@ void tsm_destroy(tsm_state *s)
 {
     if (!s)
         return;
+    if (host_of(s))
+        vmm_host_clear_irq(host_of(s), s);   /* the handler goes with the kernel */
     while (s->items) {
         tsm_item *it = s->items;
         s->items = it->next;

@@ -64,6 +64,15 @@ int tsm_quote_lock_release(tsm_state *s);
 int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen);
 /* The quote buffer's GPA and size; the number of quotes in flight in the host's view (status IN_FLIGHT). */
 uint64_t tsm_quote_buf_gpa(tsm_state *s);
+/* How P7 waits (profiles.QuoteCompletion; QUOTE_WAIT_*, QUOTE_SLEEP_*): set at init. The interrupt
+ * mode registers QUOTE_NOTIFY_VECTOR with SetupEventNotifyInterrupt then. 0, or -EINVAL. */
+int tsm_set_completion(tsm_state *s, int mode, uint32_t interval_ms, uint32_t cap_ms, int sleep, uint32_t hz);
+int tsm_notify_registered(tsm_state *s);
+uint64_t tsm_notify_irqs(tsm_state *s);   /* notify vectors received */
 unsigned tsm_quote_buf_size(tsm_state *s);
+/* Model-only (tests): the wait loop's poll limit, getquote_timeout (a static u32 = 30 in the kernel,
+ * quote.md §2.2), so a real-clock test can run a 5-poll loop. */
+uint32_t tsm_getquote_timeout(tsm_state *s);
+void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls);
 
 #endif /* TSM_REPORT_H */

@@ -613,7 +613,7 @@ void vmm_host_set_irq(vmm_host *h, vmm_irq_fn fn, void *ctx)
     pthread_mutex_unlock(&h->lock);
 }
 
-void vmm_host_unset_irq(vmm_host *h, void *ctx)
+void vmm_host_clear_irq(vmm_host *h, void *ctx)
 {
     pthread_mutex_lock(&h->lock);
     if (h->irq_ctx == ctx) {
@@ -625,14 +625,14 @@ void vmm_host_unset_irq(vmm_host *h, void *ctx)
 
 uint64_t vmm_host_next_due_ns(vmm_host *h)
 {
-    uint64_t next = NEVER_NS;
+    uint64_t due = NEVER_NS;
 
     pthread_mutex_lock(&h->lock);
     for (int i = 0; i < MAX_PENDING; i++)
-        if (h->pending[i].used && h->pending[i].due_ns < next)
-            next = h->pending[i].due_ns;
+        if (h->pending[i].used && h->pending[i].due_ns < due)
+            due = h->pending[i].due_ns;
     pthread_mutex_unlock(&h->lock);
-    return next;
+    return due;
 }
 
 void vmm_host_get_counters(vmm_host *h, vmm_counters *out)

@@ -75,10 +75,10 @@ vmm_host *vmm_host_of(tdxm_module *m);
 
 void vmm_host_set_producer(vmm_host *h, vmm_produce_fn produce, void *produce_ctx);
 void vmm_host_set_irq(vmm_host *h, vmm_irq_fn fn, void *ctx);
-/* Clear the handler only if ctx registered it (a guest kernel leaving). */
-void vmm_host_unset_irq(vmm_host *h, void *ctx);
-/* When the next pending request completes (UINT64_MAX: none will by itself): a vCPU that waits for
- * the notify interrupt idles the virtual clock up to it. */
+/* Remove the handler if ctx is its context (a guest kernel going away). */
+void vmm_host_clear_irq(vmm_host *h, void *ctx);
+/* When the next pending request completes (UINT64_MAX: none will): an idle vCPU waiting for the
+ * notify vector sleeps until then. */
 uint64_t vmm_host_next_due_ns(vmm_host *h);
 
 /* Faults: push_fault queues one for the next GetQuote; the schedule is used when the queue is empty

@@ -1,4 +1,4 @@
-"""Exhaustive conformance with the fault campaign: for every case of ``tdxmodel.campaign.cases``
+"""Exhaustive conformance with the fault campaign: for every case of ``tdxmodel.campaign.report_cases``
 (each driver), the z3 encoding solved with the case's concrete injection states the return value,
 leak and lock balance, the injection points passed, whether fail-nth fired, and the exact bytes the
 caller sees change; ``run_case`` on each backend must record exactly that."""
@@ -12,8 +12,8 @@ from tdxmodel import abi, campaign
 
 pytestmark = pytest.mark.proof
 
-CASES = [(d, spec["id"]) for d in abi.DRIVERS for spec in campaign.cases(d)]
-_SPECS = {(d, spec["id"]): spec for d in abi.DRIVERS for spec in campaign.cases(d)}
+CASES = [(d, spec["id"]) for d in abi.DRIVERS for spec in campaign.report_cases(d)]
+_SPECS = {(d, spec["id"]): spec for d in abi.DRIVERS for spec in campaign.report_cases(d)}
 
 
 _module_report = functools.lru_cache(maxsize=None)(module_report)

@@ -1,6 +1,8 @@
-"""The exhaustive fault campaign over one driver generation's ioctl path (layer 3).
+"""The exhaustive fault campaign over one driver generation's ioctl path and quote path (layer 3).
 
-``cases(driver)`` enumerates case specifications; ``run_case(backend_name, driver, spec)`` runs one on a
+``cases(driver)`` enumerates case specifications: the report ioctl's (``report_cases``, the schema
+below) and, for a generation with a quote path, the quote path's (``tdxmodel.campaign_quote``: every
+spec with a ``"path"`` key, its schema there); ``run_case(backend_name, driver, spec)`` runs one on a
 fresh Module + Kernel + Process and returns its record; ``run(driver, backend_name)`` runs them all.
 ``run_case`` is the one runner of concrete cases: the proofs' conformance tests and
 ``python -m proofs --replay`` run their cases through it too and compare each record with the z3
@@ -68,7 +70,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from tdxmodel import _backend, abi, profiles
+from tdxmodel import _backend, abi, campaign_quote, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -120,7 +122,19 @@ def _tdcall_tag(outcome) -> str:
 
 
 def cases(driver: str) -> List[Dict[str, Any]]:
-    """cases(driver: str) -> list[dict]: every case of the campaign for ``driver`` (schema above)."""
+    """cases(driver: str) -> list[dict]: every case of the campaign for ``driver``: the report
+    ioctl's, then the quote path's."""
+    _check_driver(driver)
+    return report_cases(driver) + campaign_quote.cases(driver)
+
+
+def is_quote_case(spec: Dict[str, Any]) -> bool:
+    """A quote-path case or record (it has a "path")."""
+    return isinstance(spec, dict) and "path" in spec
+
+
+def report_cases(driver: str) -> List[Dict[str, Any]]:
+    """report_cases(driver: str) -> list[dict]: the report ioctl's cases (schema above)."""
     prof = _check_driver(driver)
     cmd, _, read_region, write_region = _layout(driver)
     out: List[Dict[str, Any]] = []
@@ -213,6 +227,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
 
     Run one case on a fresh Module + Kernel + Process of the backend and return its record."""
     prof = _check_driver(driver)
+    if is_quote_case(spec):
+        return campaign_quote.run_case(backend_name, driver, spec)
     _validate_spec(spec)
     backend = _backend.load(backend_name)
     module = backend.Module(ModuleConfig(seed=1), memory_pages=MODULE_PAGES)
@@ -324,7 +340,18 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
 
 
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The campaign's summary: case counts per outcome class, and the invariants' totals."""
+    """The campaign's summary: the report ioctl's case counts per outcome class and the invariants'
+    totals; "cases" counts every case, "quote" summarises the quote path's (campaign_quote.summarize)."""
+    quote = [r for r in records if is_quote_case(r)]
+    summary = _summarize_report([r for r in records if not is_quote_case(r)])
+    summary["report_cases"] = summary["cases"]
+    summary["cases"] = len(records)
+    if quote:
+        summary["quote"] = campaign_quote.summarize(quote)
+    return summary
+
+
+def _summarize_report(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     outcomes: Dict[str, int] = {}
     for r in records:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
@@ -372,4 +399,5 @@ def stderr_progress(min_seconds: float = 0.5) -> Callable[[int, int], None]:
     return report
 
 
-__all__ = ["cases", "run_case", "run", "summarize", "POSITIONS", "TDCALL_OUTCOMES"]
+__all__ = ["cases", "report_cases", "is_quote_case", "run_case", "run", "summarize", "POSITIONS",
+           "TDCALL_OUTCOMES"]

@@ -73,21 +73,23 @@ def _backend_of(kernel):
 
 class TdxGuest:
     """TdxGuest(driver: str = "v6.2", backend: str | None = None, config: ModuleConfig | None = None,
-    *, memory_pages: int = 128, kernel=None)
+    *, memory_pages: int = 128, kernel=None, quote_completion=None)
 
     One emulated TD with the ``driver`` generation loaded (a name of ``tdxmodel.profiles.NAMES``), on
     the ``backend`` ("core", "reference", or None for the default); or, with ``kernel``, one more
     process on that existing Kernel (its driver and backend; ``driver``, ``backend``, ``config`` are
     then not given). ``module``, ``kernel`` and ``process`` are the backend objects underneath (the
     pyzmq "sugar over backend" split). One TdxGuest belongs to one thread at a time (a process's
-    fail-nth is per task, ref §7)."""
+    fail-nth is per task, ref §7). ``quote_completion`` is the Kernel's option (how the configfs-tsm
+    provider waits for the host: ``profiles.quote_completion``; None: the generation's default)."""
 
     def __init__(self, driver: Optional[str] = None, backend: Optional[str] = None,
-                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 128, kernel=None) -> None:
+                 config: Optional[ModuleConfig] = None, *, memory_pages: int = 128, kernel=None,
+                 quote_completion=None) -> None:
         if kernel is not None:
-            if driver is not None or backend is not None or config is not None:
+            if driver is not None or backend is not None or config is not None or quote_completion is not None:
                 raise ValueError("kernel= opens a process on an existing kernel: give no driver, "
-                                 "backend or config")
+                                 "backend, config or quote_completion")
             driver = kernel.driver
         elif driver is None:
             driver = "v6.2"   # upstream's long-lived generation (ref §2.4)
@@ -107,7 +109,7 @@ class TdxGuest:
                 # exists before the TD boots, its quote service chosen at attach_host()
                 self.host = self.backend.Host(self.module, producer=_BootTdqe(self.module))
                 self._boot_host = True
-            self.kernel = self.backend.Kernel(self.module, driver)
+            self.kernel = self.backend.Kernel(self.module, driver, quote_completion=quote_completion)
         self.process = self.kernel.process()
         req = self.profile.report
         self.cmd = req.value

@@ -100,6 +100,124 @@ class Measurement:
         return self.writable
 
 
+#: The provider's completion modes (a kernel option, ``Kernel(..., quote_completion=)``).
+COMPLETION_MODES = ("stock", "poll", "interrupt")
+#: The sleeps the ``poll`` mode can take between checks.
+POLL_SLEEPS = ("msleep", "usleep_range")
+#: CONFIG_HZ values the jiffy model takes; 0 sleeps exactly the time asked (no tick rounding).
+HZ_CHOICES = (0, 100, 250, 300, 1000)
+
+
+@dataclass(frozen=True)
+class QuoteCompletion:
+    """How the tdx_guest provider waits for the host after GetQuote (quote.md §2.4-§2.6, §3.3).
+
+    * ``stock``: the loop as written (30 ``msleep_interruptible(1000)`` polls with its off-by-one; a
+      signal gives -EINTR); ``interval_ms`` and ``cap_ms`` are not used;
+    * ``poll``: the proposed ``read_poll_timeout()`` variant (quote.md §2.5): check, and after
+      ``cap_ms`` has passed check once more (-ETIMEDOUT only if still IN_FLIGHT then), else sleep
+      ``interval_ms`` (``sleep``: ``msleep``, as the Feb 2026 patch that was measured, or
+      ``usleep_range`` as read_poll_timeout() itself). Both sleeps are uninterruptible, so a signal
+      does not end this wait;
+    * ``interrupt``: the guest registers ``abi.QUOTE_NOTIFY_VECTOR`` at init with
+      SetupEventNotifyInterrupt (TDVMCALL 0x10004) and waits for the host's injection with no timeout
+      (``wait_for_completion_interruptible``, the downstream driver's way, quote.md §2.6): a signal
+      gives -EINTR and leaves the buffer to the host; under the ``no_interrupt`` host fault the quote
+      is done but nothing wakes the waiter, so it waits until a signal.
+
+    ``hz`` is CONFIG_HZ for the msleep sleeps (0: sleep exactly the time asked). With HZ > 0,
+    ``msleep(m)`` is ``schedule_timeout(msecs_to_jiffies(m) + 1)`` on the timer wheel, which fires in
+    the bucket after the expiry at the level's granularity (kernel/time/timer.c ``calc_index``): at
+    HZ=1000 msleep(1) sleeps 2-3 ms, msleep(5) 6-7 ms and msleep(1000) 1001-1065 ms.
+    """
+
+    mode: str = "stock"
+    interval_ms: int = abi.GETQUOTE_POLL_MS
+    cap_ms: int = abi.GETQUOTE_TIMEOUT * abi.GETQUOTE_POLL_MS
+    sleep: str = "msleep"
+    hz: int = 0
+
+    @property
+    def mode_id(self) -> int:
+        return abi.VALUES["QUOTE_WAIT_" + self.mode.upper()]
+
+    @property
+    def sleep_id(self) -> int:
+        return abi.VALUES["QUOTE_SLEEP_" + self.sleep.upper()]
+
+    @property
+    def label(self) -> str:
+        """The bench's name for it: ``poll-1000`` (stock), ``poll-N``, ``interrupt``."""
+        if self.mode == "stock":
+            return f"poll-{abi.GETQUOTE_POLL_MS}"
+        return f"poll-{self.interval_ms}" if self.mode == "poll" else "interrupt"
+
+
+STOCK_COMPLETION = QuoteCompletion()
+
+
+def quote_completion(spec: Any = None, **params) -> QuoteCompletion:
+    """quote_completion(spec=None, **params) -> QuoteCompletion: a ``QuoteCompletion``, a mode name
+    (``"stock"``, ``"poll"``: 5 ms with a 2 s cap, ``"interrupt"``), or a dict ``{"mode": ...,
+    "interval_ms": ..., "cap_ms": ..., "sleep": ..., "hz": ...}``; keywords override. ValueError or
+    TypeError naming the bad part."""
+    if isinstance(spec, QuoteCompletion):
+        base = {"mode": spec.mode, "hz": spec.hz}
+        if spec.mode == "poll":
+            base.update(interval_ms=spec.interval_ms, cap_ms=spec.cap_ms, sleep=spec.sleep)
+    elif isinstance(spec, dict):
+        base = dict(spec)
+    elif spec is None or isinstance(spec, str):
+        base = {"mode": spec or "stock"}
+    else:
+        raise TypeError(f"quote_completion must be a QuoteCompletion, a mode name or a dict, not "
+                        f"{type(spec).__name__}")
+    base.update(params)
+    unknown = set(base) - {"mode", "interval_ms", "cap_ms", "sleep", "hz"}
+    if unknown:
+        raise ValueError(f"quote_completion: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    mode = base.get("mode", "stock")
+    if mode not in COMPLETION_MODES:
+        raise ValueError(f"quote_completion mode must be one of {', '.join(COMPLETION_MODES)}, not {mode!r}")
+    if mode == "poll":
+        base.setdefault("interval_ms", abi.QUOTE_POLL_PROPOSED_MS)
+        base.setdefault("cap_ms", abi.QUOTE_POLL_CAP_MS)
+    elif set(base) & {"interval_ms", "cap_ms", "sleep"}:
+        raise ValueError(f"quote_completion: interval_ms, cap_ms and sleep belong to mode 'poll', not {mode!r}")
+    for key, lo, hi in (("interval_ms", 1, 3_600_000), ("cap_ms", 0, 3_600_000)):
+        v = base.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise TypeError(f"quote_completion {key} must be an int, not {type(v).__name__}")
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"quote_completion {key} must be in {lo}..{hi}, got {v}")
+    if base.get("sleep", "msleep") not in POLL_SLEEPS:
+        raise ValueError(f"quote_completion sleep must be one of {', '.join(POLL_SLEEPS)}, not {base['sleep']!r}")
+    hz = base.get("hz", 0)
+    if isinstance(hz, bool) or not isinstance(hz, int) or hz not in HZ_CHOICES:
+        raise ValueError(f"quote_completion hz must be one of {', '.join(map(str, HZ_CHOICES))}, not {hz!r}")
+    if mode == "stock":
+        return replace(STOCK_COMPLETION, hz=hz)
+    return QuoteCompletion(**base)
+
+
+def msleep_ns(ms: int, hz: int, now_ns: int) -> int:
+    """How long ``msleep(ms)`` started at ``now_ns`` on the platform clock sleeps, in ns (the jiffy
+    model of ``QuoteCompletion``; hz 0: exactly ms). The C core computes the same
+    (csrc/tsm_report.c ``msleep_duration_ns``)."""
+    if hz == 0:
+        return ms * 1_000_000
+    tick = 1_000_000_000 // hz
+    timeout = -(-ms * hz // 1000) + 1                   # msecs_to_jiffies(ms) + 1
+    jiffies = now_ns // tick
+    expires = jiffies + timeout
+    lvl = 0                                             # calc_wheel_index: level by delta
+    while lvl < abi.TIMER_LVL_DEPTH - 1 and timeout >= ((1 << abi.TIMER_LVL_BITS) - 1) << (lvl * abi.TIMER_LVL_CLK_SHIFT):
+        lvl += 1
+    shift = lvl * abi.TIMER_LVL_CLK_SHIFT
+    bucket = ((expires >> shift) + 1) << shift          # calc_index: round up, one bucket out
+    return bucket * tick - now_ns
+
+
 @dataclass(frozen=True)
 class Quote:
     """The quote path of a configfs-tsm generation: the tsm report core (quote.md §1) and the
@@ -113,6 +231,15 @@ class Quote:
     counts_items: bool          # 6.16+: registering with items present is -EBUSY (quote.md §1.6)
     out_len_once: bool          # c3fd16c3b98e: out_len read once, > size - 24 -> -EFBIG (P9)
     status_check: bool          # 0f409eaea53e: status != SUCCESS -> -EIO (P8)
+    # The documented errno set of read(outblob), the call that returns the quote (0 implied):
+    # quote.md §1.5 R1-R8, §2.3 P1-P11 (P5 per tdx-abi.md §2.4/§2.5), configfs's copy_to_user -EFAULT
+    # and a read after rmdir -ENOENT (§1.6, frag_dead). -ETXTBSY cannot happen for TDX: no attribute
+    # is both readable and writable (§1.2), so one fd never mixes reads and writes.
+    read_errnos: Tuple[int, ...] = ()
+    # How the provider waits (P7): upstream polls with the stock loop in every generation; the
+    # read_poll_timeout variant is unmerged and interrupts are the downstream driver's (quote.md §2.5,
+    # §2.6). The default of Kernel(..., quote_completion=None).
+    completion: QuoteCompletion = STOCK_COMPLETION
 
     @property
     def buf_order(self) -> int:
@@ -279,12 +406,21 @@ TSM_ATTRS = ("generation", "provider", "inblob", "outblob")
 TSM_PROVIDER_NAME = "tdx_guest"  # KBUILD_MODNAME; reads "tdx_guest\n" (quote.md §1.1)
 
 _SZ_8K, _SZ_16K, _SZ_32K, _SZ_128K, _SZ_16M = 8 << 10, 16 << 10, 32 << 10, 128 << 10, 16 << 20
+# read(outblob): R1/R4/P3 EINVAL, R3 ENOTTY, R8 EFBIG, P1 EINTR, P2 EBUSY, P5 (<= 6.15 temporaries
+# ENOMEM, TDCALL EINVAL/EIO), P6 EIO, P7 EINTR/ETIMEDOUT, P10 ENOMEM, copy_to_user EFAULT, rmdir ENOENT
+_READ_ERRNOS_6_7 = (abi.EINVAL, abi.ENOTTY, abi.EFBIG, abi.EINTR, abi.EBUSY, abi.ENOMEM, abi.EIO,
+                    abi.ETIMEDOUT, abi.EFAULT, abi.ENOENT)
+# 6.16+: R3 ENXIO instead of ENOTTY; P5 through mr_lock: EINTR, ENXIO, EBUSY, EIO (ref §2.5); 7.0 adds
+# P9 EFBIG (R8's is then out of reach), 7.1 P8 EIO: the same set
+_READ_ERRNOS_6_16 = (abi.EINVAL, abi.ENXIO, abi.EFBIG, abi.EINTR, abi.EBUSY, abi.ENOMEM, abi.EIO,
+                     abi.ETIMEDOUT, abi.EFAULT, abi.ENOENT)
 _QUOTE_6_7 = Quote(buf_size=_SZ_8K, outblob_max=_SZ_32K, no_provider_errno=abi.ENOTTY,
                    visibility_callbacks=False, provider_gone_enxio=False, counts_items=False,
-                   out_len_once=False, status_check=False)
+                   out_len_once=False, status_check=False, read_errnos=_READ_ERRNOS_6_7)
 _QUOTE_6_11 = Quote(**{**_QUOTE_6_7.__dict__, "visibility_callbacks": True})
 _QUOTE_6_16 = Quote(**{**_QUOTE_6_11.__dict__, "no_provider_errno": abi.ENXIO,
-                       "provider_gone_enxio": True, "counts_items": True})
+                       "provider_gone_enxio": True, "counts_items": True,
+                       "read_errnos": _READ_ERRNOS_6_16})
 _QUOTE_7_0 = Quote(**{**_QUOTE_6_16.__dict__, "buf_size": _SZ_128K, "outblob_max": _SZ_16M,
                       "out_len_once": True})
 _QUOTE_7_1 = Quote(**{**_QUOTE_7_0.__dict__, "status_check": True})

@@ -29,9 +29,17 @@ def backend_names():
 
 
 @pytest.fixture(scope="module")
-def results():
-    """Every case of every driver on every backend under test (a few hundred ioctls)."""
+def all_results():
+    """Every case of every driver on every backend under test (a few hundred ioctls, and the quote
+    path's requests)."""
     return {(b, d): campaign.run(d, b) for b in backend_names() for d in abi.DRIVERS}
+
+
+@pytest.fixture(scope="module")
+def results(all_results):
+    """The report ioctl's records (the quote path's: tests/test_campaign_quote.py)."""
+    return {key: {**res, "cases": [r for r in res["cases"] if not campaign.is_quote_case(r)]}
+            for key, res in all_results.items()}
 
 
 @pytest.mark.parametrize("driver", abi.DRIVERS)
@@ -41,7 +49,8 @@ def test_cases_are_json_and_stable(driver):
     ids = [s["id"] for s in specs]
     assert len(ids) == len(set(ids))
     assert campaign.cases(driver) == specs
-    for s in specs:
+    assert [s for s in specs if not campaign.is_quote_case(s)] == campaign.report_cases(driver)
+    for s in campaign.report_cases(driver):
         assert {"id", "cmd", "fail_nth", "user_fault", "partial_to_user", "tdcall", "mr_lock_held",
                 "description"} <= set(s)
 
@@ -171,10 +180,10 @@ def test_partial_copies_are_byte_exact(results):
                     assert r["foreign_bytes"] == 0 and r["changed"]
 
 
-def test_backends_agree_case_by_case(results):
+def test_backends_agree_case_by_case(all_results):
     names = backend_names()
     for driver in abi.DRIVERS:
-        runs = [[{k: v for k, v in r.items() if k != "backend"} for r in results[(b, driver)]["cases"]]
+        runs = [[{k: v for k, v in r.items() if k != "backend"} for r in all_results[(b, driver)]["cases"]]
                 for b in names]
         assert all(run == runs[0] for run in runs[1:]), driver
 
@@ -196,8 +205,12 @@ def test_cli_json(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["driver"] == "v6.16" and doc["summary"]["cases"] == len(doc["cases"])
     for case in doc["cases"]:
-        assert isinstance(case["cmd"], int) and isinstance(case["ret"], int)
-        assert {"leaked", "user_changed", "description"} <= set(case)
+        assert isinstance(case["ret"], int) and {"leaked", "description"} <= set(case)
+        if campaign.is_quote_case(case):
+            assert {"path", "host_fault", "outblob_len", "syscalls"} <= set(case)
+        else:
+            assert isinstance(case["cmd"], int) and "user_changed" in case
+    assert doc["summary"]["quote"]["cases"] == sum(map(campaign.is_quote_case, doc["cases"]))
 
 
 def test_progress_goes_to_stderr(capsys):

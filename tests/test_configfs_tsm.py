@@ -557,3 +557,95 @@ def test_notify_vector_is_not_used_by_upstream(tsm):
     assert quote_for(k, p)[0] > 0
     assert h.counters()["interrupts"] == 1  # the host injects; the guest polls all the same
     assert h.clock.now_ns() == SEC
+
+
+# ------------------------------------------------------------------------------------------------
+# The wait loop's clock: a signal at each sleep, the poll limit, the real clock (quote.md §2.4)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("driver", ["v6.7", "v7.1"])
+@pytest.mark.parametrize("sleep", [1, 2, 15, 30])
+def test_p7_signal_during_sleep_k_cuts_it_short(tsm, driver, sleep):
+    k, p, h = tsm(driver)
+    h.push_fault("never")
+    assert p.mkdir(ITEM) == 0 and write_file(p, ITEM + "/inblob", INBLOB) == 64
+    p.signal_at_ns = (sleep - 1) * SEC + SEC // 4   # a quarter into sleep k
+    assert p.signal_at_ns == (sleep - 1) * SEC + SEC // 4
+    assert read_file(p, ITEM + "/outblob")[0] == -abi.EINTR
+    assert h.clock.now_ns() == (sleep - 1) * SEC + SEC // 4   # msleep_interruptible returned there
+    assert p.signal_pending and p.signal_at_ns is None
+    p.signal_pending = False
+    assert write_file(p, ITEM + "/inblob", INBLOB) == 64
+    assert read_file(p, ITEM + "/outblob")[0] == -abi.EBUSY  # the host still owns the buffer
+
+
+def test_p7_a_signal_due_after_the_quote_is_not_delivered(tsm):
+    k, p, h = tsm("v6.16")
+    assert p.mkdir(ITEM) == 0 and write_file(p, ITEM + "/inblob", INBLOB) == 64
+    p.signal_at_ns = 5 * SEC
+    ret, data = read_file(p, ITEM + "/outblob")
+    assert data == test_quote(k.module.report(INBLOB)) and not p.signal_pending
+    assert p.signal_at_ns == 5 * SEC
+    p.signal_at_ns = None
+    assert p.signal_at_ns is None
+    for bad, exc in ((-1, ValueError), (1 << 64, ValueError), ("1", TypeError)):
+        with pytest.raises(exc):
+            p.signal_at_ns = bad
+
+
+# (service seconds, sleeps, ret <= 7.0, ret 7.1) with a 5-poll limit: the same off-by-one at poll 5
+WAIT_ROWS_5 = [
+    ("during sleep 4", 3.5, 4, "ok", "ok"),
+    ("during sleep 5: -ETIMEDOUT although ready", 4.5, 5, -abi.ETIMEDOUT, -abi.ETIMEDOUT),
+    ("never: success after check 6", None, 5, "empty", -abi.EIO),
+]
+
+
+@pytest.mark.parametrize("driver", ["v6.11", "v7.0", "v7.1"])
+@pytest.mark.parametrize("name,service,sleeps,old,new", WAIT_ROWS_5, ids=[r[0] for r in WAIT_ROWS_5])
+def test_p7_poll_limit_is_configurable(tsm, driver, name, service, sleeps, old, new):
+    k, p, h = tsm(driver)
+    assert k.getquote_timeout == abi.GETQUOTE_TIMEOUT
+    k.getquote_timeout = 5
+    h.push_fault("never") if service is None else h.push_fault("service_time", seconds=service)
+    ret, data = quote_for(k, p)
+    assert h.clock.now_ns() == sleeps * SEC
+    want = new if q(driver).status_check else old
+    if want == "ok":
+        assert data == test_quote(k.module.report(INBLOB))
+    elif want == "empty":
+        assert (ret, data) == (0, b"")
+    else:
+        assert ret == want
+    with pytest.raises(ValueError):
+        k.getquote_timeout = -1
+
+
+def test_p7_real_clock_five_polls_sleep_in_wall_time(tsm):
+    import time
+    k, p, h = tsm("v7.1", clock="real")
+    k.getquote_timeout = 5
+    h.push_fault("service_time", seconds=4.5)   # ready during sleep 5: -ETIMEDOUT (the off-by-one)
+    start = time.monotonic()
+    ret, _ = quote_for(k, p)
+    wall = time.monotonic() - start
+    assert ret == -abi.ETIMEDOUT
+    assert wall >= 5 * abi.GETQUOTE_POLL_MS / 1000   # five 1 s sleeps really slept
+    assert h.clock.now_ns() >= 5 * SEC
+
+
+def test_interrupt_wait_ends_at_a_signal_due_before_the_completion(backend, make_module):
+    m = make_module(memory_pages=160)
+    h = backend.Host(m, producer=backend.TestQuoteProducer())
+    try:
+        k = backend.Kernel(m, "v7.1", quote_completion="interrupt")
+        p = k.process()
+        p.mmap(UBUF, UPAGES * PAGE, "rw")
+        h.push_fault("never")
+        p.signal_at_ns = 7 * SEC    # wait_for_completion_interruptible has no timeout: only this ends it
+        assert p.mkdir(ITEM) == 0 and write_file(p, ITEM + "/inblob", INBLOB) == 64
+        assert read_file(p, ITEM + "/outblob")[0] == -abi.EINTR
+        assert h.clock.now_ns() == 7 * SEC and p.signal_pending
+        c = k.counters()
+        assert c["locks_held"] == 0
+    finally:
+        h.close()

@@ -44,6 +44,7 @@ cdef extern from "guest_kernel.h" nogil:
         unsigned int fail_nth
         int make_it_fail
         int signal_pending
+        uint64_t signal_at
 
     ctypedef struct gk_trace_entry:
         uint8_t point, capability, failed
@@ -78,6 +79,8 @@ cdef extern from *:
     static inline void gk_task_set_make_it_fail(gk_task *t, int v) { atomic_store(&t->make_it_fail, v); }
     static inline int gk_task_get_signal(gk_task *t) { return atomic_load(&t->signal_pending); }
     static inline void gk_task_set_signal(gk_task *t, int v) { atomic_store(&t->signal_pending, v); }
+    static inline uint64_t gk_task_get_signal_at(gk_task *t) { return atomic_load(&t->signal_at); }
+    static inline void gk_task_set_signal_at(gk_task *t, uint64_t v) { atomic_store(&t->signal_at, v); }
     """
     unsigned gk_task_get_fail_nth(gk_task *t) nogil
     void gk_task_set_fail_nth(gk_task *t, unsigned v) nogil
@@ -85,3 +88,5 @@ cdef extern from *:
     void gk_task_set_make_it_fail(gk_task *t, int v) nogil
     int gk_task_get_signal(gk_task *t) nogil
     void gk_task_set_signal(gk_task *t, int v) nogil
+    uint64_t gk_task_get_signal_at(gk_task *t) nogil
+    void gk_task_set_signal_at(gk_task *t, uint64_t v) nogil

@@ -208,6 +208,15 @@ cdef class FaultAttr:
                 f"min_order={a.min_order} task_filter={bool(a.task_filter)})")
 
 
+def _completion_arg(prof, spec):
+    """The Kernel's quote_completion: the profile's default when None; ValueError without a quote path."""
+    if prof.quote is None:
+        if spec is not None:
+            raise ValueError(f"quote_completion: {prof.name} has no configfs-tsm quote path")
+        return None
+    return prof.quote.completion if spec is None else _profiles.quote_completion(spec)
+
+
 # no_gc_clear: Kernel <-> FaultAttr is a cycle; the collector must not drop _module before __dealloc__
 # destroys the C kernel, whose allocator state lives in the module's guest memory.
 @cython.no_gc_clear
@@ -227,12 +236,13 @@ cdef class Kernel:
     cdef int _driver_id
     cdef object _profile
     cdef dict _faults
+    cdef object _completion
 
     def __cinit__(self, *args, **kwargs):
         self.tk = NULL
 
     def __init__(self, module, driver, *, seed=0, fail_nth=0, misaligned_report_buf=False,
-                 fail_decrypt=False):
+                 fail_decrypt=False, quote_completion=None):
         cdef int err = 0
         cdef uint64_t init_status = 0
         cdef uint64_t leaked = 0
@@ -247,6 +257,8 @@ cdef class Kernel:
         cdef int c_misaligned
         cdef int c_driver
         cdef tdxm_module *m
+        cdef int c_mode, c_sleep
+        cdef uint32_t c_interval, c_cap, c_hz
         if self.tk != NULL:
             raise RuntimeError("Kernel is already initialised")
         if not isinstance(module, Module):
@@ -262,6 +274,7 @@ cdef class Kernel:
         if c_misaligned and not prof.cached_report_buf:
             raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
                              "(only the generations with a cached report buffer, ref §2.5)")
+        completion = _completion_arg(prof, quote_completion)
         pages = module.memory_pages
         if pages <= KERNEL_FIRST_PAGE:
             raise ValueError(f"module has {pages} pages; the kernel needs more than {KERNEL_FIRST_PAGE}")
@@ -302,6 +315,14 @@ cdef class Kernel:
         self._driver = driver
         self._driver_id = c_driver
         self._profile = prof
+        self._completion = completion
+        if completion is not None:  # init: how P7 waits; the interrupt mode registers its vector now
+            c_mode, c_interval, c_cap = completion.mode_id, completion.interval_ms, completion.cap_ms
+            c_sleep, c_hz = completion.sleep_id, completion.hz
+            with nogil:
+                err = tsm_set_completion(td_kernel_tsm(self.tk), c_mode, c_interval, c_cap, c_sleep, c_hz)
+            if err != 0:
+                raise ValueError(f"quote_completion: {completion!r} refused by the core")
         self._faults = {cap: FaultAttr(_INTERNAL, self, _CAPABILITY_IDS[cap])
                         for cap in _abi.FAULT_CAPABILITIES}
 
@@ -444,6 +465,32 @@ cdef class Kernel:
     def quote_buf_size(self):
         return tsm_quote_buf_size(self._tsm())
 
+    @property
+    def getquote_timeout(self):
+        """getquote_timeout -> int: the wait loop's poll limit (the kernel's static u32 30, quote.md
+        §2.2); model-only, settable so a real-clock test can run a short loop."""
+        return tsm_getquote_timeout(self._tsm())
+
+    @getquote_timeout.setter
+    def getquote_timeout(self, value):
+        tsm_set_getquote_timeout(self._tsm(), <uint32_t>_int_arg("getquote_timeout", value, 0, 0xFFFFFFFF))
+
+    @property
+    def quote_completion(self):
+        """quote_completion -> profiles.QuoteCompletion: how the provider waits (quote.md §2.4-§2.6)."""
+        self._tsm()
+        return self._completion
+
+    @property
+    def notify_registered(self):
+        """notify_registered -> bool: the host took the guest's notify vector (interrupt mode)."""
+        return bool(tsm_notify_registered(self._tsm()))
+
+    @property
+    def notify_irqs(self):
+        """notify_irqs -> int: notify vectors the guest received."""
+        return tsm_notify_irqs(self._tsm())
+
     def counters(self):
         """counters() -> dict: allocs, frees, outstanding, resident, slab_allocs, page_allocs,
         locks_taken, locks_released, locks_held, locks_leaked."""
@@ -533,6 +580,20 @@ cdef class Process:
     @signal_pending.setter
     def signal_pending(self, value):
         gk_task_set_signal(td_process_task(self._live()), _bool_arg("signal_pending", value))
+
+    @property
+    def signal_at_ns(self):
+        """signal_at_ns -> int | None: a signal due at this platform-clock time; an interruptible
+        sleep (the quote wait loop) that reaches it is cut short there and the signal becomes pending."""
+        cdef uint64_t at = gk_task_get_signal_at(td_process_task(self._live()))
+        return None if at == 0 else at - 1
+
+    @signal_at_ns.setter
+    def signal_at_ns(self, value):
+        cdef uint64_t at = 0
+        if value is not None:
+            at = <uint64_t>_int_arg("signal_at_ns", value, 0, _U64_MAX - 1) + 1
+        gk_task_set_signal_at(td_process_task(self._live()), at)
 
     def last_trace(self):
         """last_trace() -> list[tuple[str, str, bool]]: the injectable points the last syscall passed,

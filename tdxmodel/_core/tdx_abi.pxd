@@ -183,6 +183,18 @@ cdef extern from "tdx_abi.h":
     int TSM_NAME_MAX  # Linux NAME_MAX
     int GETQUOTE_TIMEOUT  # quote.md §2.2, §2.4
     int GETQUOTE_POLL_MS  # quote.md §2.4
+    int QUOTE_WAIT_STOCK  # quote.md §2.4
+    int QUOTE_WAIT_POLL  # quote.md §2.5
+    int QUOTE_WAIT_INTERRUPT  # quote.md §2.6, §3.3
+    int QUOTE_SLEEP_MSLEEP  # quote.md §2.5
+    int QUOTE_SLEEP_USLEEP_RANGE  # Linux include/linux/iopoll.h
+    int QUOTE_POLL_PROPOSED_MS  # quote.md §2.5
+    int QUOTE_POLL_CAP_MS  # quote.md §2.5
+    int QUOTE_NOTIFY_VECTOR  # quote.md §2.6, §3.1
+    int KERNEL_HZ_MAX  # Linux kernel/Kconfig.hz
+    int TIMER_LVL_CLK_SHIFT  # Linux kernel/time/timer.c
+    int TIMER_LVL_BITS  # Linux kernel/time/timer.c
+    int TIMER_LVL_DEPTH  # Linux kernel/time/timer.c
     int KERNEL_FIRST_PAGE  # docs/CONTRACT.md "Kernel" (design choice)
     int TDR_FIELD_REPORT_TYPE_OFF
     int TDR_FIELD_REPORT_TYPE_LEN

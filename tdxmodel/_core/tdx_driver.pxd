@@ -78,3 +78,8 @@ cdef extern from "tsm_report.h" nogil:
     int tsm_set_generations(tsm_state *s, const char *name, uint64_t write_gen, uint64_t read_gen)
     uint64_t tsm_quote_buf_gpa(tsm_state *s)
     unsigned tsm_quote_buf_size(tsm_state *s)
+    uint32_t tsm_getquote_timeout(tsm_state *s)
+    void tsm_set_getquote_timeout(tsm_state *s, uint32_t polls)
+    int tsm_set_completion(tsm_state *s, int mode, uint32_t interval_ms, uint32_t cap_ms, int sleep, uint32_t hz)
+    int tsm_notify_registered(tsm_state *s)
+    uint64_t tsm_notify_irqs(tsm_state *s)

@@ -217,7 +217,8 @@ class _IoctlQuote:
             now = clk.now_ns()
             if timeout_ns and now - start >= timeout_ns:
                 return 1
-            nxt = h._next_due()
+            nxt = h._next_due_ns()
+            nxt = NEVER if nxt is None else nxt
             if timeout_ns:
                 nxt = min(nxt, start + timeout_ns)
             if clk.kind == "virtual" and nxt != NEVER:

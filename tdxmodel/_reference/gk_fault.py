@@ -179,6 +179,7 @@ class _Task:
         self._fail_nth = 0
         self.make_it_fail = False
         self.signal_pending = False
+        self._signal_at: Optional[int] = None  # a signal due at this clock time
         self._trace: List[Tuple[str, str, bool]] = []
 
 

@@ -370,15 +370,17 @@ class Host:
         with self._lock:
             self._irq = fn
 
-    def _unset_irq(self, fn) -> None:
+    def _clear_irq(self, fn) -> None:
+        """Remove the handler if it is fn (a guest kernel going away)."""
         with self._lock:
             if self._irq == fn:
                 self._irq = None
 
-    def _next_due(self) -> int:
-        """When the next pending request completes (NEVER: none will by itself)."""
+    def _next_due_ns(self):
+        """When the next pending request completes, or None if none will (vmm_host_next_due_ns)."""
         with self._lock:
-            return min((r.due for r in self._pending), default=NEVER)
+            dues = [r.due for r in self._pending if r.due != NEVER]
+        return min(dues) if dues else None
 
     def guest_read(self, gpa: int, n: int) -> None:
         gpa, n = _u64("gpa", gpa) & ~abi.TDX_GPA_SHARED_BIT, _u64("n", n)

@@ -48,7 +48,8 @@ class Kernel:
     """
 
     def __init__(self, module, driver: str, *, seed: Optional[int] = 0, fail_nth: int = 0,
-                 misaligned_report_buf: bool = False, fail_decrypt: bool = False) -> None:
+                 misaligned_report_buf: bool = False, fail_decrypt: bool = False,
+                 quote_completion=None) -> None:
         from tdxmodel._reference.module import Module
         if not isinstance(module, Module):
             raise TypeError(f"module must be a reference-backend Module, not {type(module).__name__}")
@@ -63,6 +64,13 @@ class Kernel:
         if misaligned_report_buf and not prof.cached_report_buf:
             raise ValueError(f"misaligned_report_buf: {driver} allocates no report buffer at init "
                              "(only the generations with a cached report buffer, ref §2.5)")
+        if prof.quote is None:
+            if quote_completion is not None:
+                raise ValueError(f"quote_completion: {driver} has no configfs-tsm quote path")
+            completion = None
+        else:
+            completion = (prof.quote.completion if quote_completion is None
+                          else profiles.quote_completion(quote_completion))
         pages = module.memory_pages
         if pages <= KERNEL_FIRST_PAGE:
             raise ValueError(f"module has {pages} pages; the kernel needs more than {KERNEL_FIRST_PAGE}")
@@ -88,6 +96,7 @@ class Kernel:
             self._driver = _drivers.DRIVER_CLASSES[prof.ops](self, init_task, misaligned_report_buf)
             if prof.quote is not None:  # quote.md §2.2: the quote buffer, then tsm_register
                 self.tsm = _tsm.TsmReport(self, init_task, fail_decrypt)
+                self.tsm.set_completion(completion)  # how P7 waits; interrupt: register the vector
         finally:
             if saved is not None:
                 self._faults.restore_settings(saved)
@@ -210,6 +219,32 @@ class Kernel:
     @property
     def quote_buf_size(self) -> int:
         return self._tsm_or_raise().q.buf_size
+
+    @property
+    def getquote_timeout(self) -> int:
+        """The wait loop's poll limit (the kernel's static u32 30, quote.md §2.2); model-only,
+        settable so a real-clock test can run a short loop."""
+        return self._tsm_or_raise().getquote_timeout
+
+    @getquote_timeout.setter
+    def getquote_timeout(self, value: int) -> None:
+        t = self._tsm_or_raise()
+        t.getquote_timeout = _check_int("getquote_timeout", value, 0, 0xFFFFFFFF)
+
+    @property
+    def quote_completion(self):
+        """quote_completion -> profiles.QuoteCompletion: how the provider waits (quote.md §2.4-§2.6)."""
+        return self._tsm_or_raise().completion
+
+    @property
+    def notify_registered(self) -> bool:
+        """notify_registered -> bool: the host took the guest's notify vector (interrupt mode)."""
+        return self._tsm_or_raise().notify_registered
+
+    @property
+    def notify_irqs(self) -> int:
+        """notify_irqs -> int: notify vectors the guest received."""
+        return self._tsm_or_raise().irqs
 
     def counters(self) -> Dict[str, int]:
         c = self._alloc.snapshot()
@@ -385,6 +420,16 @@ class Process(_Task, UserMemory):
     @signal_pending.setter
     def signal_pending(self, value: bool) -> None:
         self._signal_pending = _check_bool("signal_pending", value)
+
+    @property
+    def signal_at_ns(self) -> Optional[int]:
+        """A signal due at this platform-clock time: an interruptible sleep (the quote wait loop)
+        that reaches it is cut short there and the signal becomes pending."""
+        return self._signal_at
+
+    @signal_at_ns.setter
+    def signal_at_ns(self, value: Optional[int]) -> None:
+        self._signal_at = None if value is None else _check_int("signal_at_ns", value, 0, _U64 - 1)
 
     def last_trace(self) -> List[Tuple[str, str, bool]]:
         return list(self._trace)

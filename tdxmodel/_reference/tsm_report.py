@@ -97,7 +97,12 @@ class TsmReport:
         self.registered = False
         self.count = 0
         self.quote_lock = threading.Lock()
+        self.getquote_timeout = abi.GETQUOTE_TIMEOUT  # polls (quote.md §2.2)
         self.leaked_pages = 0
+        self.completion = self.q.completion
+        self.notify_registered = False
+        self.irqs = 0
+        self._irq_lock = threading.Lock()
         # quote.md §2.2: alloc_pages_exact(PAGE_ALIGN(size), GFP_KERNEL | __GFP_ZERO)
         buf = kernel.alloc_pages(init_task, self.q.buf_order, "quote_buf:alloc_pages", zero=True)
         if buf is None:
@@ -181,22 +186,102 @@ class TsmReport:
         return self.k.read(it.outblob, min(n, avail)) + bytes(max(0, n - avail))
 
     # -- the provider (quote.md §2.3) --------------------------------------------------------------
-    def _wait(self, task) -> int:
+    @staticmethod
+    def _signal_due(task, clock) -> bool:
+        """A signal due at a clock time (Process.signal_at_ns) becomes pending once it is reached."""
+        at = task._signal_at
+        if at is not None and clock is not None and clock.now_ns() >= at:
+            task._signal_at = None
+            task._signal_pending = True
+        return task._signal_pending
+
+    def _sleep_interruptible(self, task, h, ms: int) -> None:
+        """msleep_interruptible(ms): msleep's duration, cut short by a signal due during it."""
+        c = h.clock
+        now = c.now_ns()
+        ns = profiles.msleep_ns(ms, self.completion.hz, now)
+        at = task._signal_at
+        if at is not None and now < at < now + ns:
+            ns = at - now
+        c.sleep_ns(ns)
+
+    def _msleep(self, h, ms: int) -> None:
+        c = h.clock
+        c.sleep_ns(profiles.msleep_ns(ms, self.completion.hz, c.now_ns()))
+
+    def _wait_stock(self, task) -> int:
         h = self._host()
+        clock = h.clock if h is not None else None
+        limit = self.getquote_timeout
         i = 0
         while True:  # §2.4 as written: the increment happens even when the compare fails
             if self._status() != abi.GET_QUOTE_IN_FLIGHT:
                 break
             old, i = i, i + 1
-            if not old < abi.GETQUOTE_TIMEOUT:
+            if not old < limit:
                 break
-            if task._signal_pending:      # msleep_interruptible returns at once
+            if self._signal_due(task, clock):      # msleep_interruptible returns at once
                 return -abi.EINTR
-            if h is not None:
-                h.clock.sleep_ns(abi.GETQUOTE_POLL_MS * 1_000_000)
-            if task._signal_pending:      # woken by a signal during the sleep
+            if clock is not None:
+                self._sleep_interruptible(task, h, abi.GETQUOTE_POLL_MS)
+            if self._signal_due(task, clock):      # woken by a signal during the sleep
                 return -abi.EINTR
-        return -abi.ETIMEDOUT if i == abi.GETQUOTE_TIMEOUT else 0
+        return -abi.ETIMEDOUT if i == limit else 0
+
+    def _wait_poll(self) -> int:
+        """read_poll_timeout(status, != IN_FLIGHT, interval, cap): one more check after the cap;
+        uninterruptible sleeps (the C file's wait_poll)."""
+        comp = self.completion
+        h = self._host()
+        deadline = (h.clock.now_ns() if h is not None else 0) + comp.cap_ms * 1_000_000
+        while True:
+            if self._status() != abi.GET_QUOTE_IN_FLIGHT:
+                return 0
+            if h is None or (comp.cap_ms and h.clock.now_ns() > deadline):
+                return 0 if self._status() != abi.GET_QUOTE_IN_FLIGHT else -abi.ETIMEDOUT
+            if comp.sleep == "usleep_range":
+                h.clock.sleep_ns(comp.interval_ms * 1_000_000)   # the range's upper bound
+            else:
+                self._msleep(h, comp.interval_ms)
+            h = self._host()
+
+    def _notify_irq(self, vector: int) -> None:
+        if vector == abi.QUOTE_NOTIFY_VECTOR:
+            with self._irq_lock:
+                self.irqs += 1
+
+    def _register_notify(self) -> bool:
+        r10, _ = self.k.module.tdvmcall(abi.TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, abi.QUOTE_NOTIFY_VECTOR)
+        self.notify_registered = r10 == abi.TDVMCALL_STATUS_SUCCESS
+        return self.notify_registered
+
+    def set_completion(self, comp) -> None:
+        self.completion = comp
+        if comp.mode == "interrupt":
+            self._register_notify()   # at init (quote.md §2.6); retried before a GetQuote if it failed
+
+    def _wait_interrupt(self, task, irqs_before: int) -> int:
+        """wait_for_completion_interruptible, no timeout (the C file's wait_interrupt)."""
+        while True:
+            h = self._host()
+            if self.irqs != irqs_before and self._status() != abi.GET_QUOTE_IN_FLIGHT:
+                return 0
+            if self._signal_due(task, h.clock if h is not None else None):
+                return -abi.EINTR
+            due = h._next_due_ns() if h is not None else None
+            at = task._signal_at                 # a signal due first ends the idle wait there
+            if h is not None and at is not None and (due is None or at < due):
+                due = at
+            if due is not None:
+                now = h.clock.now_ns()
+                if due > now:
+                    h.clock.sleep_ns(due - now)
+                else:
+                    h.clock.poll()
+            else:
+                time.sleep(0.0001)     # nothing due: wait for a signal or another task
+                if h is not None:
+                    h.clock.poll()
 
     def _header(self) -> None:
         self.k.write(self.buf, bytes(self.q.buf_size))                             # P4
@@ -248,10 +333,22 @@ class TsmReport:
                 return ret
             self._header()
             k.write(self.buf + HDR, k.read(temps[1], abi.TDX_REPORT_LEN))
+        irqs_before = self.irqs
+        mode = self.completion.mode
+        if mode == "interrupt":  # registered at init, or before the first GetQuote (the C file's choice)
+            if not self.notify_registered and not self._register_notify():
+                return -abi.EIO
+            if self._host() is not None:
+                self._host()._set_irq(self._notify_irq)
         r10, _ = k.module.tdvmcall(abi.TDVMCALL_GET_QUOTE, self.buf | abi.TDX_GPA_SHARED_BIT, q.buf_size)  # P6
         if r10 != 0:
             return -abi.EIO
-        ret = self._wait(task)                                                      # P7
+        if mode == "poll":                                                          # P7
+            ret = self._wait_poll()
+        elif mode == "interrupt":
+            ret = self._wait_interrupt(task, irqs_before)
+        else:
+            ret = self._wait_stock(task)
         if ret:
             return ret
         if q.status_check and self._status() != abi.GET_QUOTE_SUCCESS:              # P8 (7.1)

@@ -1,7 +1,8 @@
 """``tdxmodel campaign --driver NAME [--json] [--backend core|reference]`` (layer 4).
 
-Runs the exhaustive fault campaign (``tdxmodel.campaign``) over one driver generation's ioctl path and
-prints a table of outcome classes with counts, or with ``--json`` one object
+Runs the exhaustive fault campaign (``tdxmodel.campaign``) over one driver generation's ioctl path (and
+its quote path, where it has one) and prints a table of outcome classes with counts per path, or with
+``--json`` one object
 ``{"driver": NAME, "backend": ..., "cases": [...], "summary": {...}}``. Progress goes to stderr on long
 runs. Exit 0 when it ran; 2 with a one-line message for bad input.
 """
@@ -16,11 +17,13 @@ from tdxmodel import _backend, abi
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("campaign", help="run the exhaustive fault campaign over a driver's ioctl path",
+    p = subparsers.add_parser("campaign", help="run the exhaustive fault campaign over a driver's ioctl "
+                                               "and quote paths",
                               description="Run the ioctl path of one driver generation through every "
                                           "injectable point failed, user-buffer faults at each position "
-                                          "class, each TDCALL outcome and an unknown command; print the "
-                                          "outcome classes with counts.")
+                                          "class, each TDCALL outcome and an unknown command, and its "
+                                          "quote path through each injection point, host fault, signal "
+                                          "and configfs misuse; print the outcome classes with counts.")
     p.add_argument("--driver", required=True, metavar="NAME", help=f"one of {', '.join(abi.DRIVERS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--backend", default=None, metavar="core|reference",
@@ -29,8 +32,32 @@ def register(subparsers) -> None:
 
 
 def _table(result) -> str:
+    from tdxmodel.campaign import is_quote_case
+    report = _report_table(result, [r for r in result["cases"] if not is_quote_case(r)])
+    quote = [r for r in result["cases"] if is_quote_case(r)]
+    return report if not quote else report + "\n" + _quote_table(result["summary"]["quote"], quote)
+
+
+def _quote_table(s, records) -> str:
     by_outcome = {}
-    for r in result["cases"]:
+    for r in records:
+        row = by_outcome.setdefault(r["outcome"], {"cases": 0, "leaked": 0, "empty": 0, "foreign": 0})
+        row["cases"] += 1
+        row["leaked"] += bool(r["leaked"])
+        row["empty"] += r["ret"] == 0 and r["outblob_len"] == 0
+        row["foreign"] += r["foreign_bytes"]
+    lines = [f"quote path ({records[0]['path']}): {s['cases']} cases",
+             f"{'outcome':<10} {'cases':>6} {'leaking':>8} {'empty outblob':>14} {'foreign bytes':>14}"]
+    for outcome, row in sorted(by_outcome.items()):
+        lines.append(f"{outcome:<10} {row['cases']:>6} {row['leaked']:>8} {row['empty']:>14} {row['foreign']:>14}")
+    lines.append(f"{'total':<10} {s['cases']:>6} {s['leaking_cases'] + s['deliberate_leak_cases']:>8} "
+                 f"{s['empty_success_cases']:>14} {s['foreign_bytes']:>14}")
+    return "\n".join(lines)
+
+
+def _report_table(result, records) -> str:
+    by_outcome = {}
+    for r in records:
         row = by_outcome.setdefault(r["outcome"], {"cases": 0, "leaked": 0, "changed": 0, "foreign": 0})
         row["cases"] += 1
         row["leaked"] += bool(r["leaked"])
@@ -38,11 +65,12 @@ def _table(result) -> str:
         row["foreign"] += r["foreign_bytes"]
     s = result["summary"]
     lines = [f"campaign: driver {result['driver']}, backend {result['backend']}, {s['cases']} cases",
+             f"report ioctl: {s['report_cases']} cases",
              f"{'outcome':<10} {'cases':>6} {'leaking':>8} {'user changed':>13} {'foreign bytes':>14}"]
     for outcome, row in sorted(by_outcome.items()):
         lines.append(f"{outcome:<10} {row['cases']:>6} {row['leaked']:>8} {row['changed']:>13} "
                      f"{row['foreign']:>14}")
-    lines.append(f"{'total':<10} {s['cases']:>6} {s['leaking_cases']:>8} {s['user_changed_cases']:>13} "
+    lines.append(f"{'total':<10} {s['report_cases']:>6} {s['leaking_cases']:>8} {s['user_changed_cases']:>13} "
                  f"{s['foreign_bytes']:>14}")
     return "\n".join(lines)
 
