@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Any, List, Optional
 
-from tdxmodel import _backend, abi
+from tdxmodel import _backend, abi, profiles
 
 FUSE_OPTIONS = "fsname=tdxmodel,subtype=tdxmodel,default_permissions,allow_other"
 MS_BIND = 4096
@@ -102,6 +102,7 @@ class Daemon:
         self.device_file = os.path.join(self.mount, node_name(driver))
         self.server: Any = None
         self.device: Any = None
+        self._host: Any = None   # the VMM of an ioctl quote path (intel-downstream, v4)
         self._threads: List[threading.Thread] = []
         self._stop = threading.Event()
         self._bind_created = False
@@ -140,9 +141,11 @@ class Daemon:
             handler.attach_fast_path(fast)
         self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver], fast)
         self.server.set_rdev(abi.DEVICE_RDEV[0], abi.DEVICE_RDEV[1])
-        from tdxmodel.transport.device import driver_windows
+        from tdxmodel.transport.device import driver_buffers, driver_windows
         for cmd, window in driver_windows(self.driver).items():
             self.server.set_window(cmd, window)
+        for cmd, (ptr_off, len_off) in driver_buffers(self.driver).items():
+            self.server.set_buffer(cmd, ptr_off, len_off)
         self.server.add_node(1, node_name(self.driver), NODE_DEVICE, self.mode)
         if handler is not None:
             dirs = {"": 1}
@@ -207,7 +210,17 @@ class Daemon:
 
         backend = self._backend
         store = StateStore(self.state, backend=backend)
+        platform = None
+        if profiles.get(self.driver).ioctl_quote is not None:
+            # the platform's PKI first (making it sets the TEE_TCB_SVN the live TD reports), then the
+            # VMM before the kernel: an ioctl quote path registers its notify vector at boot
+            from tdxmodel.host.collateral import Platform
+            platform = Platform(store)
+            platform.pki()
         module = backend.Module(store.load())
+        if platform is not None:
+            # GetQuote reaches the host, whose producer is the state's TDQE
+            self._host = backend.Host(module, producer=platform.quoting_enclave(module=module))
         kernel = backend.Kernel(module, self.driver)
         self.device = EmulatedDevice(kernel, store=store)
         return self.device
@@ -372,3 +385,6 @@ class Daemon:
             self._mounted = False
         if self.device is not None:
             self.device.close()
+        if self._host is not None:
+            self._host.close()
+            self._host = None
