@@ -23,7 +23,7 @@ fi
 
 echo "install.sh: installing Python build requirements"
 $PY -m pip install -q --disable-pip-version-check "setuptools>=65" wheel "Cython>=3,<4" "numpy>=1.24"
-echo "install.sh: building and installing tdxmodel (editable, with test extras)"
-$PY -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+echo "install.sh: building and installing tdxmodel (editable, with test and plot extras)"
+$PY -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,plot]"
 $PY -c "import tdxmodel._core; print('install.sh: tdxmodel core built:', tdxmodel._core.__file__)"
 $PY -c "import cryptography, dcap_qvl; print('install.sh: cryptography', cryptography.__version__, '/ dcap-qvl', dcap_qvl.__version__)"

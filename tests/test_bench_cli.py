@@ -19,7 +19,7 @@ from tdxmodel.cli import main
 FAST = ["--seconds", "0.05"]
 CONTRACT_KEYS = {"batch_reports_per_s", "mac_floor_per_s", "call_median_us", "call_p99_us",
                  "reference_call_median_us", "scaling", "busy_rate",
-                 "mixed_scaling", "ioctl_scaling", "quote_per_s", "ecdsa_sign_floor_per_s"}
+                 "mixed_scaling", "ioctl_scaling", "quote_per_s", "ecdsa_sign_floor_per_s", "quote_latency"}
 
 
 def run_cli(capsys, *argv):
@@ -55,6 +55,8 @@ def test_json_has_the_contract_keys(capsys):
     assert all(v > 0 for v in result["scaling"].values())
     assert set(result["mixed_scaling"]) == {"1", "2"} and all(v > 0 for v in result["mixed_scaling"].values())
     assert result["quote_per_s"] > 0 and result["ecdsa_sign_floor_per_s"] > 0
+    assert list(result["quote_latency"]) == ["poll-1000", "poll-5", "poll-1", "interrupt"]
+    assert all({"quotes_per_s", "min_ms", "median_ms", "max_ms"} <= set(r) for r in result["quote_latency"].values())
     for key in ("batch_reports_per_s", "mac_floor_per_s", "reference_call_median_us"):
         assert result[key] > 0, key
     assert 0 <= result["call_median_us"] <= result["call_p99_us"]

@@ -20,7 +20,14 @@ Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R -
 * ``busy_rate``: the fraction of the ``scaling`` workload's reports that met the module's RTMR lock
   (TDX_OPERAND_BUSY); ``ioctl_busy_rate``: the fraction of driver-path reports that failed because of
   it (-EBUSY on v6.16, -EIO on v6.2 and v4); both 0 when R is 0;
+* ``quote_latency``: per completion mode (``"poll-1000"`` the stock loop, ``"poll-N"`` the proposed
+  read_poll_timeout variant at N ms with its 2 s cap, ``"interrupt"``) ``quotes_per_s``, ``min_ms``,
+  ``median_ms``, ``max_ms`` of quotes through configfs-tsm on the virtual clock (``tdxmodel.quote_latency``);
 * ``ratios`` (the speed targets of benchmarks/RESULTS.md, from this run), ``machine``, and the options used.
+
+``--quote-latency [--poll-ms LIST] [--service-ms MS] [--clock virtual|real] [--json] [--plot FILE]``
+runs only the quote latency table (``quote_latency``, beside the published figures, quote.md §2.5)
+and the concurrency section (``quote_concurrency``: N callers in one TD asking at once, on the same clock).
 """
 
 from __future__ import annotations
@@ -71,6 +78,26 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _poll_list(text: str):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated milliseconds, got {text!r}") from None
+    if not values or not all(1 <= v <= 60_000 for v in values):
+        raise argparse.ArgumentTypeError(f"each poll interval must be in 1..60000 ms, got {text!r}")
+    return values
+
+
+def _service_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= 25_000:  # below QEMU's 30 s transaction timer (quote.md §4.1); rejects nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 25000] ms, got {text}")
+    return value
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="measure throughput and latency of the emulated attestation path",
@@ -90,6 +117,16 @@ def register(subparsers) -> None:
     p.add_argument("--quote", action="store_true",
                    help="measure the quote path instead (tdxmodel.host.bench: quote_per_s, "
                         "ecdsa_sign_floor_per_s, verify_per_s, dcap_qvl_verify_per_s, ...)")
+    p.add_argument("--quote-latency", action="store_true",
+                   help="measure quote latency through configfs-tsm per completion mode instead "
+                        "(tdxmodel.quote_latency: quote_latency, quote_concurrency)")
+    p.add_argument("--poll-ms", type=_poll_list, default=None, metavar="LIST",
+                   help="with --quote-latency: poll intervals in ms, comma-separated (default 1000,5,1; "
+                        "1000 is the stock loop, others the read_poll_timeout variant with a 2 s cap)")
+    p.add_argument("--service-ms", type=_service_ms, default=None, metavar="MS",
+                   help="with --quote-latency: the host's service time per quote (default 4.6)")
+    p.add_argument("--clock", choices=("virtual", "real"), default=None,
+                   help="with --quote-latency: the platform clock (default virtual: no wall time)")
     p.set_defaults(func=run)
 
 
@@ -255,6 +292,11 @@ def measure(options: BenchOptions, progress: Optional[Callable[[str], None]] = N
     result["ecdsa_sign_floor_per_s"] = quote["ecdsa_sign_floor_per_s"]
     result["ratios"]["quote_over_sign_floor"] = (quote["quote_per_s"] / quote["ecdsa_sign_floor_per_s"]
                                                  if quote["ecdsa_sign_floor_per_s"] else None)
+
+    # Quote latency by completion mode on the virtual clock (tdxmodel.quote_latency; little wall time).
+    say("quote latency by completion mode (virtual clock)")
+    from tdxmodel import quote_latency
+    result["quote_latency"] = quote_latency.run(backend=main)["quote_latency"]
     return result
 
 
@@ -296,7 +338,47 @@ def format_table(result: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def run_quote_latency(args) -> int:
+    from tdxmodel import quote_latency as ql
+    if args.plot:
+        _check_plot_possible(args.plot)
+    clock = args.clock or "virtual"
+    poll = args.poll_ms or list(ql.DEFAULT_POLL_MS)
+    service = ql.DEFAULT_SERVICE_MS if args.service_ms is None else args.service_ms
+
+    def progress(message: str) -> None:  # the real clock sleeps for real: say what runs
+        if clock == "real":
+            print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    result = ql.run(poll, service_ms=service, clock=clock, progress=progress)
+    progress(f"concurrency: 1, 2, 4, 8 callers in one TD ({clock} clock)")
+    result["quote_concurrency"] = {"mode": "poll-5", "clock": clock,
+                                   "callers": ql.measure_concurrency(service_ms=service, quotes_per_caller=3,
+                                                                     clock=clock)}
+    result["machine"] = machine_info()
+    if args.plot:
+        ql.write_plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(ql.format_table(result))
+        print(f"N callers in one TD asking at once (poll-5, {clock} clock), callers: quotes/s, ms for all N"
+              + (", a caller's median ms" if clock == "real" else "") + " -> "
+              + "; ".join(f"{n}: {r['quotes_per_s']:.1f}, {r['round_ms']:.2f}"
+                          + (f", {r['median_ms']:.2f}" if "median_ms" in r else "")
+                          for n, r in result["quote_concurrency"]["callers"].items()))
+    return 0
+
+
 def run(args) -> int:
+    latency_only = [f for f, v in (("--poll-ms", args.poll_ms), ("--service-ms", args.service_ms),
+                                   ("--clock", args.clock)) if v is not None]
+    if latency_only and not args.quote_latency:
+        raise CliError(f"{latency_only[0]} needs --quote-latency")
+    if args.quote_latency:
+        if args.quote:
+            raise CliError("--quote and --quote-latency are separate runs: give one")
+        return run_quote_latency(args)
     if getattr(args, "quote", False):
         from tdxmodel.host import bench as quote_bench
         result = quote_bench.run(seconds=args.seconds, callers=args.callers,
