@@ -36,6 +36,9 @@ REQUEST_ADDR = 0x7F0000000000
 #: The default ``buffer`` of ``ioctl_batch``.
 REQUEST_BUFFER_ADDR = REQUEST_ADDR
 _REQUEST_PAGES = 2
+_READ_CHUNK = _REQUEST_PAGES * PAGE_SIZE
+#: item -> (its configfs-tsm directory, inblob, outblob), so a quote formats no path (bounded).
+_TSM_PATHS: Dict[str, Tuple[str, str, str]] = {}
 _MEASUREMENT_ADDR = REQUEST_ADDR + _REQUEST_PAGES * PAGE_SIZE
 #: The ioctl quote paths: the request struct, then the quote buffer (mapped on first use).
 _QUOTE_REQ_ADDR = _MEASUREMENT_ADDR + PAGE_SIZE
@@ -188,24 +191,47 @@ class TdxGuest:
             self.attach_host()
         if self.profile.quote is None:
             return self._get_quote_ioctl(bytes(reportdata))
-        p, path = self.process, f"{profiles.TSM_REPORT_DIR}/{item}"
+        # The messages are only formatted on failure: next to one ECDSA signature, this Python is what
+        # the whole path costs beyond the kernel (benchmarks/RESULTS.md "Whole path").
+        p = self.process
+        paths = _TSM_PATHS.get(item) if type(item) is str else None
+        if paths is None:
+            path = f"{profiles.TSM_REPORT_DIR}/{item}"
+            paths = (path, path + "/inblob", path + "/outblob")
+            if type(item) is str and len(_TSM_PATHS) < 64:
+                _TSM_PATHS[item] = paths
+        path, inblob, outblob = paths
         ret = p.mkdir(path)
-        if ret not in (0, -abi.EEXIST):
+        if ret != 0 and ret != -abi.EEXIST:
             errors.check_ret(ret, f"mkdir {path}")
-        fd = errors.check_ret(p.open(path + "/inblob", os.O_WRONLY), f"open {path}/inblob")
+        fd = p.open(inblob, os.O_WRONLY)
+        if fd < 0:
+            errors.check_ret(fd, f"open {inblob}")
         try:
             p.poke(REQUEST_ADDR, bytes(reportdata).ljust(abi.TDX_REPORTDATA_LEN, b"\0"))
-            errors.check_ret(p.write(fd, REQUEST_ADDR, abi.TDX_REPORTDATA_LEN), f"write {path}/inblob")
+            ret = p.write(fd, REQUEST_ADDR, abi.TDX_REPORTDATA_LEN)
+            if ret < 0:
+                errors.check_ret(ret, f"write {inblob}")
         finally:
             p.close(fd)  # the commit (its result is not reported, quote.md §1.4)
-        fd = errors.check_ret(p.open(path + "/outblob", os.O_RDONLY), f"open {path}/outblob")
-        out = bytearray()
+        fd = p.open(outblob, os.O_RDONLY)
+        if fd < 0:
+            errors.check_ret(fd, f"open {outblob}")
+        out, more = b"", None  # a quote is one read; a list only when it is not
         try:
             while True:
-                n = errors.check_ret(p.read(fd, REQUEST_ADDR, _REQUEST_PAGES * PAGE_SIZE), f"read {path}/outblob")
+                n = p.read(fd, REQUEST_ADDR, _READ_CHUNK)
+                if n < 0:
+                    errors.check_ret(n, f"read {outblob}")
                 if n == 0:
-                    return bytes(out)
-                out += p.peek(REQUEST_ADDR, n)
+                    return out if more is None else b"".join(more)
+                chunk = p.peek(REQUEST_ADDR, n)
+                if more is not None:
+                    more.append(chunk)
+                elif out:
+                    more = [out, chunk]
+                else:
+                    out = chunk
         finally:
             p.close(fd)
 

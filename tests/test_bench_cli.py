@@ -19,7 +19,8 @@ from tdxmodel.cli import main
 FAST = ["--seconds", "0.05"]
 CONTRACT_KEYS = {"batch_reports_per_s", "mac_floor_per_s", "call_median_us", "call_p99_us",
                  "reference_call_median_us", "scaling", "busy_rate",
-                 "mixed_scaling", "ioctl_scaling", "quote_per_s", "ecdsa_sign_floor_per_s", "quote_latency"}
+                 "mixed_scaling", "ioctl_scaling", "quote_per_s", "ecdsa_sign_floor_per_s", "quote_latency",
+                 "whole_path_quote_per_s"}
 
 
 def run_cli(capsys, *argv):

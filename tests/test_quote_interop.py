@@ -260,7 +260,11 @@ def test_bench_quote_json_keys(capsys, monkeypatch):
     for key in ("quote_per_s", "ecdsa_sign_floor_per_s", "verify_per_s", "dcap_qvl_verify_per_s"):
         assert out[key] > 0, key
     assert set(out["quote_scaling"]) == {"1", "2"} and out["batch_quote_per_s"] > 0
-    assert set(out["ratios"]) == {"quote_vs_floor", "quote_2_callers_vs_floor", "verify_vs_dcap_qvl"}
+    assert set(out["quote_scaling_parallelism"]) == {"1", "2"}
+    assert all(v > 0 for v in out["quote_scaling_parallelism"].values())
+    assert out["whole_path_quote_per_s"] > 0 and out["whole_path_driver"] == "v6.16"
+    assert set(out["ratios"]) == {"quote_vs_floor", "quote_2_callers_vs_floor", "whole_path_vs_floor",
+                                  "verify_vs_dcap_qvl"}
 
 
 def test_single_bit_flips_agree_with_dcap_qvl(platform, quote_of):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from cryptography import x509
 
+from tdxmodel import abi
 from tdxmodel import quote as Q
 from tdxmodel import quote_abi as qa
 from tdxmodel.config import default_tee_tcb_svn
@@ -214,3 +215,110 @@ def test_c_and_python_paths_make_the_same_bytes_but_r_s(platform, make_module, b
         with pytest.raises(TdqeError) as e:
             qe.produce(bytes(bad))
         assert e.value.error == "TDQE_ERROR_INVALID_HASH"
+
+
+def test_hash_rechecks_hold_when_reports_alternate(td):
+    """The C path remembers the last TEE_TCB_INFO / TDINFO it hashed (per thread): a report whose
+    hash or hashed bytes differ from the remembered ones is still refused, and a TD whose TDINFO
+    changed (an RTMR extend) still quotes."""
+    module, qe = td
+    good = module.report(b"a")
+    for offset in (300, 600, 300, 256 + 239 - 1):  # MRSEAM, MRCONFIGID, MRSEAM again, last TEE_TCB_INFO byte
+        bad = bytearray(good)
+        bad[offset] ^= 1
+        assert Q.check_signatures(qe.produce(good))["quote_signature"]
+        with pytest.raises(TdqeError) as e:
+            qe.produce(bytes(bad))
+        assert e.value.error == "TDQE_ERROR_INVALID_HASH"
+    for offset in (32, 80 + 47):  # TEE_TCB_INFO_HASH, TEE_INFO_HASH (REPORTMACSTRUCT, ref §4.5), re-MACed
+        bad = bytearray(good)
+        bad[offset] ^= 1
+        with pytest.raises(TdqeError) as e:
+            qe.produce(_remac(module, bytes(bad)))
+        assert e.value.error == "TDQE_ERROR_INVALID_HASH"
+    module.extend(2, b"\x11" * 48)
+    after = module.report(b"b")
+    assert after[512:1024] != good[512:1024]  # RTMR2 moved
+    raw = qe.produce(after)
+    assert Q.parse_quote(raw).reportdata[:1] == b"b" and Q.check_signatures(raw)["quote_signature"]
+    stale = bytearray(after)
+    stale[512:1024] = good[512:1024]  # the old TDINFO under the new TEE_INFO_HASH
+    with pytest.raises(TdqeError) as e:
+        qe.produce(_remac(module, bytes(stale)))
+    assert e.value.error == "TDQE_ERROR_INVALID_HASH"
+
+
+def test_two_threads_quote_at_once_with_valid_signatures(td):
+    """Each thread signs with its own copy of the attestation key in C: quotes made concurrently by
+    two threads (and by the main thread between them) all verify with the one attestation key."""
+    import threading
+
+    module, qe = td
+    out = {0: [], 1: []}
+
+    def worker(i):
+        for k in range(40):
+            out[i].append(qe.produce(module.report(bytes([i, k]))))
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in ts:
+        t.start()
+    between = qe.produce(module.report(b"main"))
+    for t in ts:
+        t.join()
+    for i in (0, 1):
+        assert [Q.parse_quote(q).reportdata[:2] for q in out[i]] == [bytes([i, k]) for k in range(40)]
+        assert all(Q.check_signatures(q)["quote_signature"] for q in out[i])
+        assert all(q[700:] == qe.tail for q in out[i])
+    assert Q.check_signatures(between)["quote_signature"]
+
+
+class _Counting:
+    """A producer that is not the TDQE itself: the host calls it through Python."""
+
+    def __init__(self, qe):
+        self.qe, self.calls = qe, 0
+
+    def produce(self, payload):
+        self.calls += 1
+        return self.qe.produce(payload)
+
+
+def test_host_calls_the_tdqe_in_c_with_the_same_answers(tmp_path, backend):
+    """On the core the host's quote service calls the TDQE in C (``native_producer``); quotes and
+    refusals through the configfs path are the same as through the TDQE's Python ``produce``, and a
+    producer that replaces ``produce`` is still the one called."""
+    from tdxmodel import errors
+    from tdxmodel.client import TdxGuest
+
+    platform = Platform(StateStore(tmp_path / "state", backend=backend.BACKEND_NAME))
+    platform.pki()
+    with TdxGuest("v7.1", backend=backend.BACKEND_NAME, config=platform.store.load()) as g:
+        qe = platform.quoting_enclave(module=g.module)
+        assert (qe.native_producer() is not None) == (backend.BACKEND_NAME == "core")
+        counting = _Counting(qe)
+        host = g.attach_host(producer=qe)
+        native = g.get_quote(b"n")
+        host.producer = counting
+        python = g.get_quote(b"n")
+        assert counting.calls == 1
+        sig = Q.parse_quote(native).signature_data_offset
+        assert native[:sig] == python[:sig] and native[sig + 64:] == python[sig + 64:]
+        assert Q.verify(native, platform.collateral(), platform.pki().root_cert).status == "UpToDate"
+        # refusals: a TDQE whose module is another platform's (TDQE_ERROR_INVALID_REPORT) fails the
+        # GetQuote the same way on both routes
+        stranger = Platform(StateStore(tmp_path / "other", backend=backend.BACKEND_NAME)).quoting_enclave()
+        answers = []
+        for producer in (stranger, _Counting(stranger)):
+            host.producer = producer
+            try:
+                answers.append(g.get_quote(b"n"))
+            except errors.KernelError as e:
+                answers.append(e.errno)
+        assert answers[0] == answers[1] == abi.EIO
+        # an instance whose produce was replaced is not called in C
+        replaced = _Counting(platform.quoting_enclave(module=g.module))
+        qe.produce = replaced.produce
+        assert qe.native_producer() is None
+        host.producer = qe
+        assert Q.parse_quote(g.get_quote(b"r")).reportdata[:1] == b"r" and replaced.calls == 1

@@ -7,8 +7,8 @@ Each .pxi owns one C object type; the .pxd files beside them declare the C world
 BACKEND_NAME = "core"
 
 include "module.pxi"
+include "tdqe.pxi"
 include "host.pxi"
 include "kernel.pxi"
 include "devpath.pxi"
 include "batch.pxi"
-include "tdqe.pxi"

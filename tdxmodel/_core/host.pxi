@@ -97,7 +97,7 @@ cdef class Host:
     """
 
     cdef vmm_host *ptr
-    cdef object _module, _clock, _producer
+    cdef object _module, _clock, _producer, _native
 
     def __cinit__(self, *args, **kwargs):
         self.ptr = NULL
@@ -129,8 +129,15 @@ cdef class Host:
             vmm_host_set_producer(self.ptr, NULL, NULL)
         elif type(p) is TestQuoteProducer:
             vmm_host_set_producer(self.ptr, vmm_test_producer, NULL)
+        elif _native_tdqe(p) is not None:
+            # The emulated TDQE on the core: the quote service calls it in C (tdqe.pxi); the same
+            # bytes and refusals as its produce(), without a Python call per quote.
+            self._native = _native_tdqe(p)
+            vmm_host_set_producer(self.ptr, _tdqe_host_produce, <void *>&(<TdqeCore>self._native).native)
+            return
         else:
             vmm_host_set_producer(self.ptr, _py_produce, <void *>p)
+        self._native = None
 
     def __dealloc__(self):
         if self.ptr != NULL:

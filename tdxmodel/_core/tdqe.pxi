@@ -2,22 +2,45 @@
 # the GIL. tdxmodel/host/qe.py owns the model; this is its fast path on the core backend.
 
 from libc.stdint cimport int32_t
-from tdxmodel._core.vmm_tdqe cimport (tdqe_ctx, tdqe_new, tdqe_free, tdqe_max_quote_len, tdqe_produce,
-                                       tdqe_produce_batch, tdqe_sign, tdqe_sign_floor, TDQE_C_OK)
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from tdxmodel._core.gk_sched cimport gk_block_begin, gk_block_end
+from tdxmodel._core.tdx_abi cimport TDX_REPORT_LEN
+from tdxmodel._core.vmm_tdqe cimport (tdqe_ctx, tdqe_new, tdqe_free, tdqe_max_quote_len, tdqe_quote_len,
+                                       tdqe_produce, tdqe_produce_batch, tdqe_sign, tdqe_sign_floor, TDQE_C_OK,
+                                       TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
+
+
+class TdqeRefused(Exception):
+    """The C path refused a TDREPORT; ``.code`` is the TDQE error code (see ``TdqeCore``)."""
+
+    def __init__(self, code):
+        super().__init__(f"the TDQE refused the report (code {code})")
+        self.code = code
+
+
+cdef struct _tdqe_native:
+    # What the host's C producer needs, reachable without the GIL: the TDQE context and the address
+    # of the Module's pointer (NULL once the Module is closed).
+    tdqe_ctx *q
+    tdxm_module **module_ptr
 
 
 cdef class TdqeCore:
-    """TdqeCore(pkcs8_der: bytes, header48: bytes, tail: bytes)
+    """TdqeCore(pkcs8_der: bytes, header48: bytes, tail: bytes, module: Module)
 
-    ``produce(module, report) -> (code, quote)``: code 0 and the quote, or the TDQE error code
-    (1 format not supported, 2 invalid report (MAC), 3 invalid hash, 4 crypto) and None.
-    ``produce_batch(module, reports (N, 1024) uint8) -> (codes (N,) int32, list of quotes or None)``.
-    ``sign(msg) -> r||s``; ``sign_floor(msg, n)``: n signatures in a C loop."""
+    ``module`` checks the TDREPORT MAC (TDG.MR.VERIFYREPORT, or its key on TDX 1.0).
+    ``produce(report) -> quote bytes``, or ``TdqeRefused`` with the TDQE error code (1 format not
+    supported, 2 invalid report (MAC), 3 invalid hash, 4 crypto); TypeError if report is not bytes-like.
+    ``produce_batch(reports (N, 1024) uint8) -> (codes (N,) int32, list of quotes or None)``.
+    ``sign(msg) -> r||s``; ``sign_floor(msg, n)``: n signatures in a C loop, signed as quotes are.
+    As the host's quote producer (``Host``) it runs in C, the GIL released for the whole quote."""
 
     cdef tdqe_ctx *q
     cdef size_t cap
+    cdef readonly Module module
+    cdef _tdqe_native native
 
-    def __cinit__(self, bytes der, bytes header48, bytes tail):
+    def __cinit__(self, bytes der, bytes header48, bytes tail, Module module not None):
         if len(header48) != 48:
             raise ValueError("header must be 48 bytes")
         self.q = tdqe_new(<const uint8_t *><const char *>der, len(der), <const uint8_t *><const char *>header48,
@@ -25,30 +48,36 @@ cdef class TdqeCore:
         if self.q == NULL:
             raise ValueError("not a P-256 private key (PKCS#8 DER)")
         self.cap = tdqe_max_quote_len(self.q)
+        self.module = module
+        self.native.q = self.q
+        self.native.module_ptr = &module.ptr
 
     def __dealloc__(self):
         tdqe_free(self.q)
 
-    def produce(self, Module module, report):
-        cdef tdxm_module *m = module._live()
-        cdef bytes rep = _as_bytes(report, "report")
-        cdef const uint8_t *r
-        cdef bytearray out = bytearray(self.cap)
-        cdef uint8_t *o = <uint8_t *>(<char *>out)
-        cdef size_t n = 0
+    def produce(self, report):
+        cdef tdxm_module *m = self.module._live()
+        cdef bytes rep = report if type(report) is bytes else _as_bytes(report, "report")
+        cdef const uint8_t *r = <const uint8_t *><const char *>rep
+        cdef size_t n = 0, want
         cdef int code
         if len(rep) != _abi.TDX_REPORT_LEN:
-            return 1, None
-        r = <const uint8_t *><const char *>rep
+            raise TdqeRefused(TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
+        want = tdqe_quote_len(self.q, r)
+        if want == 0:
+            raise TdqeRefused(TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
+        # The quote is written straight into the bytes object returned: no copy, no other object.
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, want)
+        cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
         with nogil:
-            code = tdqe_produce(self.q, m, r, o, self.cap, &n)
+            code = tdqe_produce(self.q, m, r, o, want, &n)
         if code != TDQE_C_OK:
-            return code, None
-        return 0, bytes(out[:n])
+            raise TdqeRefused(code)
+        return out
 
-    def produce_batch(self, Module module, reports):
+    def produce_batch(self, reports):
         import numpy as np
-        cdef tdxm_module *m = module._live()
+        cdef tdxm_module *m = self.module._live()
         arr = np.ascontiguousarray(reports, dtype=np.uint8)
         if arr.ndim != 2 or arr.shape[1] != _abi.TDX_REPORT_LEN:
             raise ValueError(f"expected an (N, {_abi.TDX_REPORT_LEN}) uint8 array, got shape {arr.shape}")
@@ -88,3 +117,27 @@ cdef class TdqeCore:
             rc = tdqe_sign_floor(self.q, p, ln, n)
         if rc != 0:
             raise RuntimeError("OpenSSL ECDSA signing failed")
+
+
+cdef int _tdqe_host_produce(void *ctx, const uint8_t *inp, size_t in_len, uint8_t *out, size_t cap,
+                            size_t *out_len) noexcept nogil:
+    """The host's quote service calling the TDQE in C (a vmm_produce_fn): no Python object per quote.
+    The guest task that waits for the quote may hold the GIL (emulated syscalls keep it): the wait
+    releases it (gk_sched.h), so other threads run while this one signs."""
+    cdef _tdqe_native *native = <_tdqe_native *>ctx
+    cdef tdxm_module *m = native.module_ptr[0]
+    cdef void *token
+    cdef int code
+    if m == NULL or in_len != TDX_REPORT_LEN:
+        return 1
+    token = gk_block_begin()
+    code = tdqe_produce(native.q, m, inp, out, cap, out_len)
+    gk_block_end(token)
+    return code != TDQE_C_OK
+
+
+cdef object _native_tdqe(object producer):
+    """The TdqeCore a Host may call in C for ``producer`` (its ``native_producer()``), or None."""
+    get = getattr(producer, "native_producer", None)
+    core = get() if get is not None else None
+    return core if isinstance(core, TdqeCore) else None

@@ -9,10 +9,12 @@ cdef extern from "vmm_tdqe.h" nogil:
     enum:
         TDQE_C_OK
         TDQE_C_NOSPACE
+        TDQE_C_REPORT_FORMAT_NOT_SUPPORTED
     tdqe_ctx *tdqe_new(const uint8_t *der, size_t der_len, const uint8_t *header48, const uint8_t *tail,
                        size_t tail_len)
     void tdqe_free(tdqe_ctx *q)
     size_t tdqe_max_quote_len(const tdqe_ctx *q)
+    size_t tdqe_quote_len(const tdqe_ctx *q, const uint8_t *report)
     int tdqe_produce(tdqe_ctx *q, tdxm_module *m, const uint8_t *report, uint8_t *out, size_t cap,
                      size_t *out_len)
     size_t tdqe_produce_batch(tdqe_ctx *q, tdxm_module *m, const uint8_t *reports, size_t n, uint8_t *out,

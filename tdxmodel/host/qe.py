@@ -43,12 +43,12 @@ EMULATED_QE_MRENCLAVE = hashlib.sha256(b"tdxmodel emulated TDQE").digest()
 
 
 def _core_classes() -> Any:
-    """(core Module class, TdqeCore) when the compiled core is built, else None."""
+    """(core Module class, TdqeCore, TdqeRefused) when the compiled core is built, else None."""
     try:
-        from tdxmodel._core._ext import Module, TdqeCore
+        from tdxmodel._core._ext import Module, TdqeCore, TdqeRefused
     except ImportError:
         return None
-    return Module, TdqeCore
+    return Module, TdqeCore, TdqeRefused
 
 
 class TdqeError(Exception):
@@ -117,7 +117,8 @@ class QuotingEnclave:
         if core is not None and isinstance(module, core[0]):
             der = attestation_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption())
-            self._core = core[1](der, self._header, self.tail)
+            self._core = core[1](der, self._header, self.tail, module)
+            self._refused_exc = core[2]
 
     # ------------------------------------------------------------------ the TDQE's checks
     def quote_version(self, tdreport: bytes) -> tuple:
@@ -186,11 +187,13 @@ class QuotingEnclave:
 
     def produce(self, tdreport: bytes) -> bytes:
         """produce(tdreport: 1024 bytes) -> quote bytes. TdqeError if the TDQE refuses the report."""
-        if self._core is not None and isinstance(tdreport, (bytes, bytearray, memoryview)):
-            code, quote = self._core.produce(self.module, tdreport)
-            if code == 0:
-                return quote
-            self._refused(tdreport, code)
+        if self._core is not None:
+            try:
+                return self._core.produce(tdreport)
+            except self._refused_exc as e:
+                self._refused(tdreport, e.code)
+            except TypeError:
+                pass  # not bytes-like: the Python checks below say so
         version, body_type, svn, svn2, servtd = self.check(tdreport)
         return self._assemble(bytes(tdreport), version, body_type, svn, svn2, servtd)
 
@@ -198,6 +201,14 @@ class QuotingEnclave:
         """The C path refused the report: the Python checks give the TDQE's error with its message."""
         self.check(tdreport)  # raises TdqeError for codes 1-3
         raise RuntimeError(f"the C TDQE path failed (code {code}) on a report the model accepts")
+
+    def native_producer(self) -> Any:
+        """The core's TdqeCore when quotes are made in C and ``produce`` is this class's own (not
+        replaced on the instance or in a subclass), else None. The core's Host then calls it in C,
+        with the GIL released for the whole quote; the bytes and refusals are produce()'s."""
+        if self._core is None or type(self).produce is not QuotingEnclave.produce or "produce" in vars(self):
+            return None
+        return self._core
 
     @property
     def backend(self) -> str:
@@ -224,7 +235,7 @@ class QuotingEnclave:
             if arr.ndim != 2 or arr.shape[1] != abi.TDX_REPORT_LEN:
                 raise ValueError(f"expected an (N, {abi.TDX_REPORT_LEN}) uint8 array, got shape {arr.shape}")
             if self._core is not None:  # one nogil C loop
-                codes, quotes = self._core.produce_batch(self.module, arr)
+                codes, quotes = self._core.produce_batch(arr)
                 for i, code in enumerate(codes):
                     if code:
                         try:
