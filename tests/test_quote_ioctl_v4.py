@@ -290,3 +290,15 @@ def test_10_status_checked_after_the_copy_back(v4, fault, status):
         h.push_fault(fault)
     assert p.ioctl(fd, CMD.value, REQ) == -abi.EIO
     assert header(p)["status"] == status                 # the user already has the host's header
+
+
+@pytest.mark.parametrize("fault", ["no_in_flight", "oversize_out_len", "out_len_changes"])
+def test_8_10_faults_the_driver_does_not_look_at(v4, fault):
+    """v4 waits for the interrupt, not for IN_FLIGHT to clear, and never reads out_len: these hosts
+    give 0 with the buffer as the host left it (the caller must bound out_len itself)."""
+    k, p, fd, h = v4()
+    tdreport = request(p, k)
+    h.push_fault(fault, **({} if fault == "no_in_flight" else {"out_len": 1 << 20}))
+    assert p.ioctl(fd, CMD.value, REQ) == 0
+    want = 1 << 20 if fault == "oversize_out_len" else len(test_quote(tdreport))
+    assert header(p)["out_len"] == want and header(p)["status"] == abi.GET_QUOTE_SUCCESS
