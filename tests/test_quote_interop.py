@@ -262,6 +262,9 @@ def test_bench_quote_json_keys(capsys, monkeypatch):
     assert set(out["quote_scaling"]) == {"1", "2"} and out["batch_quote_per_s"] > 0
     assert set(out["quote_scaling_parallelism"]) == {"1", "2"}
     assert all(v > 0 for v in out["quote_scaling_parallelism"].values())
+    assert all(v > 0 for v in out["cpu_rates"].values()) and set(out["cpu_rates"]) == {
+        "ecdsa_sign_floor_per_cpu_s", "quote_per_cpu_s", "whole_path_quote_per_cpu_s", "quote_vs_floor",
+        "whole_path_vs_floor"}
     assert out["whole_path_quote_per_s"] > 0 and out["whole_path_driver"] == "v6.16"
     assert set(out["ratios"]) == {"quote_vs_floor", "quote_2_callers_vs_floor", "whole_path_vs_floor",
                                   "verify_vs_dcap_qvl"}
