@@ -10,5 +10,9 @@ Layout:
 - ``expected`` and ``expected_sat/``: expected counterexamples (with citations) and wrong encodings;
 - ``engine``, ``runner``, ``__main__``: solving, the matrix, ``python -m proofs``;
 - ``outcome``, ``replay``: one concrete case in z3 and on the emulator, run by the campaign's one runner
-  (``tdxmodel.campaign.run_case``).
+  (``tdxmodel.campaign.run_case``);
+- the quote path: ``quote_path`` (one configfs-tsm request as terms, per generation with a quote path),
+  ``quote_theorems`` (the six quote theorems, each a conjunction of named parts, per host assumption
+  ``qemu`` / ``any``, with their expected failing parts), ``quote_runner`` and ``quote_replay``
+  (counterexamples as campaign quote cases, run by ``run_case``).
 """

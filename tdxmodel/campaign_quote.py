@@ -79,6 +79,8 @@ READ_CHUNK = UPAGES * PAGE_SIZE
 UNMAPPED = 0x7000_0000
 REPORTDATA = bytes(range(0x40, 0x80))
 SEC = 1_000_000_000
+#: Where a "signal during sleep k" lands: this far into the sleep.
+SIGNAL_INTO_SLEEP_NS = SEC // 4
 #: The host's service time for the signal-at-sleep cases: past the 30 polls.
 SLOW_SECONDS = 100
 #: Wait-loop rows (quote.md §2.4): service seconds -> the sleep the quote completes in.
@@ -397,7 +399,7 @@ def _run_requests(kernel, module, host, producer, q, spec, record) -> None:
         run.write_inblob(inblob)
 
     # -- the injection -----------------------------------------------------------------------------
-    if spec["host_fault"] is not None:
+    if spec["host_fault"] is not None or spec["host_params"]:   # QEMU's behaviour with its parameters
         host.push_fault(spec["host_fault"], **spec["host_params"])
     if spec["tdcall"] is not None:
         kernel.force_tdcall(spec["tdcall"]["status"], leaf=abi.TDG_MR_REPORT)
@@ -418,7 +420,7 @@ def _run_requests(kernel, module, host, producer, q, spec, record) -> None:
         elif at == "pending":
             proc.signal_pending = True
         else:
-            proc.signal_at_ns = (sig["sleep"] - 1) * SEC + SEC // 4
+            proc.signal_at_ns = (sig["sleep"] - 1) * SEC + SIGNAL_INTO_SLEEP_NS
     if misuse == "no_provider":
         kernel.tsm_unregister()
 
