@@ -154,6 +154,15 @@
 #define FSUUID2_LEN 17 /* sizeof(struct fsuuid2) (include/uapi/linux/fs.h) */
 #define DEVTMPFS_UUID_LEN 16 /* tmpfs (so devtmpfs) has a 16-byte random uuid per mount; the model derives it from the seed (mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)) */
 /* --- ioctl --- */
+#define TDX_CMD_GET_QUOTE 0x80105404U /* Intel downstream: _IOR('T', 4, struct tdx_quote_req); the buffer holds the 24-B header and the payload (ref §1; quote.md §2.6) */
+#define TDX_QUOTE_REQ_LEN 16 /* sizeof(struct tdx_quote_req {u64 buf; u64 len;}) (ref §1) */
+#define TDX_QUOTE_REQ_OFF_BUF 0 /* tdx_quote_req.buf: user pointer to the quote buffer (ref §1) */
+#define TDX_QUOTE_REQ_OFF_LEN 8 /* tdx_quote_req.len: bytes copied in and back (ref §1) */
+#define TDX_DOWNSTREAM_NOTIFY_VECTOR 64 /* the vector the downstream kernel registers with SetupEventNotifyInterrupt at arch init. Linux allocates it dynamically from x86_vector_domain (td-partitioning arch/x86/coco/tdx/tdx.c @01e17622 tdx_arch_init); the model registers 0x40 (a choice) (quote.md §2.6) */
+#define TDX_CMD_GEN_QUOTE 0x80085402U /* v4 (2022-04): _IOR('T', 0x02, __u64), arg -> struct tdx_quote_req {u64 buf; u64 len; u32 timeout} (ref §1, §2.2) */
+#define TDX_GEN_QUOTE_REQ_LEN 24 /* sizeof(struct tdx_quote_req) of v4: 8 + 8 + 4, padded to 24 (copy_from_user copies all 24) (ref §2.2) */
+#define TDX_GEN_QUOTE_REQ_OFF_TIMEOUT 16 /* v4 tdx_quote_req.timeout: u32 milliseconds (ref §2.2) */
+#define TDX_V4_EVENT_NOTIFY_VECTOR 236 /* TDX_GUEST_EVENT_NOTIFY_VECTOR, the system vector v3/v4 2/3 reserve in irq_vectors.h (0xec, LOCAL_TIMER_VECTOR moved to 0xeb; the v3 posting of 15 Apr 2022 and the v6 posting show 0xec) (ref §2.2) */
 #define IOC_NRSHIFT 0 /* ioctl number bits 7:0 (ref §1) */
 #define IOC_TYPESHIFT 8 /* ioctl type bits 15:8 (ref §1) */
 #define IOC_SIZESHIFT 16 /* ioctl size bits 29:16 (ref §1) */
@@ -195,6 +204,15 @@
 #define HOST_SERVICE_TIME_US 4676 /* default quote service time: the 0.004676 s measured inside wait_for_quote_completion (choice) (quote.md §2.5) */
 #define EVENT_NOTIFY_VECTOR_MIN 32 /* lowest valid notify vector (quote.md §3.1, §3.3) */
 #define EVENT_NOTIFY_VECTOR_MAX 255 /* highest valid notify vector (quote.md §3.1, §3.3) */
+/* --- qgs --- */
+#define QGS_FRAME_LEN_SIZE 4 /* a frame: 4-byte big-endian length of the message that follows (quote.md §4.2) */
+#define QGS_MSG_HDR_LEN 16 /* qgs_msg_header_t: u16 major, u16 minor, u32 type, u32 size (whole message), u32 error_code (quote.md §4.2) */
+#define QGS_MSG_LIB_MAJOR_VER 1 /* QGS_MSG_LIB_MAJOR_VER (the library checks the major only) (quote.md §4.2) */
+#define QGS_MSG_LIB_MINOR_VER 1 /* QGS_MSG_LIB_MINOR_VER (quote.md §4.2) */
+#define QGS_MSG_GET_QUOTE_REQ 0 /* message type GET_QUOTE_REQ (quote.md §4.2) */
+#define QGS_MSG_GET_QUOTE_RESP 1 /* message type GET_QUOTE_RESP (quote.md §4.2) */
+#define QGS_GET_QUOTE_REQ_LEN 24 /* qgs_msg_get_quote_req_t: header + u32 report_size + u32 id_list_size, then the report and the ids (quote.md §4.2) */
+#define QGS_GET_QUOTE_RESP_LEN 24 /* qgs_msg_get_quote_resp_t: header + u32 selected_id_size + u32 quote_size, then the id and the quote (quote.md §4.2) */
 /* --- host_fault --- */
 #define HOST_FAULT_NONE 0 /* QEMU's behaviour (quote.md §4.1) */
 #define HOST_FAULT_SERVICE_TIME 1 /* the quote takes `seconds` (quote.md §4.1) */
@@ -212,6 +230,7 @@
 #define TSM_MR_ATTRS_SIZE 136 /* kzalloc of the bin_attribute pointer array and the names (kmalloc-192) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
 #define TSM_MR_CTX_SIZE 808 /* kzalloc of struct tm_context with its mrs[] (kmalloc-1024) (ref §2.5; tsm-mr.c @2fbe8203 (Analysis)) */
 #define KMALLOC_8K 8192 /* the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes end at 4096, so an order-1 page allocation stands in for it (ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches) */
+#define QUOTE_ENTRY_SIZE 80 /* kmalloc(sizeof(struct quote_entry)) of the downstream driver: bool, buf, buf_len, handle, a struct completion (32) and a list_head (16) on x86-64 (a choice; only its slab class shows) (quote.md §2.6) */
 /* --- tsm --- */
 #define TSM_INBLOB_MAX 64 /* cb_max_size of inblob: a write past it is -EFBIG (quote.md §1.1) */
 #define TSM_NAME_MAX 255 /* longest configfs item name (Linux NAME_MAX) */
@@ -328,7 +347,13 @@ enum gk_point {
     GK_PT_TSM_MR_ATTRS_KZALLOC = 19,
     GK_PT_TSM_MR_CTX_KZALLOC = 20,
     GK_PT_KERNFS_BUF_KMALLOC = 21,
-    GK_NUM_POINTS = 22
+    GK_PT_QUOTE_REQ_COPY_FROM_USER = 22,
+    GK_PT_QUOTE_ENTRY_KMALLOC = 23,
+    GK_PT_QUOTE_BUF_DMA_ALLOC_COHERENT = 24,
+    GK_PT_QUOTE_DATA_COPY_FROM_USER = 25,
+    GK_PT_QUOTE_ERR_PUT_USER = 26,
+    GK_PT_QUOTE_DATA_COPY_TO_USER = 27,
+    GK_NUM_POINTS = 28
 };
 static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "reportdata:kmalloc",
@@ -353,6 +378,12 @@ static const char *const TDXM_POINT_NAMES[GK_NUM_POINTS] = {
     "tsm_mr_attrs:kzalloc",
     "tsm_mr_ctx:kzalloc",
     "kernfs_buf:kmalloc",
+    "quote_req:copy_from_user",
+    "quote_entry:kmalloc",
+    "quote_buf:dma_alloc_coherent",
+    "quote_data:copy_from_user",
+    "quote_err:put_user",
+    "quote_data:copy_to_user",
 };
 static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
@@ -377,6 +408,12 @@ static const unsigned char TDXM_POINT_CAPS[GK_NUM_POINTS] = {
     GK_FAILSLAB,
     GK_FAILSLAB,
     GK_FAILSLAB,
+    GK_FAIL_USERCOPY,
+    GK_FAILSLAB,
+    GK_FAIL_PAGE_ALLOC,
+    GK_FAIL_USERCOPY,
+    GK_FAIL_USERCOPY,
+    GK_FAIL_USERCOPY,
 };
 
 /* --- kmalloc size classes (tdxmodel/abi.py SLAB_CLASSES) --- */
@@ -386,9 +423,12 @@ static const unsigned TDXM_SLAB_CLASSES[TDXM_NUM_SLAB_CLASSES] = {8, 16, 32, 64,
 /* --- driver generations (tdxmodel/profiles.py; ref §2) --- */
 enum tdxm_ops { TDXM_OPS_V4 = 0, TDXM_OPS_V6_2 = 1, TDXM_OPS_V6_16 = 2, TDXM_OPS_INTEL_DOWNSTREAM = 3, TDXM_NUM_OPS = 4 };
 enum tdxm_profile_id { TDXM_PROFILE_V4_2022_04 = 0, TDXM_PROFILE_V6_2 = 1, TDXM_PROFILE_V6_7 = 2, TDXM_PROFILE_V6_11 = 3, TDXM_PROFILE_V6_16 = 4, TDXM_PROFILE_V7_0 = 5, TDXM_PROFILE_V7_1 = 6, TDXM_PROFILE_INTEL_DOWNSTREAM = 7, TDXM_NUM_PROFILES = 8 };
-enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_VERIFY_REPORT = 1, TDXM_CMD_EXTEND_RTMR = 2, TDXM_NUM_COMMAND_KEYS = 3 };
+enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_GET_QUOTE = 1, TDXM_CMD_VERIFY_REPORT = 2, TDXM_CMD_EXTEND_RTMR = 3, TDXM_NUM_COMMAND_KEYS = 4 };
 #define TDXM_FIELD_REPORT_REPORTDATA 0
 #define TDXM_FIELD_REPORT_TDREPORT 1
+#define TDXM_FIELD_GET_QUOTE_BUF 0
+#define TDXM_FIELD_GET_QUOTE_LEN 1
+#define TDXM_FIELD_GET_QUOTE_TIMEOUT 2
 #define TDXM_FIELD_VERIFY_REPORT_REPORTMAC 0
 #define TDXM_FIELD_VERIFY_REPORT_ERR_CODE 1
 #define TDXM_FIELD_EXTEND_RTMR_DATA 0
@@ -397,8 +437,8 @@ enum tdxm_command_key { TDXM_CMD_REPORT = 0, TDXM_CMD_VERIFY_REPORT = 1, TDXM_CM
 enum tdxm_vfs_action { TDXM_VFS_OK = 0, TDXM_VFS_GET_INT = 1, TDXM_VFS_FIOASYNC = 2, TDXM_VFS_ERRNO = 3, TDXM_VFS_PUT_INT = 4, TDXM_VFS_CLONE = 5, TDXM_VFS_CLONE_RANGE = 6, TDXM_VFS_DEDUPE = 7, TDXM_VFS_FSUUID = 8 };
 #define TDXM_MAX_VFS 14
 typedef struct { unsigned cmd; int action, err; unsigned value; } tdxm_vfs; /* err positive */
-#define TDXM_MAX_FIELDS 2
-#define TDXM_MAX_PROFILE_POINTS 12
+#define TDXM_MAX_FIELDS 3
+#define TDXM_MAX_PROFILE_POINTS 15
 #define TDXM_MAX_ERRNO_MAP 2
 typedef struct { unsigned offset, size; int out; } tdxm_field; /* out: kernel -> user */
 typedef struct {
@@ -434,27 +474,33 @@ typedef struct {
     int quote_out_len_once, quote_status_check;
     int nvfs;                 /* commands do_vfs_ioctl answers before the driver (ref §1) */
     tdxm_vfs vfs[TDXM_MAX_VFS];
+    /* the get_quote ioctl (tdxmodel.profiles.IoctlQuote; ref §2.2, quote.md §2.6); 0: none */
+    int has_ioctl_quote;
+    unsigned notify_vector;   /* registered with SetupEventNotifyInterrupt at boot */
 } tdxm_profile;
 static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
     [TDXM_PROFILE_V4_2022_04] = { /* ref §2.2 */
         .name = "v4-2022-04", .ops = TDXM_OPS_V4,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC0085401U /* TDX_CMD_GET_TDREPORT */, 1024, 2, {{0, 64, 0}, {0, 1024, 1}}, 0, {0}, {0}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0x80085402U /* TDX_CMD_GEN_QUOTE */, 24, 3, {{0, 8, 0}, {8, 8, 0}, {16, 4, 0}}, 0, {0}, {0}, TDXM_EIO},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = 0,
         .nerrno = 0, .errno_class = {0}, .errno_value = {0},
         .errno_default = TDXM_EIO,
-        .has_mr_lock = 0, .has_quote_lock = 0,
+        .has_mr_lock = 0, .has_quote_lock = 1,
         .cached_report_buf = 0, .resident = 0,
         .status_writeback_off = 0, .status_writeback_len = 8,
-        .npoints = 5, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_GET_ZEROED_PAGE, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_STATUS_PUT_USER, GK_PT_TDREPORT_COPY_TO_USER},
+        .npoints = 10, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_GET_ZEROED_PAGE, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_STATUS_PUT_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_QUOTE_REQ_COPY_FROM_USER, GK_PT_QUOTE_BUF_DMA_ALLOC_COHERENT, GK_PT_QUOTE_DATA_COPY_FROM_USER, GK_PT_QUOTE_ERR_PUT_USER, GK_PT_QUOTE_DATA_COPY_TO_USER},
         .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
+        .has_ioctl_quote = 1, .notify_vector = 236,
     },
     [TDXM_PROFILE_V6_2] = { /* ref §2.4 */
         .name = "v6.2", .ops = TDXM_OPS_V6_2,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -470,6 +516,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "v6.7", .ops = TDXM_OPS_V6_2,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -489,6 +536,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "v6.11", .ops = TDXM_OPS_V6_2,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -508,6 +556,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "v6.16", .ops = TDXM_OPS_V6_16,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -527,6 +576,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "v7.0", .ops = TDXM_OPS_V6_16,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -546,6 +596,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "v7.1", .ops = TDXM_OPS_V6_16,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_ENXIO, TDXM_EBUSY}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0},
             [TDXM_CMD_VERIFY_REPORT] = {0},
             [TDXM_CMD_EXTEND_RTMR] = {0}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -565,6 +616,7 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .name = "intel-downstream", .ops = TDXM_OPS_INTEL_DOWNSTREAM,
         .cmds = {
             [TDXM_CMD_REPORT] = {0xC4405401U /* TDX_CMD_GET_REPORT0 */, 1088, 2, {{0, 64, 0}, {64, 1024, 1}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
+            [TDXM_CMD_GET_QUOTE] = {0x80105404U /* TDX_CMD_GET_QUOTE */, 16, 2, {{0, 8, 0}, {8, 8, 0}}, 1, {0xC0000100U}, {TDXM_EINVAL}, TDXM_EIO},
             [TDXM_CMD_VERIFY_REPORT] = {0x81085402U /* TDX_CMD_VERIFY_REPORT */, 264, 2, {{0, 256, 0}, {256, 8, 1}}, 0, {0}, {0}, TDXM_EIO},
             [TDXM_CMD_EXTEND_RTMR] = {0x80315403U /* TDX_CMD_EXTEND_RTMR */, 49, 2, {{0, 48, 0}, {48, 1, 0}}, 2, {0xC0000100U, 0x80000200U}, {TDXM_EINVAL, TDXM_EBUSY}, TDXM_EIO}},
         .unknown_cmd_errno = TDXM_ENOTTY,
@@ -573,8 +625,9 @@ static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {
         .has_mr_lock = 0, .has_quote_lock = 1,
         .cached_report_buf = 0, .resident = 0,
         .status_writeback_off = 0, .status_writeback_len = 0,
-        .npoints = 10, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_REPORTMAC_KMALLOC, GK_PT_REPORTMAC_COPY_FROM_USER, GK_PT_ERR_CODE_COPY_TO_USER, GK_PT_RTMR_INDEX_COPY_FROM_USER, GK_PT_EXTEND_DATA_KMALLOC, GK_PT_EXTEND_DATA_COPY_FROM_USER},
+        .npoints = 15, .points = {GK_PT_REPORTDATA_KMALLOC, GK_PT_TDREPORT_KZALLOC, GK_PT_REPORTDATA_COPY_FROM_USER, GK_PT_TDREPORT_COPY_TO_USER, GK_PT_REPORTMAC_KMALLOC, GK_PT_REPORTMAC_COPY_FROM_USER, GK_PT_ERR_CODE_COPY_TO_USER, GK_PT_RTMR_INDEX_COPY_FROM_USER, GK_PT_EXTEND_DATA_KMALLOC, GK_PT_EXTEND_DATA_COPY_FROM_USER, GK_PT_QUOTE_REQ_COPY_FROM_USER, GK_PT_QUOTE_ENTRY_KMALLOC, GK_PT_QUOTE_BUF_DMA_ALLOC_COHERENT, GK_PT_QUOTE_DATA_COPY_FROM_USER, GK_PT_QUOTE_DATA_COPY_TO_USER},
         .nvfs = 12, .vfs = {{21585 /* FIOCLEX */, TDXM_VFS_OK, 0, 0}, {21584 /* FIONCLEX */, TDXM_VFS_OK, 0, 0}, {21537 /* FIONBIO */, TDXM_VFS_GET_INT, 0, 0}, {21586 /* FIOASYNC */, TDXM_VFS_FIOASYNC, 0, 0}, {21600 /* FIOQSIZE */, TDXM_VFS_ERRNO, TDXM_ENOTTY, 0}, {0xC0045877U /* FIFREEZE */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {0xC0045878U /* FITHAW */, TDXM_VFS_ERRNO, TDXM_EINVAL, 0}, {0xC020660BU /* FS_IOC_FIEMAP */, TDXM_VFS_ERRNO, TDXM_EOPNOTSUPP, 0}, {2 /* FIGETBSZ */, TDXM_VFS_PUT_INT, 0, 4096}, {0x40049409U /* FICLONE */, TDXM_VFS_CLONE, 0, 0}, {0x4020940DU /* FICLONERANGE */, TDXM_VFS_CLONE_RANGE, 0, 0}, {0xC0189436U /* FIDEDUPERANGE */, TDXM_VFS_DEDUPE, 0, 0}},
+        .has_ioctl_quote = 1, .notify_vector = 64,
     },
 };
 

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* x86-64 host pages are the TDX page size, so the mirror keeps the client's page layout (ref §4.3) */
 #define TDXF_PAGE ((uint32_t)TDX_PAGE_SIZE)
@@ -125,6 +126,47 @@ static int core_layout(gk_mm *mm, uint32_t offset, uint32_t readable, uint32_t w
     return plain;
 }
 
+/* The embedded buffer's mirror (tdx_ops.h): mapped as the client's pages, filled, and the request's
+ * pointer (at req + buf_ptr_off in the window mirror) aimed at it; the old bytes go to orig. */
+static uint64_t core_buffer_in(gk_mm *mm, const tdxf_ioctl_call *call, uint64_t req, uint8_t orig[8])
+{
+    uint32_t offset = (uint32_t)(call->buf % TDXF_PAGE);
+    uint32_t pages = (offset + call->buf_window + TDXF_PAGE - 1) / TDXF_PAGE;
+    gk_mm_unmap(mm, TDXF_BUF_BASE, (uint64_t)TDXF_BUF_PAGES * TDXF_PAGE);
+    for (uint32_t k = 0; k < pages; k++) {
+        uint32_t start = k * TDXF_PAGE > offset ? k * TDXF_PAGE - offset : 0;
+        int prot = start < call->buf_writable ? (GK_PROT_READ | GK_PROT_WRITE)
+                                              : (start < call->buf_readable ? GK_PROT_READ : GK_PROT_NONE);
+        if (prot != GK_PROT_NONE)
+            gk_mm_map(mm, TDXF_BUF_BASE + (uint64_t)k * TDXF_PAGE, TDXF_PAGE, prot);
+    }
+    uint64_t addr = TDXF_BUF_BASE + offset;
+    if (call->buf_readable)
+        gk_mm_poke(mm, addr, call->buf_image, call->buf_readable);
+    uint8_t ptr[8];
+    for (int i = 0; i < 8; i++)
+        ptr[i] = (uint8_t)(addr >> (8 * i));
+    gk_mm_peek(mm, req + call->buf_ptr_off, orig, 8);
+    gk_mm_poke(mm, req + call->buf_ptr_off, ptr, 8);
+    return addr;
+}
+
+/* After the call: the buffer's bytes back to the image, and the client's pointer back in the request
+ * unless the driver wrote there itself (v4's put_user of the TDVMCALL error, ref §2.2). */
+static void core_buffer_out(gk_mm *mm, tdxf_ioctl_call *call, uint64_t req, uint64_t addr,
+                            const uint8_t orig[8])
+{
+    uint8_t now[8], ptr[8];
+    if (call->buf_writable)
+        gk_mm_peek(mm, addr, call->buf_image, call->buf_writable);
+    for (int i = 0; i < 8; i++)
+        ptr[i] = (uint8_t)(addr >> (8 * i));
+    gk_mm_peek(mm, req + call->buf_ptr_off, now, 8);
+    if (memcmp(now, ptr, 8) == 0)
+        gk_mm_poke(mm, req + call->buf_ptr_off, orig, 8);
+    gk_mm_unmap(mm, TDXF_BUF_BASE, (uint64_t)TDXF_BUF_PAGES * TDXF_PAGE);
+}
+
 /* Called only while an ioctl on `handle` is in flight (op_ioctl's interrupt window), when the file is
  * registered and its process alive: no lock needed (the ioctl holds the file's). */
 void tdxf_core_interrupt(tdxf_core *c, uint64_t handle, int on)
@@ -156,6 +198,8 @@ long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
                                plain ? call->window : call->writable);
     if (call->readable)
         gk_mm_poke(mm, addr, call->image, call->readable);
+    uint8_t orig[8];
+    uint64_t buf_addr = call->buf_image ? core_buffer_in(mm, call, addr, orig) : 0;
     unsigned armed = tdxf_core_fail_nth_arm(c);
     if (armed)
         atomic_store(&task->fail_nth, armed);
@@ -164,9 +208,12 @@ long tdxf_core_ioctl(tdxf_core *c, tdxf_ioctl_call *call)
         unsigned left = atomic_exchange(&task->fail_nth, 0);
         tdxf_core_fail_nth_disarm(c, left);
     }
+    if (call->buf_image)
+        core_buffer_out(mm, call, addr, buf_addr, orig);
     if (call->writable)
         gk_mm_peek(mm, addr, call->image, call->writable);
     pthread_mutex_unlock(&f->lock);
-    /* a TD exit needs the host to unmap the kernel's own pages, which the daemon never does */
-    return ret == TD_RET_TD_EXIT ? -EIO : ret;
+    /* a TD exit needs the host to unmap the kernel's own pages, which the daemon never does; a task
+     * that would hang for good (v4's leaked quote_lock) is answered EIO rather than hold a thread */
+    return ret == TD_RET_TD_EXIT || ret == TD_RET_HUNG ? -EIO : ret;
 }

@@ -17,6 +17,10 @@
 
 #define TDXF_USER_BASE 0x7E0000000000ull
 #define TDXF_MIRROR_PAGES 3u /* a window of <= 8192 bytes at any offset spans <= 3 pages */
+/* The mirror of a request's embedded buffer (tdxf_ioctl_call.buf_image): the client's page offset
+ * kept; the request's pointer is pointed at it for the call and put back afterwards. */
+#define TDXF_BUF_BASE 0x7E0100000000ull
+#define TDXF_BUF_PAGES ((4096u << 10) / 4096u + 1u) /* TDXF_MAX_BUFFER at any offset */
 
 struct td_process;
 typedef struct tdxf_core tdxf_core;

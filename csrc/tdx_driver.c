@@ -6,6 +6,7 @@
 #include "tdx_driver.h"
 #include "tsm_report.h"
 #include "gk_sched.h"
+#include "vmm_host.h"
 
 #include <sched.h>
 #include <stdlib.h>
@@ -33,7 +34,26 @@ struct td_kernel {
     unsigned ninit_trace;  /* the points module init passed (td_init_trace) */
     gk_trace_entry init_trace[GK_TRACE_MAX];
     uint8_t fs_uuid[DEVTMPFS_UUID_LEN]; /* the device node's file system uuid (FS_IOC_GETFSUUID) */
+    /* the ioctl quote paths (has_ioctl_quote: ref §2.2 v4 3/3, quote.md §2.6) */
+    _Atomic int quote_lock;          /* the driver's quote_lock: mutex_lock, never interrupted */
+    _Atomic int quote_outside_hold;  /* held through td_quote_lock_try (a test playing another task) */
+    _Atomic int quote_work;          /* the notify IRQ queued quote_work (downstream) */
+    _Atomic int quote_leaked;        /* v4: a call returned to user space holding quote_lock */
+    struct quote_entry *quote_list;  /* downstream: requests on quote_list, under quote_lock */
+    _Atomic unsigned v4_done;        /* v4: req_compl's done count (complete / reinit_completion) */
+    vmm_host *irq_host;              /* the host our notify-IRQ handler is registered with */
 };
+
+/* A request of an ioctl quote path: the kmalloc'd entry (downstream) and its shared buffer. */
+typedef struct quote_entry {
+    struct quote_entry *next;
+    uint8_t *obj;           /* kmalloc(sizeof(struct quote_entry)) in guest memory (downstream) */
+    uint8_t *buf;           /* dma_alloc_coherent(PAGE_ALIGN(len)): zeroed, shared */
+    uint64_t buf_len;       /* PAGE_ALIGN(len): R13 of GetQuote */
+    int order;
+    int valid;              /* 0: the caller left (signal); the work frees it when the host is done */
+    _Atomic unsigned done;  /* struct completion */
+} quote_entry;
 
 struct td_process {
     td_kernel *tk;
@@ -263,11 +283,17 @@ void td_mr_cache_stale(td_kernel *tk)
     atomic_store(&tk->mr_stale, 1);
 }
 
+/* the ioctl quote paths (below, after the report paths) */
+static long gen_quote_v4(td_process *p, gk_ctx *c, uint64_t arg);
+static long get_quote_downstream(td_process *p, gk_ctx *c, uint64_t arg);
+
 /* ---- v4, 22 Apr 2022 (ref §2.2) ------------------------------------------------------------------- */
 
 static long ioctl_v4(td_process *p, gk_ctx *c, uint32_t cmd, uint64_t arg)
 {
     td_kernel *tk = p->tk;
+    if (cmd == tk->prof->cmds[TDXM_CMD_GET_QUOTE].cmd && tk->prof->has_ioctl_quote)
+        return gen_quote_v4(p, c, arg);                  /* TDX_CMD_GEN_QUOTE (3/3) */
     if (cmd != REPORT_CMD(tk).cmd)
         return -tk->prof->unknown_cmd_errno; /* dispatch: v4 only logs "not supported" and returns 0 */
     int mis = atomic_load(&tk->misalign);
@@ -613,7 +639,364 @@ static long ioctl_intel_downstream(td_process *p, gk_ctx *c, uint32_t cmd, uint6
         return verify_report_downstream(p, c, arg);
     if (cmd == prof->cmds[TDXM_CMD_EXTEND_RTMR].cmd)
         return extend_rtmr_downstream(p, c, arg);
+    if (cmd == prof->cmds[TDXM_CMD_GET_QUOTE].cmd)
+        return get_quote_downstream(p, c, arg);
     return ioctl_v6_2(p, c, cmd, arg);
+}
+
+/* ---- the ioctl quote paths: quote_lock, the per-request shared buffer, the notify IRQ ------------- */
+
+static uint64_t get64(const uint8_t *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static uint32_t get32(const uint8_t *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
+
+static int qlock_trylock(td_kernel *tk)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&tk->quote_lock, &expected, 1)) {
+        gk_count_lock(tk->gk, 1);
+        return 1;
+    }
+    return 0;
+}
+
+static void qlock_release(td_kernel *tk)
+{
+    atomic_store(&tk->quote_lock, 0);
+    gk_count_lock(tk->gk, 0);
+}
+
+static void run_quote_work(td_kernel *tk);
+
+/* mutex_lock: uninterruptible, so a signal does not end the wait (v4's leaked hold blocks every later
+ * request for good, as the patch does). */
+static void qlock_lock(td_kernel *tk)
+{
+    if (qlock_trylock(tk))
+        return;
+    void *token = gk_block_begin();
+    for (unsigned spins = 0; !qlock_trylock(tk); spins++)
+        wait_a_little(spins);
+    gk_block_end(token);
+}
+
+/* mutex_unlock; the work the IRQ queued while the lock was held runs now (its worker waited for it). */
+static void qlock_unlock(td_kernel *tk)
+{
+    qlock_release(tk);
+    run_quote_work(tk);
+}
+
+static uint64_t entry_status(const quote_entry *e)
+{
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the host wrote the data before the header (smp_wmb) */
+    return get64(e->buf + QUOTE_HDR_OFF_STATUS);
+}
+
+/* alloc_quote_entry: kmalloc the entry (downstream only), then dma_alloc_coherent(PAGE_ALIGN(len)),
+ * zeroed and converted to shared; NULL is -ENOMEM. An order above the largest block fails before any
+ * injection point (alloc_pages warns and returns NULL). */
+static quote_entry *entry_alloc(td_kernel *tk, gk_ctx *c, uint64_t len, int with_obj)
+{
+    quote_entry *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->valid = 1;
+    if (with_obj && !(e->obj = gk_kmalloc(c, GK_PT_QUOTE_ENTRY_KMALLOC, QUOTE_ENTRY_SIZE, 0))) {
+        free(e);
+        return NULL;
+    }
+    e->buf_len = (len + TDX_PAGE_SIZE - 1) & ~(uint64_t)(TDX_PAGE_SIZE - 1);
+    while (e->buf_len && ((uint64_t)TDX_PAGE_SIZE << e->order) < e->buf_len && e->order <= GK_MAX_ORDER)
+        e->order++;
+    if (e->buf_len == 0 || len > e->buf_len || e->order > GK_MAX_ORDER ||
+        !(e->buf = gk_alloc_pages(c, GK_PT_QUOTE_BUF_DMA_ALLOC_COHERENT, e->order, GK_ZERO))) {
+        gk_kfree(c, e->obj);
+        free(e);
+        return NULL;
+    }
+    tdxm_set_page_state(tk->m, gk_pa(tk->gk, e->buf), 1u << e->order, TDXM_PAGE_SHARED);
+    return e;
+}
+
+/* dma_free_coherent: back to private, then freed (whether or not the host still owns it). */
+static void entry_free(td_kernel *tk, gk_ctx *c, quote_entry *e)
+{
+    tdxm_set_page_state(tk->m, gk_pa(tk->gk, e->buf), 1u << e->order, TDXM_PAGE_PRIVATE);
+    gk_free_pages(c, e->buf, e->order);
+    gk_kfree(c, e->obj);
+    free(e);
+}
+
+static void list_del_entry(td_kernel *tk, quote_entry *e)
+{
+    for (quote_entry **pp = &tk->quote_list; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            return;
+        }
+}
+
+/* quote_callback_handler (downstream's quote_work): under quote_lock, every entry the host is done
+ * with is completed, or freed if its caller left. */
+static void run_quote_work(td_kernel *tk)
+{
+    while (atomic_load(&tk->quote_work)) {
+        if (!qlock_trylock(tk))
+            return; /* the holder runs it at unlock */
+        atomic_store(&tk->quote_work, 0);
+        gk_ctx c = {.k = tk->gk};
+        for (quote_entry **pp = &tk->quote_list; *pp;) {
+            quote_entry *e = *pp;
+            if (entry_status(e) == GET_QUOTE_IN_FLIGHT) {
+                pp = &e->next;
+            } else if (e->valid) {
+                atomic_fetch_add(&e->done, 1); /* complete() */
+                pp = &e->next;
+            } else {
+                *pp = e->next;
+                entry_free(tk, &c, e);
+            }
+        }
+        qlock_release(tk);
+    }
+}
+
+/* The notify vector's handler: downstream queues quote_work (attestation_callback_handler); v4's
+ * handler completes req_compl whatever the buffer says. */
+static void notify_v4(td_kernel *tk) { atomic_fetch_add(&tk->v4_done, 1); }
+
+static void notify_downstream(td_kernel *tk)
+{
+    atomic_store(&tk->quote_work, 1); /* queue_work(quote_wq, &quote_work) */
+    run_quote_work(tk);
+}
+
+static void notify_irq(void *ctx, unsigned vector);
+
+/* Boot (ref §2.2 v4 2/3 tdx_early_init; td-partitioning tdx_arch_init): SetupEventNotifyInterrupt
+ * with the profile's vector, a failure only logged; then the handler (request_irq /
+ * tdx_setup_ev_notify_handler). Without a host at boot no vector is registered, and a request later
+ * waits until a signal (docs/CONTRACT.md). */
+static void notify_setup(td_kernel *tk)
+{
+    tdxm_vmcall_regs regs = {0, TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, tk->prof->notify_vector, 0, 0, 0};
+    tdxm_vp_vmcall(tk->m, &regs); /* R10 != 0: "Setting event notification interrupt failed" */
+    vmm_host *h = vmm_host_of(tk->m);
+    if (h) {
+        vmm_host_set_irq(h, notify_irq, tk);
+        tk->irq_host = h;
+    }
+}
+
+static uint64_t get_quote_hcall(td_kernel *tk, const quote_entry *e)
+{
+    tdxm_vmcall_regs regs = {0, TDVMCALL_GET_QUOTE, gk_pa(tk->gk, e->buf) | TDX_GPA_SHARED_BIT, e->buf_len, 0, 0};
+    tdxm_vp_vmcall(tk->m, &regs);
+    return regs.r10;
+}
+
+/* Wait for a completion's done count: 0 when it came, -EINTR on a signal, 1 when timeout_ns (0: none)
+ * passed. The vCPU idles: a virtual clock jumps to the host's next completion (or the timeout); a real
+ * one sleeps toward it; with nothing due the wait only ends on a signal. */
+static long wait_for_notify(td_kernel *tk, gk_task *task, _Atomic unsigned *done, uint64_t timeout_ns)
+{
+    vmm_host *h = vmm_host_of(tk->m);
+    vmm_clock *clk = h ? vmm_host_clock(h) : NULL;
+    uint64_t start = clk ? vmm_clock_now_ns(clk) : 0;
+    long ret;
+    void *token = gk_block_begin();
+    for (;;) {
+        run_quote_work(tk);
+        unsigned d = atomic_load(done);
+        if (d > 0 && atomic_compare_exchange_strong(done, &d, d - 1)) {
+            ret = 0;
+            break;
+        }
+        if (atomic_load(&task->signal_pending)) {
+            ret = -TDXM_EINTR;
+            break;
+        }
+        h = vmm_host_of(tk->m);
+        if (!h) {
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        clk = vmm_host_clock(h);
+        uint64_t now = vmm_clock_now_ns(clk);
+        if (timeout_ns && now - start >= timeout_ns) {
+            ret = 1;
+            break;
+        }
+        uint64_t next = vmm_host_next_due_ns(h);
+        if (timeout_ns && start + timeout_ns < next)
+            next = start + timeout_ns;
+        if (!vmm_clock_is_real(clk) && next != UINT64_MAX) {
+            if (next > now)
+                vmm_clock_sleep_ns(clk, next - now);
+            else
+                vmm_clock_poll(clk);
+        } else if (vmm_clock_is_real(clk)) {
+            uint64_t step = 1000000; /* 1 ms slices, so a signal ends the wait promptly */
+            if (next > now && next - now < step)
+                step = next - now;
+            vmm_clock_sleep_ns(clk, next > now ? step : 0);
+        } else {
+            struct timespec ts = {0, 50000}; /* nothing due: wait for a signal or another thread */
+            nanosleep(&ts, NULL);
+            vmm_clock_poll(clk);
+        }
+    }
+    gk_block_end(token);
+    return ret;
+}
+
+/* Intel downstream tdx_get_quote (quote.md §2.6; td-partitioning tdx-guest.c @1b3c1894). */
+static long get_quote_downstream(td_process *p, gk_ctx *c, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    const tdxm_command *qc = &tk->prof->cmds[TDXM_CMD_GET_QUOTE];
+    uint8_t req[TDX_QUOTE_REQ_LEN];
+    /* 1: the 16-B struct tdx_quote_req */
+    if (gk_copy_from_user(c, GK_PT_QUOTE_REQ_COPY_FROM_USER, req, arg, qc->request_len))
+        return -TDXM_EFAULT;
+    uint64_t ubuf = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_BUF].offset);
+    uint64_t len = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_LEN].offset);
+    /* 2: a zero length */
+    if (len == 0)
+        return -TDXM_EINVAL;
+    /* 3: the entry and its shared buffer */
+    quote_entry *e = entry_alloc(tk, c, len, 1);
+    if (!e)
+        return -TDXM_ENOMEM;
+    /* 4: the whole len from req.buf */
+    if (gk_copy_from_user(c, GK_PT_QUOTE_DATA_COPY_FROM_USER, e->buf, ubuf, len)) {
+        entry_free(tk, c, e);
+        return -TDXM_EFAULT;
+    }
+    /* 5: GetQuote under quote_lock (R12 = the shared GPA, R13 = PAGE_ALIGN(len)); R10 != 0 -> -EIO */
+    qlock_lock(tk);
+    if (get_quote_hcall(tk, e) != TDVMCALL_STATUS_SUCCESS) {
+        qlock_unlock(tk);
+        entry_free(tk, c, e);
+        return -TDXM_EIO;
+    }
+    /* 6: on quote_list; quote_lock is not held while waiting, so requests run in parallel */
+    quote_entry **pp = &tk->quote_list;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = e;
+    qlock_unlock(tk);
+    /* 7: wait_for_completion_interruptible, no timeout; a signal orphans the entry while the host
+     * still owns the buffer (terminate_quote_request), -EINTR */
+    if (wait_for_notify(tk, &p->task, &e->done, 0) != 0) {
+        qlock_lock(tk);
+        if (entry_status(e) == GET_QUOTE_IN_FLIGHT) {
+            e->valid = 0;
+        } else {
+            list_del_entry(tk, e);
+            entry_free(tk, c, e);
+        }
+        qlock_unlock(tk);
+        return -TDXM_EINTR;
+    }
+    /* 8: the whole len back to req.buf; the -EFAULT of a fault is dropped (quote.md §2.6 step 7) */
+    (void)gk_copy_to_user(c, GK_PT_QUOTE_DATA_COPY_TO_USER, ubuf, e->buf, len);
+    /* 9: del_quote_entry */
+    qlock_lock(tk);
+    list_del_entry(tk, e);
+    entry_free(tk, c, e);
+    qlock_unlock(tk);
+    return 0;
+}
+
+/* v4 3/3 tdx_get_tdquote as posted 22 Apr 2022 (ref §2.2), its defects kept: the early returns leave
+ * quote_lock held, a timed-out or interrupted request frees the buffer the host still owns, and
+ * PAGE_ALIGN(len) bytes go back to the user before the status is checked. */
+static long gen_quote_v4(td_process *p, gk_ctx *c, uint64_t arg)
+{
+    td_kernel *tk = p->tk;
+    const tdxm_command *qc = &tk->prof->cmds[TDXM_CMD_GET_QUOTE];
+    uint8_t req[TDX_GEN_QUOTE_REQ_LEN];
+    long ret;
+    /* 1: quote_lock (mutex_lock): held for good by a call that returned with it, the task hangs */
+    if (!qlock_trylock(tk)) {
+        if (atomic_load(&tk->quote_leaked))
+            return TD_RET_HUNG;
+        qlock_lock(tk);
+    }
+    /* 2: reinit_completion(&req_compl) */
+    atomic_store(&tk->v4_done, 0);
+    /* 3: the 24-B request; a fault returns with quote_lock held */
+    if (gk_copy_from_user(c, GK_PT_QUOTE_REQ_COPY_FROM_USER, req, arg, qc->request_len)) {
+        atomic_store(&tk->quote_leaked, 1);
+        return -TDXM_EFAULT;
+    }
+    uint64_t ubuf = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_BUF].offset);
+    uint64_t len = get64(req + qc->fields[TDXM_FIELD_GET_QUOTE_LEN].offset);
+    uint32_t timeout_ms = get32(req + qc->fields[TDXM_FIELD_GET_QUOTE_TIMEOUT].offset);
+    /* 4: len <= 0 || timeout <= 0 (both unsigned: == 0) -> -EINVAL, quote_lock held */
+    if (len == 0 || timeout_ms == 0) {
+        atomic_store(&tk->quote_leaked, 1);
+        return -TDXM_EINVAL;
+    }
+    /* 5: dma_alloc_coherent(PAGE_ALIGN(len), GFP_KERNEL | __GFP_ZERO) */
+    quote_entry *e = entry_alloc(tk, c, len, 0);
+    if (!e) {
+        ret = -TDXM_ENOMEM;
+        goto unlock;
+    }
+    /* 6: len bytes from req.buf */
+    if (gk_copy_from_user(c, GK_PT_QUOTE_DATA_COPY_FROM_USER, e->buf, ubuf, len)) {
+        ret = -TDXM_EFAULT;
+        goto out;
+    }
+    /* 7: tdx_hcall_get_quote(buf, PAGE_ALIGN(len)); a nonzero R10 is put_user()ed as a long to arg + 0
+     * (the request's buf field) and the result overwritten: -EIO */
+    uint64_t r10 = get_quote_hcall(tk, e);
+    if (r10 != TDVMCALL_STATUS_SUCCESS) {
+        (void)gk_put_user_u64(c, GK_PT_QUOTE_ERR_PUT_USER, arg, r10);
+        ret = -TDXM_EIO;
+        goto out;
+    }
+    /* 8: wait_for_completion_interruptible_timeout(msecs_to_jiffies(timeout)) (HZ = 1000: jiffies are
+     * ms, a choice); <= 0 (timed out, or a signal) -> -EIO, and the buffer is freed below while the
+     * host may still own it */
+    if (wait_for_notify(tk, &p->task, &tk->v4_done, (uint64_t)timeout_ms * 1000000ULL) != 0) {
+        ret = -TDXM_EIO;
+        goto out;
+    }
+    /* 9: PAGE_ALIGN(len) bytes back to req.buf, before the status check */
+    if (gk_copy_to_user(c, GK_PT_QUOTE_DATA_COPY_TO_USER, ubuf, e->buf, e->buf_len)) {
+        ret = -TDXM_EFAULT;
+        goto out;
+    }
+    /* 10: status != 0 -> -EIO */
+    ret = entry_status(e) == GET_QUOTE_SUCCESS ? 0 : -TDXM_EIO;
+out: /* 11: dma_free_coherent, unlock */
+    entry_free(tk, c, e);
+unlock:
+    qlock_unlock(tk);
+    return ret;
+}
+
+int td_locks_leaked(td_kernel *tk) { return atomic_load(&tk->quote_leaked); }
+
+int td_quote_lock_try(td_kernel *tk)
+{
+    if (!tk->prof->has_ioctl_quote || !qlock_trylock(tk))
+        return 0;
+    atomic_store(&tk->quote_outside_hold, 1);
+    return 1;
+}
+
+int td_quote_lock_release(td_kernel *tk)
+{
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(&tk->quote_outside_hold, &expected, 0))
+        return -TDXM_EINVAL;
+    qlock_unlock(tk);
+    return 0;
 }
 
 /* tdx_mr_init (ref §2.5 "Init order"): allocate the report buffer, then one REPORT with zero
@@ -661,13 +1044,14 @@ struct td_ops {
     /* module init beyond misc_register; NULL: nothing can fail. Returns 0 or -errno. */
     int (*init)(td_kernel *tk, gk_ctx *init, int misaligned_report_buf, uint64_t *init_status);
     td_file_fn read_measurement, write_measurement; /* NULL: no measurement files */
+    void (*notify)(td_kernel *tk); /* the notify vector's handler (ioctl quote paths); NULL: none */
 };
 
-static const td_ops ops_v4 = {.ioctl = ioctl_v4};
+static const td_ops ops_v4 = {.ioctl = ioctl_v4, .notify = notify_v4};
 static const td_ops ops_v6_2 = {.ioctl = ioctl_v6_2};
 static const td_ops ops_v6_16 = {.ioctl = ioctl_v6_16, .init = init_v6_16,
                                  .read_measurement = read_measurement, .write_measurement = write_measurement};
-static const td_ops ops_intel_downstream = {.ioctl = ioctl_intel_downstream};
+static const td_ops ops_intel_downstream = {.ioctl = ioctl_intel_downstream, .notify = notify_downstream};
 
 static const td_ops *const OPS[TDXM_NUM_OPS] = {
     [TDXM_OPS_V4] = &ops_v4,
@@ -767,6 +1151,13 @@ static const tdxm_vfs *vfs_command(const tdxm_profile *prof, uint32_t cmd)
     return NULL;
 }
 
+static void notify_irq(void *ctx, unsigned vector)
+{
+    td_kernel *tk = ctx;
+    if (vector == tk->prof->notify_vector && tk->ops->notify)
+        tk->ops->notify(tk);
+}
+
 /* ---- kernel and processes ------------------------------------------------------------------------- */
 
 td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_node *nodes, size_t nnodes, unsigned init_fail_nth,
@@ -820,6 +1211,8 @@ td_kernel *td_kernel_create(tdxm_module *m, int driver, uint64_t seed, const td_
             goto fail;
         }
     }
+    if (tk->prof->has_ioctl_quote)
+        notify_setup(tk);
     gk_set_resident(tk->gk, (uint64_t)tk->prof->resident);
     tk->ninit_trace = ic.ntrace;
     memcpy(tk->init_trace, ic.trace, ic.ntrace * sizeof ic.trace[0]);
@@ -842,6 +1235,13 @@ void td_kernel_destroy(td_kernel *tk)
     /* module exit frees the report buffer; nothing reads the allocator afterwards, so the guest
      * memory (which may already be gone) is not touched here */
     tsm_destroy(tk->tsm);
+    if (tk->irq_host && vmm_host_of(tk->m) == tk->irq_host)
+        vmm_host_clear_irq(tk->irq_host, tk);
+    while (tk->quote_list) { /* requests the host never finished: their guest memory may be gone */
+        quote_entry *e = tk->quote_list;
+        tk->quote_list = e->next;
+        free(e);
+    }
     for (size_t i = 0; i < tk->nnodes; i++)
         free((void *)tk->nodes[i].path);
     free(tk->nodes);

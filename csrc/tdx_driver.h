@@ -50,6 +50,12 @@ void td_force_misaligned(td_kernel *tk, int target);
 /* 6.16 mr_lock from outside: 1 taken, 0 busy; release: 0, or -TDXM_EINVAL when no outside hold. */
 int td_mr_lock_try(td_kernel *tk);
 int td_mr_lock_release(td_kernel *tk);
+/* The ioctl quote paths' quote_lock from outside (downstream, v4): 1 taken, 0 busy (or no such lock);
+ * release: 0, or -TDXM_EINVAL when no outside hold. */
+int td_quote_lock_try(td_kernel *tk);
+int td_quote_lock_release(td_kernel *tk);
+/* Locks a call returned to user space still holding (v4's quote_lock, ref §2.2): 0 or 1. */
+int td_locks_leaked(td_kernel *tk);
 /* Mark the 6.16 tsm-mr cache stale (host-side state sync after tdxm_set_rtmr); harmless elsewhere. */
 void td_mr_cache_stale(td_kernel *tk);
 /* The injection points of generation `driver` in the order the driver reaches them (its profile's
@@ -70,6 +76,9 @@ unsigned td_init_trace(td_kernel *tk, gk_trace_entry out[GK_TRACE_MAX]);
  * pages): the syscall cleans up as on an error and returns TD_RET_TD_EXIT; td_last_exit() tells the
  * kind (tdxm_exit_kind) and GPA, and the Cython layer raises tdxmodel.errors.EptViolation / #VE. */
 #define TD_RET_TD_EXIT (-4096L)
+/* The task would block forever in mutex_lock on a lock its holder returned to user space with (v4's
+ * leaked quote_lock, ref §2.2): the syscall never returns; the Cython layer raises TaskHung. */
+#define TD_RET_HUNG (-4098L)
 int td_last_exit(td_process *p, uint64_t *gpa);
 
 /* accmode: flags & O_ACCMODE (0 read, 1 write, 2 both; 3 is kept and allows both, as Linux stores it).

@@ -148,6 +148,54 @@ static int take_due(vmm_host *h, uint64_t now, pending_req *out)
     return 1;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * QGS framing (quote.md §4.2): a pass-through VMM's payload (vmm_host.h)
+ * ------------------------------------------------------------------------------------------------ */
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+/* 1 when in is one whole valid GET_QUOTE_REQ frame: the report's offset and size. */
+static int qgs_request_report(const uint8_t *in, size_t in_len, size_t *off, size_t *len)
+{
+    const uint8_t *m = in + QGS_FRAME_LEN_SIZE;
+    uint32_t report_size, id_list_size, size;
+
+    if (in_len < QGS_FRAME_LEN_SIZE + QGS_GET_QUOTE_REQ_LEN || get_be32(in) != in_len - QGS_FRAME_LEN_SIZE)
+        return 0;
+    size = get_u32(m + 8);
+    report_size = get_u32(m + QGS_MSG_HDR_LEN);
+    id_list_size = get_u32(m + QGS_MSG_HDR_LEN + 4);
+    if ((m[0] | m[1] << 8) != QGS_MSG_LIB_MAJOR_VER || get_u32(m + 4) != QGS_MSG_GET_QUOTE_REQ ||
+        size != in_len - QGS_FRAME_LEN_SIZE || report_size == 0 ||
+        (uint64_t)QGS_GET_QUOTE_REQ_LEN + report_size + id_list_size != size)
+        return 0;
+    *off = QGS_FRAME_LEN_SIZE + QGS_GET_QUOTE_REQ_LEN;
+    *len = report_size;
+    return 1;
+}
+
+/* The GET_QUOTE_RESP frame header (28 B) before a quote of quote_len bytes. */
+static void qgs_response_header(uint8_t *out, size_t quote_len)
+{
+    uint8_t *m = out + QGS_FRAME_LEN_SIZE;
+    memset(out, 0, QGS_FRAME_LEN_SIZE + QGS_GET_QUOTE_RESP_LEN);
+    put_be32(out, (uint32_t)(QGS_GET_QUOTE_RESP_LEN + quote_len));
+    m[0] = QGS_MSG_LIB_MAJOR_VER;
+    m[2] = QGS_MSG_LIB_MINOR_VER;
+    put_u32(m + 4, QGS_MSG_GET_QUOTE_RESP);
+    put_u32(m + 8, (uint32_t)(QGS_GET_QUOTE_RESP_LEN + quote_len));   /* size; error_code 0 */
+    put_u32(m + QGS_MSG_HDR_LEN + 4, (uint32_t)quote_len);           /* selected_id_size 0 */
+}
+
 static void complete(vmm_host *h, pending_req *r, uint8_t *scratch)
 {
     uint64_t status = GET_QUOTE_SUCCESS;
@@ -171,11 +219,20 @@ static void complete(vmm_host *h, pending_req *r, uint8_t *scratch)
         status = GET_QUOTE_ERROR;       /* the 30 s transaction timer, or the service said no */
     } else if (produce == NULL) {
         status = GET_QUOTE_SERVICE_UNAVAILABLE;  /* the service went away: connect failure */
-    } else if (produce(produce_ctx, r->payload, r->in_len, scratch, HOST_GET_QUOTE_MAX_BUF_LEN,
-                       &quote_len) != 0 || quote_len > HOST_GET_QUOTE_MAX_BUF_LEN) {
-        status = GET_QUOTE_ERROR;
-    } else if (quote_len > r->size - HOST_QUOTE_OVERHEAD) {
-        status = GET_QUOTE_ERROR;       /* the QGS frame exceeds the receive capacity size - 24 */
+    } else {
+        size_t off = 0, in_len = r->in_len;
+        size_t hdr_len = QGS_FRAME_LEN_SIZE + QGS_GET_QUOTE_RESP_LEN;
+        int framed = qgs_request_report(r->payload, r->in_len, &off, &in_len);
+        size_t cap = HOST_GET_QUOTE_MAX_BUF_LEN - (framed ? hdr_len : 0);
+        if (produce(produce_ctx, r->payload + off, in_len, scratch + (framed ? hdr_len : 0), cap,
+                    &quote_len) != 0 || quote_len > cap) {
+            status = GET_QUOTE_ERROR;
+        } else if (quote_len > r->size - HOST_QUOTE_OVERHEAD) {
+            status = GET_QUOTE_ERROR;   /* the QGS frame exceeds the receive capacity size - 24 */
+        } else if (framed) {
+            qgs_response_header(scratch, quote_len);  /* passed back framed (vmm_host.h) */
+            quote_len += hdr_len;
+        }
     }
 
     pthread_mutex_lock(&h->lock);

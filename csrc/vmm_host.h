@@ -20,6 +20,11 @@
 #include "tdx_module.h"
 #include "vmm_clock.h"
 
+/* A payload that is one whole valid QGS GET_QUOTE_REQ frame (what libtdx_attest builds for the
+ * downstream ioctl, quote.md §2.7) gets a GET_QUOTE_RESP frame back around the producer's quote of
+ * the report inside, as a VMM that passes the message to QGS unchanged returns it (quote.md §2.6-§2.7,
+ * §4.2; upstream QEMU would wrap it once more and QGS refuse it: not modelled). Any other payload is
+ * QGS's raw mode: the producer's quote of the payload itself. */
 /* A producer turns the GetQuote payload (in_len bytes at data, normally the TDREPORT) into quote
  * bytes: writes at most cap bytes to out, sets *out_len, returns 0; nonzero means the quote service
  * failed (status ERROR). *out_len > cap is a failure too. */

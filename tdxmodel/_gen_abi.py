@@ -63,8 +63,13 @@ def command_keys():
     for p in profiles.PROFILES:
         for c in p.commands:
             names = tuple(f.name for f in c.fields)
-            if keys.setdefault(c.key, names) != names:
-                raise ValueError(f"{p.name}: command {c.key} has fields {names}, others {keys[c.key]}")
+            have = keys.setdefault(c.key, names)
+            # one generation may carry more fields than another (v4's get_quote has a timeout): the
+            # shorter list must be a prefix, so every index means the same field everywhere
+            short, long_ = sorted((have, names), key=len)
+            if long_[:len(short)] != short:
+                raise ValueError(f"{p.name}: command {c.key} has fields {names}, others {have}")
+            keys[c.key] = long_
     return keys
 
 
@@ -153,6 +158,9 @@ def _render_profiles() -> list:
             "    int quote_out_len_once, quote_status_check;",
             "    int nvfs;                 /* commands do_vfs_ioctl answers before the driver (ref §1) */",
             "    tdxm_vfs vfs[TDXM_MAX_VFS];",
+            "    /* the get_quote ioctl (tdxmodel.profiles.IoctlQuote; ref §2.2, quote.md §2.6); 0: none */",
+            "    int has_ioctl_quote;",
+            "    unsigned notify_vector;   /* registered with SetupEventNotifyInterrupt at boot */",
             "} tdxm_profile;",
             "static const tdxm_profile TDXM_PROFILES[TDXM_NUM_PROFILES] = {"]
     for p in profiles.PROFILES:
@@ -194,6 +202,9 @@ def _render_profiles() -> list:
                         f"{('TDXM_' + _errno_name(v.errno)) if v.errno else 0}, {v.value}}}"
                         for v in p.vfs_commands)
         out += [f"        .nvfs = {len(p.vfs_commands)}, .vfs = {{{vfs}}},"]
+        iq = p.ioctl_quote
+        if iq is not None:
+            out += [f"        .has_ioctl_quote = 1, .notify_vector = {iq.notify_vector},"]
         out += ["    },"]
     out.append("};")
     return out

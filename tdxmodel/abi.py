@@ -230,6 +230,28 @@ CONSTANTS: List[Const] = [
     _c("FSUUID2_LEN", 17, "vfs_ioctl", "include/uapi/linux/fs.h", "sizeof(struct fsuuid2)"),
     _c("DEVTMPFS_UUID_LEN", 16, "vfs_ioctl", "mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)",
        "tmpfs (so devtmpfs) has a 16-byte random uuid per mount; the model derives it from the seed"),
+    # The ioctl quote paths (ref §1 table, quote.md §2.6). Intel downstream: confirmed against
+    # intel/td-partitioning include/uapi/linux/tdx-guest.h @074bb0ff (struct tdx_quote_req {__u64 buf;
+    # __u64 len;}) and drivers/virt/coco/tdx-guest/tdx-guest.c @1b3c1894 (tdx_get_quote).
+    _c("TDX_CMD_GET_QUOTE", 0x80105404, "ioctl", "ref §1; quote.md §2.6",
+       "Intel downstream: _IOR('T', 4, struct tdx_quote_req); the buffer holds the 24-B header and the payload"),
+    _c("TDX_QUOTE_REQ_LEN", 16, "ioctl", "ref §1", "sizeof(struct tdx_quote_req {u64 buf; u64 len;})"),
+    _c("TDX_QUOTE_REQ_OFF_BUF", 0, "ioctl", "ref §1", "tdx_quote_req.buf: user pointer to the quote buffer"),
+    _c("TDX_QUOTE_REQ_OFF_LEN", 8, "ioctl", "ref §1", "tdx_quote_req.len: bytes copied in and back"),
+    _c("TDX_DOWNSTREAM_NOTIFY_VECTOR", 0x40, "ioctl", "quote.md §2.6",
+       "the vector the downstream kernel registers with SetupEventNotifyInterrupt at arch init. Linux "
+       "allocates it dynamically from x86_vector_domain (td-partitioning arch/x86/coco/tdx/tdx.c "
+       "@01e17622 tdx_arch_init); the model registers 0x40 (a choice)"),
+    # v4 3/3 "x86/tdx: Add Quote generation support" as posted 22 Apr 2022 (ref §2.2, [2]; LKML
+    # <20220422233418.1203092-4-sathyanarayanan.kuppuswamy@linux.intel.com>): arch/x86/include/uapi/asm/tdx.h
+    _c("TDX_CMD_GEN_QUOTE", 0x80085402, "ioctl", "ref §1, §2.2",
+       "v4 (2022-04): _IOR('T', 0x02, __u64), arg -> struct tdx_quote_req {u64 buf; u64 len; u32 timeout}"),
+    _c("TDX_GEN_QUOTE_REQ_LEN", 24, "ioctl", "ref §2.2",
+       "sizeof(struct tdx_quote_req) of v4: 8 + 8 + 4, padded to 24 (copy_from_user copies all 24)"),
+    _c("TDX_GEN_QUOTE_REQ_OFF_TIMEOUT", 16, "ioctl", "ref §2.2", "v4 tdx_quote_req.timeout: u32 milliseconds"),
+    _c("TDX_V4_EVENT_NOTIFY_VECTOR", 0xEC, "ioctl", "ref §2.2",
+       "TDX_GUEST_EVENT_NOTIFY_VECTOR, the system vector v3/v4 2/3 reserve in irq_vectors.h (0xec, "
+       "LOCAL_TIMER_VECTOR moved to 0xeb; the v3 posting of 15 Apr 2022 and the v6 posting show 0xec)"),
     _c("IOC_NRSHIFT", 0, "ioctl", "ref §1", "ioctl number bits 7:0"),
     _c("IOC_TYPESHIFT", 8, "ioctl", "ref §1", "ioctl type bits 15:8"),
     _c("IOC_SIZESHIFT", 16, "ioctl", "ref §1", "ioctl size bits 29:16"),
@@ -277,6 +299,18 @@ CONSTANTS: List[Const] = [
        "default quote service time: the 0.004676 s measured inside wait_for_quote_completion (choice)"),
     _c("EVENT_NOTIFY_VECTOR_MIN", 32, "host", "quote.md §3.1, §3.3", "lowest valid notify vector"),
     _c("EVENT_NOTIFY_VECTOR_MAX", 255, "host", "quote.md §3.1, §3.3", "highest valid notify vector"),
+    # --- the QGS wire protocol (quote.md §4.2): what a pass-through VMM hands QGS unchanged ---------
+    _c("QGS_FRAME_LEN_SIZE", 4, "qgs", "quote.md §4.2", "a frame: 4-byte big-endian length of the message that follows"),
+    _c("QGS_MSG_HDR_LEN", 16, "qgs", "quote.md §4.2",
+       "qgs_msg_header_t: u16 major, u16 minor, u32 type, u32 size (whole message), u32 error_code"),
+    _c("QGS_MSG_LIB_MAJOR_VER", 1, "qgs", "quote.md §4.2", "QGS_MSG_LIB_MAJOR_VER (the library checks the major only)"),
+    _c("QGS_MSG_LIB_MINOR_VER", 1, "qgs", "quote.md §4.2", "QGS_MSG_LIB_MINOR_VER"),
+    _c("QGS_MSG_GET_QUOTE_REQ", 0, "qgs", "quote.md §4.2", "message type GET_QUOTE_REQ"),
+    _c("QGS_MSG_GET_QUOTE_RESP", 1, "qgs", "quote.md §4.2", "message type GET_QUOTE_RESP"),
+    _c("QGS_GET_QUOTE_REQ_LEN", 24, "qgs", "quote.md §4.2",
+       "qgs_msg_get_quote_req_t: header + u32 report_size + u32 id_list_size, then the report and the ids"),
+    _c("QGS_GET_QUOTE_RESP_LEN", 24, "qgs", "quote.md §4.2",
+       "qgs_msg_get_quote_resp_t: header + u32 selected_id_size + u32 quote_size, then the id and the quote"),
     # --- host fault menu: index of each name in HOST_FAULTS (a contract, also in campaign JSON) --
     _c("HOST_FAULT_NONE", 0, "host_fault", "quote.md §4.1", "QEMU's behaviour"),
     _c("HOST_FAULT_SERVICE_TIME", 1, "host_fault", "quote.md §4.1", "the quote takes `seconds`"),
@@ -302,6 +336,10 @@ CONSTANTS: List[Const] = [
     _c("KMALLOC_8K", 8192, "kernel", "ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches",
        "the cache of kernfs' kmalloc(4096 + 1): failslab sees an 8 KiB object; the model's slab classes "
        "end at 4096, so an order-1 page allocation stands in for it"),
+    _c("QUOTE_ENTRY_SIZE", 80, "kernel", "quote.md §2.6",
+       "kmalloc(sizeof(struct quote_entry)) of the downstream driver: bool, buf, buf_len, handle, a "
+       "struct completion (32) and a list_head (16) on x86-64 (a choice; only its slab class shows)"),
+
     # --- configfs-tsm and the TDX quote provider (quote.md §1-§2) ---------------------------------
     _c("TSM_INBLOB_MAX", 64, "tsm", "quote.md §1.1", "cb_max_size of inblob: a write past it is -EFBIG"),
     _c("TSM_NAME_MAX", 255, "tsm", "Linux NAME_MAX", "longest configfs item name"),

@@ -22,6 +22,7 @@ b'nonce'
 from __future__ import annotations
 
 import os
+import struct
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -39,6 +40,27 @@ _READ_CHUNK = _REQUEST_PAGES * PAGE_SIZE
 #: item -> (its configfs-tsm directory, inblob, outblob), so a quote formats no path (bounded).
 _TSM_PATHS: Dict[str, Tuple[str, str, str]] = {}
 _MEASUREMENT_ADDR = REQUEST_ADDR + _REQUEST_PAGES * PAGE_SIZE
+#: The ioctl quote paths: the request struct, then the quote buffer (mapped on first use).
+_QUOTE_REQ_ADDR = _MEASUREMENT_ADDR + PAGE_SIZE
+_QUOTE_BUF_ADDR = _QUOTE_REQ_ADDR + PAGE_SIZE
+
+
+class _BootTdqe:
+    """The producer of a host attached at boot (an ioctl quote path registers its notify vector at
+    boot): the emulated platform's TDQE, built on the first quote."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+        self._producer = None
+
+    def produce(self, payload):
+        if self._producer is None:
+            from tdxmodel.host import quote_producer
+            self._producer = quote_producer(module=self._module)
+        return self._producer.produce(payload)
+
+    def __repr__(self) -> str:
+        return "<the default TDQE, built on the first quote>"
 
 
 def _backend_of(kernel):
@@ -85,6 +107,11 @@ class TdxGuest:
             self.backend = _backend.load(backend)
             self.module = self.backend.Module(config if config is not None else ModuleConfig(),
                                               memory_pages=memory_pages)
+            if self.profile.ioctl_quote is not None:
+                # the kernel registers the notify vector at boot (ref §2.2, quote.md §2.6): the VMM
+                # exists before the TD boots, its quote service chosen at attach_host()
+                self.host = self.backend.Host(self.module, producer=_BootTdqe(self.module))
+                self._boot_host = True
             self.kernel = self.backend.Kernel(self.module, driver, quote_completion=quote_completion)
         self.process = self.kernel.process()
         req = self.profile.report
@@ -122,6 +149,16 @@ class TdxGuest:
 
         ``producer`` None: the emulated platform's TDQE of the default state directory
         (``tdxmodel.host.quote_producer``); ``clock``: a backend Clock, "virtual" (default) or "real"."""
+        if getattr(self, "_boot_host", False):
+            # the host attached at boot (an ioctl quote path): it takes the producer; its clock was
+            # chosen then (virtual)
+            if clock is not None and getattr(clock, "kind", clock) != self.host.clock.kind:
+                raise ValueError(f"{self.driver}'s host exists from boot with a {self.host.clock.kind} "
+                                 "clock; give no other clock")
+            self._boot_host = False
+            if producer is not None:
+                self.host.producer = producer
+            return self.host
         if getattr(self, "host", None) is not None:
             raise ValueError("this TD already has a host")
         if producer is None:
@@ -132,18 +169,28 @@ class TdxGuest:
 
     def get_quote(self, reportdata=b"", *, item: str = "tdxmodel") -> bytes:
         """get_quote(reportdata: bytes = b"", *, item="tdxmodel") -> bytes: a quote for REPORTDATA
-        (zero-padded to 64 bytes) through this generation's configfs-tsm path: mkdir, write inblob,
-        close, read outblob to EOF (quote.md §1.4-§1.5). The path's errno is the exception's
-        ``.errno`` (tdxmodel.errors); an empty outblob is returned as b"" as the kernel does. With no
-        host attached, ``attach_host()`` gives the TDQE first."""
-        if self.profile.quote is None:
-            raise ValueError(f"{self.driver} has no configfs-tsm quote path")
+        (zero-padded to 64 bytes) through this generation's quote path, as its profile says:
+
+        * configfs-tsm (``profile.quote``): mkdir, write inblob, close, read outblob to EOF (quote.md
+          §1.4-§1.5); an empty outblob is returned as b"" as the kernel does;
+        * the get_quote ioctl (``profile.ioctl_quote``: Intel downstream, v4): the TDREPORT from the
+          report ioctl, then the 24-byte header and the payload the profile names (libtdx_attest's
+          QGS GET_QUOTE_REQ frame, or the raw TDREPORT) in a buffer of ``buf_len`` bytes, the ioctl,
+          and the host's reply from the header: ``out_len`` bytes, unframed; b"" when the status is
+          not SUCCESS or out_len is 0 (ref §2.2, quote.md §2.6-§2.7).
+
+        The path's errno is the exception's ``.errno`` (tdxmodel.errors). With no host attached,
+        ``attach_host()`` gives the TDQE first."""
+        if self.profile.quote is None and self.profile.ioctl_quote is None:
+            raise ValueError(f"{self.driver} has no quote path")
         if not isinstance(reportdata, (bytes, bytearray, memoryview)):
             raise TypeError(f"reportdata must be bytes, not {type(reportdata).__name__}")
         if len(reportdata) > abi.TDX_REPORTDATA_LEN:
             raise ValueError(f"reportdata is {len(reportdata)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
-        if getattr(self, "host", None) is None:
+        if getattr(self, "host", None) is None or getattr(self, "_boot_host", False):
             self.attach_host()
+        if self.profile.quote is None:
+            return self._get_quote_ioctl(bytes(reportdata))
         # The messages are only formatted on failure: next to one ECDSA signature, this Python is what
         # the whole path costs beyond the kernel (benchmarks/RESULTS.md "Whole path").
         p = self.process
@@ -187,6 +234,31 @@ class TdxGuest:
                     out = chunk
         finally:
             p.close(fd)
+
+    def _get_quote_ioctl(self, reportdata: bytes) -> bytes:
+        iq, cmd = self.profile.ioctl_quote, self.profile.command("get_quote")
+        p, fd = self.process, self._fd_or_raise()
+        tdreport = self.get_report(reportdata)
+        payload = tdreport if iq.payload == "tdreport" else qgs_get_quote_request(tdreport)
+        if not getattr(self, "_quote_mapped", False):
+            p.mmap(_QUOTE_REQ_ADDR, PAGE_SIZE + iq.buf_len, "rw")
+            self._quote_mapped = True
+        buf = bytearray(iq.buf_len)
+        buf[:abi.QUOTE_HDR_LEN + len(payload)] = struct.pack("<QQII", abi.GET_QUOTE_CMD_VER, 0,
+                                                             len(payload), 0) + payload
+        p.poke(_QUOTE_BUF_ADDR, bytes(buf))
+        req = bytearray(cmd.request_len)
+        values = {"buf": _QUOTE_BUF_ADDR, "len": iq.buf_len, "timeout": iq.timeout_ms}
+        for f in cmd.fields:
+            req[f.offset:f.end] = values[f.name].to_bytes(f.size, "little")
+        p.poke(_QUOTE_REQ_ADDR, bytes(req))
+        errors.check_ret(p.ioctl(fd, cmd.value, _QUOTE_REQ_ADDR), f"TDX get quote ioctl 0x{cmd.value:08X}")
+        _v, status, _in, out_len = struct.unpack("<QQII", p.peek(_QUOTE_BUF_ADDR, abi.QUOTE_HDR_LEN))
+        out_len = min(out_len, iq.buf_len - abi.QUOTE_HDR_LEN)  # the host's value, bounded by our buffer
+        if status != abi.GET_QUOTE_SUCCESS or out_len == 0:
+            return b""
+        data = p.peek(_QUOTE_BUF_ADDR + abi.QUOTE_HDR_LEN, out_len)
+        return qgs_get_quote_response(data) if iq.payload == "qgs" else data
 
     def get_quote_batch(self, reportdata) -> Tuple[list, np.ndarray]:
         """get_quote_batch(reportdata: uint8[N, 64]) -> (list of N bytes | None, int32[N] errnos): one
@@ -343,6 +415,28 @@ class TdxGuest:
 
     def __repr__(self) -> str:
         return f"<TdxGuest {self.driver} on {self.backend.BACKEND_NAME}>"
+
+
+def qgs_get_quote_request(tdreport: bytes) -> bytes:
+    """A QGS GET_QUOTE_REQ frame for ``tdreport`` with no id list, as libtdx_attest builds it for the
+    downstream ioctl (quote.md §2.7 step 2, §4.2): a 4-byte big-endian length, then the message."""
+    size = abi.QGS_GET_QUOTE_REQ_LEN + len(tdreport)
+    msg = struct.pack("<HHIIIII", abi.QGS_MSG_LIB_MAJOR_VER, abi.QGS_MSG_LIB_MINOR_VER,
+                      abi.QGS_MSG_GET_QUOTE_REQ, size, 0, len(tdreport), 0) + bytes(tdreport)
+    return size.to_bytes(abi.QGS_FRAME_LEN_SIZE, "big") + msg
+
+
+def qgs_get_quote_response(data: bytes) -> bytes:
+    """The quote inside a GET_QUOTE_RESP frame, checked as libtdx_attest does (quote.md §2.7 step 5:
+    BE32 length == out_len - 4, then the response header, error_code 0); ValueError otherwise."""
+    hdr = abi.QGS_FRAME_LEN_SIZE + abi.QGS_GET_QUOTE_RESP_LEN
+    if len(data) < hdr or int.from_bytes(data[:4], "big") != len(data) - abi.QGS_FRAME_LEN_SIZE:
+        raise ValueError("the host's reply is not one QGS frame (quote.md §2.7)")
+    major, _minor, mtype, size, err, sel, qsize = struct.unpack_from("<HHIIIII", data, 4)
+    if major != abi.QGS_MSG_LIB_MAJOR_VER or mtype != abi.QGS_MSG_GET_QUOTE_RESP or err != 0 \
+            or size != len(data) - abi.QGS_FRAME_LEN_SIZE or size != abi.QGS_GET_QUOTE_RESP_LEN + sel + qsize:
+        raise ValueError(f"the host's reply is not a good GET_QUOTE_RESP (type {mtype}, error_code 0x{err:x})")
+    return bytes(data[hdr + sel:hdr + sel + qsize])
 
 
 def measurement_path(index: int, profile: Optional[profiles.Profile] = None) -> str:

@@ -80,6 +80,13 @@ class KernelOops(KernelError):
     provider unregistered, quote.md §1.7): the syscall has no return value."""
 
 
+class TaskHung(KernelError):
+    """The emulated task would wait forever in an uninterruptible ``mutex_lock``: the lock's holder
+    returned to user space with it (v4 3/3's early returns keep quote_lock held, ref §2.2; lockdep's
+    "lock held when returning to user space"). The syscall never returns; the emulator says so instead
+    of hanging the caller."""
+
+
 class TdExit(Exception):
     """The TDCALL did not complete: the CPU left the TD before writing RAX (ref §4.3 step 3b)."""
 

@@ -338,6 +338,21 @@ VFS_COMMANDS_6_10 = VFS_COMMANDS_6_9 + (VfsCommand("FS_IOC_GETFSSYSFSPATH", "err
 
 
 @dataclass(frozen=True)
+class IoctlQuote:
+    """An ioctl quote path (ref §2.2 v4 3/3, quote.md §2.6): the ``get_quote`` command hands the
+    caller's whole buffer (the 24-B header and a payload) to the host in a per-request shared buffer
+    and copies it back; completion comes by the notify interrupt."""
+
+    notify_vector: int          # registered with SetupEventNotifyInterrupt at boot (arch init)
+    parallel: bool              # requests tracked on quote_list, quote_lock only around the hypercall
+    payload: str                # what a client puts after the header: "qgs" (a QGS GET_QUOTE_REQ frame,
+                                # libtdx_attest, quote.md §2.7) or "tdreport" (the raw 1024 B)
+    buf_len: int                # the buffer a client passes (libtdx_attest REQ_BUF_SIZE, quote.md §2.7)
+    errnos: Tuple[int, ...]     # the documented errno set of the command (0 implied)
+    timeout_ms: int = 0         # the client's timeout when the request carries one (v4); 0: none
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str                            # the spelling of the CLI and API (--driver, Kernel(driver=))
     ref: str                             # the reference section of its step table
@@ -358,6 +373,7 @@ class Profile:
     cached_report_buf: bool = False      # one report buffer from init (6.16); else per-call buffers
     status_writeback: Optional[Field] = None   # v4 put_user()s the masked status here on failure
     quote: Optional[Quote] = None        # the configfs-tsm quote path (quote.md §1-§2); None: ioctl only
+    ioctl_quote: Optional[IoctlQuote] = None  # the get_quote ioctl (ref §2.2, quote.md §2.6); None: none
     traits: Mapping[str, Any] = field(default_factory=dict)  # anything else a generation needs
     # what do_vfs_ioctl answers on the device node before the driver, as the generation's first kernel
     # does (a range such as 6.7-6.10 is modelled as 6.7: 6.9/6.10 would also answer GETFSUUID)
@@ -458,6 +474,13 @@ POINTS: Tuple[Tuple[str, str], ...] = (
     # fs/kernfs/file.c @f83f3c51 kernfs_file_read_iter / kernfs_fop_write_iter: sysfs bin files have no
     # prealloc buffer, so every call kmallocs)
     ("kernfs_buf:kmalloc", "failslab"),
+    # the ioctl quote paths (ref §2.2 v4 3/3, quote.md §2.6)
+    ("quote_req:copy_from_user", "fail_usercopy"),        # the request struct (16 B; v4: 24 B)
+    ("quote_entry:kmalloc", "failslab"),                  # downstream: struct quote_entry
+    ("quote_buf:dma_alloc_coherent", "fail_page_alloc"),  # PAGE_ALIGN(len), zeroed, shared
+    ("quote_data:copy_from_user", "fail_usercopy"),       # len bytes from req.buf
+    ("quote_err:put_user", "fail_usercopy"),              # v4: the TDVMCALL error to arg + 0
+    ("quote_data:copy_to_user", "fail_usercopy"),         # back to req.buf
 )
 POINT_CAPABILITY: Dict[str, str] = dict(POINTS)
 #: The points module load passes (ref §2.5 "Init order", quote.md §2.2), in that order.
@@ -498,7 +521,7 @@ TSM_REPORT_DIR = "/sys/kernel/config/tsm/report"
 TSM_ATTRS = ("generation", "provider", "inblob", "outblob")
 TSM_PROVIDER_NAME = "tdx_guest"  # KBUILD_MODNAME; reads "tdx_guest\n" (quote.md §1.1)
 
-_SZ_8K, _SZ_32K, _SZ_128K, _SZ_16M = 8 << 10, 32 << 10, 128 << 10, 16 << 20
+_SZ_8K, _SZ_16K, _SZ_32K, _SZ_128K, _SZ_16M = 8 << 10, 16 << 10, 32 << 10, 128 << 10, 16 << 20
 # read(outblob): R1/R4/P3 EINVAL, R3 ENOTTY, R8 EFBIG, P1 EINTR, P2 EBUSY, P5 (<= 6.15 temporaries
 # ENOMEM, TDCALL EINVAL/EIO), P6 EIO, P7 EINTR/ETIMEDOUT, P10 ENOMEM, copy_to_user EFAULT, rmdir ENOENT
 _READ_ERRNOS_6_7 = (abi.EINVAL, abi.ENOTTY, abi.EFBIG, abi.EINTR, abi.EBUSY, abi.ENOMEM, abi.EIO,
@@ -532,6 +555,24 @@ _POINTS_6_16 = ("report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzallo
 _MEASUREMENT_DIRS_6_16 = ("/sys/devices/virtual/misc/tdx_guest/measurements",   # ref §1
                           "/sys/class/misc/tdx_guest/measurements")
 
+# quote.md §2.6 (td-partitioning tdx-guest.c @1b3c1894 tdx_get_quote): the 16-B request, then the
+# entry, the shared buffer, the len bytes in, the hypercall, the wait, the len bytes back.
+_GET_QUOTE_DOWNSTREAM = Command(
+    "get_quote", "TDX_CMD_GET_QUOTE", abi.TDX_QUOTE_REQ_LEN,
+    (Field("buf", abi.TDX_QUOTE_REQ_OFF_BUF, 8, IN), Field("len", abi.TDX_QUOTE_REQ_OFF_LEN, 8, IN)),
+    "ref §1; quote.md §2.6",
+    points=("quote_req:copy_from_user", "quote_entry:kmalloc", "quote_buf:dma_alloc_coherent",
+            "quote_data:copy_from_user", "quote_data:copy_to_user"))
+# ref §2.2 (v4 3/3 tdx_get_tdquote): the 24-B request under quote_lock, the shared buffer, the len
+# bytes in, the hypercall (a failure put_user()s the error to arg + 0), the wait, PAGE_ALIGN(len) back.
+_GEN_QUOTE_V4 = Command(
+    "get_quote", "TDX_CMD_GEN_QUOTE", abi.TDX_GEN_QUOTE_REQ_LEN,
+    (Field("buf", abi.TDX_QUOTE_REQ_OFF_BUF, 8, IN), Field("len", abi.TDX_QUOTE_REQ_OFF_LEN, 8, IN),
+     Field("timeout", abi.TDX_GEN_QUOTE_REQ_OFF_TIMEOUT, 4, IN)),
+    "ref §1, §2.2",
+    points=("quote_req:copy_from_user", "quote_buf:dma_alloc_coherent", "quote_data:copy_from_user",
+            "quote_err:put_user", "quote_data:copy_to_user"))
+
 PROFILES: Tuple[Profile, ...] = (
     # ref §2.2: the v4 patch as posted (never merged), defects included: an unknown cmd returns 0,
     # any TDCALL failure -EIO with the masked status put_user()ed into bytes 0..7.
@@ -540,13 +581,19 @@ PROFILES: Tuple[Profile, ...] = (
         device_path="/dev/tdx-attest", misc_name="tdx-attest", ops="v4",
         commands=(replace(_GET_TDREPORT, points=("reportdata:kmalloc", "tdreport:get_zeroed_page",
                                                  "reportdata:copy_from_user", "status:put_user",
-                                                 "tdreport:copy_to_user")),),
+                                                 "tdreport:copy_to_user")),
+                  _GEN_QUOTE_V4),
         unknown_cmd_errno=0,
         errno_map=(), errno_default=abi.EIO,
         points=("reportdata:kmalloc", "tdreport:get_zeroed_page", "reportdata:copy_from_user",
-                "status:put_user", "tdreport:copy_to_user"),
+                "status:put_user", "tdreport:copy_to_user") + _GEN_QUOTE_V4.points,
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EIO),
-        status_writeback=Field("status", 0, 8, OUT)),
+        locks=("quote_lock",),
+        status_writeback=Field("status", 0, 8, OUT),
+        ioctl_quote=IoctlQuote(notify_vector=abi.TDX_V4_EVENT_NOTIFY_VECTOR, parallel=False,
+                               payload="tdreport", buf_len=_SZ_16K,
+                               errnos=(abi.EFAULT, abi.EINVAL, abi.ENOMEM, abi.EIO),
+                               timeout_ms=abi.HOST_QGS_TIMEOUT_MS)),
     # ref §2.4: upstream 6.2-6.6, no lock, per-call kmalloc/kzalloc; the ioctl only.
     Profile(
         name="v6.2", ref="ref §2.4", kernel=("6.2", "6.6"),
@@ -615,8 +662,8 @@ PROFILES: Tuple[Profile, ...] = (
     # maps INVALID_OPERAND -> -EINVAL, else -EIO); VERIFY_REPORT (kmalloc(256), copy in, leaf 22, any
     # nonzero status -> -EIO, err_code copied out whatever the status); EXTEND_RTMR (index byte first,
     # index < 2 -> -EINVAL, kmalloc(64), 48 B copied in, leaf 2: INVALID -> -EINVAL, BUSY -> -EBUSY,
-    # else -EIO). Its GET_QUOTE (0x80105404, quote_lock) comes with the quote path; until then the
-    # model answers it -ENOTTY like any command it does not know.
+    # else -EIO); GET_QUOTE (tdx_get_quote: parallel requests on quote_list, quote_lock only around
+    # the hypercall, completion by the notify IRQ, no timeout; quote.md §2.6).
     Profile(
         name="intel-downstream", ref="quote.md §2.6; ref §1, §2.4",
         kernel=("td-partitioning 1b3c1894", None),
@@ -635,16 +682,21 @@ PROFILES: Tuple[Profile, ...] = (
                     errno_map=((_INVALID, abi.EINVAL), (_BUSY, abi.EBUSY)), errno_default=abi.EIO,
                     points=("rtmr_index:copy_from_user", "extend_data:kmalloc",
                             "extend_data:copy_from_user"), extends_rtmr=True),
+            _GET_QUOTE_DOWNSTREAM,
         ),
         unknown_cmd_errno=abi.ENOTTY,
         errno_map=((_INVALID, abi.EINVAL),), errno_default=abi.EIO,
         points=_V6_2_REPORT_POINTS + ("reportmac:kmalloc", "reportmac:copy_from_user",
                                       "err_code:copy_to_user", "rtmr_index:copy_from_user",
-                                      "extend_data:kmalloc", "extend_data:copy_from_user"),
+                                      "extend_data:kmalloc", "extend_data:copy_from_user")
+        + _GET_QUOTE_DOWNSTREAM.points,
         report_errnos=(abi.ENOMEM, abi.EFAULT, abi.EINVAL, abi.EIO, abi.ENOTTY),
         locks=("quote_lock",),
         # td-partitioning's tree is a 6.x before 6.11 (its driver has an int .remove and no_llseek);
         # which 6.x is not known: we pick the VFS list of 6.2-6.8 (no FS_IOC_GETFSUUID)
+        ioctl_quote=IoctlQuote(notify_vector=abi.TDX_DOWNSTREAM_NOTIFY_VECTOR, parallel=True,
+                               payload="qgs", buf_len=_SZ_16K,
+                               errnos=(abi.EFAULT, abi.EINVAL, abi.ENOMEM, abi.EIO, abi.EINTR)),
         traits={"extend_min_index": abi.TDX_DOWNSTREAM_MIN_RTMR}),
 )
 
@@ -689,6 +741,8 @@ def _check() -> None:
                 len(m.name) + 1 for m in p.measurements if ":" in m.name), p.name
         # the VFS answers first: no driver command may share a number with it
         assert not {v.cmd for v in p.vfs_commands} & {c.value for c in p.commands}, p.name
+        assert (p.ioctl_quote is None) == (p.command("get_quote") is None), p.name
+        assert p.ioctl_quote is None or p.has_lock("quote_lock"), p.name
 
 
 _check()

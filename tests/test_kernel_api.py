@@ -71,7 +71,17 @@ def test_kernel_owns_private_pages_from_16(make_kernel, driver):
 
 @pytest.mark.parametrize("driver, points", [
     ("v4-2022-04", ["reportdata:kmalloc", "tdreport:get_zeroed_page", "reportdata:copy_from_user",
-                    "status:put_user", "tdreport:copy_to_user"]),
+                    "status:put_user", "tdreport:copy_to_user",
+                    # TDX_CMD_GEN_QUOTE (ref §2.2, v4 3/3)
+                    "quote_req:copy_from_user", "quote_buf:dma_alloc_coherent", "quote_data:copy_from_user",
+                    "quote_err:put_user", "quote_data:copy_to_user"]),
+    ("intel-downstream", ["reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
+                          "tdreport:copy_to_user", "reportmac:kmalloc", "reportmac:copy_from_user",
+                          "err_code:copy_to_user", "rtmr_index:copy_from_user", "extend_data:kmalloc",
+                          "extend_data:copy_from_user",
+                          # TDX_CMD_GET_QUOTE (quote.md §2.6)
+                          "quote_req:copy_from_user", "quote_entry:kmalloc", "quote_buf:dma_alloc_coherent",
+                          "quote_data:copy_from_user", "quote_data:copy_to_user"]),
     ("v6.2", ["reportdata:kmalloc", "tdreport:kzalloc", "reportdata:copy_from_user",
               "tdreport:copy_to_user"]),
     ("v6.16", ["report_buf:kzalloc", "tsm_mr_attrs:kzalloc", "tsm_mr_ctx:kzalloc",

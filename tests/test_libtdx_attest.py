@@ -6,7 +6,9 @@ the intel-downstream generation through FUSE (`tdxmodel run`) and through the LD
 The report (TDX_CMD_GET_REPORT0), the extends (TDX_CMD_EXTEND_RTMR; RTMR 2 and 3 only, the driver
 answering -EINVAL for 0 and 1), and quotes the way the library finds them (quote.md §2.7): over vsock
 to the QGS when /etc/tdx-attest.conf names a port (the preload library maps the connect onto the
-daemon's QGS socket, `run --preload --vsock-port N`). Every quote verifies in `tdxmodel quote verify`
+daemon's QGS socket, `run --preload --vsock-port N`), and with no port configured through the legacy
+TDX_CMD_GET_QUOTE, through FUSE and through preload (the daemon's host answers the library's QGS
+frame framed, quote.md §2.6-§2.7). Every quote verifies in `tdxmodel quote verify`
 and in dcap-qvl, and carries the REPORTDATA and RTMRs of the TD that asked.
 """
 
@@ -116,6 +118,8 @@ def verifies_everywhere(state, raw, tmp_path, backend):
 #: How the library reaches a quote, and the run arguments that make it take that path (quote.md §2.7).
 QUOTE_PATHS = {
     "vsock-preload": ["--driver", "intel-downstream", "--preload", "--vsock-port", "4050"],
+    "ioctl-fuse": ["--driver", "intel-downstream"],
+    "ioctl-preload": ["--driver", "intel-downstream", "--preload"],
 }
 
 

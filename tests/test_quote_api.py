@@ -86,3 +86,54 @@ def test_the_tdqe_behind_the_configfs_path(tmp_path, backend):
         raw = g.get_quote(RD)
     q = Q.parse_quote(raw)
     assert q.reportdata == RD and q.version in (4, 5)
+
+
+# ---- the ioctl quote paths (ref §2.2 v4 3/3, quote.md §2.6-§2.7): the path chosen from the profile
+IOCTL_GENERATIONS = [p.name for p in profiles.PROFILES if p.ioctl_quote is not None]
+
+
+@pytest.mark.parametrize("driver", IOCTL_GENERATIONS)
+def test_get_quote_through_the_ioctl(guest, driver):
+    g = guest(driver)
+    tdreport = g.module.report(RD)
+    # downstream: libtdx_attest's QGS frame in, the framed reply unwrapped; v4: the raw TDREPORT
+    assert g.get_quote(RD) == b"tdxmodel-testq-1" + hashlib.sha384(tdreport).digest() + tdreport
+    assert g.host.counters()["interrupts"] == 1       # completion by the notify vector
+
+
+@pytest.mark.parametrize("driver", IOCTL_GENERATIONS)
+def test_get_quote_ioctl_errno(guest, driver):
+    g = guest(driver)
+    g.host.push_fault("retry")
+    with pytest.raises(errors.KernelError) as e:
+        g.get_quote(RD)
+    assert e.value.errno == abi.EIO                    # R10 != 0 on both
+    g.host.push_fault("error")
+    if profiles.get(driver).ioctl_quote.parallel:
+        assert g.get_quote(RD) == b""                  # downstream returns 0; the status says ERROR
+    else:
+        with pytest.raises(errors.KernelError) as e:
+            g.get_quote(RD)                            # v4 checks the status (after the copy back)
+        assert e.value.errno == abi.EIO
+
+
+@pytest.mark.parametrize("driver", IOCTL_GENERATIONS)
+def test_get_quote_batch_through_the_ioctl(guest, driver):
+    g = guest(driver)
+    g.host.set_schedule([None, "retry", None])
+    rows = np.arange(3 * 64, dtype=np.uint8).reshape(3, 64) % 251
+    quotes, errnos = g.get_quote_batch(rows)
+    assert list(errnos) == [0, abi.EIO, 0] and quotes[1] is None
+    assert quotes[2][-1024:] == g.module.report(rows[2].tobytes())
+
+
+@pytest.mark.parametrize("driver", IOCTL_GENERATIONS)
+def test_the_tdqe_behind_the_ioctl_path(tmp_path, backend, driver):
+    with TdxGuest(driver, backend=backend.BACKEND_NAME) as g:
+        assert g.host is not None                      # attached before boot: the vector is registered
+        with pytest.raises(ValueError):
+            g.attach_host(clock="real")                # its clock was chosen at boot
+        g.attach_host(producer=quote_producer(tmp_path / "state", module=g.module))
+        raw = g.get_quote(RD)
+    q = Q.parse_quote(raw)
+    assert q.reportdata == RD and q.version in (4, 5)

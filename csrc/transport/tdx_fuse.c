@@ -715,7 +715,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
     uint32_t window = tdxf_window(s, cmd);
     pid_t pid = fuse_req_ctx(req)->pid;
     uint64_t uarg = (uint64_t)(uintptr_t)arg;
-    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0};
+    tdxf_ioctl_call call = {fi->fh, (uint32_t)pid, cmd, uarg, image, window, 0, 0, 0, NULL, 0, 0, 0, 0};
     /* FUSE already copied `in_bufsz` bytes in; it copies `out_bufsz` out when we succeed. */
     int fuse_buffers = window > 0 && in_bufsz >= window && out_bufsz >= window;
     if (fuse_buffers) {
@@ -727,6 +727,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
         atomic_fetch_add(&s->c_vm_reads, 1);
     }
     memcpy(before, image, window);
+    tdxf_buffer_begin(s, &call); /* a request's embedded buffer (the get_quote commands) */
     /* A signal to the waiting client arrives as a FUSE INTERRUPT: hand it to the emulated task for
      * the duration of the call. libfuse runs the function at once if the interrupt came first, and
      * unregistering waits for a callback in progress, so on = 0 always comes last. */
@@ -739,6 +740,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
         if (irq.fired)
             s->handler.interrupt(s->handler.ctx, fi->fh, 0);
     }
+    tdxf_buffer_end(s, &call);
     uint32_t first = 0, count = 0;
     tdxu_changed_range(before, image, call.writable, &first, &count);
     if (count && (!fuse_buffers || result < 0)) {

@@ -9,7 +9,9 @@
  *
  * A device is a table of callbacks (tdxf_handler). The transport extension fills it with Python
  * callbacks (called with the GIL) or the null handler; the C core may supply the ioctl and
- * interrupt entries itself (tdxf_fastpath, csrc/tdx_devpath.h), so the hot path needs no GIL. Header
+ * interrupt entries itself (tdxf_fastpath, csrc/tdx_devpath.h), so the hot path needs no GIL. A
+ * command whose request embeds a pointer to a buffer (tdxf_set_buffer) also gets that buffer
+ * mirrored, through the client's pid (the daemon runs as root: tdx_usercopy.h). Header
  * only: the core includes it without linking the transport.
  */
 #ifndef TDX_OPS_H
@@ -28,6 +30,13 @@ typedef struct {
     uint32_t window;
     uint32_t readable; /* client bytes readable from arg (<= window) */
     uint32_t writable; /* client bytes writable from arg (<= readable) */
+    /* A command with an embedded buffer pointer (the get_quote commands: {u64 buf; u64 len; ...},
+     * ref §2.2, quote.md §2.6): a mirror of client bytes [buf, buf + PAGE_ALIGN(len)), read and
+     * written back by the transport like the window. buf_image NULL: none. */
+    uint64_t buf;          /* the client's pointer, as the request holds it */
+    uint8_t *buf_image;
+    uint32_t buf_window, buf_readable, buf_writable;
+    uint32_t buf_ptr_off;  /* where the pointer sits in the request (the device points it at its mirror) */
 } tdxf_ioctl_call;
 
 /* What stat says of a path of the served tree. */

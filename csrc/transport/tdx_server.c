@@ -1,6 +1,8 @@
 /* tdx_server.c - the served device's tables, counters and log (see tdx_server.h). */
 #define _GNU_SOURCE
 #include "tdx_server.h"
+#include "tdx_abi.h"
+#include "tdx_usercopy.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -86,6 +88,79 @@ int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window)
     s->windows[s->nwindows].window = window;
     s->nwindows++;
     return 0;
+}
+
+int tdxf_set_buffer(tdxf_server *s, uint64_t cmd, uint32_t ptr_off, uint32_t len_off)
+{
+    if (ptr_off > TDXW_MAX_WINDOW - 8 || len_off > TDXW_MAX_WINDOW - 8)
+        return -EINVAL;
+    for (uint32_t i = 0; i < s->nbuffers; i++)
+        if (s->buffers[i].cmd == cmd) {
+            s->buffers[i].ptr_off = ptr_off;
+            s->buffers[i].len_off = len_off;
+            return 0;
+        }
+    if (s->nbuffers == TDXW_MAX_WINDOWS)
+        return -ENOSPC;
+    s->buffers[s->nbuffers].cmd = cmd;
+    s->buffers[s->nbuffers].ptr_off = ptr_off;
+    s->buffers[s->nbuffers].len_off = len_off;
+    s->nbuffers++;
+    return 0;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+void tdxf_buffer_begin(tdxf_server *s, tdxf_ioctl_call *call)
+{
+    call->buf_image = NULL;
+    call->buf = 0;
+    call->buf_window = call->buf_readable = call->buf_writable = call->buf_ptr_off = 0;
+    for (uint32_t i = 0; i < s->nbuffers; i++) {
+        if (s->buffers[i].cmd != call->cmd)
+            continue;
+        uint32_t po = s->buffers[i].ptr_off, lo = s->buffers[i].len_off;
+        if (po + 8 > call->readable || lo + 8 > call->readable)
+            return; /* the driver's copy of the request faults first */
+        uint64_t ptr = le64(call->image + po), len = le64(call->image + lo);
+        uint64_t extent = (len + TDX_PAGE_SIZE - 1) & ~(uint64_t)(TDX_PAGE_SIZE - 1);
+        if (len == 0 || extent < len || extent > TDXF_MAX_BUFFER || ptr + extent < ptr)
+            return; /* -EINVAL / -ENOMEM before the driver reads the buffer */
+        uint8_t *img = calloc(2, extent); /* the mirror, then the bytes as read */
+        if (!img)
+            return;
+        call->buf = ptr;
+        call->buf_ptr_off = po;
+        call->buf_window = (uint32_t)extent;
+        call->buf_readable = tdxu_vm_read(call->pid, ptr, img, call->buf_window);
+        call->buf_writable = tdxu_vm_write(call->pid, ptr, img, call->buf_readable);
+        memcpy(img + extent, img, extent);
+        call->buf_image = img;
+        atomic_fetch_add(&s->c_vm_reads, 1);
+        return;
+    }
+}
+
+void tdxf_buffer_end(tdxf_server *s, tdxf_ioctl_call *call)
+{
+    if (!call->buf_image)
+        return;
+    uint32_t first = 0, count = 0;
+    tdxu_changed_range(call->buf_image + call->buf_window, call->buf_image, call->buf_writable, &first,
+                       &count);
+    if (count) {
+        atomic_fetch_add(&s->c_vm_writes, 1);
+        if (tdxu_vm_write(call->pid, call->buf + first, call->buf_image + first, count) == 0)
+            atomic_fetch_add(&s->c_client_gone, 1);
+    }
+    free(call->buf_image);
+    call->buf_image = NULL;
 }
 
 uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd)

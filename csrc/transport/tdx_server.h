@@ -63,6 +63,8 @@ typedef struct tdxf_server {
     uint32_t nwindows;
     struct tdxw_map maps[TDXW_MAX_MAPS]; /* the paths the preload library forwards (HELLO) */
     uint32_t nmaps;
+    struct { uint64_t cmd; uint32_t ptr_off, len_off; } buffers[TDXW_MAX_WINDOWS];
+    uint32_t nbuffers;
     uint32_t rdev_major, rdev_minor;
     tdxf_node nodes[TDXF_MAX_NODES]; /* nodes[i] has inode i + 1; nodes[0] is the root */
     int nnodes;
@@ -104,6 +106,17 @@ void tdxf_server_free(tdxf_server *s); /* the transports must be stopped first *
  * Returns 0, or -EINVAL when the table is full or the window exceeds TDXW_MAX_WINDOW. */
 int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window);
 uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd);
+/* cmd's request embeds {u64 pointer at ptr_off; u64 length at len_off} (the get_quote commands):
+ * the transports mirror [pointer, pointer + PAGE_ALIGN(length)) of the client too, at most
+ * TDXF_MAX_BUFFER bytes (a longer buffer is not mirrored: the drivers refuse it, -ENOMEM, before
+ * touching it). 0, or -ENOSPC / -EINVAL. */
+#define TDXF_MAX_BUFFER (4096u << 10)
+int tdxf_set_buffer(tdxf_server *s, uint64_t cmd, uint32_t ptr_off, uint32_t len_off);
+/* Around handler.ioctl: begin reads the buffer of call (whose window image is filled) from the
+ * client into a new mirror (call->buf_image, NULL when cmd has none or the request does not reach
+ * its fields); end writes back the bytes the device changed and frees it. */
+void tdxf_buffer_begin(tdxf_server *s, tdxf_ioctl_call *call);
+void tdxf_buffer_end(tdxf_server *s, tdxf_ioctl_call *call);
 /* The device number stat answers for the node under the preload library (HELLO). */
 void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor);
 /* A client path the preload library forwards to the served tree (tdx_wire.h tdxw_map). 0 or -EINVAL

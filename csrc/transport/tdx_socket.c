@@ -282,8 +282,10 @@ static void *conn_main(void *p)
             memcpy(before, image, q.window);
             atomic_fetch_add(&s->c_socket_ioctls, 1);
             tdxf_ioctl_call call = {handle, a.pid, q.cmd, q.arg, image, q.window, q.readable,
-                                    q.writable};
+                                    q.writable, 0, NULL, 0, 0, 0, 0};
+            tdxf_buffer_begin(s, &call); /* the embedded buffer, straight from the client (root) */
             long result = s->handler.ioctl(s->handler.ctx, &call);
+            tdxf_buffer_end(s, &call);
             uint32_t first = 0, count = 0;
             tdxu_changed_range(before, image, q.writable, &first, &count);
             if (send_reply(a.fd, result, first, image + first, count) < 0)

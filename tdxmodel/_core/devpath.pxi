@@ -8,6 +8,7 @@ from tdxmodel._core.tdx_devpath cimport *
 
 USER_BASE = TDXF_USER_BASE
 MIRROR_PAGES = TDXF_MIRROR_PAGES
+BUF_BASE = TDXF_BUF_BASE
 
 
 cdef class DevicePath:

@@ -96,6 +96,10 @@ cdef inline uint64_t _u64_arg(str name, object value) except? 0xFFFFFFFFFFFFFFFF
     return _int_arg(name, value, 0, _U64_MAX)
 
 
+_TASK_HUNG = ("mutex_lock(quote_lock) never returns: a TDX_CMD_GEN_QUOTE returned to user space "
+              "holding it (v4 3/3's early returns, ref §2.2)")
+
+
 cdef class FaultAttr:
     """One fault capability's knobs with the kernel's defaults (ref §7; docs/CONTRACT.md "FaultAttr").
 
@@ -425,12 +429,19 @@ cdef class Kernel:
         return rc
 
     def quote_lock_try(self):
-        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        """quote_lock_try() -> bool: hold the provider's quote_lock (or the ioctl quote path's) as
+        another task would (no waiting)."""
+        if self._profile.ioctl_quote is not None:
+            return td_quote_lock_try(self._live()) == 1
         return bool(tsm_quote_lock_try(self._tsm()))
 
     def quote_lock_release(self):
         """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
-        if tsm_quote_lock_release(self._tsm()) != 0:
+        if self._profile.ioctl_quote is not None:
+            rc = td_quote_lock_release(self._live())
+        else:
+            rc = tsm_quote_lock_release(self._tsm())
+        if rc != 0:
             raise ValueError("quote_lock is not held by quote_lock_try")
 
     @property
@@ -482,13 +493,13 @@ cdef class Kernel:
 
     def counters(self):
         """counters() -> dict: allocs, frees, outstanding, resident, slab_allocs, page_allocs,
-        locks_taken, locks_released, locks_held."""
+        locks_taken, locks_released, locks_held, locks_leaked."""
         cdef gk_counters c
         gk_get_counters(self._gk(), &c)
         return {"allocs": c.allocs, "frees": c.frees, "outstanding": c.outstanding,
                 "resident": c.resident, "slab_allocs": c.slab_allocs, "page_allocs": c.page_allocs,
                 "locks_taken": c.locks_taken, "locks_released": c.locks_released,
-                "locks_held": c.locks_held}
+                "locks_held": c.locks_held, "locks_leaked": td_locks_leaked(self._live())}
 
     def process(self):
         """process() -> Process: a new process with an empty address space."""
@@ -828,6 +839,8 @@ cdef class Process:
         gk_caller_holds_lock(0)
         if ret == TD_RET_TD_EXIT:
             self._exit()
+        if ret == TD_RET_HUNG:
+            raise _errors.TaskHung(_TASK_HUNG)
         return ret
 
     cdef object _rw(self, fd, addr, count, offset, bint write):

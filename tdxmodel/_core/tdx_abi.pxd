@@ -137,6 +137,15 @@ cdef extern from "tdx_abi.h":
     int FILE_DEDUPE_RANGE_INFO_LEN  # include/uapi/linux/fs.h
     int FSUUID2_LEN  # include/uapi/linux/fs.h
     int DEVTMPFS_UUID_LEN  # mm/shmem.c shmem_fill_super (super_set_uuid, 6.9+)
+    unsigned long long TDX_CMD_GET_QUOTE  # ref §1; quote.md §2.6
+    int TDX_QUOTE_REQ_LEN  # ref §1
+    int TDX_QUOTE_REQ_OFF_BUF  # ref §1
+    int TDX_QUOTE_REQ_OFF_LEN  # ref §1
+    int TDX_DOWNSTREAM_NOTIFY_VECTOR  # quote.md §2.6
+    unsigned long long TDX_CMD_GEN_QUOTE  # ref §1, §2.2
+    int TDX_GEN_QUOTE_REQ_LEN  # ref §2.2
+    int TDX_GEN_QUOTE_REQ_OFF_TIMEOUT  # ref §2.2
+    int TDX_V4_EVENT_NOTIFY_VECTOR  # ref §2.2
     int IOC_NRSHIFT  # ref §1
     int IOC_TYPESHIFT  # ref §1
     int IOC_SIZESHIFT  # ref §1
@@ -173,6 +182,14 @@ cdef extern from "tdx_abi.h":
     int HOST_SERVICE_TIME_US  # quote.md §2.5
     int EVENT_NOTIFY_VECTOR_MIN  # quote.md §3.1, §3.3
     int EVENT_NOTIFY_VECTOR_MAX  # quote.md §3.1, §3.3
+    int QGS_FRAME_LEN_SIZE  # quote.md §4.2
+    int QGS_MSG_HDR_LEN  # quote.md §4.2
+    int QGS_MSG_LIB_MAJOR_VER  # quote.md §4.2
+    int QGS_MSG_LIB_MINOR_VER  # quote.md §4.2
+    int QGS_MSG_GET_QUOTE_REQ  # quote.md §4.2
+    int QGS_MSG_GET_QUOTE_RESP  # quote.md §4.2
+    int QGS_GET_QUOTE_REQ_LEN  # quote.md §4.2
+    int QGS_GET_QUOTE_RESP_LEN  # quote.md §4.2
     int HOST_FAULT_NONE  # quote.md §4.1
     int HOST_FAULT_SERVICE_TIME  # quote.md §4.1
     int HOST_FAULT_NEVER  # quote.md §2.4
@@ -188,6 +205,7 @@ cdef extern from "tdx_abi.h":
     int TSM_MR_ATTRS_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
     int TSM_MR_CTX_SIZE  # ref §2.5; tsm-mr.c @2fbe8203 (Analysis)
     int KMALLOC_8K  # ref §2.5 'Write' #1; Linux mm/slab_common.c kmalloc caches
+    int QUOTE_ENTRY_SIZE  # quote.md §2.6
     int TSM_INBLOB_MAX  # quote.md §1.1
     int TSM_NAME_MAX  # Linux NAME_MAX
     int TSM_TEXT_ATTR_SIZE  # fs/configfs/inode.c (picked, not in the reference)

@@ -6,6 +6,7 @@ cdef extern from "tdx_devpath.h" nogil:
 
     unsigned long long TDXF_USER_BASE
     unsigned TDXF_MIRROR_PAGES
+    unsigned long long TDXF_BUF_BASE
     ctypedef struct tdxf_core:
         pass
     tdxf_core *tdxf_core_new(unsigned max_files)

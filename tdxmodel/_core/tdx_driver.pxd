@@ -14,6 +14,7 @@ cdef extern from "tdx_driver.h" nogil:
         TD_NODE_MEASUREMENT
         TD_NODE_CONFIGFS
     long TD_RET_TD_EXIT
+    long TD_RET_HUNG
 
     ctypedef struct td_node:
         const char *path
@@ -35,6 +36,9 @@ cdef extern from "tdx_driver.h" nogil:
     void td_force_misaligned(td_kernel *tk, int target)
     int td_mr_lock_try(td_kernel *tk)
     int td_mr_lock_release(td_kernel *tk)
+    int td_quote_lock_try(td_kernel *tk)
+    int td_quote_lock_release(td_kernel *tk)
+    int td_locks_leaked(td_kernel *tk)
     void td_mr_cache_stale(td_kernel *tk)
     int td_injection_points(int driver, int *out)
 

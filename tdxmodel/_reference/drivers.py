@@ -13,8 +13,10 @@ someone unmapped the kernel's own pages) propagates after the same cleanup.
 
 from __future__ import annotations
 
+import struct
 import threading
 from typing import Optional
+import time
 
 from tdxmodel import abi, errors
 
@@ -64,7 +66,189 @@ class _TsmRwsem:
             self._cond.notify_all()
 
 
-class DriverV4:
+NEVER = (1 << 64) - 1
+TASK_HUNG = ("mutex_lock(quote_lock) never returns: a TDX_CMD_GEN_QUOTE returned to user space "
+             "holding it (v4 3/3's early returns, ref §2.2)")
+
+
+class _Entry:
+    """A request of an ioctl quote path: the kmalloc'd entry (downstream) and its shared buffer."""
+
+    __slots__ = ("obj", "buf", "buf_len", "order", "valid", "done")
+
+    def __init__(self) -> None:
+        self.obj = self.buf = None
+        self.buf_len = self.order = 0
+        self.valid = True
+        self.done = 0   # struct completion's done count
+
+
+class _IoctlQuote:
+    """The ioctl quote paths' shared machinery (csrc/tdx_driver.c "the ioctl quote paths"): quote_lock
+    (mutex_lock, never interrupted), the per-request shared buffer, the notify IRQ and the wait."""
+
+    def _iq_init(self, kernel) -> None:
+        self.quote_lock = threading.Lock()
+        self.quote_outside_hold = False
+        self.quote_leaked = False             # v4: a call returned to user space holding quote_lock
+        self._work = False
+        self._done_lock = threading.Lock()   # the completions' done counts
+        self.quote_list = []
+        self.v4_done = _Entry()               # v4's global req_compl
+        self._irq_host = None
+        # boot: SetupEventNotifyInterrupt with the profile's vector, a failure only logged; then the
+        # handler (ref §2.2 v4 2/3; td-partitioning tdx_arch_init + request_irq)
+        kernel.module.tdvmcall(abi.TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, self.p.ioctl_quote.notify_vector)
+        h = kernel.module._vmm
+        if h is not None:
+            h._set_irq(self._irq)
+            self._irq_host = h
+
+    # -- quote_lock ----------------------------------------------------------------------------------
+    def _qlock(self) -> None:
+        while not self.quote_lock.acquire(timeout=0.001):
+            pass  # mutex_lock: a signal does not end the wait
+        self.k._count_lock(+1)
+
+    def _qtrylock(self) -> bool:
+        if not self.quote_lock.acquire(blocking=False):
+            return False
+        self.k._count_lock(+1)
+        return True
+
+    def _qrelease(self) -> None:
+        self.k._count_lock(-1)
+        self.quote_lock.release()
+
+    def _qunlock(self) -> None:
+        self._qrelease()
+        self._run_work()  # the work the IRQ queued meanwhile runs now
+
+    # -- the shared buffer ---------------------------------------------------------------------------
+    def _status(self, e: _Entry) -> int:
+        return struct.unpack("<Q", self.k.read(e.buf + abi.QUOTE_HDR_OFF_STATUS, 8))[0]
+
+    def _entry_alloc(self, task, length: int, with_obj: bool):
+        """alloc_quote_entry: the entry (downstream), then dma_alloc_coherent(PAGE_ALIGN(len)), zeroed
+        and shared; None is -ENOMEM (an order above the largest block fails before any point)."""
+        k, e = self.k, _Entry()
+        if with_obj:
+            e.obj = k.kmalloc(task, abi.QUOTE_ENTRY_SIZE, "quote_entry:kmalloc")
+            if e.obj is None:
+                return None
+        e.buf_len = (length + abi.TDX_PAGE_SIZE - 1) & ~(abi.TDX_PAGE_SIZE - 1) & ((1 << 64) - 1)
+        while e.buf_len and (abi.TDX_PAGE_SIZE << e.order) < e.buf_len and e.order <= _MAX_ORDER:
+            e.order += 1
+        if e.buf_len == 0 or length > e.buf_len or e.order > _MAX_ORDER:
+            e.buf = None
+        else:
+            e.buf = k.alloc_pages(task, e.order, "quote_buf:dma_alloc_coherent", zero=True)
+        if e.buf is None:
+            if e.obj is not None:
+                k.kfree(e.obj)
+            return None
+        k.module.set_page_state(e.buf, 1 << e.order, "shared")
+        return e
+
+    def _entry_free(self, e: _Entry) -> None:
+        """dma_free_coherent: back to private, then freed (whether or not the host still owns it)."""
+        self.k.module.set_page_state(e.buf, 1 << e.order, "private")
+        self.k.kfree(e.buf)
+        if e.obj is not None:
+            self.k.kfree(e.obj)
+
+    def _hcall(self, e: _Entry) -> int:
+        r10, _ = self.k.module.tdvmcall(abi.TDVMCALL_GET_QUOTE, e.buf | abi.TDX_GPA_SHARED_BIT, e.buf_len)
+        return r10
+
+    # -- the notify IRQ and the work -------------------------------------------------------------------
+    def _irq(self, vector: int) -> None:
+        if vector != self.p.ioctl_quote.notify_vector:
+            return
+        if self.p.ioctl_quote.parallel:
+            self._work = True          # queue_work(quote_wq, &quote_work)
+            self._run_work()
+        else:
+            with self._done_lock:      # v4: complete(&req_compl) whatever the buffer says
+                self.v4_done.done += 1
+
+    def _run_work(self) -> None:
+        """quote_callback_handler: under quote_lock, complete every entry the host is done with, or
+        free it if its caller left."""
+        while self._work:
+            if not self._qtrylock():
+                return                 # the holder runs it at unlock
+            self._work = False
+            try:
+                for e in list(self.quote_list):
+                    if self._status(e) == abi.GET_QUOTE_IN_FLIGHT:
+                        continue
+                    if e.valid:
+                        with self._done_lock:
+                            e.done += 1
+                    else:
+                        self.quote_list.remove(e)
+                        self._entry_free(e)
+            finally:
+                self._qrelease()
+
+    def _take_done(self, e: _Entry) -> bool:
+        with self._done_lock:
+            if e.done:
+                e.done -= 1
+                return True
+        return False
+
+    def _wait(self, task, e: _Entry, timeout_ns: int = 0) -> int:
+        """0 when the completion came, -EINTR on a signal, 1 when timeout_ns (0: none) passed. The vCPU
+        idles: a virtual clock jumps to the host's next completion (or the timeout)."""
+        h = self.k.module._vmm
+        start = h.clock.now_ns() if h is not None else 0
+        while True:
+            self._run_work()
+            if self._take_done(e):
+                return 0
+            if task._signal_pending:
+                return -abi.EINTR
+            h = self.k.module._vmm
+            if h is None:
+                time.sleep(5e-5)
+                continue
+            clk = h.clock
+            now = clk.now_ns()
+            if timeout_ns and now - start >= timeout_ns:
+                return 1
+            nxt = h._next_due_ns()
+            nxt = NEVER if nxt is None else nxt
+            if timeout_ns:
+                nxt = min(nxt, start + timeout_ns)
+            if clk.kind == "virtual" and nxt != NEVER:
+                if nxt > now:
+                    clk.sleep_ns(nxt - now)
+                else:
+                    clk.poll()
+            elif clk.kind == "real":
+                step = 1_000_000 if nxt == NEVER or nxt - now >= 1_000_000 else max(nxt - now, 0)
+                clk.sleep_ns(step if nxt > now else 0)
+            else:
+                time.sleep(5e-5)      # nothing due: wait for a signal or another thread
+                clk.poll()
+
+    # -- the quote_lock test hooks -------------------------------------------------------------------
+    def quote_lock_try(self) -> bool:
+        if not self._qtrylock():
+            return False
+        self.quote_outside_hold = True
+        return True
+
+    def quote_lock_release(self) -> None:
+        if not self.quote_outside_hold:
+            raise ValueError("quote_lock is not held by quote_lock_try")
+        self.quote_outside_hold = False
+        self._qunlock()
+
+
+class DriverV4(_IoctlQuote):
     """The v4 patch as posted on 22 Apr 2022 (ref §2.2), defects included: an unknown command returns
     0, and a TDCALL failure put_user()s the masked status into user bytes 0..7 and returns -EIO
     whatever put_user returned."""
@@ -74,9 +258,12 @@ class DriverV4:
     def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
         self.k = kernel  # init: platform registration cannot fail in the model
         self.p = kernel.profile
+        self._iq_init(kernel)
 
     def ioctl(self, task, cmd: int, arg: int) -> int:
         req = self.p.report
+        if cmd == self.p.command("get_quote").value:
+            return self._gen_quote(task, self.p.command("get_quote"), arg)  # TDX_CMD_GEN_QUOTE (3/3)
         if cmd != req.value:
             return -self.p.unknown_cmd_errno  # §2.2 dispatch: v4 only logs "not supported": 0
         k = self.k
@@ -112,6 +299,61 @@ class DriverV4:
         finally:
             k.kfree(tdreport)
             k.kfree(reportdata)
+
+
+    def _gen_quote(self, task, req, arg: int) -> int:
+        """v4 3/3 tdx_get_tdquote as posted (ref §2.2), defects kept: the early returns leave
+        quote_lock held, a timed-out or interrupted request frees the buffer the host still owns, and
+        PAGE_ALIGN(len) bytes go back before the status is checked."""
+        k = self.k
+        # 1: quote_lock (mutex_lock): held for good by a call that returned with it, the task hangs
+        if not self._qtrylock():
+            if self.quote_leaked:
+                raise errors.TaskHung(TASK_HUNG)
+            self._qlock()
+        # 2: reinit_completion(&req_compl)
+        with self._done_lock:
+            self.v4_done.done = 0
+        # 3: the 24-byte request; a fault returns with quote_lock held
+        raw = k.copy_in(task, "quote_req:copy_from_user", arg, req.request_len)
+        if len(raw) != req.request_len:
+            self.quote_leaked = True
+            return -abi.EFAULT
+        ubuf = int.from_bytes(raw[0:8], "little")
+        length = int.from_bytes(raw[8:16], "little")
+        f = req.field("timeout")
+        timeout_ms = int.from_bytes(raw[f.offset:f.end], "little")
+        # 4: len <= 0 || timeout <= 0 (unsigned: == 0) -> -EINVAL, quote_lock held
+        if length == 0 or timeout_ms == 0:
+            self.quote_leaked = True
+            return -abi.EINVAL
+        try:
+            # 5: dma_alloc_coherent(PAGE_ALIGN(len), GFP_KERNEL | __GFP_ZERO)
+            e = self._entry_alloc(task, length, with_obj=False)
+            if e is None:
+                return -abi.ENOMEM
+            try:
+                # 6: len bytes from req.buf
+                if k.copy_from_user(task, "quote_data:copy_from_user", e.buf, ubuf, length):
+                    return -abi.EFAULT
+                # 7: a nonzero R10 is put_user()ed as a long to arg + 0, the result overwritten: -EIO
+                r10 = self._hcall(e)
+                if r10 != abi.TDVMCALL_STATUS_SUCCESS:
+                    k.put_user(task, "quote_err:put_user", r10, arg)
+                    return -abi.EIO
+                # 8: wait_for_completion_interruptible_timeout(msecs_to_jiffies(timeout)) (HZ = 1000,
+                # a choice); <= 0 -> -EIO, and the buffer is freed below while the host may own it
+                if self._wait(task, self.v4_done, timeout_ms * 1_000_000):
+                    return -abi.EIO
+                # 9: PAGE_ALIGN(len) bytes back, before the status check
+                if k.copy_to_user(task, "quote_data:copy_to_user", ubuf, e.buf, e.buf_len):
+                    return -abi.EFAULT
+                # 10: status != 0 -> -EIO
+                return 0 if self._status(e) == abi.GET_QUOTE_SUCCESS else -abi.EIO
+            finally:
+                self._entry_free(e)      # 11
+        finally:
+            self._qunlock()
 
 
 class DriverV62:
@@ -345,19 +587,76 @@ class DriverV616:
         return size
 
 
-class DriverIntelDownstream(DriverV62):
+class DriverIntelDownstream(_IoctlQuote, DriverV62):
     """Intel's out-of-tree tdx-guest driver (quote.md §2.6; intel/td-partitioning tdx-guest.c
-    @1b3c1894): GET_REPORT0 exactly as 6.2 (tdx_get_report0), plus VERIFY_REPORT and EXTEND_RTMR."""
+    @1b3c1894): GET_REPORT0 exactly as 6.2 (tdx_get_report0), plus VERIFY_REPORT, EXTEND_RTMR and
+    GET_QUOTE (parallel requests, completion by the notify IRQ, no timeout)."""
 
     OPS = "intel_downstream"
 
+    def __init__(self, kernel, task, misaligned_report_buf: bool) -> None:
+        super().__init__(kernel, task, misaligned_report_buf)
+        self._iq_init(kernel)
+
     def ioctl(self, task, cmd: int, arg: int) -> int:
         verify, extend = self.p.command("verify_report"), self.p.command("extend_rtmr")
+        quote = self.p.command("get_quote")
         if cmd == verify.value:
             return self._verify_report(task, verify, arg)
         if cmd == extend.value:
             return self._extend_rtmr(task, extend, arg)
+        if cmd == quote.value:
+            return self._get_quote(task, quote, arg)
         return super().ioctl(task, cmd, arg)  # GET_REPORT0 as 6.2; any other command -ENOTTY
+
+    def _get_quote(self, task, req, arg: int) -> int:
+        """tdx_get_quote (quote.md §2.6 steps 1-7)."""
+        k = self.k
+        # 1: the 16-byte struct tdx_quote_req
+        raw = k.copy_in(task, "quote_req:copy_from_user", arg, req.request_len)
+        if len(raw) != req.request_len:
+            return -abi.EFAULT
+        ubuf = int.from_bytes(raw[0:8], "little")
+        length = int.from_bytes(raw[8:16], "little")
+        # 2: a zero length
+        if length == 0:
+            return -abi.EINVAL
+        # 3: the entry and its shared buffer
+        e = self._entry_alloc(task, length, with_obj=True)
+        if e is None:
+            return -abi.ENOMEM
+        # 4: the whole len from req.buf
+        if k.copy_from_user(task, "quote_data:copy_from_user", e.buf, ubuf, length):
+            self._entry_free(e)
+            return -abi.EFAULT
+        # 5: GetQuote under quote_lock; R10 != 0 -> -EIO
+        self._qlock()
+        if self._hcall(e) != abi.TDVMCALL_STATUS_SUCCESS:
+            self._qunlock()
+            self._entry_free(e)
+            return -abi.EIO
+        # 6: on quote_list; quote_lock is not held while waiting, so requests run in parallel
+        self.quote_list.append(e)
+        self._qunlock()
+        # 7: wait_for_completion_interruptible, no timeout; a signal orphans the entry while the host
+        # still owns the buffer (terminate_quote_request): -EINTR
+        if self._wait(task, e):
+            self._qlock()
+            if self._status(e) == abi.GET_QUOTE_IN_FLIGHT:
+                e.valid = False
+            else:
+                self.quote_list.remove(e)
+                self._entry_free(e)
+            self._qunlock()
+            return -abi.EINTR
+        # 8: the whole len back; the -EFAULT of a fault is dropped
+        k.copy_to_user(task, "quote_data:copy_to_user", ubuf, e.buf, length)
+        # 9: del_quote_entry
+        self._qlock()
+        self.quote_list.remove(e)
+        self._entry_free(e)
+        self._qunlock()
+        return 0
 
     def _verify_report(self, task, req, arg: int) -> int:
         k = self.k
@@ -406,6 +705,8 @@ class DriverIntelDownstream(DriverV62):
         finally:
             k.kfree(data)  # 6
 
+
+_MAX_ORDER = 10  # GK_MAX_ORDER: the largest block the allocator hands out
 
 #: Profile.ops -> driver class.
 DRIVER_CLASSES = {cls.OPS: cls for cls in (DriverV4, DriverV62, DriverV616, DriverIntelDownstream)}

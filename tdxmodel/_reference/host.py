@@ -336,13 +336,18 @@ class Host:
         elif producer is None:
             status = abi.GET_QUOTE_SERVICE_UNAVAILABLE       # the service went away
         else:
+            report = qgs_request_report(r.payload)           # a pass-through VMM's QGS frame
+            framed = report is not None
+            cap = abi.HOST_GET_QUOTE_MAX_BUF_LEN - (_RESP_HDR if framed else 0)
             try:
-                quote = bytes(producer.produce(r.payload))
+                quote = bytes(producer.produce(report if framed else r.payload))
             except BaseException:
                 status = abi.GET_QUOTE_ERROR
             else:
-                if len(quote) > abi.HOST_GET_QUOTE_MAX_BUF_LEN or len(quote) > r.size - abi.HOST_QUOTE_OVERHEAD:
+                if len(quote) > cap or len(quote) > r.size - abi.HOST_QUOTE_OVERHEAD:
                     status = abi.GET_QUOTE_ERROR             # the QGS frame exceeds size - 24
+                elif framed:
+                    quote = qgs_response_frame(quote)        # passed back framed
         irq = None
         with self._lock:
             out_len = 0
@@ -400,6 +405,34 @@ class Host:
 
     def __repr__(self) -> str:
         return f"<Host on {self._module!r}, {self._clock!r}, reference>"
+
+
+_RESP_HDR = abi.QGS_FRAME_LEN_SIZE + abi.QGS_GET_QUOTE_RESP_LEN
+
+
+def qgs_request_report(payload: bytes) -> Optional[bytes]:
+    """The report inside ``payload`` when it is one whole valid QGS GET_QUOTE_REQ frame (quote.md
+    §4.2), else None (QGS's raw mode). A VMM that hands QGS the guest's message unchanged (the
+    downstream kernels' hosts, quote.md §2.6-§2.7) gets a framed answer for it (csrc/vmm_host.h)."""
+    n = len(payload)
+    if n < abi.QGS_FRAME_LEN_SIZE + abi.QGS_GET_QUOTE_REQ_LEN:
+        return None
+    if int.from_bytes(payload[:4], "big") != n - abi.QGS_FRAME_LEN_SIZE:
+        return None
+    major, _minor, mtype, size, _err, report_size, id_list_size = struct.unpack_from("<HHIIIII", payload, 4)
+    if major != abi.QGS_MSG_LIB_MAJOR_VER or mtype != abi.QGS_MSG_GET_QUOTE_REQ or size != n - 4 \
+            or report_size == 0 or abi.QGS_GET_QUOTE_REQ_LEN + report_size + id_list_size != size:
+        return None
+    off = abi.QGS_FRAME_LEN_SIZE + abi.QGS_GET_QUOTE_REQ_LEN
+    return bytes(payload[off:off + report_size])
+
+
+def qgs_response_frame(quote: bytes) -> bytes:
+    """A GET_QUOTE_RESP frame around ``quote`` (no selected id, error_code 0; quote.md §4.2)."""
+    size = abi.QGS_GET_QUOTE_RESP_LEN + len(quote)
+    return (size.to_bytes(4, "big")
+            + struct.pack("<HHIIIII", abi.QGS_MSG_LIB_MAJOR_VER, abi.QGS_MSG_LIB_MINOR_VER,
+                          abi.QGS_MSG_GET_QUOTE_RESP, size, 0, 0, len(quote)) + quote)
 
 
 def _check_producer(p) -> None:

@@ -188,7 +188,10 @@ class Kernel:
         return self._tsm_or_raise().register()
 
     def quote_lock_try(self) -> bool:
-        """quote_lock_try() -> bool: hold the provider's quote_lock as another task would (no waiting)."""
+        """quote_lock_try() -> bool: hold the provider's quote_lock (or the ioctl quote path's) as
+        another task would (no waiting)."""
+        if self.profile.ioctl_quote is not None:
+            return self._driver.quote_lock_try()
         t = self._tsm_or_raise()
         if not t.quote_lock.acquire(blocking=False):
             return False
@@ -198,6 +201,8 @@ class Kernel:
 
     def quote_lock_release(self) -> None:
         """quote_lock_release() -> None: release a quote_lock_try hold (ValueError if none)."""
+        if self.profile.ioctl_quote is not None:
+            return self._driver.quote_lock_release()
         t = self._tsm_or_raise()
         if not getattr(t, "quote_outside_hold", False):
             raise ValueError("quote_lock is not held by quote_lock_try")
@@ -256,6 +261,7 @@ class Kernel:
             c["outstanding"] = c["allocs"] - c["frees"]
             c["resident"] = self._resident
             c["locks_held"] = c["locks_taken"] - c["locks_released"]
+        c["locks_leaked"] = int(getattr(self._driver, "quote_leaked", False))  # v4's kept quote_lock
         return c
 
     def process(self) -> "Process":

@@ -75,15 +75,26 @@ cdef long _py_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept with gil:
     cdef unsigned char saved[8192]  # TDXW_MAX_WINDOW, which bounds call.window
     memcpy(saved, call.image, call.window)
     cdef object view = PyMemoryView_FromMemory(<char *>call.image, call.window, PyBUF_WRITE)
+    cdef object bview = None
     try:
+        if call.buf_image == NULL:
+            return _py(ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
+                                  call.writable)
+        # the request's embedded buffer (tdx_ops.h): passed only for the commands that have one
+        bview = PyMemoryView_FromMemory(<char *>call.buf_image, call.buf_window, PyBUF_WRITE)
         return _py(ctx).ioctl(call.handle, call.pid, call.cmd, call.arg, view, call.readable,
-                                   call.writable)
+                              call.writable, buffer=(call.buf, bview, call.buf_readable,
+                                                     call.buf_writable, call.buf_ptr_off))
     except BaseException as e:
         memcpy(call.image, saved, call.window)
+        if call.buf_image != NULL:  # nothing changed: tdxf_buffer_end writes nothing back
+            memcpy(call.buf_image, call.buf_image + call.buf_window, call.buf_window)
         _sink(ctx, e)
         return -EIO
     finally:
         view.release()  # the image lives on a C stack: no reference may outlive the call
+        if bview is not None:
+            bview.release()
 
 
 cdef long _fast_ioctl(void *ctx, tdxf_ioctl_call *call) noexcept nogil:
@@ -329,6 +340,12 @@ cdef class DeviceServer:
         """set_window(cmd: int, window: int) -> None: bytes the driver may touch from arg for cmd."""
         if tdxf_set_window(self.s, cmd, window) < 0:
             raise ValueError(f"window: {window} exceeds {TDXW_MAX_WINDOW} or the table is full")
+
+    def set_buffer(self, uint64_t cmd, uint32_t ptr_off, uint32_t len_off):
+        """set_buffer(cmd: int, ptr_off: int, len_off: int) -> None: cmd's request embeds a u64
+        pointer at ptr_off and a u64 length at len_off; that buffer is mirrored too (tdx_ops.h)."""
+        if tdxf_set_buffer(self.s, cmd, ptr_off, len_off) < 0:
+            raise ValueError(f"buffer fields at {ptr_off}, {len_off} out of the window, or the table is full")
 
     def window(self, uint64_t cmd):
         """window(cmd: int) -> int"""

@@ -179,9 +179,11 @@ class Daemon:
             handler.attach_fast_path(fast)
         self.server = DeviceServer(handler, abi.DEVICE_PATHS[self.driver], fast)
         self.server.set_rdev(abi.DEVICE_RDEV[0], abi.DEVICE_RDEV[1])
-        from tdxmodel.transport.device import driver_windows
+        from tdxmodel.transport.device import driver_buffers, driver_windows
         for cmd, window in driver_windows(self.driver).items():
             self.server.set_window(cmd, window)
+        for cmd, (ptr_off, len_off) in driver_buffers(self.driver).items():
+            self.server.set_buffer(cmd, ptr_off, len_off)
         self.server.add_node(1, node_name(self.driver), NODE_DEVICE, self.mode)
         if handler is not None:
             dirs = {"": 1}
@@ -302,11 +304,13 @@ class Daemon:
         self._platform = Platform(store)
         self._platform.pki()
         module = backend.Module(store.load())
+        # the VMM before the kernel: an ioctl quote path registers its notify vector at boot
+        self._make_host(module)
         kernel = backend.Kernel(module, self.driver)
         self.device = EmulatedDevice(kernel, store=store)
         return self.device
 
-    def _attach_quote_service(self) -> None:
+    def _make_host(self, module: Any) -> None:
         """The emulated platform's quote generation service (tdxmodel.host.qgs over its TDQE) and the
         VMM behind the TD's GetQuote, which asks that same service (QgsVmm: framed payloads pass
         through, a raw TDREPORT is framed as upstream QEMU does). ``--qgs PATH`` also serves it on a
@@ -314,9 +318,11 @@ class Daemon:
         from tdxmodel.host.qgs import QgsService, QgsVmm
         from tdxmodel.transport.qgs_server import RateLimitedLog
 
-        tdqe = self._platform.quoting_enclave(module=self.device.module)
+        tdqe = self._platform.quoting_enclave(module=module)
         self.qgs_service = QgsService(tdqe, log=RateLimitedLog(self._log))
-        self.host = self._backend.Host(self.device.module, producer=QgsVmm(self.qgs_service))
+        self.host = self._backend.Host(module, producer=QgsVmm(self.qgs_service))
+
+    def _attach_quote_service(self) -> None:
         self.device.attach_host(self.host, self.qgs_service)
 
     def _spawn(self, name: str, target) -> None:

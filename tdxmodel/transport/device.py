@@ -49,6 +49,9 @@ PAGE = abi.TDX_PAGE_SIZE
 #: user address works; the page offset of the client's arg is added).
 USER_BASE = 0x7E0000000000
 MIRROR_PAGES = 3  # a window of <= 8192 bytes at any page offset spans at most 3 pages
+#: Where a request's embedded buffer (the get_quote commands) is mirrored, the client's page offset
+#: kept; the request's pointer is aimed at it for the call (csrc/tdx_devpath.h TDXF_BUF_BASE).
+BUF_BASE = 0x7E0100000000
 #: The control process's buffer for measurement reads and writes (a FUSE write is <= 128 KiB).
 CONTROL_BASE = 0x7D0000000000
 CONTROL_LEN = 33 * PAGE * 4
@@ -73,6 +76,19 @@ def driver_windows(driver: str) -> Dict[int, int]:
     windows = {v.cmd: v.window for v in prof.vfs_commands if v.window}
     windows.update({c.value: c.request_len for c in prof.commands})
     return windows
+
+
+def driver_buffers(driver: str) -> Dict[int, Tuple[int, int]]:
+    """driver_buffers(driver: str) -> {cmd: (offset of the u64 pointer, offset of the u64 length)}.
+
+    The get_quote commands' requests point to the caller's quote buffer (ref §2.2, quote.md §2.6):
+    the transports mirror [pointer, pointer + PAGE_ALIGN(length)) of the client as well."""
+    out = {}
+    for c in profiles.get(driver).commands:
+        names = {f.name: f for f in c.fields}
+        if "buf" in names and "len" in names:
+            out[c.value] = (names["buf"].offset, names["len"].offset)
+    return out
 
 
 class _FailNth:
@@ -190,7 +206,7 @@ class EmulatedDevice:
         the transport calls in C): it then also holds the pending fail-nth, so both paths count the
         same points."""
         from tdxmodel._core import _ext
-        if (_ext.USER_BASE, _ext.MIRROR_PAGES) != (USER_BASE, MIRROR_PAGES):
+        if (_ext.USER_BASE, _ext.MIRROR_PAGES, _ext.BUF_BASE) != (USER_BASE, MIRROR_PAGES, BUF_BASE):
             raise RuntimeError("the C mirror layout differs from tdxmodel.transport.device's")
         path.fail_nth_set(self._fail_nth.fail_nth_get())
         self._fast = path
@@ -225,7 +241,9 @@ class EmulatedDevice:
                 f.process.close(f.fd)
 
     def ioctl(self, handle: int, pid: int, cmd: int, arg: int, image: memoryview, readable: int,
-              writable: int) -> int:
+              writable: int, buffer: Optional[Tuple[int, memoryview, int, int, int]] = None) -> int:
+        """``buffer``: the request's embedded buffer (client pointer, mirror, readable, writable,
+        offset of the pointer in the request), for the commands that have one (driver_buffers)."""
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
@@ -278,10 +296,45 @@ class EmulatedDevice:
                 self._layout(f, arg % PAGE, readable, writable)
             if readable:
                 p.poke(addr, image[:readable])
-            ret = self._syscall(p, lambda: p.ioctl(f.fd, cmd & 0xFFFFFFFF, addr))
+            saved = self._buffer_in(p, addr, buffer) if buffer is not None else None
+            try:
+                ret = self._syscall(p, lambda: p.ioctl(f.fd, cmd & 0xFFFFFFFF, addr))
+            finally:
+                if buffer is not None:
+                    self._buffer_out(p, addr, buffer, saved)
             if writable:
                 image[:writable] = p.peek(addr, writable)
         return ret
+
+    @staticmethod
+    def _buffer_in(p: Any, req: int, buffer) -> Tuple[int, bytes]:
+        """Mirror the embedded buffer at BUF_BASE (the client's page offset and permissions) and aim
+        the request's pointer at it; -> (mirror address, the pointer bytes it replaced)."""
+        ptr, view, readable, writable, ptr_off = buffer
+        offset = ptr % PAGE
+        for k in range(-(-(offset + len(view)) // PAGE)):
+            start = max(0, k * PAGE - offset)
+            prot = "rw" if start < writable else ("r" if start < readable else "")
+            if prot:
+                p.mmap(BUF_BASE + k * PAGE, PAGE, prot)
+        addr = BUF_BASE + offset
+        if readable:
+            p.poke(addr, view[:readable])
+        orig = p.peek(req + ptr_off, 8)
+        p.poke(req + ptr_off, addr.to_bytes(8, "little"))
+        return addr, orig
+
+    @staticmethod
+    def _buffer_out(p: Any, req: int, buffer, saved) -> None:
+        """The buffer's bytes back to the mirror; the client's pointer back in the request unless the
+        driver wrote there itself (v4's put_user of the TDVMCALL error, ref §2.2)."""
+        ptr, view, readable, writable, ptr_off = buffer
+        addr, orig = saved
+        if writable:
+            view[:writable] = p.peek(addr, writable)
+        if p.peek(req + ptr_off, 8) == addr.to_bytes(8, "little"):
+            p.poke(req + ptr_off, orig)
+        p.munmap(BUF_BASE, -(-(addr % PAGE + len(view)) // PAGE) * PAGE)
 
     def interrupt(self, handle: int, on: bool) -> None:
         """The client of the ioctl in progress on `handle` got a signal (on) / the call ended (off):

@@ -12,6 +12,12 @@ cdef extern from "tdx_ops.h" nogil:
         uint32_t window
         uint32_t readable
         uint32_t writable
+        uint64_t buf
+        uint8_t *buf_image
+        uint32_t buf_window
+        uint32_t buf_readable
+        uint32_t buf_writable
+        uint32_t buf_ptr_off
 
     enum:
         TDXF_VFS_DIR

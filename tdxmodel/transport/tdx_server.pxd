@@ -20,6 +20,7 @@ cdef extern from "tdx_server.h" nogil:
     void tdxf_server_free(tdxf_server *s)
     int tdxf_set_window(tdxf_server *s, uint64_t cmd, uint32_t window)
     uint32_t tdxf_window(const tdxf_server *s, uint64_t cmd)
+    int tdxf_set_buffer(tdxf_server *s, uint64_t cmd, uint32_t ptr_off, uint32_t len_off)
     void tdxf_set_rdev(tdxf_server *s, uint32_t major, uint32_t minor)
     int tdxf_add_map(tdxf_server *s, const char *client, const char *served, int exact)
     long tdxf_add_node(tdxf_server *s, uint64_t parent, const char *name, int kind, unsigned mode,

@@ -819,13 +819,15 @@ def first_difference(ops: Sequence[Tuple], names: Optional[Sequence[str]] = None
 
 
 def balanced(obs: Tuple) -> bool:
-    """After every operation: no lock held (mr_lock included: error paths release it) and no
-    allocation beyond the resident ones, on every backend (a shared leak is no difference)."""
+    """After every operation: no lock held (mr_lock included: error paths release it) beyond the one
+    v4's early returns keep by design (``locks_leaked``, ref §2.2), and no allocation beyond the
+    resident ones, on every backend (a shared leak is no difference)."""
     if len(obs) < 4:
         return True
     kc = dict(obs[3])
     items_may_hold = len(obs) > 8 and not obs[8]  # a quote episode before its teardown
-    return kc["locks_held"] == 0 and (kc["outstanding"] == kc["resident"] or items_may_hold)
+    # v4's early returns keep quote_lock (a documented defect): only those may stay held
+    return kc["locks_held"] == kc.get("locks_leaked", 0) and (kc["outstanding"] == kc["resident"] or items_may_hold)
 
 
 def _episode_start(ops: Sequence[Tuple], i: int) -> int:
