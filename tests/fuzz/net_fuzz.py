@@ -198,18 +198,9 @@ def campaign(seed: int, n: int, platform: Any = None) -> List[Dict[str, Any]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m tests.fuzz.net_fuzz", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", type=int, default=2000)
-    ap.add_argument("--seed", type=int)
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    bad = campaign(seed, args.cases)
-    for b in bad:
-        print(b)
-    print(f"net fuzz (PCCS): seed {seed}: {args.cases} requests, {len(bad)} with problems")
-    return 1 if bad else 0
+    from tests.fuzz import seeded_cli
+    return seeded_cli.main(argv, prog="python -m tests.fuzz.net_fuzz", doc=__doc__, default_cases=2000,
+                           campaign=campaign, what="net fuzz (PCCS)", unit="requests")
 
 
 if __name__ == "__main__":
