@@ -250,7 +250,7 @@ class EmulatedDevice:
         command = self.profile.command_numbered(cmd & 0xFFFFFFFF)
         if command is not None and command.extends_rtmr and self.store is not None:
             return self._ioctl_extend_through_store(f, command, cmd, arg, image, readable, writable)
-        return self._ioctl(f, cmd, arg, image, readable, writable)
+        return self._ioctl(f, cmd, arg, image, readable, writable, buffer)
 
     def _ioctl_extend_through_store(self, f: _OpenFile, command: Any, cmd: int, arg: int,
                                     image: memoryview, readable: int, writable: int) -> int:
@@ -286,7 +286,7 @@ class EmulatedDevice:
                 return -errno.EIO
 
     def _ioctl(self, f: _OpenFile, cmd: int, arg: int, image: memoryview, readable: int,
-               writable: int) -> int:
+               writable: int, buffer: Optional[Tuple[int, memoryview, int, int, int]] = None) -> int:
         window = len(image)
         addr = USER_BASE + arg % PAGE
         with f.lock:
