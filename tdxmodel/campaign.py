@@ -2,8 +2,9 @@
 
 ``cases(driver)`` enumerates case specifications: the report ioctl's (``report_cases``, the schema
 below), for a generation with measurement files theirs (``tdxmodel.campaign_measurement``: every spec
-with a ``"file"`` key) and, for a generation with a quote path, the quote path's (``tdxmodel.campaign_quote``: every
-spec with a ``"path"`` key, its schema there); ``run_case(backend_name, driver, spec)`` runs one on a
+with a ``"file"`` key) and, for a generation with a quote path, the quote path's (every spec with a
+``"path"`` key: ``"configfs"``, ``tdxmodel.campaign_quote``; ``"ioctl"``,
+``tdxmodel.campaign_quote_ioctl``; their schemas there); ``run_case(backend_name, driver, spec)`` runs one on a
 fresh Module + Kernel + Process and returns its record; ``run(driver, backend_name)`` runs them all.
 ``run_case`` is the one runner of concrete cases: the proofs' conformance tests and
 ``python -m proofs --replay`` run their cases through it too and compare each record with the z3
@@ -72,7 +73,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from tdxmodel import _backend, abi, campaign_measurement, campaign_quote, profiles
+from tdxmodel import _backend, abi, campaign_measurement, campaign_quote, campaign_quote_ioctl, profiles
 from tdxmodel.config import ModuleConfig
 
 PAGE_SIZE = abi.TDX_PAGE_SIZE
@@ -127,7 +128,8 @@ def cases(driver: str) -> List[Dict[str, Any]]:
     """cases(driver: str) -> list[dict]: every case of the campaign for ``driver``: the report
     ioctl's, then the quote path's."""
     _check_driver(driver)
-    return report_cases(driver) + campaign_measurement.cases(driver) + campaign_quote.cases(driver)
+    return (report_cases(driver) + campaign_measurement.cases(driver) + campaign_quote.cases(driver)
+            + campaign_quote_ioctl.cases(driver))
 
 
 def is_quote_case(spec: Dict[str, Any]) -> bool:
@@ -240,6 +242,8 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
     Run one case on a fresh Module + Kernel + Process of the backend and return its record."""
     prof = _check_driver(driver)
     if is_quote_case(spec):
+        if spec["path"] == campaign_quote_ioctl.PATH:
+            return campaign_quote_ioctl.run_case(backend_name, driver, spec)
         return campaign_quote.run_case(backend_name, driver, spec)
     if campaign_measurement.is_measurement_case(spec):
         return campaign_measurement.run_case(backend_name, driver, spec)
@@ -364,8 +368,12 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary["cases"] = len(records)
     if measurement:
         summary["measurement"] = campaign_measurement.summarize(measurement)
-    if quote:
-        summary["quote"] = campaign_quote.summarize(quote)
+    configfs = [r for r in quote if r["path"] == campaign_quote.PATH]
+    ioctl = [r for r in quote if r["path"] == campaign_quote_ioctl.PATH]
+    if configfs:
+        summary["quote"] = campaign_quote.summarize(configfs)
+    if ioctl:
+        summary["quote_ioctl"] = campaign_quote_ioctl.summarize(ioctl)
     return summary
 
 

@@ -215,7 +215,8 @@ def test_cli_json(capsys):
             assert {"file", "op", "trace", "rtmr_changed"} <= set(case)
         else:
             assert isinstance(case["cmd"], int) and "user_changed" in case
-    assert doc["summary"]["quote"]["cases"] == sum(map(campaign.is_quote_case, doc["cases"]))
+    assert doc["summary"]["quote"]["cases"] == sum(campaign.is_quote_case(c) and c["path"] == "configfs"
+                                                   for c in doc["cases"])
 
 
 def test_progress_goes_to_stderr(capsys):

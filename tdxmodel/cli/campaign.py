@@ -33,12 +33,15 @@ def register(subparsers) -> None:
 
 def _table(result) -> str:
     from tdxmodel.campaign import is_measurement_case, is_quote_case, is_report_case
-    report = _report_table(result, [r for r in result["cases"] if is_report_case(r)])
+    out = [_report_table(result, [r for r in result["cases"] if is_report_case(r)])]
     measurement = [r for r in result["cases"] if is_measurement_case(r)]
     if measurement:
-        report += "\n" + _measurement_table(result["summary"]["measurement"], measurement)
-    quote = [r for r in result["cases"] if is_quote_case(r)]
-    return report if not quote else report + "\n" + _quote_table(result["summary"]["quote"], quote)
+        out.append(_measurement_table(result["summary"]["measurement"], measurement))
+    for key, path in (("quote", "configfs"), ("quote_ioctl", "ioctl")):
+        recs = [r for r in result["cases"] if is_quote_case(r) and r["path"] == path]
+        if recs:
+            out.append(_quote_table(result["summary"][key], recs))
+    return "\n".join(out)
 
 
 def _measurement_table(s, records) -> str:
@@ -63,13 +66,15 @@ def _quote_table(s, records) -> str:
         row["cases"] += 1
         row["leaked"] += bool(r["leaked"])
         row["empty"] += r["ret"] == 0 and r["outblob_len"] == 0
-        row["foreign"] += r["foreign_bytes"]
+        row["foreign"] += r.get("foreign_bytes", 0)
     lines = [f"quote path ({records[0]['path']}): {s['cases']} cases",
              f"{'outcome':<10} {'cases':>6} {'leaking':>8} {'empty outblob':>14} {'foreign bytes':>14}"]
     for outcome, row in sorted(by_outcome.items()):
         lines.append(f"{outcome:<10} {row['cases']:>6} {row['leaked']:>8} {row['empty']:>14} {row['foreign']:>14}")
-    lines.append(f"{'total':<10} {s['cases']:>6} {s['leaking_cases'] + s['deliberate_leak_cases']:>8} "
-                 f"{s['empty_success_cases']:>14} {s['foreign_bytes']:>14}")
+    empty = sum(1 for r in records if r["ret"] == 0 and r["outblob_len"] == 0)
+    leaking = sum(1 for r in records if r["leaked"])
+    lines.append(f"{'total':<10} {s['cases']:>6} {leaking:>8} {empty:>14} "
+                 f"{sum(r.get('foreign_bytes', 0) for r in records):>14}")
     return "\n".join(lines)
 
 
