@@ -12,6 +12,7 @@ import argparse
 import json
 import pathlib
 import random
+import signal
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -26,6 +27,10 @@ def main() -> int:
     ap.add_argument("--rss-budget-mib", type=int, default=64)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
+    def stop(signum, frame):  # SIGTERM/SIGHUP: unwind, so soak.run's cleanup kills the clients and the daemon
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     print(f"soak: seed {seed}, {args.seconds:.0f} s", file=sys.stderr)
 

@@ -47,17 +47,33 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 
+def _parent_death_signal(sig: int, parent: int):
+    """A ``preexec_fn``: the child gets ``sig`` when the thread that started it dies
+    (prctl(2) PR_SET_PDEATHSIG), or exits now if that parent is already gone."""
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return setup
+
+
 class ServedDevice:
     """ServedDevice(driver, *, mode=None, socket=True, state=None, bind=None, extra_args=(),
-    backend=None, mount=None)
+    backend=None, mount=None, die_with_parent=False)
 
     ``tdxmodel serve`` in a subprocess, in a fresh temporary directory (mount point, socket, state
-    directory unless ``state`` is given). Use as a context manager or call ``start``/``stop``."""
+    directory unless ``state`` is given). Use as a context manager or call ``start``/``stop``.
+    ``die_with_parent``: the daemon gets SIGTERM (and so unmounts) when the thread that started it
+    dies, even by SIGKILL, instead of serving on as an orphan."""
 
     def __init__(self, driver: str = "v6.2", *, mode: Optional[int] = None, socket: bool = True,
                  state: Optional[str] = None, bind: Optional[str] = None,
                  extra_args: tuple = (), backend: Optional[str] = None,
-                 mount: Optional[str] = None, qgs: bool = True) -> None:
+                 mount: Optional[str] = None, qgs: bool = True, die_with_parent: bool = False) -> None:
         if driver not in abi.DRIVERS:
             raise ValueError(f"driver must be one of {', '.join(abi.DRIVERS)}, not {driver!r}")
         self.driver = driver
@@ -74,6 +90,7 @@ class ServedDevice:
         self.mode = mode
         self.backend = backend
         self.extra_args = tuple(extra_args)
+        self.die_with_parent = die_with_parent
         self.path = str(self.mount / os.path.basename(abi.DEVICE_PATHS[driver]))
         self.device_node = abi.DEVICE_PATHS[driver]
         self.proc: Optional[subprocess.Popen] = None
@@ -100,8 +117,9 @@ class ServedDevice:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         self._stderr = open(self.stderr_path, "wb")
+        pre = _parent_death_signal(signal.SIGTERM, os.getpid()) if self.die_with_parent else None
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=pre)
         deadline = time.monotonic() + START_TIMEOUT
         line = b""
         assert self.proc.stdout is not None

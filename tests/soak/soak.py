@@ -14,6 +14,10 @@ the live TD agree and every extend reported successful is in the log (tests/cras
 with ``check_preload_stat``, the preload client saw the device node exist; with ``check_sigterm``,
 SIGTERM with a client holding the device open stops the daemon within 2 s and removes its mount;
 with ``check_malformed_logged``, the malformed socket messages were logged, rate-limited.
+
+Nothing outlives the soak: every client and the daemon get a parent-death signal (prctl
+PR_SET_PDEATHSIG: SIGKILL for clients, SIGTERM for the daemon so it unmounts), so a soak that hangs
+and is SIGKILLed leaves no client looping on the device.
 """
 
 from __future__ import annotations
@@ -115,13 +119,14 @@ def _junk(rng: random.Random) -> bytes:
 def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, check_preload_stat: bool = False,
         check_sigterm: bool = False, check_malformed_logged: bool = False, cli_extends: bool = True,
         progress=None) -> Dict[str, Any]:
-    from tdxmodel.pytest_plugin import ServedDevice, _is_mounted
+    from tdxmodel.pytest_plugin import ServedDevice, _is_mounted, _parent_death_signal
     from tests.crash import harness
 
     rng = random.Random(seed)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="tdxm-soak-"))
     state_dir = workdir / "state"
-    device = ServedDevice("v6.16", state=str(state_dir)).start()
+    device = ServedDevice("v6.16", state=str(state_dir), die_with_parent=True).start()
+    die_with_us = _parent_death_signal(signal.SIGKILL, os.getpid())
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs: List[Tuple[str, subprocess.Popen]] = []
     confirmed: Set[Tuple[int, str]] = set()
@@ -139,7 +144,8 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
             cmd, e = [sys.executable, "-c", REPORTER, device.device_node, *args, "1"], device.preload_env(env)
         else:
             cmd, e = [sys.executable, "-c", EXTENDER, mdir, str(tag[0])], env
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=e, start_new_session=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=e, start_new_session=True,
+                             preexec_fn=die_with_us)
         procs.append((kind, p))
         return p
 
@@ -237,7 +243,7 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
         if check_sigterm:
             holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
                                        " print('open', flush=True); time.sleep(60)", device.path],
-                                      stdout=subprocess.PIPE, env=env)
+                                      stdout=subprocess.PIPE, env=env, preexec_fn=die_with_us)
             try:
                 holder.stdout.readline()
                 t = time.monotonic()
