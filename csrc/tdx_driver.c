@@ -803,6 +803,8 @@ static long wait_for_notify(td_kernel *tk, gk_task *task, _Atomic unsigned *done
     vmm_host *h = vmm_host_of(tk->m);
     vmm_clock *clk = h ? vmm_host_clock(h) : NULL;
     uint64_t start = clk ? vmm_clock_now_ns(clk) : 0;
+    /* saturated as the clock is: a timeout past the clock's end still expires there */
+    uint64_t deadline = vmm_clock_add_ns(start, timeout_ns);
     long ret;
     void *token = gk_block_begin();
     for (;;) {
@@ -824,13 +826,13 @@ static long wait_for_notify(td_kernel *tk, gk_task *task, _Atomic unsigned *done
         }
         clk = vmm_host_clock(h);
         uint64_t now = vmm_clock_now_ns(clk);
-        if (timeout_ns && now - start >= timeout_ns) {
+        if (timeout_ns && now >= deadline) {
             ret = 1;
             break;
         }
         uint64_t next = vmm_host_next_due_ns(h);
-        if (timeout_ns && start + timeout_ns < next)
-            next = start + timeout_ns;
+        if (timeout_ns && deadline < next)
+            next = deadline;
         if (!vmm_clock_is_real(clk) && next != UINT64_MAX) {
             if (next > now)
                 vmm_clock_sleep_ns(clk, next - now);

@@ -251,6 +251,20 @@ def test_8_signal_is_eio_not_eintr(v4):
     h.clock.advance_ns(5 * SEC)
 
 
+def test_8_the_timeout_still_expires_once_the_virtual_clock_has_stopped(v4):
+    """The clock saturates at 2**64-2 ns (docs/CONTRACT.md "Clock"); a timeout that would end past
+    it ends there, instead of a wait that can never time out (found by the fuzzer: both backends
+    hung in the ioctl)."""
+    k, p, fd, h = v4()
+    for _ in range(4):
+        h.clock.advance_ns(1 << 62)
+    assert h.clock.now_ns() == (1 << 64) - 2
+    request(p, k, timeout_ms=1000)
+    h.push_fault("never")
+    assert p.ioctl(fd, CMD.value, REQ) == -abi.EIO
+    assert balanced(k) and h.counters()["in_flight"] == 1
+
+
 @pytest.mark.parametrize("fault", ["service_unavailable", "no_interrupt"])
 def test_8_no_interrupt_runs_into_the_timeout(v4, fault):
     k, p, fd, h = v4()

@@ -204,6 +204,8 @@ class _IoctlQuote:
         idles: a virtual clock jumps to the host's next completion (or the timeout)."""
         h = self.k.module._vmm
         start = h.clock.now_ns() if h is not None else 0
+        # saturated as the clock is (2**64-2): a timeout past the clock's end still expires there
+        deadline = min(start + timeout_ns, NEVER - 1)
         while True:
             self._run_work()
             if self._take_done(e):
@@ -216,12 +218,12 @@ class _IoctlQuote:
                 continue
             clk = h.clock
             now = clk.now_ns()
-            if timeout_ns and now - start >= timeout_ns:
+            if timeout_ns and now >= deadline:
                 return 1
             nxt = h._next_due_ns()
             nxt = NEVER if nxt is None else nxt
             if timeout_ns:
-                nxt = min(nxt, start + timeout_ns)
+                nxt = min(nxt, deadline)
             if clk.kind == "virtual" and nxt != NEVER:
                 if nxt > now:
                     clk.sleep_ns(nxt - now)

@@ -15,7 +15,13 @@ generation with the configfs-tsm quote path over a Host and runs mkdir/rmdir/ope
 close/stat/readdir sequences on the tsm tree (good and bad paths, every access mode and size), with
 host-controlled fields from the host fault menu (``tdxmodel.host_faults``: out_len values up to
 2**32-1, statuses, service times, lost interrupts), clock advances, provider (un)registration,
-signals, fail-nth, knobs and forced TDCALL statuses.
+signals, fail-nth, knobs and forced TDCALL statuses. An *ioctl quote* episode (``iq_episode``) does the
+same for the generations with a get_quote ioctl (Intel downstream TDX_CMD_GET_QUOTE, quote.md §2.6;
+v4's GEN_QUOTE, ref §2.2): whole requests with the header, payload (a TDREPORT, a QGS frame or
+junk), ``len``, ``buf``, ``timeout`` and the request's own address at and past their limits, under the
+same host faults, signals, fail-nth, knobs, forced statuses and protections. A request that would
+wait for an interrupt that never comes, where the generation has no timeout (downstream), is made
+with a signal pending (the wait ends only by one; the fuzzer mirrors the host's fault queue to know).
 
 After every operation the observation holds its result (a return value, or the exception's class
 and its ``errno``/``status``/``operand_id``; messages are not compared), ``last_trace()``,
@@ -34,10 +40,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from tdxmodel import _backend, abi, errors, profiles
+from tdxmodel import _backend, abi, errors, host_faults, profiles
 from tdxmodel import report as report_mod
 from tdxmodel.config import ModuleConfig
 
@@ -60,8 +67,13 @@ LEAVES = (abi.TDG_MR_REPORT, abi.TDG_MR_RTMR_EXTEND, abi.TDG_MR_VERIFYREPORT, ab
 MDIR = abi.MEASUREMENT_DIRS
 TSM = profiles.TSM_REPORT_DIR
 QUOTE_DRIVERS = tuple(p.name for p in profiles.PROFILES if p.quote is not None)
+IQ_DRIVERS = tuple(p.name for p in profiles.PROFILES if getattr(p, "ioctl_quote", None) is not None)
+#: host faults after which no notify interrupt comes for the request (quote.md §4.1 H5, never,
+#: no_interrupt): without a timeout only a signal ends its wait
+IQ_SILENT = tuple(abi.VALUES["HOST_FAULT_" + n.upper()] for n in ("never", "no_interrupt", "service_unavailable"))
+IQ_UNMAPPED = 0x7000_0000
 TSM_ATTRS = ("inblob", "outblob", "generation", "provider", "auxblob", "privlevel", "privlevel_floor", "")
-EPISODES = ("episode", "tsm_episode")
+EPISODES = ("episode", "tsm_episode", "iq_episode")
 NEIGHBOUR_FROM = 2048
 #: Every generation's ioctl commands (tdxmodel.profiles): each driver also gets the others'.
 COMMANDS = tuple(sorted({c.value for prof in profiles.PROFILES for c in prof.commands}))
@@ -196,6 +208,66 @@ def _host_fault(r: random.Random):
     if r.random() < 0.02:  # bad specs: the host refuses them (ValueError/TypeError) on both backends
         spec[r.choice(("seconds", "out_len"))] = r.choice((-1, 1 << 32, "x", float("nan"), True))
     return spec
+
+
+def _iq_episode(r: random.Random) -> Tuple:
+    # Memory for 16 requests the host keeps for good (H6's limit, quote.md §4.1) at the largest size
+    # drawn (8 pages) many times over, and never an order-8 block (1 MiB: 256 aligned pages need 512):
+    # whether an order > 0 allocation finds contiguous pages under fragmentation depends on where
+    # earlier blocks went, the allocator's placement, which the backends may choose differently
+    pages = 496
+    producer = r.random() < 0.9  # else QEMU without a quote service (quote.md §4.1 H5)
+    return ("iq_episode", _config_fields(r), pages, r.choice(IQ_DRIVERS), r.choice((0, 7, r.getrandbits(64))),
+            r.choice((0,) * 9 + (1, 2)), producer)
+
+
+def _iq_op(r: random.Random, driver: str) -> Tuple:
+    iq = _profile(driver).ioctl_quote
+    k = r.random()
+    if k < 0.32:  # one whole request as libtdx_attest makes it (quote.md §2.7), a field or two off
+        return ("iq_quote",
+                r.choice(("tdreport", "qgs", "qgs", "tdreport", "random", "qgs_bad")), r.getrandbits(32),
+                r.choice((1,) * 12 + (0, 2, U64)),
+                None if r.random() < 0.85 else r.choice((0, 1, 1023, 1024, 1025, iq.buf_len - 24, iq.buf_len - 23,
+                                                         0xFFFFFFFF, r.getrandbits(32))),
+                r.choice((iq.buf_len,) * 12 + (0, 1, 24, 1000, PAGE - 1, PAGE, PAGE + 1, 2 * PAGE, iq.buf_len + 1,
+                                              5 * PAGE, 8 * PAGE, 1 << 20, 1 << 32, U64, r.randrange(1, 6 * PAGE))),
+                r.choice((BASE + PAGE,) * 6 + (BASE + PAGE + 1, BASE + PAGE + 100, BASE + 3 * PAGE, IQ_UNMAPPED,
+                                               U64 - PAGE + 1, _uaddr(r))),
+                None if r.random() < 0.85 else r.choice((0, 1, 1000, 29999, 30000, 0xFFFFFFFF, r.getrandbits(32))),
+                r.choice((BASE,) * 30 + (BASE + WINDOW_PAGES * PAGE - 8, IQ_UNMAPPED, U64 - 7, BASE - 4)),
+                r.random() < 0.08)
+    if k < 0.40:
+        cmd = r.choice((_profile(driver).command("get_quote").value,) * 3 + COMMANDS)
+        return ("ioctl", _fdi(r), cmd, _uaddr(r))
+    if k < 0.50:
+        return ("hfault", _host_fault(r))
+    if k < 0.54:
+        return ("hschedule", [_host_fault(r) for _ in range(r.randint(0, 4))], r.random() < 0.5)
+    if k < 0.56:
+        return ("hclear",)
+    if k < 0.62:
+        return ("advance", r.choice((0, 1, 10 ** 6, 10 ** 9, 30 * 10 ** 9, 31 * 10 ** 9, 1 << 62)))
+    if k < 0.66:
+        return ("task", "signal_pending", r.random() < 0.3)
+    if k < 0.74:
+        return ("fail_nth", r.choice((0, 1, 1, 2, 2, 3, 4, 5, 6)))
+    if k < 0.77:
+        return ("force", r.choice(STATUSES), r.choice((None, abi.TDG_VP_VMCALL, abi.TDG_MR_REPORT)), r.choice((1, 2)))
+    if k < 0.84:
+        knob = r.choice(KNOBS)
+        return ("knob", r.choice(abi.FAULT_CAPABILITIES), knob, _knob_value(r, knob))
+    if k < 0.88:
+        return ("partial", r.choice(("partial_to_user", None)), r.choice((0, 1, 23, 24, 1000, 4096, 8000)))
+    if k < 0.93:
+        return (r.choice(("poke", "peek")), _uaddr(r), r.choice((1, 64, PAGE)), r.getrandbits(32))
+    if k < 0.95:  # e.g. the quote buffer read-only: the copy back faults (dropped downstream, -EFAULT on v4)
+        return ("mprotect", BASE + r.randrange(WINDOW_PAGES) * PAGE, PAGE, r.choice(PROTS))
+    if k < 0.985:
+        return ("mprotect", BASE, WINDOW_PAGES * PAGE, "rw")
+    if k < 0.993:
+        return ("open", abi.DEVICE_PATHS[driver], r.choice((os.O_RDWR, os.O_RDONLY)))
+    return ("close", r.randrange(-1, 4))
 
 
 def _tsm_op(r: random.Random) -> Tuple:
@@ -343,6 +415,7 @@ FEATURES = {
     "tiny_memory": "kernels with 1..7 pages of their own",
     "knob_race": "a knob set while another thread's calls use the fault up",
     "tsm": "quote episodes: configfs-tsm sequences with host faults (out_len, status, timing)",
+    "ioctl_quote": "ioctl quote episodes: downstream GET_QUOTE and v4 GEN_QUOTE requests under host faults",
 }
 
 
@@ -363,6 +436,8 @@ def feature_of(op: Tuple) -> Optional[str]:
         return "knob_race"
     if kind == "tsm_episode":
         return "tsm"
+    if kind == "iq_episode":
+        return "ioctl_quote"
     return None
 
 
@@ -381,15 +456,20 @@ def iter_episodes(seed: int, n_ops: int, without: Sequence[str] = (), driver: Op
             if feature_of(op) not in without:
                 return op
 
+    def any_episode():
+        c = r.random()
+        return _tsm_episode(r) if c < 0.25 else _iq_episode(r) if c < 0.35 else _episode(r)
+
     while done < n_ops:
-        ep = draw(lambda: _tsm_episode(r) if r.random() < 0.25 else _episode(r))
+        ep = draw(any_episode)
         while driver is not None and ep[3] != driver:
-            ep = draw(lambda: _tsm_episode(r) if r.random() < 0.25 else _episode(r))
+            ep = draw(any_episode)
         length = r.choice((20, 80, 300, 1500))
-        if ep[0] == "tsm_episode":  # the last op closes every fd and removes every item
-            ops = [ep] + [draw(lambda: _tsm_op(r)) for _ in range(max(0, min(length, n_ops - done - 1) - 1))]
+        if ep[0] in ("tsm_episode", "iq_episode"):  # the last op closes every fd (and removes every item)
+            make = (lambda: _tsm_op(r)) if ep[0] == "tsm_episode" else (lambda: _iq_op(r, ep[3]))
+            ops = [ep] + [draw(make) for _ in range(max(0, min(length, n_ops - done - 1) - 1))]
             if done + len(ops) < n_ops:
-                ops.append(("tsm_teardown",))
+                ops.append(("tsm_teardown",) if ep[0] == "tsm_episode" else ("iq_teardown",))
         else:
             ops = [ep] + [draw(lambda: _op(r, ep[3], ep[2])) for _ in range(min(length, n_ops - done - 1))]
         done += len(ops)
@@ -410,7 +490,7 @@ def _exc(e: BaseException) -> Tuple:
 
 # which parts of memory an operation can change: the rest of the observation is carried over
 _USER_OPS = {"episode", "tsm_episode", "ioctl", "pread", "pwrite", "mmap", "munmap", "mprotect", "poke", "process",
-             "race", "mr_lock", "read", "quote_lock", "tsm_quote"}
+             "race", "mr_lock", "read", "quote_lock", "tsm_quote", "iq_episode", "iq_quote", "iq_teardown", "advance"}
 _HOST_OPS = {"episode", "tdcall", "mr_report", "mr_extend", "mr_verify", "page_state", "host_write"}
 
 
@@ -425,6 +505,10 @@ class _Run:
         self.neighbours_served = False
         self.neighbour_from = NEIGHBOUR_FROM
         self.outblob_fds: Dict[int, bool] = {}
+        self.iq = None               # an ioctl quote episode's profile entry, else None
+        self.hqueue: List[int] = []  # the host's fault queue and schedule, as fault kinds (a mirror)
+        self.hsched: List[int] = []
+        self.hpos, self.hcycle = 0, False
 
     def close_host(self) -> None:
         if self.h is not None:
@@ -468,6 +552,7 @@ class _Run:
 
     def tsm_episode(self, fields, pages, driver, seed, init_nth, producer):
         self.close_host()
+        self.iq = None
         self.settled = False
         self.neighbours_served = False
         self.neighbour_from = NEIGHBOUR_FROM
@@ -485,8 +570,155 @@ class _Run:
         self.p.poke(BASE, bytes(i * 7 % 251 for i in range(WINDOW_PAGES * PAGE)))
         return "tsm"
 
+    def iq_episode(self, fields, pages, driver, seed, init_nth, producer):
+        self.iq_args = (fields, pages, driver, seed, init_nth, producer)
+        self.close_host()
+        self.settled = False
+        self.neighbours_served = False
+        self.outblob_fds = {}
+        self.k = self.p = None
+        self.fds = []
+        self.pages = pages
+        self.hqueue, self.hsched, self.hpos, self.hcycle = [], [], 0, False
+        self.producer = producer
+        self.m = self.b.Module(ModuleConfig(**fields), memory_pages=pages)
+        # the host before the kernel: the notify vector is registered at boot (docs/CONTRACT.md)
+        self.h = self.b.Host(self.m, producer=self.b.TestQuoteProducer() if producer else None)
+        self.k = self.b.Kernel(self.m, driver, seed=seed, fail_nth=init_nth)
+        self._reach(self.k.init_trace())
+        self.iq = _profile(driver).ioctl_quote
+        for cap in ("failslab", "fail_page_alloc"):  # the quote path's allocations are GFP_KERNEL
+            self.k.fault(cap).ignore_gfp_wait = False
+        self.k.fault("fail_page_alloc").min_order = 0
+        self.p = self.k.process()
+        self.p.mmap(BASE, WINDOW_PAGES * PAGE, "rw")
+        self.p.poke(BASE, bytes(i * 7 % 251 for i in range(WINDOW_PAGES * PAGE)))
+        self.fds = [self.p.open(self.k.device_path)]
+        return "iq"
+
+    def _next_host_fault(self) -> int:
+        if self.hqueue:
+            return self.hqueue[0]
+        if self.hsched and self.hpos < len(self.hsched):
+            return self.hsched[self.hpos]
+        return abi.HOST_FAULT_NONE
+
+    def _host_consumed(self, n: int) -> None:
+        for _ in range(n):
+            if self.hqueue:
+                self.hqueue.pop(0)
+            elif self.hsched and self.hpos < len(self.hsched):
+                self.hpos += 1
+                if self.hcycle and self.hpos == len(self.hsched):
+                    self.hpos = 0
+
+    def _iq_call(self, fn, *args):
+        """A call that may reach GetQuote: with no timeout (downstream) and no interrupt to come for
+        this request, the signal a stuck caller would get is pending from the start."""
+        p, h = self.p, self.h
+        silent = not self.producer or self._next_host_fault() in IQ_SILENT
+        force_signal = silent and not self.iq.timeout_ms and not p.signal_pending
+        c0 = h.counters()
+        if force_signal:
+            p.signal_pending = True
+        ret = None
+        try:
+            ret = fn(*args)
+            return ret
+        finally:
+            if force_signal:
+                p.signal_pending = False
+            c1 = h.counters()
+            self._host_consumed(c1["get_quotes"] - c0["get_quotes"])
+            if c1["in_flight"] > c0["in_flight"] and ret != 0:
+                # a failed request the host still owns: v4 frees its buffer (a timeout or a signal,
+                # ref §2.2 #8), downstream too when the host never marked it IN_FLIGHT (no_in_flight).
+                # Where the late quote then lands is the page allocator's placement, which the
+                # backends may choose differently (docs/CONTRACT.md): the host finishes first
+                h.clock.advance_ns(200 * 10 ** 9)
+                h.clock.poll()
+
+    def _iq_quote(self, kind, seed, version, in_len, length, buf, timeout, req_at, signal):
+        p, k, iq = self.p, self.k, self.iq
+        rr = random.Random(seed)
+        tdreport = self.m.report(rr.randbytes(64))
+        from tdxmodel.client import qgs_get_quote_request
+        if kind == "tdreport":
+            payload = tdreport
+        elif kind == "qgs":
+            payload = qgs_get_quote_request(tdreport)
+        elif kind == "qgs_bad":  # a frame one byte off somewhere: the host's raw mode
+            payload = bytearray(qgs_get_quote_request(tdreport))
+            payload[rr.randrange(12)] ^= 1 << rr.randrange(8)
+            payload = bytes(payload)
+        else:
+            payload = rr.randbytes(rr.choice((0, 1, 24, 1023, 1024, 2000)))
+        image = struct.pack("<QQII", version, 0, len(payload) if in_len is None else in_len, 0) + payload
+        if BASE + PAGE <= buf and buf + len(image) <= BASE + WINDOW_PAGES * PAGE:
+            try:
+                p.poke(buf, image)
+            except ValueError:
+                pass  # a page made read-only or unmapped by an earlier op: poke needs it mapped
+        cmd = _profile(k.driver).command("get_quote")
+        values = {"buf": buf, "len": length, "timeout": iq.timeout_ms if timeout is None else timeout}
+        req = bytearray(cmd.request_len)
+        for f in cmd.fields:
+            req[f.offset:f.end] = (values[f.name] & ((1 << 8 * f.size) - 1)).to_bytes(f.size, "little")
+        if BASE <= req_at and req_at + len(req) <= BASE + WINDOW_PAGES * PAGE:
+            try:
+                p.poke(req_at, bytes(req))
+            except ValueError:
+                pass
+        saved = p.signal_pending
+        if signal:
+            p.signal_pending = True
+        try:
+            ret = self._iq_call(p.ioctl, self.fd(0), cmd.value, req_at)
+        finally:
+            p.signal_pending = saved
+        self._reach(p.last_trace())
+        return ret
+
+    def _iq_call_or_reboot(self, fn, *args):
+        """v4's early returns keep quote_lock (ref §2.2): the next request hangs (TaskHung) and so would
+        every later one; the episode's platform is booted again (a fresh Module, Host and Kernel) so
+        the rest of the stream still tests something."""
+        try:
+            return fn(*args)
+        except errors.TaskHung as e:
+            self.iq_episode(*self.iq_args)
+            return _exc(e)
+
+    def iq_teardown(self):
+        """Faults off, every fd closed, the host let finish (200 s of its clock), then one clean quote
+        (downstream: its interrupt runs quote_work, which frees orphaned entries the host is done with).
+        Balanced afterwards unless the host still owns a request (``never``)."""
+        p, h = self.p, self.h
+        p.signal_pending = False
+        p.fail_nth = 0
+        for cap in abi.FAULT_CAPABILITIES:
+            k_attr = self.k.fault(cap)
+            k_attr.probability = 0
+        p.fault_user_copy(None, at=0)
+        h.clear_faults()
+        self.hqueue, self.hsched, self.hpos = [], [], 0
+        h.clock.advance_ns(200 * 10 ** 9)
+        h.clock.poll()
+        p.mprotect(BASE, WINDOW_PAGES * PAGE, "rw")
+        try:
+            out = [self._iq_quote("tdreport", 0, 1, None, self.iq.buf_len, BASE + PAGE, None, BASE, False)]
+        except errors.KernelError as e:  # v4: quote_lock kept by an earlier early return (TaskHung)
+            out = [_exc(e)]
+        out += [p.close(fd) for fd in self.fds]
+        self.fds = []
+        h.clock.advance_ns(200 * 10 ** 9)
+        h.clock.poll()
+        self.settled = h.counters()["in_flight"] == 0
+        return tuple(out)
+
     def episode(self, fields, pages, driver, seed, init_nth, misaligned):
         self.close_host()
+        self.iq = None
         self.k = self.p = None
         self.fds = []
         self.pages = pages
@@ -520,8 +752,17 @@ class _Run:
             return self.episode(*op[1:])
         if kind == "tsm_episode":
             return self.tsm_episode(*op[1:])
+        if kind == "iq_episode":
+            return self.iq_episode(*op[1:])
         if m is None:
             return "no module"
+        if kind == "iq_quote":
+            return self._iq_call_or_reboot(self._iq_quote, *op[1:])
+        if kind == "iq_teardown":
+            return self.iq_teardown()
+        if kind == "hclear":
+            self.hqueue, self.hsched, self.hpos = [], [], 0
+            return self.h.clear_faults()
         if kind in ("read", "write"):
             ret = getattr(p, kind)(self.fd(op[1]), op[2], op[3])
             pos = self.outblob_fds.get(self.fd(op[1]))
@@ -532,9 +773,17 @@ class _Run:
         if kind in ("mkdir", "rmdir", "stat", "readdir"):
             return getattr(p, kind)(op[1])
         if kind == "hfault":
+            if self.iq is not None:
+                ret = self.h.push_fault(op[1])
+                self.hqueue.append(host_faults.parse(op[1])[0])
+                return ret
             self._note_fault([op[1]])
             return self.h.push_fault(op[1])
         if kind == "hschedule":
+            if self.iq is not None:
+                ret = self.h.set_schedule(op[1], cycle=op[2])
+                self.hsched, self.hpos, self.hcycle = [host_faults.parse(f)[0] for f in op[1]], 0, bool(op[2])
+                return ret
             self._note_fault(op[1])
             return self.h.set_schedule(op[1], cycle=op[2])
         if kind == "advance":
@@ -581,6 +830,8 @@ class _Run:
                 p.signal_pending = saved
                 k.quote_lock_release()
         if kind == "ioctl":
+            if self.iq is not None:
+                return self._iq_call_or_reboot(self._iq_call, p.ioctl, self.fd(op[1]), op[2], op[3])
             return p.ioctl(self.fd(op[1]), op[2], op[3])
         if kind == "open":
             fd = p.open(op[1], op[2])

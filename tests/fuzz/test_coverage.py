@@ -38,6 +38,17 @@ def test_every_point_is_reached_by_the_campaign_or_the_fuzzer(driver):
     assert r["unlisted"] == [], f"{driver}: traced but not in the profile: {r['unlisted']}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@pytest.mark.parametrize("driver", NAMES)
+def test_the_fuzzer_alone_reaches_every_point(driver):
+    """The fuzzer's episodes (kernel, configfs-tsm quote, ioctl quote: downstream GET_QUOTE and v4
+    GEN_QUOTE under host faults) pass every point of every generation, without the campaign."""
+    r = _report()[driver]
+    missed = [p for p in r["points"] if p not in r["fuzzer"]]
+    assert missed == [], f"{driver}: the fuzzer never reached {missed}"
+
+
 @pytest.mark.parametrize("driver", NAMES)
 def test_the_campaign_reaches_every_point_of_the_paths_it_drives(backend, driver):
     """Module init (every case loads the driver) and every point of each command the campaign
