@@ -41,9 +41,15 @@ cdef class DevicePath:
         """core_register(process: core Process, fd: int) -> int handle: route this open file's ioctls
         through the nogil path. The process must map MIRROR_PAGES pages rw at USER_BASE and stay
         alive until core_unregister."""
+        cdef void *proc
+        cdef long r
         if not isinstance(process, Process):
             raise TypeError("process must be a core backend Process")
-        r = tdxf_core_register(self.c, <void *>(<Process>process)._live(), fd)
+        proc = <void *>(<Process>process)._live()
+        # without the GIL: a slot's lock may be held by an ioctl waiting for mr_lock, whose holder
+        # (a measurement write through the control path) needs the GIL to go on (a soak hung so)
+        with nogil:
+            r = tdxf_core_register(self.c, proc, fd)
         if r < 0:
             raise OSError(-r, "too many open device files")
         self._processes[r] = process

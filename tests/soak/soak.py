@@ -22,6 +22,7 @@ and is SIGKILLed leaves no client looping on the device.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import random
@@ -87,6 +88,29 @@ class SoakFailure(AssertionError):
     pass
 
 
+#: a soak step (a call through FUSE, a socket message, a CLI extend, reaping a client) that takes longer
+#: than this means the daemon stopped answering: the watchdog says where its threads wait, then
+#: SIGKILLs it so the blocked step returns and the soak fails instead of hanging
+STALL_SECONDS = 180.0
+
+
+def _watchdog(device, beat: List[float], stuck: List[str], done: threading.Event) -> None:
+    while not done.wait(5):
+        if time.monotonic() - beat[0] <= STALL_SECONDS:
+            continue
+        pid = device.proc.pid if device.proc is not None else None
+        where: Set[str] = set()
+        with contextlib.suppress(OSError, TypeError):
+            for t in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{t}/wchan") as f:
+                    where.add(f.read().strip() or "running")
+        stuck.append(f"no soak step finished for {STALL_SECONDS:.0f} s: the daemon hung "
+                     f"(its threads wait in {', '.join(sorted(where))})")
+        with contextlib.suppress(OSError, TypeError):
+            os.kill(pid, signal.SIGKILL)
+        return
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -135,6 +159,9 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
     mdir = str(device.control("measurements"))
     args = [str(abi.TDX_CMD_GET_REPORT0), str(abi.TDX_REPORT_REQ_LEN)]
     tag = [rng.getrandbits(16) << 24]
+    beat: List[float] = [time.monotonic()]
+    stuck: List[str] = []
+    done = threading.Event()
 
     def spawn(kind: str) -> subprocess.Popen:
         tag[0] += 1
@@ -157,7 +184,9 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
             confirmed.update(harness._confirmed_lines(out))
         elif kind == "preload":
             preload_saw.extend(line for line in out.splitlines() if line.startswith("exists"))
+        beat[0] = time.monotonic()
 
+    threading.Thread(target=_watchdog, args=(device, beat, stuck, done), daemon=True).start()
     try:
         pid = device.proc.pid
         for kind in ("fuse", "fuse", "preload", "extender", "extender"):
@@ -202,10 +231,13 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
                     device.fail_nth(rng.randrange(1, 4))
                 stats["knob_writes"] += 1
             time.sleep(rng.uniform(0.02, 0.15))
+            beat[0] = time.monotonic()
             if progress and time.monotonic() - last > 1:
                 last = time.monotonic()
                 progress(last - t0, duration)
         elapsed = time.monotonic() - t0
+        if stuck:
+            raise SoakFailure(stuck[0])
         for cap in abi.FAULT_CAPABILITIES:  # faults off before the final checks
             device.fault(cap, probability=0)
         device.fail_nth(0)
@@ -260,10 +292,16 @@ def run(duration: float = 20.0, *, seed: int = 0, rss_budget: int = 32 << 20, ch
                 holder.kill()
                 holder.communicate(timeout=10)
         return result
+    except Exception:
+        if stuck:  # the watchdog killed a hung daemon: that, not the step it broke, is the failure
+            raise SoakFailure(stuck[0]) from None
+        raise
     finally:
+        done.set()
         for kind, p in procs:
             with harness._suppress():
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
+            p.stdout.close()
         device.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -85,3 +85,21 @@ def test_a_killed_soak_driver_leaves_no_client_running(how, fuzz_seed):
             driver.kill()
             driver.wait(10)
         driver.stderr.close()
+
+
+def test_a_hung_daemon_fails_the_soak_instead_of_hanging_it(monkeypatch, fuzz_seed):
+    """The daemon stopped (SIGSTOP: as deadlocked, every FUSE request waits): the watchdog names the
+    hang, kills the daemon so the blocked step returns, and the soak fails, leaving nothing behind."""
+    monkeypatch.setattr(soak, "STALL_SECONDS", 3.0)
+    stopped = []
+
+    def progress(done, total):
+        if done >= 2 and not stopped:
+            daemons = [p for p, a in _children(os.getpid()).items() if b"serve" in a]
+            for p in daemons:
+                os.kill(p, signal.SIGSTOP)
+            stopped.extend(daemons)
+
+    with pytest.raises(soak.SoakFailure, match="the daemon hung"):
+        soak.run(600, seed=fuzz_seed, progress=progress)
+    assert stopped and not any(_alive(p) for p in stopped)
