@@ -222,3 +222,25 @@ def test_a_wrong_trait_mispredicts_a_campaign_case(driver, trait, monkeypatch):
         assert wrong, f"{driver} with {trait} flipped still predicts every campaign case"
     finally:
         quote_ioctl_replay._encoding.cache_clear()
+
+
+# ---- and beyond the campaign: each fault x service time around the next request's x a signal -----------
+SWEEP = [campaign_quote_ioctl._spec(f"sweep:{f}:{sec}:{bool(sig)}", "sweep", host_fault=f,
+                                    host_params={"seconds": sec}, signal=sig)
+         for f in ("service_time", "error", "no_in_flight", "no_interrupt", "never", "oversize_out_len")
+         for sec in (0, 0.001, abi.HOST_SERVICE_TIME_US / 1e6, 5) for sig in (None, {"at": "wait"})]
+
+
+@pytest.mark.parametrize("driver", IOCTL_DRIVERS)
+def test_the_encoding_beyond_the_campaign(driver, backend):
+    stated = 0
+    for spec in SWEEP:
+        try:
+            want = predict(driver, spec)
+        except ValueError:   # a wait nothing ends (no timeout, no signal): run_case would hang too
+            assert not _iq(driver).timeout_ms and spec["signal"] is None
+            continue
+        stated += 1
+        record = campaign.run_case(backend.BACKEND_NAME, driver, spec)
+        assert {k: record[k] for k in COMPARED} == want, spec["id"]
+    assert stated >= len(SWEEP) * 3 // 4
