@@ -265,6 +265,21 @@ def test_8_the_timeout_still_expires_once_the_virtual_clock_has_stopped(v4):
     assert balanced(k) and h.counters()["in_flight"] == 1
 
 
+def test_8_a_timeout_past_the_clocks_end_waits_until_that_end(v4):
+    """Half a second before the clock stops, a 1 s timeout ends at the clock's end, not at once (a
+    deadline that wrapped past 2**64 ended the wait immediately; found by the mutation run)."""
+    k, p, fd, h = v4()
+    end = (1 << 64) - 2
+    for _ in range(3):
+        h.clock.advance_ns(1 << 62)
+    h.clock.advance_ns(end - SEC // 2 - h.clock.now_ns())
+    assert h.clock.now_ns() == end - SEC // 2
+    request(p, k, timeout_ms=1000)
+    h.push_fault("never")
+    assert p.ioctl(fd, CMD.value, REQ) == -abi.EIO
+    assert h.clock.now_ns() == end
+
+
 @pytest.mark.parametrize("fault", ["service_unavailable", "no_interrupt"])
 def test_8_no_interrupt_runs_into_the_timeout(v4, fault):
     k, p, fd, h = v4()

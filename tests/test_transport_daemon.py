@@ -340,6 +340,25 @@ def test_malformed_socket_messages_are_logged_rate_limited():
         assert d.proc.poll() is None
 
 
+def test_an_ioctl_window_the_client_could_not_have_written_is_refused():
+    """The IOCTL message's window, readable and writable byte counts must nest (writable <= readable
+    <= window): a client asking to be written more bytes than it could read is hung up on and logged
+    (found by the mutation run: no test sent one)."""
+    from tdxmodel.transport import protocol
+    with ServedDevice("v6.2") as d:
+        client = protocol.Client(d.socket, os.O_RDWR)
+        try:
+            req = protocol.IOCTL.pack(abi.TDX_CMD_GET_REPORT0, 0x10000, 64, 32, 64, 0) + bytes(32)
+            client.sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.OP_IOCTL,
+                                                     len(req)) + req)
+            assert client.sock.recv(1) == b""  # hung up, no reply
+        finally:
+            client.sock.close()
+        lines = [line for line in d.stderr_text().splitlines() if "bad message" in line]
+        assert len(lines) == 1 and "IOCTL window 64, readable 32, writable 64" in lines[0], lines
+        assert d.proc.poll() is None
+
+
 @pytest.mark.parametrize("backend", ["core", "reference"])
 def test_signal_while_waiting_for_mr_lock_gives_eintr(tmp_path, backend):
     """6.16 takes mr_lock interruptibly: a client that waits for it and gets a signal returns EINTR;
