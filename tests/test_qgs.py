@@ -323,3 +323,29 @@ def test_the_log_is_rate_limited():
     for i in range(50):
         log(f"m{i}")
     assert lines == ["m0", "m1", "m2"]
+
+
+def test_a_frame_of_exactly_the_read_buffer_is_read_and_one_byte_more_is_not(server):
+    """The 4096-byte read buffer is the limit (quote.md §4.2): a GET_COLLATERAL_REQ frame of exactly
+    4096 bytes gets its error response; one of 4097 is closed without an answer (found by the
+    mutation run: only a 70 KB frame was tried)."""
+    for total, answered in ((4096, True), (4097, False)):
+        n = total - 4
+        frame = struct.pack(">I", n) + HDR.pack(1, 1, qa.QGS_GET_COLLATERAL_REQ, n, 0) + bytes(n - 16)
+        reply = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(server.path)
+            try:
+                s.sendall(frame)
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+            except (ConnectionResetError, BrokenPipeError):  # closed with the frame's end unread
+                pass
+        if answered:
+            assert qgs.unframe(reply) == qgs.error_response(qa.QGS_MSG_ERROR_UNEXPECTED, qa.QGS_GET_COLLATERAL_RESP)
+        else:
+            assert reply == b""
