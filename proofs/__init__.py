@@ -14,5 +14,8 @@ Layout:
 - the quote path: ``quote_path`` (one configfs-tsm request as terms, per generation with a quote path),
   ``quote_theorems`` (the six quote theorems, each a conjunction of named parts, per host assumption
   ``qemu`` / ``any``, with their expected failing parts), ``quote_runner`` and ``quote_replay``
-  (counterexamples as campaign quote cases, run by ``run_case``).
+  (counterexamples as campaign quote cases, run by ``run_case``); the ioctl quote paths (v4 3/3,
+  Intel downstream): ``quote_ioctl`` (one get_quote ioctl as terms, from ``profiles.IoctlQuote``), the
+  same six theorems in ``quote_theorems`` (``IOCTL_BUILDERS``) and ``quote_ioctl_replay``
+  (``campaign_quote_ioctl`` cases).
 """

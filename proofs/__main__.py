@@ -1,6 +1,6 @@
 """``python -m proofs [--driver NAME] [--theorem T] [--host qemu|any] [--json]`` runs every theorem x
-driver (the ioctl theorems; the quote theorems for each generation with a quote path, under each host
-assumption) and prints a table; ``python -m proofs --replay THEOREM --driver NAME [--host H]`` replays
+driver (the ioctl theorems; the quote theorems for each generation with a quote path, configfs-tsm or
+ioctl, under each host assumption) and prints a table; ``python -m proofs --replay THEOREM --driver NAME [--host H]`` replays
 that counterexample on the emulator.
 
 Exit status: 0 when every result equals its expectation (proofs/expected.py, proofs/quote_theorems.py)
@@ -99,8 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"    solver unknown: {r.reason}")
         for r in quote:
             mark = "" if r.ok else "   <-- UNEXPECTED"
-            name = f"{r.theorem} ({r.host} host)"
-            print(f"{name:34} {r.driver:{dw}} {r.result:15} {r.expected:15} {r.seconds:6.2f}s  {r.ref}{mark}")
+            name = f"{r.theorem} ({r.host} host{', ioctl' if r.path == 'ioctl' else ''})"
+            print(f"{name:40} {r.driver:{dw}} {r.result:15} {r.expected:15} {r.seconds:6.2f}s  {r.ref}{mark}")
             for part, cex in r.counterexamples.items():
                 shown = {k: v for k, v in cex.items() if not _irrelevant(k, v)}
                 print(f"    {part}: " + " ".join(_format_quote_value(k, v) for k, v in shown.items()))
@@ -121,7 +121,9 @@ def _format_quote_value(key: str, value: object) -> str:
         return f"host_fault={FAULT_NAMES[value]}"
     if key == "service_us" and isinstance(value, int):
         return f"service={value / 1e6:g}s"
-    if isinstance(value, int) and not isinstance(value, bool) and key != "tdcall_status":
+    if key == "clock_ns" and isinstance(value, int):
+        return f"clock={value / 1e9:g}s"
+    if isinstance(value, int) and not isinstance(value, bool) and key not in ("tdcall_status", "status_after"):
         return f"{key}={value}"
     return _format_value(key, value)
 

@@ -209,6 +209,11 @@ def replay(theorem: str, driver: str, host: Optional[str] = None, backends: Sequ
         if res.result != COUNTEREXAMPLE:
             lines.append("  nothing to replay: the theorem holds under this assumption")
             continue
+        if res.path == "ioctl":
+            part_ok, part_lines = _replay_ioctl(theorem, driver, h, res, names)
+            ok = ok and part_ok
+            lines += part_lines
+            continue
         for part, cex in res.counterexamples.items():
             spec = spec_from_counterexample(driver, cex, f"replay:{theorem}:{part}")
             lines.append(f"  {part}: case host_fault={spec['host_fault']} host_params={spec['host_params']} "
@@ -228,6 +233,30 @@ def replay(theorem: str, driver: str, host: Optional[str] = None, backends: Sequ
                         ok = False
                         lines.append(f"    MISMATCH {k}: z3 {pred[k]}, {name} {got[k]}")
     lines.append("replayed: the emulator shows the same outcome" if ok else "replay FAILED")
+    return ok, lines
+
+
+def _replay_ioctl(theorem: str, driver: str, host: str, res: QuoteResult,
+                  backends: Sequence[str]) -> Tuple[bool, List[str]]:
+    """An ioctl path's counterexamples as campaign_quote_ioctl cases (proofs.quote_ioctl_replay)."""
+    from proofs import quote_ioctl_replay as qi
+    from proofs.quote_theorems import IOCTL_BUILDERS
+    ok, lines = True, []
+    for part, cex in res.counterexamples.items():
+        spec = qi.spec_from_counterexample(driver, cex, f"replay:{theorem}:{part}")
+        lines.append(f"  {part}: {qi.describe(spec)}")
+        pred = qi.predict(driver, spec)
+        lines.append("    z3      : " + " ".join(f"{k}={pred[k]}" for k in qi.COMPARED))
+        if not qi.violates(driver, spec, IOCTL_BUILDERS[theorem], host, part):
+            ok = False
+            lines.append(f"    MISMATCH: with the test producer's quote the case no longer violates {part}")
+        for name in backends:
+            got = qi.record_values(campaign.run_case(name, driver, spec))
+            lines.append(f"    {name:8}: " + " ".join(f"{k}={got[k]}" for k in qi.COMPARED))
+            for k in qi.COMPARED:
+                if got[k] != pred[k]:
+                    ok = False
+                    lines.append(f"    MISMATCH {k}: z3 {pred[k]}, {name} {got[k]}")
     return ok, lines
 
 

@@ -17,11 +17,14 @@ import z3
 from proofs.engine import COUNTEREXAMPLE, PROVED, TIMEOUT_MS, UNKNOWN, _value
 from proofs.outcome import signed
 from proofs.quote_path import HOSTS
-from proofs.quote_theorems import ANCHOR, ASSUMPTIONS, BUILDERS, PREFER, QUOTE_THEOREMS, STEPS, citation, \
-    expected_failures
+from proofs.quote_theorems import ANCHOR, ASSUMPTIONS, BUILDERS, IOCTL_ANCHOR, IOCTL_ASSUMPTIONS, PREFER, \
+    QUOTE_THEOREMS, STEPS, builder, citation, expected_failures, ioctl_steps, path_of
 from tdxmodel import profiles as _profiles
 
-QUOTE_DRIVERS = tuple(p.name for p in _profiles.PROFILES if p.quote is not None)
+#: The generations with a quote path, configfs-tsm or ioctl (``quote_theorems.path_of``).
+QUOTE_DRIVERS = tuple(p.name for p in _profiles.PROFILES if path_of(p.name) is not None)
+CONFIGFS_DRIVERS = tuple(d for d in QUOTE_DRIVERS if path_of(d) == "configfs")
+IOCTL_DRIVERS = tuple(d for d in QUOTE_DRIVERS if path_of(d) == "ioctl")
 
 
 @dataclass
@@ -54,7 +57,7 @@ def _readable(cex: Dict[str, object]) -> Dict[str, object]:
                 and not isinstance(v, bool) else v) for k, v in cex.items()}
 
 
-def _check_part(part: z3.BoolRef, domain, tiers, variables, timeout_ms: int):
+def _check_part(part: z3.BoolRef, domain, tiers, variables, timeout_ms: int, greedy=None):
     """(result, counterexample or None, reason); the counterexample from the first tier of preferred
     values that admits one (``tiers``, most preferred first)."""
     s = z3.SolverFor("QF_BV")
@@ -67,6 +70,15 @@ def _check_part(part: z3.BoolRef, domain, tiers, variables, timeout_ms: int):
     if r == z3.unknown:
         return UNKNOWN, None, s.reason_unknown()
     m = s.model()
+    if greedy is not None:   # soft preferences, most important first: each kept if still satisfiable
+        for pref in greedy:
+            s.push()
+            s.add(pref)
+            if s.check() == z3.sat:
+                m = s.model()
+                continue
+            s.pop()
+        tiers = ()
     for tier in tiers:
         s.push()
         s.add(*tier)
@@ -88,7 +100,7 @@ def prove_quote(theorem: str, driver: str, host: str, timeout_ms: int = TIMEOUT_
     if host not in HOSTS:
         raise ValueError(f"unknown host assumption {host!r}; choose one of {', '.join(HOSTS)}")
     start = time.monotonic()
-    parts, domain, variables, env = BUILDERS[theorem](driver, host)
+    parts, domain, variables, env = builder(theorem, driver)(driver, host)
     s = z3.SolverFor("QF_BV")
     s.set("timeout", timeout_ms)
     s.add(*domain)
@@ -102,7 +114,8 @@ def prove_quote(theorem: str, driver: str, host: str, timeout_ms: int = TIMEOUT_
             shown = PREFER.get((theorem, name), lambda v: [])(variables)
             tiers = (replayable + simple + shown + [variables["ret"] == 0], replayable + simple + shown,
                      replayable + simple, replayable)
-            res, cex, why = _check_part(claim, domain, tiers, variables, timeout_ms)
+            greedy = env.preferences(shown) if hasattr(env, "preferences") else None
+            res, cex, why = _check_part(claim, domain, tiers, variables, timeout_ms, greedy)
             if res == UNKNOWN:
                 result, reason = UNKNOWN, why
                 break
@@ -113,11 +126,14 @@ def prove_quote(theorem: str, driver: str, host: str, timeout_ms: int = TIMEOUT_
     want_parts = sorted(expected_failures(theorem, driver, host))
     want = COUNTEREXAMPLE if want_parts else PROVED
     ok = result == want and sorted(failing) == want_parts
-    cites = {p: citation(theorem, p, host) for p in failing if citation(theorem, p, host)}
-    return QuoteResult(theorem, driver, host, ASSUMPTIONS[host], result, want, failing, want_parts,
-                       cexs[failing[0]] if failing else None, cexs, ok, STEPS[theorem], ANCHOR,
+    cites = {p: citation(theorem, p, host, driver) for p in failing if citation(theorem, p, host, driver)}
+    path = path_of(driver)
+    ioctl = path == "ioctl"
+    return QuoteResult(theorem, driver, host, (IOCTL_ASSUMPTIONS if ioctl else ASSUMPTIONS)[host], result,
+                       want, failing, want_parts, cexs[failing[0]] if failing else None, cexs, ok,
+                       ioctl_steps(theorem, driver) if ioctl else STEPS[theorem], IOCTL_ANCHOR if ioctl else ANCHOR,
                        next(iter(cites.values()), None), reason, round(time.monotonic() - start, 4),
-                       citations=cites)
+                       path=path, citations=cites)
 
 
 def run_quote_all(drivers: Optional[Iterable[str]] = None, theorems: Optional[Iterable[str]] = None,

@@ -156,6 +156,8 @@ _CITATIONS = {
 
 def expected_failures(theorem: str, driver: str, host: str) -> FrozenSet[str]:
     """The parts expected to fail, from the generation's profile traits."""
+    if path_of(driver) == "ioctl":
+        return ioctl_expected_failures(theorem, driver, host)
     q = _profiles.get(driver).quote
     out = set()
     if theorem == "quote_errno_contract" and (host == "any" or not q.status_check):
@@ -173,7 +175,9 @@ def expected_failures(theorem: str, driver: str, host: str) -> FrozenSet[str]:
     return frozenset(out)
 
 
-def citation(theorem: str, part: str, host: str) -> Optional[str]:
+def citation(theorem: str, part: str, host: str, driver: Optional[str] = None) -> Optional[str]:
+    if driver is not None and path_of(driver) == "ioctl":
+        return ioctl_citation(theorem, part, host, driver)
     return _CITATIONS.get((theorem, part, host))
 
 
@@ -184,4 +188,213 @@ ASSUMPTIONS = {
             "no_interrupt",
     "any": "any host: every fault of the menu (never, oversize_out_len, out_len_changes, no_in_flight "
            "too), any quote length",
+}
+
+
+# ---- the ioctl quote paths (proofs.quote_ioctl): the same six theorems over one get_quote ioctl -------
+PATHS = ("configfs", "ioctl")
+
+
+def path_of(driver: str) -> Optional[str]:
+    """The quote path of a generation: ``configfs`` (profiles.Quote), ``ioctl`` (profiles.IoctlQuote)."""
+    p = _profiles.get(driver)
+    return "configfs" if p.quote is not None else "ioctl" if p.ioctl_quote is not None else None
+
+
+#: The reference rows per theorem, per get_quote command (its tdxmodel.abi name: the code it mirrors).
+IOCTL_STEPS = {
+    "TDX_CMD_GEN_QUOTE": {   # v4 3/3 (ref §2.2), the driver's #1-#11
+        "quote_no_leak": "ref §2.2 v4 3/3 #1-#5, #11 (early returns keep quote_lock)",
+        "quote_errno_contract": "ref §2.2 v4 3/3 #3-#10 (copy back before the status check)",
+        "quote_timeout": "ref §2.2 v4 3/3 #8; quote.md §4.1 H5, §3.3",
+        "quote_length_safety": "ref §2.2 v4 3/3 #3, #5, #9",
+        "quote_no_disclosure": "ref §2.2 v4 3/3 #5, #9",
+        "quote_ownership": "ref §2.2 v4 3/3 #8, #11 (freed on timeout while the VMM owns it)",
+    },
+    "TDX_CMD_GET_QUOTE": {   # Intel downstream (quote.md §2.6 1-7)
+        "quote_no_leak": "quote.md §2.6 2, 5-6 (orphaned entries)",
+        "quote_errno_contract": "quote.md §2.6 1-7",
+        "quote_timeout": "quote.md §2.6 5-6 (no timeout), §4.1 H5, §3.3",
+        "quote_length_safety": "quote.md §2.6 2, 7",
+        "quote_no_disclosure": "quote.md §2.6 2, 7",
+        "quote_ownership": "quote.md §2.6 4-6 (parallel requests, each its own buffer)",
+    },
+}
+
+
+def ioctl_steps(theorem: str, driver: str) -> str:
+    cmd = _profiles.get(driver).command("get_quote")
+    return IOCTL_STEPS.get(cmd.name, {}).get(theorem, cmd.ref)
+
+
+IOCTL_ANCHOR = "tdx_driver.c gen_quote_v4 (v4 3/3 tdx_get_tdquote) / get_quote_downstream (tdx_get_quote)"
+
+
+def _ioctl_request(driver: str, host: str):
+    from proofs.quote_ioctl import IoctlEnv, request as ioctl_request
+    env = IoctlEnv(driver)
+    r = ioctl_request(driver, env)
+    return env, r, env.domain(host) + [r.returns]
+
+
+def _ioctl_vars(env, r, **extra) -> Dict[str, z3.ExprRef]:
+    out = env.variables()
+    out.update({"ret": r.ret, "outblob_len": r.outblob_len, "status_after": r.status_after,
+                "copied_back": r.copied_back, "host_owns_after": r.host_owns_after,
+                "freed_while_owned": r.freed_while_owned, "locks_held": r.locks_held,
+                "leaked_after_host": r.leaked_after_host, "clock_ns": r.clock_ns})
+    out.update(extra)
+    return out
+
+
+def ioctl_no_leak(driver: str, host: str):
+    """No leak: every allocation of the call is freed, or owned by the host's request (an orphan on
+    quote_list, freed by the notify callback when the host completes); no lock is held when the call
+    returns. (The ioctl paths allocate nothing at load: the vector's registration is only logged.)"""
+    env, r, dom = _ioctl_request(driver, host)
+    parts: Parts = {"allocations": z3.Not(z3.And(r.leaked_after_host != 0, z3.Not(r.owned_after_host))),
+                    "locks": r.locks_held == 0}
+    return parts, dom, _ioctl_vars(env, r, leaked=r.leaked), env
+
+
+def ioctl_errno_contract(driver: str, host: str):
+    """Errno contract: the ioctl returns 0 or an errno of the command's documented set
+    (profiles.IoctlQuote.errnos); 0 if and only if this request's non-empty host reply, with its length
+    in out_len, reached the caller's buffer; and a failing call leaves that buffer as it was."""
+    env, r, dom = _ioctl_request(driver, host)
+    parts: Parts = {"documented": r.documented,
+                    "zero_only_with_quote": z3.Implies(r.ret == 0, r.quote_reached),
+                    "quote_means_zero": z3.Implies(r.quote_reached, r.ret == 0),
+                    "failure_leaves_buffer": z3.Implies(r.ret != 0, z3.Not(r.copied_back))}
+    return parts, dom, _ioctl_vars(env, r, quote_reached=r.quote_reached), env
+
+
+def ioctl_timeout(driver: str, host: str):
+    """Timeout. With the caller's timeout (v4): an uninterrupted wait gives up (-EIO) if and only if
+    the host still owns the buffer when the timeout expires. Without one (downstream): the wait ends
+    only by the completion's vector or a signal, so an uninterrupted call never returns while the
+    host owns the buffer, and a signal is needed only while the host still owns it (a wait the host
+    has finished with ends by itself)."""
+    env, r, dom = _ioctl_request(driver, host)
+    scope = z3.And(r.reached_wait, z3.Not(r.interrupted))
+    if _profiles.get(driver).ioctl_quote.timeout_ms:
+        parts: Parts = {"gives_up_only_when_owned": z3.Implies(r.timed_out, r.owned_at_timeout),
+                        "owned_means_gives_up": z3.Implies(z3.And(scope, r.owned_at_timeout), r.timed_out)}
+    else:
+        parts = {"no_give_up_while_owned": z3.Implies(scope, z3.Not(r.host_owns_after)),
+                 "signal_needed_only_while_owned": z3.Implies(r.interrupted, r.owned_at_signal)}
+    return parts, dom, _ioctl_vars(env, r, timed_out=r.timed_out, interrupted=r.interrupted,
+                                   owned_at_timeout=r.owned_at_timeout,
+                                   owned_at_signal=r.owned_at_signal), env
+
+
+def ioctl_length_safety(driver: str, host: str):
+    """Host-length safety: the copy back is sized by the caller's len, read once with the request
+    (PAGE_ALIGN(len), the buffer the driver allocated), whatever out_len the host writes; the host's
+    out_len never sizes a kernel copy (it reaches the caller in the header, for the client to check)."""
+    env, r, dom = _ioctl_request(driver, host)
+    parts: Parts = {"read_once": z3.Implies(r.copied_back, r.copied_len == r.buffer_len),
+                    "bounded": z3.ULE(r.copied_len, r.buffer_len)}
+    return parts, dom, _ioctl_vars(env, r, copied_len=r.copied_len), env
+
+
+def ioctl_no_disclosure(driver: str, host: str):
+    """No disclosure: every byte the call writes to the caller's buffer comes from this request's own
+    shared buffer (zeroed at allocation: the caller's own request bytes and the host's reply); none
+    from kernel memory past it."""
+    env, r, dom = _ioctl_request(driver, host)
+    parts: Parts = {"claim": r.beyond_buffer == 0}
+    return parts, dom, _ioctl_vars(env, r, beyond_buffer=r.beyond_buffer), env
+
+
+def ioctl_ownership(driver: str, host: str):
+    """Ownership: no buffer the host owns goes back to the allocator (where the next request's
+    dma_alloc_coherent, or any allocation, can get it and the host's late reply lands in it). Each
+    request has its own buffer, so no request is issued into one the host owns unless one was freed."""
+    env, r, dom = _ioctl_request(driver, host)
+    parts: Parts = {"claim": z3.Not(r.freed_while_owned)}
+    return parts, dom, _ioctl_vars(env, r), env
+
+
+IOCTL_BUILDERS: Dict[str, Callable] = {
+    "quote_no_leak": ioctl_no_leak,
+    "quote_errno_contract": ioctl_errno_contract,
+    "quote_timeout": ioctl_timeout,
+    "quote_length_safety": ioctl_length_safety,
+    "quote_no_disclosure": ioctl_no_disclosure,
+    "quote_ownership": ioctl_ownership,
+}
+
+
+def builder(theorem: str, driver: str) -> Callable:
+    """The theorem's encoding for the generation's quote path."""
+    return (IOCTL_BUILDERS if path_of(driver) == "ioctl" else BUILDERS)[theorem]
+
+
+def ioctl_expected_failures(theorem: str, driver: str, host: str) -> FrozenSet[str]:
+    """The parts expected to fail on an ioctl path, from its profiles.IoctlQuote traits."""
+    from proofs.quote_ioctl import vector_registered
+    iq = _profiles.get(driver).ioctl_quote
+    no_vector = host == "any" or not vector_registered(driver)   # a completion without the vector
+    out = set()
+    if theorem == "quote_no_leak":
+        if iq.lock_kept_on_early_return:
+            out.add("locks")
+        if iq.parallel and no_vector:        # an orphan is freed by the vector's callback only
+            out.add("allocations")
+    if theorem == "quote_errno_contract":
+        if not iq.checks_status or iq.drops_copy_fault or host == "any":
+            out.add("zero_only_with_quote")
+        if iq.checks_status:                 # the check comes after the copy back
+            out.add("failure_leaves_buffer")
+    if theorem == "quote_timeout":           # H5's status comes without a completion, so no vector
+        out.add("gives_up_only_when_owned" if iq.timeout_ms else "signal_needed_only_while_owned")
+    if theorem == "quote_ownership" and (not iq.parallel or host == "any"):
+        out.add("claim")
+    return frozenset(out)
+
+
+_H5 = ("quote.md §4.1 H5: 'no QGS configured: write the header with status QGS_UNAVAILABLE; ret SUCCESS': "
+       "no completion, so no vector (§3.3: injected 'After every completed GetQuote')")
+
+
+def ioctl_citation(theorem: str, part: str, host: str, driver: str) -> Optional[str]:
+    iq = _profiles.get(driver).ioctl_quote
+    if (theorem, part) == ("quote_no_leak", "locks"):
+        return "ref §2.2 v4 3/3 defects: 'early returns keep quote_lock held'"
+    if (theorem, part) == ("quote_no_leak", "allocations"):
+        return ("quote.md §2.6 6: 'A signal → -EINTR, and the entry is orphaned until the VMM finishes'; "
+                "only the event-notify IRQ's work frees it (§2.6 5), and the vector is optional (§3.3): a "
+                "host completing without it leaves the orphan for good (Analysis)")
+    if (theorem, part) == ("quote_errno_contract", "zero_only_with_quote"):
+        if not iq.checks_status or iq.drops_copy_fault:
+            return ("quote.md §2.6 7: 'It returns 0 even if that copy_to_user failed (the -EFAULT it "
+                    "records is dropped)'; the status is never checked: the client does (§2.7 5.1 "
+                    "'status != 0 || out_len <= 4'), so an ERROR reply is a 0 return")
+        return ("quote.md §2.7 5.2: the host's out_len reaches the caller unchecked (no ioctl path reads "
+                "it); libtdx_attest checks 'BE32(data[0..3]) != out_len − 4' itself")
+    if (theorem, part) == ("quote_errno_contract", "failure_leaves_buffer"):
+        return "ref §2.2 v4 3/3 defects: 'the buffer is copied back before the status is checked'"
+    if (theorem, part) == ("quote_timeout", "gives_up_only_when_owned"):
+        return _H5 + "; v4 waits for the vector only: the caller's whole timeout, then -EIO"
+    if (theorem, part) == ("quote_timeout", "signal_needed_only_while_owned"):
+        return _H5 + "; quote.md §2.6 6: 'wait_for_completion_interruptible with no timeout': only a signal " \
+                     "ends the wait"
+    if (theorem, part) == ("quote_ownership", "claim"):
+        if not iq.parallel:
+            return ("ref §2.2 v4 3/3 defects: 'on timeout the buffer is freed while the VMM may still own "
+                    "it' (a signal takes the same exit: wait_for_completion_interruptible_timeout < 0)")
+        return (_ASYNC + "; quote.md §2.6 6: an interrupted request orphans its entry only while the "
+                "status says IN_FLIGHT, else frees the buffer the host still writes")
+    return None
+
+
+IOCTL_ASSUMPTIONS = {
+    "qemu": "QEMU-conformant host (quote.md §4.1, §3.3): IN_FLIGHT written before the call returns, the "
+            "30 s timer, the registered notify vector injected after every completed GetQuote, out_len "
+            "the reply's length, a SUCCESS carries a non-empty quote of at most size - 52 bytes; faults: "
+            "none, service_time, error, service_unavailable, retry (no_interrupt too when no valid vector "
+            "is registered)",
+    "any": "any host: every fault of the menu (never, oversize_out_len, out_len_changes, no_in_flight, "
+           "no_interrupt too), any quote length",
 }

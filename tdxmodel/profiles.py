@@ -350,6 +350,14 @@ class IoctlQuote:
     buf_len: int                # the buffer a client passes (libtdx_attest REQ_BUF_SIZE, quote.md §2.7)
     errnos: Tuple[int, ...]     # the documented errno set of the command (0 implied)
     timeout_ms: int = 0         # the client's timeout when the request carries one (v4); 0: none
+    # What the code does, beside the layout (the quote proofs' encoding, proofs/quote_ioctl.py, is
+    # built from these and checked against the emulator case by case):
+    lock_kept_on_early_return: bool = False  # v4 3/3: the request-copy and len/timeout returns keep
+                                             # quote_lock (ref §2.2)
+    checks_status: bool = False  # status != SUCCESS -> -EIO, after the copy back (v4 3/3, ref §2.2);
+                                 # False: 0 whatever the status (quote.md §2.6, the client checks it)
+    drops_copy_fault: bool = False  # the copy back's -EFAULT is dropped: 0 (quote.md §2.6 7)
+    interrupted_errno: int = abi.EINTR  # a signal during the wait (v4: -ERESTARTSYS <= 0 -> -EIO)
 
 
 @dataclass(frozen=True)
@@ -593,7 +601,8 @@ PROFILES: Tuple[Profile, ...] = (
         ioctl_quote=IoctlQuote(notify_vector=abi.TDX_V4_EVENT_NOTIFY_VECTOR, parallel=False,
                                payload="tdreport", buf_len=_SZ_16K,
                                errnos=(abi.EFAULT, abi.EINVAL, abi.ENOMEM, abi.EIO),
-                               timeout_ms=abi.HOST_QGS_TIMEOUT_MS)),
+                               timeout_ms=abi.HOST_QGS_TIMEOUT_MS, lock_kept_on_early_return=True,
+                               checks_status=True, drops_copy_fault=False, interrupted_errno=abi.EIO)),
     # ref §2.4: upstream 6.2-6.6, no lock, per-call kmalloc/kzalloc; the ioctl only.
     Profile(
         name="v6.2", ref="ref §2.4", kernel=("6.2", "6.6"),
@@ -696,7 +705,9 @@ PROFILES: Tuple[Profile, ...] = (
         # which 6.x is not known: we pick the VFS list of 6.2-6.8 (no FS_IOC_GETFSUUID)
         ioctl_quote=IoctlQuote(notify_vector=abi.TDX_DOWNSTREAM_NOTIFY_VECTOR, parallel=True,
                                payload="qgs", buf_len=_SZ_16K,
-                               errnos=(abi.EFAULT, abi.EINVAL, abi.ENOMEM, abi.EIO, abi.EINTR)),
+                               errnos=(abi.EFAULT, abi.EINVAL, abi.ENOMEM, abi.EIO, abi.EINTR),
+                               lock_kept_on_early_return=False, checks_status=False,
+                               drops_copy_fault=True, interrupted_errno=abi.EINTR),
         traits={"extend_min_index": abi.TDX_DOWNSTREAM_MIN_RTMR}),
 )
 
