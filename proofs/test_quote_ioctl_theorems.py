@@ -164,3 +164,48 @@ def test_replay_cli_on_the_ioctl_path(capsys):
                  "--backend", "reference"]) == 0
     out = capsys.readouterr().out
     assert "locks_held=1" in out and "replayed" in out and "MISMATCH" not in out
+
+
+# ---- the campaign pins each trait: a profile that says otherwise mispredicts some case ------------------
+def _flipped(iq, trait):
+    value = getattr(iq, trait)
+    if trait == "interrupted_errno":
+        return abi.EIO if value == abi.EINTR else abi.EINTR
+    if trait == "timeout_ms":
+        return 0 if value else abi.HOST_QGS_TIMEOUT_MS
+    return not value
+
+
+_TRAITS = ("parallel", "lock_kept_on_early_return", "checks_status", "drops_copy_fault",
+           "interrupted_errno", "timeout_ms")
+# downstream given a timeout: it would show only in a wait that nothing else ends, which no campaign
+# case can run (it would hang); quote_timeout states that wait instead
+FLIPS = [(d, t) for d in IOCTL_DRIVERS for t in _TRAITS if not (t == "timeout_ms" and not _iq(d).timeout_ms)]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_records(driver):
+    return {s["id"]: campaign.run_case("reference", driver, s) for s in campaign_quote_ioctl.cases(driver)}
+
+
+@pytest.mark.parametrize("driver,trait", FLIPS, ids=[f"{d}:{t}" for d, t in FLIPS])
+def test_a_wrong_trait_mispredicts_a_campaign_case(driver, trait, monkeypatch):
+    from proofs import quote_ioctl_replay
+    records = _reference_records(driver)
+    prof = profiles.get(driver)
+    iq = dataclasses.replace(prof.ioctl_quote, **{trait: _flipped(prof.ioctl_quote, trait)})
+    monkeypatch.setitem(profiles.BY_NAME, driver, dataclasses.replace(prof, ioctl_quote=iq))
+    quote_ioctl_replay._encoding.cache_clear()
+    try:
+        wrong = []
+        for s in campaign_quote_ioctl.cases(driver):
+            try:
+                want = predict(driver, s)
+            except ValueError:   # the wrong encoding cannot even state the case the emulator ran
+                wrong.append(s["id"])
+                continue
+            if {k: records[s["id"]][k] for k in COMPARED} != want:
+                wrong.append(s["id"])
+        assert wrong, f"{driver} with {trait} flipped still predicts every campaign case"
+    finally:
+        quote_ioctl_replay._encoding.cache_clear()
