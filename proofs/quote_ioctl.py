@@ -29,7 +29,9 @@ data and out_len on SUCCESS; the registered notify vector injected on completion
 ``no_interrupt`` (§3.3); SERVICE_UNAVAILABLE written at once with no completion, so no vector (H5).
 Completion reaches the caller only by the vector: a request is one caller's, so the only interrupt
 is its own completion. A signal is pending from the start (the campaign's ``{"at": "wait"}``); the
-caller's len is ``buf_len`` or 0 (the ``len_zero`` misuse), its timeout the profile's or 0.
+caller's len is ``buf_len`` or 0 (the ``len_zero`` misuse), its timeout the profile's or 0. After the
+call the campaign makes one clean next request at once (``next_*``): its buffer is the pages this call
+freed, so a late reply of this request can land in it.
 
 The host assumptions are ``proofs.quote_path.HOSTS``; for a generation that registers a valid vector
 (32..255, quote.md §3.3) a QEMU-conformant host injects it after every completed GetQuote, so
@@ -115,7 +117,7 @@ class IoctlEnv:
     def preferences(self, shown: List[z3.BoolRef]) -> List[z3.BoolRef]:
         """A counterexample's soft preferences, most important first (``quote_runner`` keeps each one
         the part still admits): replayable values, the theorem's preferred kind, one thing injected."""
-        return self.replayable() + list(shown) + self.simple()
+        return self.replayable() + [z3.URem(self.service_us, 1000) == 0] + list(shown) + self.simple()
 
     def simple(self) -> List[z3.BoolRef]:
         """Preferred too: one thing injected (the host's default service time, no signal, misuse or
@@ -155,6 +157,9 @@ class IoctlRequest:
     get_quotes: z3.BitVecRef         # GetQuote hypercalls made
     documented: z3.BoolRef           # ret is 0 or an errno of the command's documented set
     reached: Dict[str, z3.BoolRef]   # injection point -> reached
+    next_runs: z3.BoolRef            # the campaign's clean next request runs (no lock kept)
+    next_ret: z3.BitVecRef           # ... and returns this
+    next_outblob_is_own: z3.BoolRef  # ... 0, with its own quote in its buffer
 
 
 def _bv(v: int, w: int = W) -> z3.BitVecRef:
@@ -275,8 +280,27 @@ def request(driver: str, env: IoctlEnv) -> IoctlRequest:
     host_owns_after = owned_at(t_end)
     # v4 #11 / downstream #9 (or #7 for an interrupted one not IN_FLIGHT): the buffer is freed
     freed_while_owned = z3.And(host_owns_after, z3.Not(orphaned))
-    # an orphan is freed by the notify callback when the host completes (§2.6 5): its vector
-    orphan_stays = z3.And(orphaned, z3.Not(irq))
+
+    # -- the campaign's clean next request, made at t_end (none after a kept lock) ----------------------
+    # It allocates its buffer as the call freed its own: the allocator hands back those pages (both
+    # backends' LIFO choice), so a late reply of this request lands in it. Its own completion is QEMU's
+    # at t_end + the default service time, with the vector; at an equal time this request's completion
+    # comes first (the host's FIFO), so the next one's own reply is the last written.
+    next_runs = locks_held == 0
+    due_next = t_end + A.HOST_SERVICE_TIME_US
+    late = z3.And(host_owns_after, completes)             # this request completes after the call
+    lands = z3.And(freed_while_owned, completes)          # ... into the next request's buffer
+    first = z3.And(late, irq, z3.ULT(due, due_next))      # its vector comes before the next one's own
+    if iq.parallel:   # the work completes the next entry once its header is not IN_FLIGHT
+        next_early = z3.And(first, lands)
+        next_ret = zero
+    else:             # v4's one req_compl: any vector completes it, and #10 checks the status found
+        next_early = first
+        next_ret = z3.If(z3.And(next_early, z3.Not(success)), _neg("EIO"), zero)
+    next_own = z3.And(next_runs, next_ret == 0, z3.Not(next_early))
+    # an orphan is freed by the notify callback (§2.6 5) once its header is final: this request's
+    # vector, or the next request's (at due_next)
+    orphan_stays = z3.And(orphaned, z3.Not(irq), z3.Not(z3.And(next_runs, completes, z3.ULE(due, due_next))))
     n = _bv(nallocs)
     leaked = z3.If(orphaned, n, zero)
     leaked_after_host = z3.If(orphan_stays, n, zero)
@@ -290,4 +314,5 @@ def request(driver: str, env: IoctlEnv) -> IoctlRequest:
         freed_while_owned=freed_while_owned, orphaned=orphaned, leaked=leaked,
         leaked_after_host=leaked_after_host, owned_after_host=z3.And(accepted, is_("never")),
         locks_held=locks_held, clock_ns=t_end * 1000, get_quotes=z3.If(issued, _bv(1), zero),
-        documented=documented, reached=reached)
+        documented=documented, reached=reached, next_runs=next_runs, next_ret=next_ret,
+        next_outblob_is_own=next_own)

@@ -23,7 +23,8 @@ from tdxmodel import abi, campaign_quote_ioctl
 _TIMEOUT_MS = 20_000
 #: The record's keys the encoding states.
 COMPARED = ("ret", "outblob_len", "status_after", "leaked", "leaked_after_host", "locks_held",
-            "host_owns_after", "freed_while_owned", "clock_ns", "get_quotes")
+            "host_owns_after", "freed_while_owned", "clock_ns", "get_quotes", "next_ret",
+            "next_outblob_is_own")
 
 
 #: The misuses in the order the path meets them (#1 the request, #2 its len / timeout, #4 the buffer).
@@ -34,7 +35,8 @@ def _terms(r) -> Dict[str, z3.ExprRef]:
     return {"ret": r.ret, "outblob_len": r.outblob_len, "status_after": r.status_after,
             "leaked": r.leaked, "leaked_after_host": r.leaked_after_host, "locks_held": r.locks_held,
             "host_owns_after": r.host_owns_after, "freed_while_owned": r.freed_while_owned,
-            "clock_ns": r.clock_ns, "get_quotes": r.get_quotes}
+            "clock_ns": r.clock_ns, "get_quotes": r.get_quotes, "next_runs": r.next_runs,
+            "next_ret": r.next_ret, "next_outblob_is_own": r.next_outblob_is_own}
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,6 +104,7 @@ def predict(driver: str, spec: Dict[str, object]) -> Dict[str, object]:
     fixed += [v == fails[p] for p, v in env.fail.items()]
     out = _solve_in(s, fixed, _terms(r))
     out["ret"] = signed(out["ret"])
+    out["next_ret"] = signed(out["next_ret"]) if out.pop("next_runs") else None
     return out
 
 

@@ -208,7 +208,7 @@ IOCTL_STEPS = {
         "quote_errno_contract": "ref §2.2 v4 3/3 #3-#10 (copy back before the status check)",
         "quote_timeout": "ref §2.2 v4 3/3 #8; quote.md §4.1 H5, §3.3",
         "quote_length_safety": "ref §2.2 v4 3/3 #3, #5, #9",
-        "quote_no_disclosure": "ref §2.2 v4 3/3 #5, #9",
+        "quote_no_disclosure": "ref §2.2 v4 3/3 #5, #8-#9 (a freed buffer is the next request's)",
         "quote_ownership": "ref §2.2 v4 3/3 #8, #11 (freed on timeout while the VMM owns it)",
     },
     "TDX_CMD_GET_QUOTE": {   # Intel downstream (quote.md §2.6 1-7)
@@ -216,7 +216,7 @@ IOCTL_STEPS = {
         "quote_errno_contract": "quote.md §2.6 1-7",
         "quote_timeout": "quote.md §2.6 5-6 (no timeout), §4.1 H5, §3.3",
         "quote_length_safety": "quote.md §2.6 2, 7",
-        "quote_no_disclosure": "quote.md §2.6 2, 7",
+        "quote_no_disclosure": "quote.md §2.6 2, 5-7",
         "quote_ownership": "quote.md §2.6 4-6 (parallel requests, each its own buffer)",
     },
 }
@@ -300,11 +300,14 @@ def ioctl_length_safety(driver: str, host: str):
 
 def ioctl_no_disclosure(driver: str, host: str):
     """No disclosure: every byte the call writes to the caller's buffer comes from this request's own
-    shared buffer (zeroed at allocation: the caller's own request bytes and the host's reply); none
-    from kernel memory past it."""
+    shared buffer (zeroed at allocation: the caller's own request bytes and the host's reply), none
+    from kernel memory past it; and a clean next request that returns 0 holds its own quote, not this
+    request's late reply."""
     env, r, dom = _ioctl_request(driver, host)
-    parts: Parts = {"claim": r.beyond_buffer == 0}
-    return parts, dom, _ioctl_vars(env, r, beyond_buffer=r.beyond_buffer), env
+    parts: Parts = {"claim": r.beyond_buffer == 0,
+                    "next_request": z3.Implies(z3.And(r.next_runs, r.next_ret == 0), r.next_outblob_is_own)}
+    return parts, dom, _ioctl_vars(env, r, beyond_buffer=r.beyond_buffer, next_ret=r.next_ret,
+                                   next_outblob_is_own=r.next_outblob_is_own), env
 
 
 def ioctl_ownership(driver: str, host: str):
@@ -351,6 +354,8 @@ def ioctl_expected_failures(theorem: str, driver: str, host: str) -> FrozenSet[s
         out.add("gives_up_only_when_owned" if iq.timeout_ms else "signal_needed_only_while_owned")
     if theorem == "quote_ownership" and (not iq.parallel or host == "any"):
         out.add("claim")
+    if theorem == "quote_no_disclosure" and (not iq.parallel or host == "any"):
+        out.add("next_request")              # a buffer freed while owned is the next request's
     return frozenset(out)
 
 
@@ -380,6 +385,14 @@ def ioctl_citation(theorem: str, part: str, host: str, driver: str) -> Optional[
     if (theorem, part) == ("quote_timeout", "signal_needed_only_while_owned"):
         return _H5 + "; quote.md §2.6 6: 'wait_for_completion_interruptible with no timeout': only a signal " \
                      "ends the wait"
+    if (theorem, part) == ("quote_no_disclosure", "next_request"):
+        if not iq.parallel:
+            return ("ref §2.2 v4 3/3 defects: 'on timeout the buffer is freed while the VMM may still own it'; "
+                    "the next request's dma_alloc_coherent gets those pages, the late reply lands in them and "
+                    "its vector completes v4's one req_compl: the next caller returns 0 with this request's "
+                    "quote (Analysis)")
+        return (_ASYNC + "; the buffer it frees is the next request's, whose header the late reply "
+                "overwrites, so the work completes it with this request's quote (Analysis)")
     if (theorem, part) == ("quote_ownership", "claim"):
         if not iq.parallel:
             return ("ref §2.2 v4 3/3 defects: 'on timeout the buffer is freed while the VMM may still own "

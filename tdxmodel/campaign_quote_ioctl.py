@@ -25,7 +25,11 @@ out_len, bounded by the buffer), ``status_after`` (the caller's header status), 
 (the same once the host finished), ``locks_held`` (after the call: v4's early returns keep
 quote_lock), ``host_owns_after`` (a request of the host's in flight after the call),
 ``freed_while_owned`` (the host still owned the buffer but the driver had freed it), ``trace``,
-``fail_nth_fired``, ``syscalls`` (``[{"call", "args", "ret"}]``), ``clock_ns``, ``get_quotes``.
+``fail_nth_fired``, ``syscalls`` (``[{"call", "args", "ret"}]``), ``clock_ns``, ``get_quotes`` (the
+call's GetQuotes); ``next_ret`` and ``next_outblob_is_own``: a clean next request made at once (another
+REPORTDATA, QEMU's host, before the host finished the first) returns 0 or -errno, and whether its buffer
+then holds its own quote (a freed buffer the host still owned can be the next one's, and the late reply
+lands in it); ``next_ret`` is null when the call kept quote_lock (the next one would block for good).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ REQ = UBUF
 BUF = UBUF + PAGE_SIZE
 UNMAPPED = 0x7000_0000
 REPORTDATA = bytes(range(0x40, 0x80))
+NEXT_REPORTDATA = bytes(range(0x80, 0xC0))
 SEC = 1_000_000_000
 SERVICE_TIMES = ((0, "before the call returns"), (0.5, "after half a second"),
                  (29.5, "just before 30 s"), (100, "after QEMU's 30 s timer"))
@@ -131,6 +136,28 @@ def validate(spec: Dict[str, Any]) -> None:
         raise ValueError(f"spec misuse must be null or one of {', '.join(MISUSES)}, not {spec['misuse']!r}")
 
 
+def _request(proc, cmd, iq, payload: bytes, buf: int, length: int, timeout_ms: int) -> None:
+    """The client's buffer at BUF (the 24-B header, the payload) and its request struct at REQ."""
+    image = struct.pack("<QQII", abi.GET_QUOTE_CMD_VER, 0, len(payload), 0) + payload
+    proc.poke(BUF, image + bytes(iq.buf_len - len(image)))
+    values = {"buf": buf, "len": length, "timeout": timeout_ms}
+    req = bytearray(cmd.request_len)
+    for f in cmd.fields:
+        req[f.offset:f.end] = values[f.name].to_bytes(f.size, "little")
+    proc.poke(REQ, bytes(req))
+
+
+def _quote_of(iq, reply: bytes) -> Optional[bytes]:
+    """The quote in the host's reply: unframed for a QGS payload (quote.md §2.7 5); None if not one."""
+    if iq.payload == "tdreport":
+        return bytes(reply)
+    from tdxmodel.client import qgs_get_quote_response
+    try:
+        return qgs_get_quote_response(reply)
+    except ValueError:
+        return None
+
+
 def _payload(iq, tdreport: bytes) -> bytes:
     if iq.payload == "tdreport":
         return tdreport
@@ -159,13 +186,7 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
         misuse = spec["misuse"]
         buf = UNMAPPED if misuse == "buffer_unmapped" else BUF
         length = 0 if misuse == "len_zero" else iq.buf_len
-        image = struct.pack("<QQII", abi.GET_QUOTE_CMD_VER, 0, len(payload), 0) + payload
-        proc.poke(BUF, image + bytes(iq.buf_len - len(image)))
-        values = {"buf": buf, "len": length, "timeout": 0 if misuse == "timeout_zero" else iq.timeout_ms}
-        req = bytearray(cmd.request_len)
-        for f in cmd.fields:
-            req[f.offset:f.end] = values[f.name].to_bytes(f.size, "little")
-        proc.poke(REQ, bytes(req))
+        _request(proc, cmd, iq, payload, buf, length, 0 if misuse == "timeout_zero" else iq.timeout_ms)
         arg = UNMAPPED if misuse == "request_unmapped" else REQ
         if spec["host_fault"] is not None or spec["host_params"]:
             host.push_fault(spec["host_fault"], **spec["host_params"])
@@ -188,6 +209,18 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
         _v, status, _in, out_len = struct.unpack("<QQII", proc.peek(BUF, abi.QUOTE_HDR_LEN))
         outblob_len = min(out_len, iq.buf_len - abi.QUOTE_HDR_LEN) if ret == 0 else 0
         leaked = after["outstanding"] - after["resident"]
+        get_quotes = host.counters()["get_quotes"]
+        # a clean next request at once, before the host finished the first (none after a kept lock)
+        next_ret, next_own = None, False
+        if after["locks_held"] == 0:
+            host.clear_faults()
+            report = module.report(NEXT_REPORTDATA)
+            _request(proc, cmd, iq, _payload(iq, report), BUF, iq.buf_len, iq.timeout_ms)
+            next_ret = proc.ioctl(fd, cmd.value, REQ)
+            calls.append({"call": "ioctl", "args": [fd, cmd.name, REQ], "ret": next_ret})
+            _v, _s, _i, next_len = struct.unpack("<QQII", proc.peek(BUF, abi.QUOTE_HDR_LEN))
+            reply = proc.peek(BUF + abi.QUOTE_HDR_LEN, min(next_len, iq.buf_len - abi.QUOTE_HDR_LEN))
+            next_own = next_ret == 0 and _quote_of(iq, reply) == backend.TestQuoteProducer().produce(report)
         # let the host finish what it still owns (a late completion frees an orphaned entry)
         host.clock.advance_ns(200 * SEC)
         host.clock.poll()
@@ -202,7 +235,7 @@ def run_case(backend_name: Optional[str], driver: str, spec: Dict[str, Any]) -> 
             "leaked_after_host": done["outstanding"] - done["resident"], "locks_held": after["locks_held"],
             "host_owns_after": owns, "freed_while_owned": owns and leaked == 0,
             "trace": trace, "fail_nth_fired": fired, "syscalls": calls, "clock_ns": clock_ns,
-            "get_quotes": host.counters()["get_quotes"],
+            "get_quotes": get_quotes, "next_ret": next_ret, "next_outblob_is_own": next_own,
         })
         return record
     finally:

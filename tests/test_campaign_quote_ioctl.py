@@ -91,3 +91,20 @@ def test_v4_defects(records):
             r = recs[case]
             assert r["ret"] == -abi.EIO and r["freed_while_owned"]
         assert recs["ioctl:host:error"]["ret"] == -abi.EIO
+
+
+@pytest.mark.parametrize("driver", IOCTL_GENERATIONS)
+def test_the_next_request_meets_what_the_call_left(records, driver):
+    """A clean next request at once: its own quote, except where the call freed a buffer the host still
+    owned and the host's reply is due before the next one's (v4: its one req_compl; quote.md §2.6 6)."""
+    iq = profiles.get(driver).ioctl_quote
+    spec = campaign_quote_ioctl._spec("early", "a signal, the host done in 1 ms", host_fault="service_time",
+                                      host_params={"seconds": 0.001}, signal={"at": "wait"})
+    for b, recs in each(records, driver):
+        assert recs["ioctl:quote"]["next_ret"] == 0 and recs["ioctl:quote"]["next_outblob_is_own"]
+        r = campaign.run_case(b, driver, spec)
+        assert r["next_ret"] == 0
+        # v4 freed the buffer the host still owned: the next caller gets this request's quote
+        assert r["next_outblob_is_own"] == iq.parallel, b
+        if iq.lock_kept_on_early_return:
+            assert recs["ioctl:misuse:len_zero"]["next_ret"] is None   # it would block on quote_lock
