@@ -6,6 +6,7 @@
 #include "tdx_batch.h"
 
 #include <stdatomic.h>
+#include <stdlib.h>
 
 #include "guest_kernel.h"
 #include "tdx_abi.h"
@@ -39,4 +40,69 @@ long tdb_ioctl_batch(td_process *p, int fd, const tdb_request *req, const uint8_
             (void)gk_mm_peek(mm, tr_addr, reports + i * TDX_REPORT_LEN, TDX_REPORT_LEN);
     }
     return (long)n;
+}
+
+long tdb_tsm_quote(td_process *p, const char *dir, const char *inblob, const char *outblob, uint64_t addr,
+                   const uint8_t reportdata[64], size_t chunk, uint8_t **out, size_t *out_cap, int *step)
+{
+    gk_mm *mm = td_process_mm(p);
+    size_t len = 0;
+    long n;
+    int fd, rc;
+
+    *step = TDB_STEP_NONE;
+    rc = td_mkdir(p, dir);
+    if (rc != 0 && rc != -TDXM_EEXIST) {
+        *step = TDB_STEP_MKDIR;
+        return rc;
+    }
+    fd = td_open(p, inblob, 1 /* O_WRONLY */);
+    if (fd < 0) {
+        *step = TDB_STEP_OPEN_IN;
+        return fd;
+    }
+    if (!gk_mm_mapped(mm, addr, TDX_REPORTDATA_LEN) || gk_mm_poke(mm, addr, reportdata, TDX_REPORTDATA_LEN)) {
+        *step = TDB_STEP_POKE, n = -TDXM_EFAULT;
+    } else {
+        n = td_write(p, fd, addr, TDX_REPORTDATA_LEN);
+        if (n < 0)
+            *step = TDB_STEP_WRITE;
+    }
+    (void)td_close(p, fd); /* the commit (quote.md §1.4), also after a failed write */
+    if (*step != TDB_STEP_NONE)
+        return n;
+    fd = td_open(p, outblob, 0 /* O_RDONLY */);
+    if (fd < 0) {
+        *step = TDB_STEP_OPEN_OUT;
+        return fd;
+    }
+    for (;;) {
+        n = td_read(p, fd, addr, (int64_t)chunk);
+        if (n < 0) {
+            *step = TDB_STEP_READ;
+            break;
+        }
+        if (n == 0) {
+            n = (long)len;
+            break;
+        }
+        if (len + (size_t)n > *out_cap) {
+            size_t cap = *out_cap ? *out_cap : (size_t)n;
+            while (cap < len + (size_t)n)
+                cap *= 2;
+            uint8_t *grown = realloc(*out, cap);
+            if (grown == NULL) {
+                *step = TDB_STEP_NOMEM, n = -TDXM_ENOMEM;
+                break;
+            }
+            *out = grown, *out_cap = cap;
+        }
+        if (!gk_mm_mapped(mm, addr, (uint64_t)n) || gk_mm_peek(mm, addr, *out + len, (size_t)n)) {
+            *step = TDB_STEP_PEEK; /* n: the count read */
+            break;
+        }
+        len += (size_t)n;
+    }
+    (void)td_close(p, fd);
+    return n;
 }

@@ -34,4 +34,20 @@ typedef struct {
 long tdb_ioctl_batch(td_process *p, int fd, const tdb_request *req, const uint8_t *reportdata, size_t n,
                      const uint32_t *fail_nth, long *rets, uint8_t *reports);
 
+/* The configfs-tsm quote as tdxmodel.client.TdxGuest.get_quote makes it (quote.md §1.4-§1.5), in one
+ * call: mkdir dir (-EEXIST is an item already there), open inblob write-only, poke the 64 bytes of
+ * reportdata at addr, write them, close (the commit; its result ignored), open outblob read-only, read
+ * `chunk` bytes at addr until a read returns 0, peeking each read's bytes into *out (grown with
+ * realloc; the caller frees it, also on failure), close. The same syscalls in the same order as the
+ * Python sequence, nothing else: fail-nth, signals and the last trace run on across them as there.
+ * Returns the quote's length, or the failed step's result (a -errno, TD_RET_TD_EXIT, TSM_RET_OOPS, or
+ * -TDXM_EFAULT for a poke outside the mapping, the read's count for a peek outside it, -TDXM_ENOMEM
+ * when *out cannot grow) with *step
+ * set to that step (TDB_STEP_*); the fd a failed step leaves open is closed first, as the Python
+ * sequence's finally does. */
+enum { TDB_STEP_NONE, TDB_STEP_MKDIR, TDB_STEP_OPEN_IN, TDB_STEP_POKE, TDB_STEP_WRITE, TDB_STEP_OPEN_OUT,
+       TDB_STEP_READ, TDB_STEP_PEEK, TDB_STEP_NOMEM };
+long tdb_tsm_quote(td_process *p, const char *dir, const char *inblob, const char *outblob, uint64_t addr,
+                   const uint8_t reportdata[64], size_t chunk, uint8_t **out, size_t *out_cap, int *step);
+
 #endif /* TDX_BATCH_H */

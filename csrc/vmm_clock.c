@@ -3,9 +3,11 @@
  */
 #include "vmm_clock.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 struct vmm_clock {
@@ -83,12 +85,31 @@ static void virtual_move_to(vmm_clock *c, uint64_t target)
         ;
 }
 
+/* Sleep until CLOCK_MONOTONIC reaches now + ns. The thread's timer slack (50 us by default) would
+ * let every emulated wait end up to 50 us late, on top of the wake-up; an emulated kernel timer or a
+ * completion has no such slack of ours (its own granularity is modelled: profiles.msleep_ns), so the
+ * slack is 1 ns for the sleep and the caller's own value is restored after it. */
+static void real_sleep_ns(uint64_t ns)
+{
+    struct timespec until;
+    uint64_t now = monotonic_ns();
+    uint64_t t = ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+    int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+
+    if (slack > 1)
+        (void)prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    until.tv_sec = (time_t)(t / 1000000000ULL);
+    until.tv_nsec = (long)(t % 1000000000ULL);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+        ;
+    if (slack > 1)
+        (void)prctl(PR_SET_TIMERSLACK, (unsigned long)slack, 0, 0, 0);
+}
+
 void vmm_clock_sleep_ns(vmm_clock *c, uint64_t ns)
 {
     if (c->real) {
-        struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
-        while (nanosleep(&ts, &ts) != 0)
-            ;
+        real_sleep_ns(ns);
     } else {
         uint64_t start = atomic_load(&c->virtual_ns);
         virtual_move_to(c, vmm_clock_add_ns(start, ns));

@@ -37,8 +37,9 @@ REQUEST_ADDR = 0x7F0000000000
 REQUEST_BUFFER_ADDR = REQUEST_ADDR
 _REQUEST_PAGES = 2
 _READ_CHUNK = _REQUEST_PAGES * PAGE_SIZE
-#: item -> (its configfs-tsm directory, inblob, outblob), so a quote formats no path (bounded).
-_TSM_PATHS: Dict[str, Tuple[str, str, str]] = {}
+#: item -> (its configfs-tsm directory, inblob, outblob, and the three as bytes for the core, or None
+#: for a name with a NUL), so a quote formats no path (bounded).
+_TSM_PATHS: Dict[str, tuple] = {}
 _MEASUREMENT_ADDR = REQUEST_ADDR + _REQUEST_PAGES * PAGE_SIZE
 #: The ioctl quote paths: the request struct, then the quote buffer (mapped on first use).
 _QUOTE_REQ_ADDR = _MEASUREMENT_ADDR + PAGE_SIZE
@@ -85,6 +86,10 @@ class TdxGuest:
     pyzmq "sugar over backend" split). One TdxGuest belongs to one thread at a time (a process's
     fail-nth is per task, ref §7). ``quote_completion`` is the Kernel's option (how the configfs-tsm
     provider waits for the host: ``profiles.quote_completion``; None: the generation's default)."""
+
+    #: the VMM behind this TD (attach_host); True while it is the one made at boot for an ioctl quote path
+    host = None
+    _boot_host = False
 
     def __init__(self, driver: Optional[str] = None, backend: Optional[str] = None,
                  config: Optional[ModuleConfig] = None, *, memory_pages: int = 128, kernel=None,
@@ -181,15 +186,16 @@ class TdxGuest:
 
         The path's errno is the exception's ``.errno`` (tdxmodel.errors). With no host attached,
         ``attach_host()`` gives the TDQE first."""
-        if self.profile.quote is None and self.profile.ioctl_quote is None:
+        profile = self.profile
+        if profile.quote is None and profile.ioctl_quote is None:
             raise ValueError(f"{self.driver} has no quote path")
         if not isinstance(reportdata, (bytes, bytearray, memoryview)):
             raise TypeError(f"reportdata must be bytes, not {type(reportdata).__name__}")
         if len(reportdata) > abi.TDX_REPORTDATA_LEN:
             raise ValueError(f"reportdata is {len(reportdata)} bytes; at most {abi.TDX_REPORTDATA_LEN}")
-        if getattr(self, "host", None) is None or getattr(self, "_boot_host", False):
+        if self.host is None or self._boot_host:
             self.attach_host()
-        if self.profile.quote is None:
+        if profile.quote is None:
             return self._get_quote_ioctl(bytes(reportdata))
         # The messages are only formatted on failure: next to one ECDSA signature, this Python is what
         # the whole path costs beyond the kernel (benchmarks/RESULTS.md "Whole path").
@@ -199,8 +205,19 @@ class TdxGuest:
             path = f"{profiles.TSM_REPORT_DIR}/{item}"
             paths = (path, path + "/inblob", path + "/outblob")
             if type(item) is str and len(_TSM_PATHS) < 64:
-                _TSM_PATHS[item] = paths
-        path, inblob, outblob = paths
+                _TSM_PATHS[item] = paths + ((None,) if "\0" in path else
+                                            tuple(x.encode("utf-8", "surrogateescape") for x in paths))
+        path, inblob, outblob = paths[0], paths[1], paths[2]
+        if type(p) is _NATIVE_PROCESS and len(paths) == 6 and paths[3] is not None:
+            # the core: the same syscalls in one C call, the GIL released once (csrc/tdx_batch.h)
+            got = _native_tsm_quote(p, paths[3], paths[4], paths[5], REQUEST_ADDR,
+                                    reportdata if type(reportdata) is bytes else bytes(reportdata), _READ_CHUNK)
+            if type(got) is bytes:
+                return got
+            step, ret = got
+            where = {"mkdir": f"mkdir {path}", "open_in": f"open {inblob}", "write": f"write {inblob}",
+                     "open_out": f"open {outblob}", "read": f"read {outblob}"}[step]
+            raise errors.errno_exception(-ret, where)
         ret = p.mkdir(path)
         if ret != 0 and ret != -abi.EEXIST:
             errors.check_ret(ret, f"mkdir {path}")
@@ -494,6 +511,19 @@ def ioctl_batch(process, fd: int, reportdata, fail_nth=None, *, cmd: int = abi.T
         if ret == 0:
             reports[i] = np.frombuffer(process.peek(tr_addr, abi.TDX_REPORT_LEN), dtype=np.uint8)
     return rets, reports
+
+
+def _native_tsm_functions() -> Tuple[Optional[type], Optional[Callable]]:
+    """(the core's Process type, its one-call configfs-tsm quote) when the core is built, else Nones."""
+    try:
+        from tdxmodel._core import _ext as ext
+    except ImportError:
+        return None, None
+    fn = getattr(ext, "_tsm_quote", None)
+    return (ext.Process, fn) if fn is not None else (None, None)
+
+
+_NATIVE_PROCESS, _native_tsm_quote = _native_tsm_functions()
 
 
 def _native_ioctl_batch(process) -> Optional[Callable]:

@@ -3,11 +3,12 @@ generation's configfs-tsm path, with the path's errno as the exception's .errno;
 producer behind it (a state directory under tmp_path)."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
 
-from tdxmodel import abi, errors, profiles
+from tdxmodel import abi, client, errors, profiles
 from tdxmodel import quote as Q
 from tdxmodel.client import TdxGuest
 from tdxmodel.host import quote_producer
@@ -53,6 +54,30 @@ def test_get_quote_errno(guest, driver):
     with pytest.raises(errors.KernelError) as e:
         g.get_quote(RD)
     assert e.value.errno == abi.EIO
+
+
+def test_get_quote_failures_name_their_call_and_close_their_files(guest):
+    # The core runs the sequence as one C call, the reference call by call: the same exception, the
+    # same message, and no file left open on any exit path.
+    g = guest("v7.1")
+    item_dir = f"{profiles.TSM_REPORT_DIR}/tdxmodel"
+    g.host.push_fault("error")
+    with pytest.raises(errors.KernelError) as e:
+        g.get_quote(RD)
+    assert e.value.errno == abi.EIO and str(e.value).startswith(f"read {item_dir}/outblob: EIO")
+    long_name = "x" * 256
+    with pytest.raises(errors.KernelError) as e:
+        g.get_quote(RD, item=long_name)
+    assert e.value.errno == abi.ENAMETOOLONG
+    assert str(e.value).startswith(f"mkdir {profiles.TSM_REPORT_DIR}/{long_name}: ENAMETOOLONG")
+    g.process.munmap(client.REQUEST_ADDR, client._READ_CHUNK)
+    with pytest.raises(ValueError, match="not (wholly )?mapped"):
+        g.get_quote(RD)
+    assert g.process.open(f"{item_dir}/inblob", os.O_WRONLY) == 4  # fd 3 is the device: 4 was closed
+    g.kernel.tsm_unregister()
+    with pytest.raises(errors.KernelError) as e:
+        g.get_quote(RD, item="fresh")
+    assert e.value.errno == abi.ENXIO and str(e.value).startswith(f"mkdir {profiles.TSM_REPORT_DIR}/fresh:")
 
 
 def test_get_quote_batch(guest):

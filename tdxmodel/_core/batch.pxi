@@ -1,8 +1,10 @@
 # The driver-path batch over csrc/tdx_batch.c. Included from _ext.pyx after kernel.pxi.
-# Not part of PUBLIC_API: tdxmodel.client.ioctl_batch uses it when the process is a core one.
+# Not part of PUBLIC_API: tdxmodel.client.ioctl_batch and TdxGuest.get_quote use them when the process
+# is a core one.
 
 from tdxmodel._core.tdx_abi cimport TDXM_EFAULT
-from tdxmodel._core.tdx_batch cimport tdb_request, tdb_ioctl_batch
+from libc.string cimport memcpy, memset
+from tdxmodel._core.tdx_batch cimport *
 
 
 def _ioctl_batch(process, int fd, cmd, arg, reportdata_off, tdreport_off, reportdata, fail_nth):
@@ -52,3 +54,48 @@ def _ioctl_batch(process, int fd, cmd, arg, reportdata_off, tdreport_off, report
             (<Process>process)._exit()
         raise ValueError(f"the request buffer at 0x{arg:x} was unmapped during the batch (row {done})")
     return rets, reports
+
+
+_TSM_STEPS = {TDB_STEP_MKDIR: "mkdir", TDB_STEP_OPEN_IN: "open_in", TDB_STEP_WRITE: "write",
+              TDB_STEP_OPEN_OUT: "open_out", TDB_STEP_READ: "read"}
+
+
+def _tsm_quote(Process process, bytes dir, bytes inblob, bytes outblob, uint64_t addr, bytes reportdata,
+               size_t chunk):
+    """_tsm_quote(process, dir, inblob, outblob: bytes paths, addr: int, reportdata: bytes (<= 64, zero-padded), chunk: int) -> bytes | (str, int)
+
+    ``TdxGuest.get_quote``'s configfs-tsm sequence (mkdir, open, poke, write, close, open, read and peek
+    to EOF, close: csrc/tdx_batch.h) as one call with the GIL released once: the quote, or (the step
+    that failed: "mkdir", "open_in", "write", "open_out", "read"; its result) for the caller's message.
+    A TD exit or the provider oops raises as ``read``/``write`` do; the user buffer unmapped raises
+    ValueError as ``poke``/``peek`` do."""
+    cdef td_process *p = process._live()
+    cdef const char *c_dir = dir
+    cdef const char *c_in = inblob
+    cdef const char *c_out = outblob
+    cdef uint8_t rd[64]
+    cdef uint8_t *buf = NULL
+    cdef size_t cap = 0
+    cdef int step = TDB_STEP_NONE
+    cdef long ret
+    cdef Py_ssize_t n = len(reportdata)
+    if n > 64:
+        raise ValueError(f"reportdata is {n} bytes; at most 64")
+    memset(rd, 0, 64)
+    memcpy(rd, <const char *>reportdata, n)
+    try:
+        with nogil:
+            ret = tdb_tsm_quote(p, c_dir, c_in, c_out, addr, rd, chunk, &buf, &cap, &step)
+        if step == TDB_STEP_NONE:
+            return PyBytes_FromStringAndSize(<char *>buf, ret)
+        if step == TDB_STEP_POKE:
+            raise ValueError(f"addr: [0x{addr:x}, +{_abi.TDX_REPORTDATA_LEN}) is not wholly mapped")
+        if step == TDB_STEP_PEEK:
+            raise ValueError(f"addr: [0x{addr:x}, +{ret}) is not wholly mapped")
+        if step == TDB_STEP_NOMEM:
+            raise MemoryError()
+        if step == TDB_STEP_READ or step == TDB_STEP_WRITE:
+            process._check_ret(ret)  # a TD exit, or the <= 6.15 provider oops
+        return _TSM_STEPS[step], ret
+    finally:
+        free(buf)

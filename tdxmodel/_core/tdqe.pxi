@@ -61,7 +61,7 @@ cdef class TdqeCore:
         cdef const uint8_t *r = <const uint8_t *><const char *>rep
         cdef size_t n = 0, want
         cdef int code
-        if len(rep) != _abi.TDX_REPORT_LEN:
+        if len(rep) != TDX_REPORT_LEN:  # the C constant: no module attribute read per quote
             raise TdqeRefused(TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
         want = tdqe_quote_len(self.q, r)
         if want == 0:

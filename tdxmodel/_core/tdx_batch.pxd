@@ -13,3 +13,9 @@ cdef extern from "tdx_batch.h" nogil:
 
     long tdb_ioctl_batch(td_process *p, int fd, const tdb_request *req, const uint8_t *reportdata, size_t n,
                          const uint32_t *fail_nth, long *rets, uint8_t *reports)
+
+    enum:
+        TDB_STEP_NONE, TDB_STEP_MKDIR, TDB_STEP_OPEN_IN, TDB_STEP_POKE, TDB_STEP_WRITE, TDB_STEP_OPEN_OUT,
+        TDB_STEP_READ, TDB_STEP_PEEK, TDB_STEP_NOMEM
+    long tdb_tsm_quote(td_process *p, const char *dir, const char *inblob, const char *outblob, uint64_t addr,
+                       const uint8_t *reportdata, size_t chunk, uint8_t **out, size_t *out_cap, int *step)
