@@ -117,7 +117,8 @@ class IoctlEnv:
     def preferences(self, shown: List[z3.BoolRef]) -> List[z3.BoolRef]:
         """A counterexample's soft preferences, most important first (``quote_runner`` keeps each one
         the part still admits): replayable values, the theorem's preferred kind, one thing injected."""
-        return self.replayable() + [z3.URem(self.service_us, 1000) == 0] + list(shown) + self.simple()
+        whole_ms = z3.Or(self.service_us == A.HOST_SERVICE_TIME_US, z3.URem(self.service_us, 1000) == 0)
+        return self.replayable() + [whole_ms] + list(shown) + self.simple()
 
     def simple(self) -> List[z3.BoolRef]:
         """Preferred too: one thing injected (the host's default service time, no signal, misuse or

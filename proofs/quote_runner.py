@@ -71,13 +71,16 @@ def _check_part(part: z3.BoolRef, domain, tiers, variables, timeout_ms: int, gre
         return UNKNOWN, None, s.reason_unknown()
     m = s.model()
     if greedy is not None:   # soft preferences, most important first: each kept if still satisfiable
-        for pref in greedy:
-            s.push()
-            s.add(pref)
-            if s.check() == z3.sat:
-                m = s.model()
-                continue
-            s.pop()
+        # (as assumptions on indicator literals: no push/pop, which is what costs in z3)
+        flags = [z3.Bool(f"__prefer_{i}") for i in range(len(greedy))]
+        s.add(*[z3.Implies(f, p) for f, p in zip(flags, greedy)])
+        kept = list(flags) if s.check(*flags) == z3.sat else []
+        if not kept:
+            for f in flags:
+                if s.check(*kept, f) == z3.sat:
+                    kept.append(f)
+            s.check(*kept)
+        m = s.model()
         tiers = ()
     for tier in tiers:
         s.push()

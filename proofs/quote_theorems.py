@@ -113,7 +113,9 @@ def quote_ownership(driver: str, host: str):
 #: The counterexample to show first where a part has several kinds (checked as a preference only):
 #: the errno contract's empty "successful" outblob (quote.md §2.3 notes; guest-components#823).
 PREFER: Dict[Tuple[str, str], Callable[[Dict[str, z3.ExprRef]], list]] = {
-    ("quote_errno_contract", "zero_only_with_quote"): lambda v: [v["outblob_len"] == 0],
+    ("quote_errno_contract", "zero_only_with_quote"): lambda v: [v["outblob_len"] == 0] + (
+        # an ioctl path: the host's ERROR reply handed back as a 0 return (quote.md §2.6)
+        [v["status_after"] == zabi.bv("GET_QUOTE_ERROR", W)] if "status_after" in v else []),
 }
 
 BUILDERS: Dict[str, Callable] = {

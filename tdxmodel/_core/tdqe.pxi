@@ -39,6 +39,7 @@ cdef class TdqeCore:
     cdef size_t cap
     cdef readonly Module module
     cdef _tdqe_native native
+    cdef object _fallback
 
     def __cinit__(self, bytes der, bytes header48, bytes tail, Module module not None):
         if len(header48) != 48:
@@ -55,25 +56,52 @@ cdef class TdqeCore:
     def __dealloc__(self):
         tdqe_free(self.q)
 
-    def produce(self, report):
+    cdef object _quote(self, bytes rep, int *code):
+        # The quote for rep, or None with *code the TDQE error code.
         cdef tdxm_module *m = self.module._live()
-        cdef bytes rep = report if type(report) is bytes else _as_bytes(report, "report")
         cdef const uint8_t *r = <const uint8_t *><const char *>rep
         cdef size_t n = 0, want
-        cdef int code
         if len(rep) != TDX_REPORT_LEN:  # the C constant: no module attribute read per quote
-            raise TdqeRefused(TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
+            code[0] = TDQE_C_REPORT_FORMAT_NOT_SUPPORTED
+            return None
         want = tdqe_quote_len(self.q, r)
         if want == 0:
-            raise TdqeRefused(TDQE_C_REPORT_FORMAT_NOT_SUPPORTED)
+            code[0] = TDQE_C_REPORT_FORMAT_NOT_SUPPORTED
+            return None
         # The quote is written straight into the bytes object returned: no copy, no other object.
         cdef bytes out = PyBytes_FromStringAndSize(NULL, want)
         cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
         with nogil:
-            code = tdqe_produce(self.q, m, r, o, want, &n)
-        if code != TDQE_C_OK:
+            code[0] = tdqe_produce(self.q, m, r, o, want, &n)
+        return out if code[0] == TDQE_C_OK else None
+
+    def produce(self, report):
+        cdef int code = TDQE_C_OK
+        out = self._quote(report if type(report) is bytes else _as_bytes(report, "report"), &code)
+        if out is None:
             raise TdqeRefused(code)
         return out
+
+    def bind_fallback(self, fallback):
+        """bind_fallback(fallback(report, code) -> bytes): what ``produce_or_fallback`` answers with
+        when the C path refuses a report (its TDQE error code) or cannot read it (code 0)."""
+        self._fallback = fallback
+
+    def produce_or_fallback(self, report):
+        """produce_or_fallback(report) -> quote bytes: ``produce``, but a refusal or a report that is
+        not bytes-like goes to the bound fallback instead of raising (``QuotingEnclave.produce``
+        without a Python frame per quote)."""
+        cdef int code = TDQE_C_OK
+        cdef bytes rep
+        if type(report) is bytes:
+            rep = report
+        else:
+            try:
+                rep = _as_bytes(report, "report")
+            except TypeError:
+                return self._fallback(report, 0)
+        out = self._quote(rep, &code)
+        return out if out is not None else self._fallback(report, code)
 
     def produce_batch(self, reports):
         import numpy as np

@@ -119,6 +119,12 @@ class QuotingEnclave:
                                                 serialization.NoEncryption())
             self._core = core[1](der, self._header, self.tail, module)
             self._refused_exc = core[2]
+            if type(self).produce is QuotingEnclave.produce:
+                # produce() as the core's own method: no Python frame per quote (two callers share
+                # fewer objects); what the C path refuses still gets produce()'s Python answer
+                self._core.bind_fallback(self._after_core)
+                self._fast_produce = self._core.produce_or_fallback
+                self.produce = self._fast_produce
 
     # ------------------------------------------------------------------ the TDQE's checks
     def quote_version(self, tdreport: bytes) -> tuple:
@@ -186,14 +192,23 @@ class QuotingEnclave:
         return bytes(body)
 
     def produce(self, tdreport: bytes) -> bytes:
-        """produce(tdreport: 1024 bytes) -> quote bytes. TdqeError if the TDQE refuses the report."""
+        """produce(tdreport: 1024 bytes) -> quote bytes. TdqeError if the TDQE refuses the report.
+        (On the core an instance answers through ``TdqeCore.produce_or_fallback``, the same bytes
+        and errors.)"""
         if self._core is not None:
             try:
                 return self._core.produce(tdreport)
             except self._refused_exc as e:
-                self._refused(tdreport, e.code)
+                return self._after_core(tdreport, e.code)
             except TypeError:
                 pass  # not bytes-like: the Python checks below say so
+        return self._after_core(tdreport, 0)
+
+    def _after_core(self, tdreport: Any, code: int) -> bytes:
+        """The quote by the Python model: the C path refused the report (code > 0: its error, with
+        the model's message) or there is no C path / the report is not bytes-like (code 0)."""
+        if code:
+            self._refused(tdreport, code)
         version, body_type, svn, svn2, servtd = self.check(tdreport)
         return self._assemble(bytes(tdreport), version, body_type, svn, svn2, servtd)
 
@@ -206,7 +221,9 @@ class QuotingEnclave:
         """The core's TdqeCore when quotes are made in C and ``produce`` is this class's own (not
         replaced on the instance or in a subclass), else None. The core's Host then calls it in C,
         with the GIL released for the whole quote; the bytes and refusals are produce()'s."""
-        if self._core is None or type(self).produce is not QuotingEnclave.produce or "produce" in vars(self):
+        own = vars(self).get("produce")
+        if self._core is None or type(self).produce is not QuotingEnclave.produce or \
+                (own is not None and own is not getattr(self, "_fast_produce", None)):
             return None
         return self._core
 
