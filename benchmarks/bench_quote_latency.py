@@ -4,8 +4,10 @@ Questions: does the emulated configfs-tsm path reproduce the published latency t
 poll: 1025.95 ms; 5 ms: 6.85-10.93 ms; 1 ms: 2.99-10.76 ms; the interrupt within 1 ms of the 4.6 ms
 service time) when its sleeps are real? What does one quote cost the emulator on the virtual clock
 (no sleeping, so this is the code's own cost)? And how do N callers in one TD share the tsm rwsem
-and quote_lock? ``tdxmodel bench --quote-latency [--clock real] --json`` gives the same figures as
-one object (``tdxmodel.quote_latency``; msleep on the jiffy model at HZ=1000).
+and quote_lock? How do N TDs on one host share its 16 in-flight slots, and how do the downstream
+driver's parallel requests from one TD scale? ``tdxmodel bench --quote-latency [--clock real] --json``
+and ``tdxmodel bench --shared-host --json`` give the same figures as one object
+(``tdxmodel.quote_latency``; msleep on the jiffy model at HZ=1000).
 """
 
 import threading
@@ -78,3 +80,36 @@ def test_quote_concurrent_callers_one_td(benchmark, callers):
             g.host = None
             g.close()
         td.close()
+
+
+@pytest.mark.parametrize("tds", ql.DEFAULT_TDS)
+def test_quote_tds_sharing_one_host(benchmark, tds):
+    """One round of N TDs on one SharedHost asking at once (interrupt, real clock, core): up to 16
+    in flight, RETRY (-EIO in the guest) beyond; quotes/s, RETRY counts and the peak in extra_info."""
+    benchmark.group = "quote concurrency: N TDs sharing one host's 16 slots, one round (interrupt, real clock)"
+    rows = []
+
+    def one_round():
+        rows.append(ql.measure_shared_host((tds,), rounds=1, backend="core")[str(tds)])
+
+    benchmark.pedantic(one_round, rounds=5, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["quotes_per_s"] = sum(r["quotes_per_s"] for r in rows) / len(rows)
+    benchmark.extra_info["retries"] = sum(r["retries"] for r in rows)
+    benchmark.extra_info["peak_in_flight"] = max(r["peak_in_flight"] for r in rows)
+    assert all(r["quotes"] + r["retries"] == tds for r in rows)
+
+
+@pytest.mark.parametrize("callers", (1, 4, 16, 24))
+def test_quote_downstream_parallel_requests(benchmark, callers):
+    """One round of N threads of one intel-downstream TD, GET_QUOTE in parallel (interrupt
+    completion, real clock, core): quotes/s against one caller, RETRY beyond 16 in extra_info."""
+    benchmark.group = "quote concurrency: intel-downstream parallel GET_QUOTE in one TD, one round (real clock)"
+    rows = []
+
+    def one_round():
+        rows.append(ql.measure_downstream_parallel((callers,), rounds=1, backend="core")[str(callers)])
+
+    benchmark.pedantic(one_round, rounds=5, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["quotes_per_s"] = sum(r["quotes_per_s"] for r in rows) / len(rows)
+    benchmark.extra_info["retries"] = sum(r["retries"] for r in rows)
+    assert all(r["quotes"] + r["retries"] == callers for r in rows)

@@ -59,7 +59,7 @@ typedef struct {
 } __attribute__((aligned(CACHE_LINE))) tdinfo_cache;
 
 struct tdxm_module {
-    /* Immutable after create. */
+    /* Immutable after create (tee_tcb_info: but for tdxm_set_tee_tcb_info). */
     int version_minor;
     int sept_ve_disable;               /* TDINFO.ATTRIBUTES bit 28 (ref §4.3 step 3b) */
     uint8_t cpusvn[TDX_CPUSVN_LEN];
@@ -245,7 +245,8 @@ tdxm_module *tdxm_create(const tdxm_config *cfg)
     tpl[TDR_OFF_REPORTTYPE + 2] =
         (cfg->version_minor != 0 && cfg->servtd_bound) ? TDX_REPORTTYPE_VERSION_SERVTD_BOUND : 0;
     memcpy(tpl + TDR_OFF_CPUSVN, m->cpusvn, TDX_CPUSVN_LEN);
-    /* TEE_TCB_INFO never changes, so its hash is computed once (ref §4.5: 239 bytes). */
+    /* TEE_TCB_INFO changes only by tdxm_set_tee_tcb_info, so its hash is computed once (ref §4.5:
+     * 239 bytes). */
     tdxc_sha384(m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN, tpl + TDR_OFF_TEE_TCB_INFO_HASH);
     memcpy(tpl + TDR_OFF_TEE_TCB_INFO, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
     memcpy(tpl + TDR_OFF_TDINFO, cfg->tdinfo, TDX_TDINFO_LEN);
@@ -694,6 +695,32 @@ void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA38
     extend_prep_release(m);
 }
 
+void tdxm_set_tee_tcb_info(tdxm_module *m, const uint8_t info[TDX_TEE_TCB_INFO_LEN])
+{
+    uint8_t head[MAC_PREFIX_LEN];
+    int cur;
+
+    /* As tdxm_set_rtmr: the new TEE_TCB_INFO_HASH (and the MAC midstate over it) go into the
+     * inactive cache; the template's TEE_TCB_INFO bytes change with the publish, under the exclusive
+     * lock that every report's snapshot excludes, so a report has both old or both new. */
+    while (!extend_prep_claim(m))
+        sched_yield();
+    cur = atomic_load_explicit(&m->active, memory_order_acquire);
+    memcpy(head, m->caches[cur].head, MAC_PREFIX_LEN);
+    tdxc_sha384(info, TDX_TEE_TCB_INFO_LEN, head + TDR_OFF_TEE_TCB_INFO_HASH);
+    fill_cache(m, head, m->caches[cur].rtmrs, &m->caches[!cur]);
+    while (rtmr_try_claim_exclusive(m) != TDX_SUCCESS)
+        sched_yield();
+    COUNT(m, rtmr_exclusive_acquired);
+    state_write_begin(m);
+    memcpy(m->tee_tcb_info, info, TDX_TEE_TCB_INFO_LEN);
+    memcpy(m->report_template + TDR_OFF_TEE_TCB_INFO, info, TDX_TEE_TCB_INFO_LEN);
+    atomic_store_explicit(&m->active, !cur, memory_order_release);
+    state_write_end(m);
+    rtmr_unlock_exclusive(m);
+    extend_prep_release(m);
+}
+
 /* ------------------------------------------------------------------------------------------------
  * TDG.MR.VERIFYREPORT (leaf 22, ref §4.7)
  * ------------------------------------------------------------------------------------------------ */
@@ -834,9 +861,20 @@ void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN])
     }
 }
 
-void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN])
+void tdxm_read_tee_tcb_info(tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN])
 {
-    memcpy(out, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
+    for (;;) { /* the seqlock of host snapshots: tdxm_set_tee_tcb_info publishes under it */
+        uint64_t before = atomic_load_explicit(&m->state_seq, memory_order_acquire);
+
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        memcpy(out, m->tee_tcb_info, TDX_TEE_TCB_INFO_LEN);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&m->state_seq, memory_order_relaxed) == before)
+            return;
+    }
 }
 
 void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN])

@@ -118,7 +118,7 @@ size_t tdxm_extend_batch(tdxm_module *m, const uint64_t *index, const uint8_t *d
 /* State inspection: a consistent snapshot, never one torn by a concurrent extend or set_rtmr. It does
  * not take the RTMR lock (a caller may hold it): writers bump a sequence counter and readers retry. */
 void tdxm_read_tdinfo(tdxm_module *m, uint8_t out[TDX_TDINFO_LEN]);
-void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN]);
+void tdxm_read_tee_tcb_info(tdxm_module *m, uint8_t out[TDX_TEE_TCB_INFO_LEN]);
 void tdxm_read_mac_key(const tdxm_module *m, uint8_t out[TDX_MAC_KEY_LEN]);
 int tdxm_version_minor(const tdxm_module *m);
 
@@ -135,6 +135,9 @@ int tdxm_rtmr_unlock_checked(tdxm_module *m, int exclusive);
  * value, waiting for any extender and then for the exclusive RTMR lock (spinning with sched_yield),
  * with every cache refreshed (TEE_INFO_HASH, the MAC midstate). Never call it while holding the lock. */
 void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t value[TDX_SHA384_LEN]);
+/* Host-side state sync: the platform moved to another TCB position (its TEE_TCB_SVN, ref §4.5), so
+ * TEE_TCB_INFO (and its hash in every later TDREPORT) becomes info, published as set_rtmr publishes. */
+void tdxm_set_tee_tcb_info(tdxm_module *m, const uint8_t info[TDX_TEE_TCB_INFO_LEN]);
 
 void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out);
 

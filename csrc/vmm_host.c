@@ -35,8 +35,14 @@ typedef struct {
     uint32_t value;   /* written after the guest's first read */
 } out_len_watch;
 
+struct vmm_slots {
+    pthread_mutex_t lock;
+    vmm_slots_counters c;
+};
+
 struct vmm_host {
     tdxm_module *m;
+    vmm_slots *slots;        /* NULL: the TD's own 16 (QEMU), else a SharedHost's */
     vmm_clock *clock;
     pthread_mutex_t lock;
     vmm_produce_fn produce;
@@ -271,6 +277,13 @@ static void complete(vmm_host *h, pending_req *r, uint8_t *scratch)
         irq_ctx = h->irq_ctx;
     }
     h->c.in_flight--;                                                /* 6: num-- */
+    if (h->slots != NULL) {
+        pthread_mutex_lock(&h->slots->lock);
+        h->slots->c.in_flight--;
+        if (mem != NULL)
+            h->slots->c.completed++;
+        pthread_mutex_unlock(&h->slots->lock);
+    }
     pthread_mutex_unlock(&h->lock);
     if (vector != 0 && irq != NULL)
         irq(irq_ctx, vector);
@@ -382,6 +395,21 @@ void vmm_host_clear_faults(vmm_host *h)
  * The sub-functions
  * ------------------------------------------------------------------------------------------------ */
 
+/* H6's num < 16, then num++: the TD's own count (QEMU), or the shared host's across its TDs. */
+static int take_slot(vmm_host *h)
+{
+    int ok;
+
+    if (h->slots == NULL)
+        return h->c.in_flight < HOST_MAX_GET_QUOTE_REQUESTS;
+    pthread_mutex_lock(&h->slots->lock);
+    ok = h->slots->c.in_flight < HOST_MAX_GET_QUOTE_REQUESTS;
+    if (ok && ++h->slots->c.in_flight > h->slots->c.peak_in_flight)
+        h->slots->c.peak_in_flight = h->slots->c.in_flight;
+    pthread_mutex_unlock(&h->slots->lock);
+    return ok;
+}
+
 /* GetQuote: KVM's check, then QEMU's tdx_handle_get_quote H1-H9 (quote.md §3.2, §4.1). */
 static uint64_t get_quote(vmm_host *h, uint64_t r12, uint64_t r13)
 {
@@ -416,8 +444,13 @@ static uint64_t get_quote(vmm_host *h, uint64_t r12, uint64_t r13)
         memcpy(mem, hdr, sizeof hdr);
         return TDVMCALL_STATUS_SUCCESS;
     }
-    if (h->c.in_flight >= HOST_MAX_GET_QUOTE_REQUESTS || f.kind == HOST_FAULT_RETRY) { /* H6 */
+    if (f.kind == HOST_FAULT_RETRY || !take_slot(h)) {   /* H6 */
         h->c.retries++;
+        if (h->slots != NULL) {
+            pthread_mutex_lock(&h->slots->lock);
+            h->slots->c.retries++;
+            pthread_mutex_unlock(&h->slots->lock);
+        }
         return TDVMCALL_STATUS_RETRY;
     }
     h->c.in_flight++;                                     /* H7: num++, read the payload */
@@ -460,6 +493,11 @@ static uint64_t get_quote(vmm_host *h, uint64_t r12, uint64_t r13)
         p->due_ns = f.kind == HOST_FAULT_NEVER ? NEVER_NS : vmm_clock_add_ns(now, service);
     }
     h->c.accepted++;
+    if (h->slots != NULL) {
+        pthread_mutex_lock(&h->slots->lock);
+        h->slots->c.accepted++;
+        pthread_mutex_unlock(&h->slots->lock);
+    }
     return TDVMCALL_STATUS_SUCCESS;
 }
 
@@ -579,6 +617,12 @@ void vmm_host_destroy(vmm_host *h)
         return;
     tdxm_set_vmm(h->m, NULL, NULL);
     vmm_clock_set_listener(h->clock, NULL, NULL);
+    if (h->slots != NULL) { /* the TD goes away: its slots (leaked ones too) go back */
+        pthread_mutex_lock(&h->slots->lock);
+        h->slots->c.in_flight -= h->c.in_flight;
+        h->slots->c.hosts--;
+        pthread_mutex_unlock(&h->slots->lock);
+    }
     for (int i = 0; i < MAX_PENDING; i++)
         free(h->pending[i].payload);
     free(h->schedule);
@@ -650,4 +694,49 @@ unsigned vmm_host_notify_vector(vmm_host *h)
     v = h->notify_vector;
     pthread_mutex_unlock(&h->lock);
     return v;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * A host several TDs share (vmm_slots)
+ * ------------------------------------------------------------------------------------------------ */
+
+vmm_slots *vmm_slots_create(void)
+{
+    vmm_slots *s = calloc(1, sizeof *s);
+
+    if (s != NULL)
+        pthread_mutex_init(&s->lock, NULL);
+    return s;
+}
+
+void vmm_slots_destroy(vmm_slots *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+void vmm_slots_get_counters(vmm_slots *s, vmm_slots_counters *out)
+{
+    pthread_mutex_lock(&s->lock);
+    *out = s->c;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int vmm_host_share_slots(vmm_host *h, vmm_slots *s)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&h->lock);
+    if (h->slots != NULL || h->c.get_quotes != 0 || s == NULL) {
+        rc = -TDXM_EINVAL;
+    } else {
+        h->slots = s;
+        pthread_mutex_lock(&s->lock);
+        s->c.hosts++;
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return rc;
 }

@@ -63,6 +63,27 @@ typedef struct {
 
 typedef struct vmm_host vmm_host;
 
+/* One host machine's in-flight budget, shared by the VMMs of several TDs (a SharedHost): QEMU's
+ * TDX_MAX_GET_QUOTE_REQUEST (16, quote.md §4.1 H6) counted across every TD attached instead of per TD
+ * (a modelling choice: QEMU counts per tdx-guest object, one per TD; this is one host-wide quote
+ * service with the same limit). Counters are the sums over its TDs. */
+typedef struct vmm_slots vmm_slots;
+typedef struct {
+    uint64_t hosts;          /* VMMs attached now */
+    uint64_t in_flight;      /* slots taken now (leaked ones included) */
+    uint64_t peak_in_flight; /* the most taken at once */
+    uint64_t accepted;       /* GetQuotes that took a slot and started (H9) */
+    uint64_t completed;      /* completions written */
+    uint64_t retries;        /* R10 RETRY answers to any of its TDs */
+} vmm_slots_counters;
+vmm_slots *vmm_slots_create(void);
+/* Only once no host uses it. */
+void vmm_slots_destroy(vmm_slots *s);
+void vmm_slots_get_counters(vmm_slots *s, vmm_slots_counters *out);
+/* Make h take its in-flight slots from s (before its first GetQuote; -TDXM_EINVAL after one, or
+ * when it already shares). Its own counters stay per TD. Destroying h gives back the slots it holds. */
+int vmm_host_share_slots(vmm_host *h, vmm_slots *s);
+
 /* Attach a host to the module (and to its clock as the listener). NULL when another VMM is attached,
  * the clock has another listener, or memory runs out. produce NULL: no quote service configured
  * (every GetQuote answers H5). */

@@ -20,6 +20,7 @@ PUBLIC_API = (
     "FaultAttr",
     "Clock",
     "Host",
+    "SharedHost",
     "TestQuoteProducer",
 )
 

@@ -25,9 +25,11 @@ test producer (its service time stands for the quote service's; the TDQE's own c
 Concurrency (``measure_concurrency``): N callers in one TD, each a process with its own configfs
 item on one kernel; every quote holds the tsm rwsem for writing and ``quote_lock`` (quote.md §1.5,
 §2.3), so they are served one at a time and a caller's latency grows with N while quotes per second
-stays that of one caller. (N TDs do not share QEMU's 16 in-flight slots: each TD has its own QEMU,
-quote.md §4.1 H6, and a configfs TD has one request in flight; only a TD with parallel requests, the
-downstream driver's, can meet RETRY.)
+stays that of one caller. With a VMM each, N TDs do not share QEMU's 16 in-flight slots (each TD has
+its own QEMU, quote.md §4.1 H6, and a configfs TD has one request in flight); ``measure_shared_host``
+puts N TDs on one ``SharedHost`` (the 16 slots counted across them, a modelling choice), where the
+17th request in flight meets RETRY; ``measure_downstream_parallel`` is the downstream driver's
+parallel requests from one TD.
 """
 
 from __future__ import annotations
@@ -357,3 +359,105 @@ def measure_downstream_parallel(callers: Sequence[int] = (1, 4, 16, 24), *, serv
         out[str(n)] = {"quotes_per_s": row["quotes_per_s"], "median_ms": row["median_ms"], "max_ms": row["max_ms"],
                        "quotes": row["quotes"], "retries": retries[0]}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# N TDs sharing one host
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_TDS = (1, 2, 4, 16, 32)
+
+
+def measure_shared_host(tds: Sequence[int] = DEFAULT_TDS, *, label: str = "interrupt",
+                        service_ms: float = DEFAULT_SERVICE_MS, rounds: int = 3, backend: Optional[str] = None,
+                        driver: str = DEFAULT_DRIVER) -> Dict[str, Dict[str, float]]:
+    """N TDs (each its own Module, Kernel and VMM, all attached to one ``SharedHost``) quoting
+    through configfs-tsm, all N asking at once each round, on the real clock (each TD's clock is its
+    own, so only wall time makes their requests overlap): N -> quotes_per_s (quotes over the summed
+    time of the rounds, each from its start until its last caller is answered), median_ms and max_ms (a quote's time from the round's start), quotes, retries
+    (requests the host refused with R10 RETRY beyond its 16 slots, which the guest's read of outblob
+    returns as -EIO, quote.md §2.3 P6; a refused request is not asked again) and peak_in_flight."""
+    backend = backend or _backend.default_name()
+    be = _backend.load(backend)
+    completion = completion_for(label)
+    out: Dict[str, Dict[str, float]] = {}
+    for n in tds:
+        shared = be.SharedHost(producer=TestQuoteProducer())
+        guests, hosts = [], []
+        for i in range(n):
+            module = be.Module(ModuleConfig(seed=i + 1), memory_pages=128)
+            host = shared.attach(module, clock=be.Clock("real"))
+            host.set_schedule([{"fault": None, "seconds": service_ms / 1000}], cycle=True)
+            g = TdxGuest(kernel=be.Kernel(module, driver, quote_completion=completion))
+            g.host = host
+            guests.append(g)
+            hosts.append(host)
+        latencies: List[float] = []
+        retries = [0]
+        lock = threading.Lock()
+        failures: List[BaseException] = []
+        round_start = [0.0]
+        round_end = [0.0] * rounds
+        barrier = threading.Barrier(n, action=lambda: round_start.__setitem__(0, time.perf_counter()))
+
+        def caller(g, i):
+            try:
+                for r in range(rounds):
+                    barrier.wait()
+                    try:
+                        g.get_quote(bytes([i % 256, r]))
+                        refused = False
+                    except _errors.KernelError as e:
+                        if e.errno != abi.EIO:
+                            raise
+                        refused = True
+                    now = time.perf_counter()
+                    with lock:
+                        round_end[r] = max(round_end[r], now - round_start[0])
+                        if refused:
+                            retries[0] += 1
+                        else:
+                            latencies.append(now - round_start[0])
+            except BaseException as e:  # surfaced below
+                failures.append(e)
+                barrier.abort()
+
+        threads = [threading.Thread(target=caller, args=(g, i)) for i, g in enumerate(guests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = sum(round_end)  # the rounds' own time: thread start-up and barrier waits left out
+        peak = shared.counters()["peak_in_flight"]
+        host_retries = shared.counters()["retries"]
+        for g, h in zip(guests, hosts):
+            g.host = None
+            g.close()
+            h.close()
+        if failures:
+            raise failures[0]
+        ms = sorted(v * 1e3 for v in latencies)
+        out[str(n)] = {"quotes_per_s": len(ms) / elapsed if elapsed else 0.0,
+                       "median_ms": statistics.median(ms) if ms else 0.0, "max_ms": ms[-1] if ms else 0.0,
+                       "quotes": len(ms), "retries": retries[0], "host_retries": host_retries,
+                       "peak_in_flight": peak}
+    return out
+
+
+def format_shared_host(result: Dict[str, object]) -> str:
+    lines = [f"N TDs sharing one host (16 in-flight slots, quote.md §4.1 H6): {result['driver']} configfs-tsm, "
+             f"{result['mode']}, real clock, service {result['service_ms']} ms, {result['rounds']} rounds of "
+             f"all N at once, {result['backend']}",
+             f"{'TDs':>4} {'quotes/s':>9} {'median ms':>10} {'max ms':>8} {'quotes':>7} {'RETRY':>6} {'peak':>5}"]
+    for n, r in result["shared_host"].items():
+        lines.append(f"{n:>4} {r['quotes_per_s']:>9.1f} {r['median_ms']:>10.2f} {r['max_ms']:>8.2f} "
+                     f"{r['quotes']:>7} {r['retries']:>6} {r['peak_in_flight']:>5}")
+    lines += ["", "intel-downstream GET_QUOTE from N threads of one TD (parallel on quote_list, "
+                  "completed by the notify interrupt; RETRY beyond 16 is -EIO):",
+              f"{'callers':>7} {'quotes/s':>9} {'vs 1':>6} {'median ms':>10} {'max ms':>8} {'RETRY':>6}"]
+    dp = result["downstream_parallel"]
+    one = dp.get("1", {}).get("quotes_per_s") or 0.0
+    for n, r in dp.items():
+        lines.append(f"{n:>7} {r['quotes_per_s']:>9.1f} {r['quotes_per_s'] / one if one else 0:>6.2f} "
+                     f"{r['median_ms']:>10.2f} {r['max_ms']:>8.2f} {r['retries']:>6}")
+    return "\n".join(lines)

@@ -10,6 +10,13 @@ daemon's QGS socket, `run --preload --vsock-port N`), and with no port configure
 TDX_CMD_GET_QUOTE, through FUSE and through preload (the daemon's host answers the library's QGS
 frame framed, quote.md §2.6-§2.7). Every quote verifies in `tdxmodel quote verify`
 and in dcap-qvl, and carries the REPORTDATA and RTMRs of the TD that asked.
+
+On the upstream configfs-tsm generations (v6.16, v7.1) the library's first choice after vsock is
+configfs (quote.md §2.7): the item DCAP_TDX_QUOTE_CONFIGFS_PATH names, else its own
+`report/com.intel.dcap`, which it makes; through FUSE (`tdxmodel run` binds the tree at
+/sys/kernel/config/tsm) and through preload. Upstream never had TDX_CMD_EXTEND_RTMR (the driver
+answers -ENOTTY), so there every tdx_att_extend of RTMR 0-3 is TDX_ATTEST_ERROR_EXTEND_FAILURE and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ SRC = pathlib.Path(__file__).resolve().parents[2] / "shared" / "clients" / "libt
     "QuoteGeneration" / "quote_wrapper"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 # tdx_attest.h return codes (quote.md §2.7)
-SUCCESS, INVALID_PARAMETER, QUOTE_FAILURE, INVALID_RTMR_INDEX = 0, 2, 8, 0x0B
+SUCCESS, INVALID_PARAMETER, EXTEND_FAILURE, QUOTE_FAILURE, INVALID_RTMR_INDEX = 0, 2, 6, 8, 0x0B
 
 
 @pytest.fixture(scope="session")
@@ -120,20 +127,55 @@ QUOTE_PATHS = {
     "vsock-preload": ["--driver", "intel-downstream", "--preload", "--vsock-port", "4050"],
     "ioctl-fuse": ["--driver", "intel-downstream"],
     "ioctl-preload": ["--driver", "intel-downstream", "--preload"],
+    # configfs-tsm at the library's default item (it makes report/com.intel.dcap)
+    "configfs-fuse": ["--driver", "v7.1"],
+    "configfs-preload": ["--driver", "v7.1", "--preload"],
+    # configfs-tsm at the item DCAP_TDX_QUOTE_CONFIGFS_PATH names (made before the program runs)
+    "configfs-env-fuse": ["--driver", "v6.16"],
+    "configfs-env-preload": ["--driver", "v6.16", "--preload"],
 }
+TSM_REPORT = "/sys/kernel/config/tsm/report"
+ENV_ITEM = "attest-item"
+
+
+def command(path, program):
+    """The command `run` starts: the program itself, or for a configfs path the program inside a
+    shell that (for an env path) makes the named item first, and after the program writes each
+    report item's name and generation to items.txt, so the test sees which item the quote used."""
+    if not path.startswith("configfs"):
+        return program
+    pre = f'mkdir {TSM_REPORT}/{ENV_ITEM} && export DCAP_TDX_QUOTE_CONFIGFS_PATH={TSM_REPORT}/{ENV_ITEM} && ' \
+        if "-env-" in path else ""
+    return ["sh", "-c", pre + '"$@"; rc=$?; for d in ' + TSM_REPORT + '/*; do '
+            'echo "${d##*/} $(cat "$d/generation")"; done > items.txt; exit $rc', "sh", *program]
+
+
+def check_items(path, tmp_path, quotes):
+    """A configfs path's quotes went through the item the library should have used, one generation
+    each (quote.md §1: one write of inblob, one generation)."""
+    if path.startswith("configfs"):
+        item = ENV_ITEM if "-env-" in path else "com.intel.dcap"
+        assert (tmp_path / "items.txt").read_text().split() == [item, str(quotes)]
+
+
+def upstream(path):
+    return path.startswith("configfs")
 
 
 @pytest.mark.parametrize("path", list(QUOTE_PATHS))
 def test_intels_sample_gets_its_quote_and_extends(libtdx_attest, tmp_path, backend, path):
     """Intel's test_tdx_attest, start to end: report.dat is a genuine TDREPORT of the emulated
     platform, quote.dat a quote of that TD that verifies, then RTMR 2 and 3 are extended (the values
-    they reach are checked with our client, whose second report shows them)."""
+    they reach are checked with our client, whose second report shows them); on the upstream
+    generations the extends fail as the library reports them there."""
     state = str(tmp_path / "st")
     r = run(QUOTE_PATHS[path] + ["--backend", backend.BACKEND_NAME, "--state", state, "--",
-                                 str(libtdx_attest / "test_tdx_attest")], cwd=tmp_path)
+                                 *command(path, [str(libtdx_attest / "test_tdx_attest")])], cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "Successfully get the TD Quote" in r.stdout
-    assert "Successfully extended rtmr[2]" in r.stderr and "Successfully extended rtmr[3]" in r.stderr
+    for i in (2, 3):
+        assert (f"Failed to extend rtmr[{i}]" if upstream(path) else f"Successfully extended rtmr[{i}]") in r.stderr
+    check_items(path, tmp_path, 1)
     report = (tmp_path / "report.dat").read_bytes()
     store = StateStore(state, backend=backend)
     assert len(report) == abi.TDX_REPORT_LEN and verify(report, store.module())[0]
@@ -146,12 +188,41 @@ def test_intels_sample_gets_its_quote_and_extends(libtdx_attest, tmp_path, backe
 @pytest.mark.parametrize("path", list(QUOTE_PATHS))
 def test_our_client_quotes_after_its_extends(libtdx_attest, tmp_path, backend, path):
     state = str(tmp_path / "st")
+    program = [str(libtdx_attest / "tdx_attest_client"), "r1.bin", "r2.bin", "q.bin"]
     r = run(QUOTE_PATHS[path] + ["--backend", backend.BACKEND_NAME, "--state", state, "--",
-                                 str(libtdx_attest / "tdx_attest_client"), "r1.bin", "r2.bin", "q.bin"],
-            cwd=tmp_path)
+                                 *command(path, program)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     codes = json.loads(r.stdout)
-    assert codes["quote"] == SUCCESS and codes["extend2"] == codes["extend3"] == SUCCESS
-    q = verifies_everywhere(state, (tmp_path / "q.bin").read_bytes(), tmp_path, backend)
+    assert codes["quote"] == SUCCESS
+    r1 = TdReport.from_bytes((tmp_path / "r1.bin").read_bytes())
     r2 = TdReport.from_bytes((tmp_path / "r2.bin").read_bytes())
+    if upstream(path):
+        # no TDX_CMD_EXTEND_RTMR upstream: -ENOTTY, which the library reports as EXTEND_FAILURE
+        # (only -EINVAL becomes INVALID_RTMR_INDEX); index 4 it refuses before the device
+        assert codes == {"report1": SUCCESS, "extend2": EXTEND_FAILURE, "extend3": EXTEND_FAILURE,
+                         "extend1": EXTEND_FAILURE, "extend0": EXTEND_FAILURE,
+                         "extend4": INVALID_PARAMETER, "report2": SUCCESS, "quote": SUCCESS}
+        assert r2.rtmr == r1.rtmr
+    else:
+        assert codes["extend2"] == codes["extend3"] == SUCCESS
+        assert r2.rtmr[2] == chain(r1.rtmr[2], b"\x02" * 48) and r2.rtmr[3] == chain(r1.rtmr[3], b"\x03" * 48)
+    check_items(path, tmp_path, 1)
+    q = verifies_everywhere(state, (tmp_path / "q.bin").read_bytes(), tmp_path, backend)
     assert q.reportdata == r2.reportdata and [q.fields[f"rtmr{i}"] for i in range(4)] == list(r2.rtmr)
+
+
+@pytest.mark.parametrize("driver", ["v6.16", "v7.1"])
+def test_upstream_answers_librarys_extend_ioctl_enotty(make_kernel, driver):
+    """The exact command libtdx_attest sends for tdx_att_extend (_IOR('T', 3, 49 bytes)) is an
+    unknown ioctl upstream: -ENOTTY, and the RTMRs stay as they were."""
+    k = make_kernel(driver)
+    p = k.process()
+    p.mmap(0x10000, 4096, "rw")
+    req = b"\x02" * 48 + bytes([2])
+    p.poke(0x10000, req)
+    fd = p.open("/dev/tdx_guest")
+    before = [bytes(k.module.rtmr(i)) for i in range(4)]
+    assert p.ioctl(fd, abi.TDX_CMD_EXTEND_RTMR, 0x10000) == -abi.ENOTTY
+    assert [bytes(k.module.rtmr(i)) for i in range(4)] == before
+    assert p.peek(0x10000, len(req)) == req
+    assert p.close(fd) == 0

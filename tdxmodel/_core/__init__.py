@@ -2,7 +2,7 @@
 
 try:
     from tdxmodel._core._ext import (BACKEND_NAME, Clock, FaultAttr, Host, Kernel, Module,  # noqa: F401
-                                      Process, TdqeCore, TestQuoteProducer)
+                                      Process, SharedHost, TdqeCore, TestQuoteProducer)
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "tdxmodel's compiled core is not built (or is out of date). Run the install command from "

@@ -86,25 +86,87 @@ cdef int _py_produce(void *ctx, const uint8_t *inp, size_t in_len, uint8_t *out,
 _DEFAULT = object()
 
 
+cdef class SharedHost:
+    """SharedHost(*, producer=None)
+
+    One host machine several TDs share: the quote service (``producer``, as for Host) and QEMU's 16
+    in-flight GetQuote slots (quote.md §4.1 H6) counted across all of them, so the 17th request in
+    flight, from whichever TD, gets R10 RETRY. ``attach(module, clock=None)`` gives each TD its VMM
+    (a Host: its own notify vector, pending requests, faults and counters). A modelling choice:
+    QEMU counts per TD (one tdx-guest object each); this is one host-wide service with that limit.
+    """
+
+    cdef vmm_slots *ptr
+    cdef object _producer
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.ptr = vmm_slots_create()
+        if self.ptr == NULL:
+            raise MemoryError("cannot allocate a shared host")
+
+    def __init__(self, *, producer=_DEFAULT):
+        if producer is _DEFAULT:
+            producer = None
+        if producer is not None and not callable(getattr(producer, "produce", None)):
+            raise TypeError("producer must have a produce(payload: bytes) -> bytes method, or be None")
+        self._producer = producer
+
+    def __dealloc__(self):
+        # every Host attached keeps this object alive, so none is left when this runs
+        if self.ptr != NULL:
+            vmm_slots_destroy(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def producer(self):
+        return self._producer
+
+    @property
+    def slots(self):
+        """slots -> int: the in-flight requests it accepts at once (QEMU's TDX_MAX_GET_QUOTE_REQUEST)."""
+        return _abi.HOST_MAX_GET_QUOTE_REQUESTS
+
+    def attach(self, module, *, clock=None):
+        """attach(module, *, clock=None) -> Host: the VMM of one more TD on this host."""
+        return Host(module, producer=self._producer, clock=clock, shared=self)
+
+    def counters(self):
+        """counters() -> dict: hosts (TDs attached now), in_flight, peak_in_flight, accepted,
+        completed, retries (sums over its TDs)."""
+        cdef vmm_slots_counters c
+        with nogil:
+            vmm_slots_get_counters(self.ptr, &c)
+        return {"hosts": c.hosts, "in_flight": c.in_flight, "peak_in_flight": c.peak_in_flight,
+                "accepted": c.accepted, "completed": c.completed, "retries": c.retries}
+
+    def __repr__(self):
+        c = self.counters()
+        return f"<SharedHost of {c['hosts']} TDs, {c['in_flight']}/{self.slots} in flight, core>"
+
+
 cdef class Host:
-    """Host(module, *, producer=None, clock=None)
+    """Host(module, *, producer=None, clock=None, shared=None)
 
     The VMM behind the module's TDG.VP.VMCALL: KVM, QEMU's GetQuote / SetupEventNotifyInterrupt /
     GetTdVmCallInfo handlers (quote.md §3, §4.1 H1-H9) and the quote service. ``producer`` has
     ``produce(payload: bytes) -> bytes`` (the TDQE: ``tdxmodel.host.quote_producer()``; a test:
     ``TestQuoteProducer()``); None, the default, is QEMU without a quote service (H5). ``clock``:
-    a Clock, or "virtual" / "real"; default a new virtual clock.
+    a Clock, or "virtual" / "real"; default a new virtual clock. ``shared``: a SharedHost whose
+    in-flight slots this TD's requests take (``SharedHost.attach`` passes it).
     """
 
     cdef vmm_host *ptr
-    cdef object _module, _clock, _producer, _native
+    cdef object _module, _clock, _producer, _native, _shared
 
     def __cinit__(self, *args, **kwargs):
         self.ptr = NULL
 
-    def __init__(self, module, *, producer=_DEFAULT, clock=None):
+    def __init__(self, module, *, producer=_DEFAULT, clock=None, shared=None):
         if self.ptr != NULL:
             raise RuntimeError("Host is already initialised")
+        if shared is not None and not isinstance(shared, SharedHost):
+            raise TypeError(f"shared must be a core SharedHost, not {type(shared).__name__}")
         if not isinstance(module, Module):
             raise TypeError(f"module must be a core Module, not {type(module).__name__}")
         if clock is None or isinstance(clock, str):
@@ -121,6 +183,9 @@ cdef class Host:
         self.ptr = vmm_host_create((<Module>module)._live(), (<Clock>clock).ptr, NULL, NULL)
         if self.ptr == NULL:
             raise ValueError("the module already has a host, or the clock already serves one")
+        if shared is not None:
+            vmm_host_share_slots(self.ptr, (<SharedHost>shared).ptr)  # a new host: cannot fail
+            self._shared = shared
         self._install_producer()
 
     cdef _install_producer(self):
@@ -164,6 +229,11 @@ cdef class Host:
     @property
     def clock(self):
         return self._clock
+
+    @property
+    def shared(self):
+        """shared -> SharedHost | None: the host machine this TD shares, if any."""
+        return self._shared
 
     @property
     def producer(self):

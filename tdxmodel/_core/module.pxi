@@ -379,6 +379,22 @@ cdef class Module:
         with nogil:
             tdxm_set_rtmr(m, idx, p)
 
+    def set_tee_tcb_info(self, value):
+        """set_tee_tcb_info(value: bytes) -> None
+
+        Host-side state sync, not a TDX operation: the platform's TCB position moved, so
+        TEE_TCB_INFO becomes value (239 bytes; TEE_TCB_INFO_HASH of every later TDREPORT with it),
+        published under the exclusive RTMR lock as set_rtmr does (waiting with the GIL released).
+        """
+        cdef tdxm_module *m = self._live()
+        cdef bytes payload = _as_bytes(value, "value")
+        cdef const uint8_t *p
+        if len(payload) != _abi.TDX_TEE_TCB_INFO_LEN:
+            raise ValueError(f"value must be {_abi.TDX_TEE_TCB_INFO_LEN} bytes, got {len(payload)}")
+        p = <const uint8_t *><const char *>payload
+        with nogil:
+            tdxm_set_tee_tcb_info(m, p)
+
     # ------------------------------------------------------------------ the RTMR lock (ref §4.8)
     def rtmr_lock_try(self, exclusive):
         """rtmr_lock_try(exclusive: bool) -> int: 0, or TDX_OPERAND_BUSY | 0xA8 without waiting."""

@@ -78,13 +78,14 @@ cdef extern from "tdx_module.h" nogil:
     size_t tdxm_extend_batch(tdxm_module *m, const uint64_t *index, const uint8_t *data, uint64_t *status,
                              size_t n)
     void tdxm_read_tdinfo(tdxm_module *m, uint8_t *out)
-    void tdxm_read_tee_tcb_info(const tdxm_module *m, uint8_t *out)
+    void tdxm_read_tee_tcb_info(tdxm_module *m, uint8_t *out)
     void tdxm_read_mac_key(const tdxm_module *m, uint8_t *out)
     int tdxm_version_minor(const tdxm_module *m)
 
     uint64_t tdxm_rtmr_lock_try(tdxm_module *m, int exclusive)
     int tdxm_rtmr_unlock_checked(tdxm_module *m, int exclusive)
     void tdxm_set_rtmr(tdxm_module *m, unsigned index, const uint8_t *value)
+    void tdxm_set_tee_tcb_info(tdxm_module *m, const uint8_t *info)
 
     void tdxm_get_counters(const tdxm_module *m, tdxm_counters *out)
 

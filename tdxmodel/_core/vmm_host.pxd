@@ -31,6 +31,15 @@ cdef extern from "vmm_host.h" nogil:
 
     ctypedef struct vmm_host:
         pass
+    ctypedef struct vmm_slots:
+        pass
+    ctypedef struct vmm_slots_counters:
+        uint64_t hosts, in_flight, peak_in_flight, accepted, completed, retries
+
+    vmm_slots *vmm_slots_create()
+    void vmm_slots_destroy(vmm_slots *s)
+    void vmm_slots_get_counters(vmm_slots *s, vmm_slots_counters *out)
+    int vmm_host_share_slots(vmm_host *h, vmm_slots *s)
 
     vmm_host *vmm_host_create(tdxm_module *m, vmm_clock *clock, vmm_produce_fn produce, void *ctx)
     void vmm_host_destroy(vmm_host *h)

@@ -5,5 +5,5 @@ BACKEND_NAME = "reference"
 
 from tdxmodel._reference.module import Module  # noqa: E402,F401
 from tdxmodel._reference.kernel import FaultAttr, Kernel, Process  # noqa: E402,F401
-from tdxmodel._reference.host import Clock, Host  # noqa: E402,F401
+from tdxmodel._reference.host import Clock, Host, SharedHost  # noqa: E402,F401
 from tdxmodel.host_faults import TestQuoteProducer  # noqa: E402,F401

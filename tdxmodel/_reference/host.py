@@ -103,13 +103,62 @@ class _Request:
 _DEFAULT = object()
 
 
-class Host:
-    """Host(module, *, producer=None, clock=None): the VMM behind TDG.VP.VMCALL (producer None: QEMU
-    without a quote service, H5)."""
+class SharedHost:
+    """SharedHost(*, producer=None): one host machine several TDs share, the quote service and QEMU's
+    16 in-flight slots (quote.md §4.1 H6) counted across all of them (a modelling choice: QEMU counts
+    per TD). ``attach(module, clock=None)`` gives each TD its VMM (a Host)."""
 
-    def __init__(self, module, *, producer=_DEFAULT, clock=None) -> None:
+    def __init__(self, *, producer=_DEFAULT) -> None:
+        if producer is _DEFAULT:
+            producer = None
+        _check_producer(producer)
+        self._producer = producer
+        self._lock = threading.Lock()
+        self._c = {"hosts": 0, "in_flight": 0, "peak_in_flight": 0, "accepted": 0, "completed": 0, "retries": 0}
+
+    @property
+    def producer(self):
+        return self._producer
+
+    @property
+    def slots(self) -> int:
+        return abi.HOST_MAX_GET_QUOTE_REQUESTS
+
+    def attach(self, module, *, clock=None) -> "Host":
+        return Host(module, producer=self._producer, clock=clock, shared=self)
+
+    def counters(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._c)
+
+    # the attached Hosts' side (each with its own lock held; this lock is always taken last)
+    def _take(self) -> bool:
+        with self._lock:
+            c = self._c
+            if c["in_flight"] >= abi.HOST_MAX_GET_QUOTE_REQUESTS:
+                return False
+            c["in_flight"] += 1
+            c["peak_in_flight"] = max(c["peak_in_flight"], c["in_flight"])
+            return True
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._c[key] += n
+
+    def __repr__(self) -> str:
+        c = self.counters()
+        return f"<SharedHost of {c['hosts']} TDs, {c['in_flight']}/{self.slots} in flight, reference>"
+
+
+class Host:
+    """Host(module, *, producer=None, clock=None, shared=None): the VMM behind TDG.VP.VMCALL (producer
+    None: QEMU without a quote service, H5; shared: the SharedHost whose slots it takes)."""
+
+    def __init__(self, module, *, producer=_DEFAULT, clock=None, shared=None) -> None:
         if not isinstance(module, Module):
             raise TypeError(f"module must be a reference Module, not {type(module).__name__}")
+        if shared is not None and not isinstance(shared, SharedHost):
+            raise TypeError(f"shared must be a reference SharedHost, not {type(shared).__name__}")
         if clock is None or isinstance(clock, str):
             clock = Clock(clock or "virtual")
         if not isinstance(clock, Clock):
@@ -139,6 +188,9 @@ class Host:
         if not module._set_vmm(self):
             clock._set_listener(None)
             raise ValueError("the module already has a host, or the clock already serves one")
+        self._shared_host = shared
+        if shared is not None:
+            shared._count("hosts")
 
     # ------------------------------------------------------------------ properties
     def _live(self) -> None:
@@ -150,6 +202,15 @@ class Host:
             self._module._set_vmm(None)
             self._clock._set_listener(None)
             self._closed = True
+            if self._shared_host is not None:  # the TD goes away: its slots (leaked ones too) go back
+                with self._lock:
+                    held = self._c["in_flight"]
+                self._shared_host._count("in_flight", -held)
+                self._shared_host._count("hosts", -1)
+
+    @property
+    def shared(self):
+        return self._shared_host
 
     @property
     def module(self):
@@ -273,8 +334,10 @@ class Host:
             struct.pack_into("<Q", h, abi.QUOTE_HDR_OFF_STATUS, abi.GET_QUOTE_SERVICE_UNAVAILABLE)
             self._write(gpa, bytes(h))
             return abi.TDVMCALL_STATUS_SUCCESS
-        if c["in_flight"] >= abi.HOST_MAX_GET_QUOTE_REQUESTS or kind == abi.HOST_FAULT_RETRY:  # H6
+        if kind == abi.HOST_FAULT_RETRY or not self._take_slot():          # H6
             c["retries"] += 1
+            if self._shared_host is not None:
+                self._shared_host._count("retries")
             return abi.TDVMCALL_STATUS_RETRY
         c["in_flight"] += 1                                               # H7: num++, the payload
         payload = self._read(gpa + HDR, in_len)
@@ -290,7 +353,15 @@ class Host:
         self._pending.append(_Request(gpa, size, hdr, payload, due, self._seq, fault))
         self._seq += 1
         c["accepted"] += 1
+        if self._shared_host is not None:
+            self._shared_host._count("accepted")
         return abi.TDVMCALL_STATUS_SUCCESS
+
+    def _take_slot(self) -> bool:
+        """H6's num < 16 (then num++): the TD's own count, or its SharedHost's across its TDs."""
+        if self._shared_host is None:
+            return self._c["in_flight"] < abi.HOST_MAX_GET_QUOTE_REQUESTS
+        return self._shared_host._take()
 
     def _setup_event_notify(self, vector: int) -> int:
         # Out of range means "none registered" (quote.md §3.3); R10 INVALID_OPERAND and the previous
@@ -360,7 +431,8 @@ class Host:
             struct.pack_into("<Q", hdr, abi.QUOTE_HDR_OFF_STATUS, status)   # 2
             struct.pack_into("<I", hdr, abi.QUOTE_HDR_OFF_OUT_LEN, out_len)
             # 3: smp_wmb (the GIL orders these writes); 4: the header
-            if self._write(r.gpa, bytes(hdr)):
+            written = self._write(r.gpa, bytes(hdr))
+            if written:
                 self._c["completed"] += 1
             if status == abi.GET_QUOTE_SUCCESS and kind == abi.HOST_FAULT_OUT_LEN_CHANGES:
                 self._watches.append([r.gpa + abi.QUOTE_HDR_OFF_OUT_LEN, fault_out_len or r.size])
@@ -369,6 +441,10 @@ class Host:
                 self._c["last_vector"] = self._notify_vector
                 irq = (self._irq, self._notify_vector)
             self._c["in_flight"] -= 1                        # 6: num--
+            if self._shared_host is not None:
+                self._shared_host._count("in_flight", -1)
+                if written:
+                    self._shared_host._count("completed")
         if irq is not None and irq[0] is not None:
             irq[0](irq[1])
 

@@ -210,17 +210,18 @@ class Module:
         return base
 
     # ------------------------------------------------------------------ report construction
-    def _build_report(self, reportdata: bytes, tdinfo: bytes) -> bytes:
-        """The 1024-byte TDREPORT (ref §4.4) for a TDINFO snapshot, built in a zeroed buffer as the
-        module does."""
+    def _build_report(self, reportdata: bytes, snapshot: Tuple[bytes, bytes]) -> bytes:
+        """The 1024-byte TDREPORT (ref §4.4) for a (TDINFO, TEE_TCB_INFO) snapshot, built in a zeroed
+        buffer as the module does."""
+        tdinfo, tee_tcb_info = snapshot
         r = bytearray(abi.TDX_REPORT_LEN)
         r[0:4] = bytes([abi.TDX_REPORTTYPE_TYPE, abi.TDX_REPORTTYPE_SUBTYPE, self._report_version, 0])
         r[abi.TDR_OFF_CPUSVN:abi.TDR_OFF_CPUSVN + 16] = self._cpusvn
-        r[abi.TDR_OFF_TEE_TCB_INFO_HASH:abi.TDR_OFF_TEE_TCB_INFO_HASH + 48] = hashlib.sha384(self._tee_tcb_info).digest()
+        r[abi.TDR_OFF_TEE_TCB_INFO_HASH:abi.TDR_OFF_TEE_TCB_INFO_HASH + 48] = hashlib.sha384(tee_tcb_info).digest()
         r[abi.TDR_OFF_TEE_INFO_HASH:abi.TDR_OFF_TEE_INFO_HASH + 48] = hashlib.sha384(tdinfo).digest()
         r[abi.TDR_OFF_REPORTDATA:abi.TDR_OFF_REPORTDATA + 64] = reportdata
         r[abi.TDR_OFF_MAC:abi.TDR_OFF_MAC + 32] = self._mac(bytes(r[:abi.TDX_MAC_COVERED_LEN]))
-        r[abi.TDR_OFF_TEE_TCB_INFO:abi.TDR_OFF_TEE_TCB_INFO + abi.TDX_TEE_TCB_INFO_LEN] = self._tee_tcb_info
+        r[abi.TDR_OFF_TEE_TCB_INFO:abi.TDR_OFF_TEE_TCB_INFO + abi.TDX_TEE_TCB_INFO_LEN] = tee_tcb_info
         r[abi.TDR_OFF_TDINFO:] = tdinfo
         return bytes(r[:abi.TDX_REPORT_LEN])
 
@@ -237,18 +238,18 @@ class Module:
             return status, None
         if self._version_minor != 0:
             with self._state_guard:
-                tdinfo = bytes(self._tdinfo)                     # the snapshot
+                snap = bytes(self._tdinfo), self._tee_tcb_info  # the snapshot
             self._lock.release(exclusive=False)
             self._step("snapshot")
             if self._take_interrupt():                           # row 6 (1.5)
                 return self._INTERRUPTED, None
-            report = self._build_report(reportdata, tdinfo)      # row 7
+            report = self._build_report(reportdata, snap)        # row 7
         else:
             try:
                 with self._state_guard:
-                    tdinfo = bytes(self._tdinfo)
+                    snap = bytes(self._tdinfo), self._tee_tcb_info
                 self._step("snapshot")
-                report = self._build_report(reportdata, tdinfo)  # row 7
+                report = self._build_report(reportdata, snap)  # row 7
             finally:
                 self._lock.release(exclusive=False)
         self._step("built")
@@ -509,7 +510,22 @@ class Module:
             return bytes(self._tdinfo)
 
     def tee_tcb_info(self) -> bytes:
-        return self._tee_tcb_info
+        with self._state_guard:
+            return self._tee_tcb_info
+
+    def set_tee_tcb_info(self, value) -> None:
+        """set_tee_tcb_info(value: bytes) -> None: host-side state sync (the platform's TCB position
+        moved): TEE_TCB_INFO (239 bytes) of every later TDREPORT; waits for the RTMR lock."""
+        value = _bytes("value", value)
+        if len(value) != abi.TDX_TEE_TCB_INFO_LEN:
+            raise ValueError(f"value must be {abi.TDX_TEE_TCB_INFO_LEN} bytes, got {len(value)}")
+        while not self._lock.wait_exclusive():
+            time.sleep(0)
+        try:
+            with self._state_guard:
+                self._tee_tcb_info = value
+        finally:
+            self._lock.release(exclusive=True)
 
     def set_rtmr(self, index: int, value) -> None:
         """set_rtmr(index, value: bytes) -> None: host-side state sync; waits for the RTMR lock."""

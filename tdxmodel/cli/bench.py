@@ -29,6 +29,11 @@ Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R -
 ``--quote-latency [--poll-ms LIST] [--service-ms MS] [--clock virtual|real] [--json] [--plot FILE]``
 runs only the quote latency table (``quote_latency``, beside the published figures, quote.md §2.5)
 and the concurrency section (``quote_concurrency``: N callers in one TD asking at once, on the same clock).
+
+``--shared-host [--tds LIST] [--service-ms MS] [--json]`` runs N TDs on one ``SharedHost`` (its 16
+in-flight slots shared; ``shared_host``: N -> quotes_per_s, median_ms, max_ms, quotes, retries,
+host_retries, peak_in_flight) and the downstream driver's parallel requests in one TD
+(``downstream_parallel``: callers -> quotes_per_s, median_ms, max_ms, quotes, retries), real clock.
 """
 
 from __future__ import annotations
@@ -99,6 +104,16 @@ def _service_ms(text: str) -> float:
     return value
 
 
+def _tds_list(text: str):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of TDs, got {text!r}") from None
+    if not values or not all(1 <= v <= 64 for v in values):
+        raise argparse.ArgumentTypeError(f"each number of TDs must be in 1..64, got {text!r}")
+    return values
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="measure throughput and latency of the emulated attestation path",
@@ -128,6 +143,12 @@ def register(subparsers) -> None:
                    help="with --quote-latency: the host's service time per quote (default 4.6)")
     p.add_argument("--clock", choices=("virtual", "real"), default=None,
                    help="with --quote-latency: the platform clock (default virtual: no wall time)")
+    p.add_argument("--shared-host", action="store_true",
+                   help="measure N TDs sharing one host's 16 in-flight GetQuote slots instead (quotes/s and "
+                        "RETRY counts; real clock), and the downstream driver's parallel requests")
+    p.add_argument("--tds", type=_tds_list, default=None, metavar="LIST",
+                   help="with --shared-host: the numbers of TDs, comma-separated (default 1,2,4,16,32); "
+                        "--service-ms is the host's service time (default 4.6)")
     p.set_defaults(func=run)
 
 
@@ -376,7 +397,37 @@ def run_quote_latency(args) -> int:
     return 0
 
 
+def run_shared_host(args) -> int:
+    from tdxmodel import quote_latency as ql
+    service = ql.DEFAULT_SERVICE_MS if args.service_ms is None else args.service_ms
+    tds = args.tds or list(ql.DEFAULT_TDS)
+    print(f"bench: {', '.join(map(str, tds))} TDs on one shared host (real clock, service {service} ms)",
+          file=sys.stderr, flush=True)
+    rounds = 3
+    result = {"shared_host": ql.measure_shared_host(tds, service_ms=service, rounds=rounds),
+              "mode": "interrupt", "clock": "real", "service_ms": service, "rounds": rounds,
+              "driver": ql.DEFAULT_DRIVER, "backend": _backend.default_name()}
+    print("bench: the downstream driver's parallel requests (1, 4, 16, 24 threads of one TD)",
+          file=sys.stderr, flush=True)
+    result["downstream_parallel"] = ql.measure_downstream_parallel(service_ms=service, rounds=rounds)
+    result["machine"] = machine_info()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(ql.format_shared_host(result))
+    return 0
+
+
 def run(args) -> int:
+    if args.shared_host:
+        given = [f for f, v in (("--quote", args.quote), ("--quote-latency", args.quote_latency),
+                                ("--poll-ms", args.poll_ms), ("--clock", args.clock), ("--plot", args.plot))
+                 if v]
+        if given:
+            raise CliError(f"--shared-host is its own run: {given[0]} does not apply")
+        return run_shared_host(args)
+    if args.tds is not None:
+        raise CliError("--tds needs --shared-host")
     latency_only = [f for f, v in (("--poll-ms", args.poll_ms), ("--service-ms", args.service_ms),
                                    ("--clock", args.clock)) if v is not None]
     if latency_only and not args.quote_latency:

@@ -270,3 +270,39 @@ class QuotingEnclave:
             except TdqeError as e:
                 raise TdqeError(e.error, f"row {i}: {str(e).split(': ', 1)[1]}") from None
         return out
+
+
+class PositionedQuotingEnclave:
+    """PositionedQuotingEnclave(qe, tee_tcb_info): the TDQE of a platform whose TCB position moves
+    while it serves (``tdxmodel tcb`` beside a running daemon). Each position has its own QE (the
+    PCK certificate and CPUSVN of its level, quote.md §5.4); ``move(tee_tcb_info, qe)`` adds the new
+    one. A TDREPORT is quoted by the QE of the position its TEE_TCB_INFO shows (ref §4.5), so a
+    report made just before a move still gets the PCK it was made under and every quote is of one
+    position, never a mix; a TEE_TCB_INFO of no known position goes to the newest QE (whose checks
+    then answer for it)."""
+
+    def __init__(self, qe: QuotingEnclave, tee_tcb_info: bytes) -> None:
+        import threading
+        self._lock = threading.Lock()
+        self._by_info = {bytes(tee_tcb_info): qe}
+        self.current = qe
+
+    def move(self, tee_tcb_info: bytes, qe: QuotingEnclave) -> None:
+        with self._lock:
+            self._by_info[bytes(tee_tcb_info)] = qe
+            self.current = qe
+
+    def qe_for(self, tdreport: Any) -> QuotingEnclave:
+        try:
+            info = bytes(tdreport[abi.TDR_OFF_TEE_TCB_INFO:abi.TDR_OFF_TEE_TCB_INFO + abi.TDX_TEE_TCB_INFO_LEN])
+        except TypeError:
+            return self.current  # not bytes-like: the QE's own checks say so
+        with self._lock:
+            return self._by_info.get(info, self.current)
+
+    def produce(self, tdreport: bytes) -> bytes:
+        return self.qe_for(tdreport).produce(tdreport)
+
+    @property
+    def backend(self) -> str:
+        return self.current.backend

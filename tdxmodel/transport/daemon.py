@@ -318,12 +318,27 @@ class Daemon:
         from tdxmodel.host.qgs import QgsService, QgsVmm
         from tdxmodel.transport.qgs_server import RateLimitedLog
 
-        tdqe = self._platform.quoting_enclave(module=module)
+        from tdxmodel.host.qe import PositionedQuotingEnclave
+        tdqe = PositionedQuotingEnclave(self._platform.quoting_enclave(module=module), module.tee_tcb_info())
         self.qgs_service = QgsService(tdqe, log=RateLimitedLog(self._log))
         self.host = self._backend.Host(module, producer=QgsVmm(self.qgs_service))
 
+        def tcb_moved() -> bytes:
+            """The state's TCB position, read under its lock with the PCK and level it goes with:
+            the QE of that position joins the service; returns its TEE_TCB_INFO for the TD."""
+            from tdxmodel.host.collateral import Platform
+            store = self.device.store
+            with store._locked():
+                info = store._config_of(store._read(locked=True)).tee_tcb_info()
+                qe = Platform(store).quoting_enclave(module=module)
+            tdqe.move(info, qe)
+            return info
+
+        self._tcb_moved = tcb_moved
+
     def _attach_quote_service(self) -> None:
         self.device.attach_host(self.host, self.qgs_service)
+        self.device.tcb_moved = self._tcb_moved
 
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, name=f"tdxmodel-{name}", daemon=True)

@@ -161,6 +161,8 @@ class EmulatedDevice:
         self._mr_lock_held = False
         self.host: Any = None
         self.qgs: Any = None
+        #: set by the daemon: () -> the state's TEE_TCB_INFO, after the host follows its TCB position
+        self.tcb_moved: Optional[Callable[[], bytes]] = None
         if self.profile.measurements:
             self._open_measurements()
         self._sync_error: Optional[str] = None
@@ -613,12 +615,21 @@ class EmulatedDevice:
             if self.module.rtmr(i) != value:
                 self.kernel.set_rtmr(i, value)
                 changed = True
+        info = config.tee_tcb_info()
+        if self.module.tee_tcb_info() != info:
+            # `tdxmodel tcb` moved the platform: the host's QE of the new position first (its
+            # TEE_TCB_INFO read with it, under the state lock), then the TD's TEE_TCB_INFO, so every
+            # quote is of one position (tdxmodel.host.qe.PositionedQuotingEnclave)
+            if self.tcb_moved is not None:
+                info = self.tcb_moved()
+            self.module.set_tee_tcb_info(info)
+            changed = True
         self._generation = generation
         return changed
 
     def sync_state(self) -> bool:
-        """sync_state() -> bool: if the store changed (`tdxmodel extend`, another tool), set the TD's
-        RTMRs to the stored ones. Returns whether anything was applied. StateError if the state
+        """sync_state() -> bool: if the store changed (`tdxmodel extend`, `tdxmodel tcb`, another tool),
+        set the TD's RTMRs and TCB position (TEE_TCB_INFO) to the stored ones. Returns whether anything was applied. StateError if the state
         cannot be read (the TD keeps its last good state)."""
         if self.store is None:
             return False

@@ -230,6 +230,8 @@ class ServedTree:
         f = self._files.get(handle)
         if f is None:
             return -errno.EBADF
+        if not isinstance(f, _ControlFile):
+            self.device._catch_up()  # a configfs read (a quote) sees a `tdxmodel tcb` or extend at once
         with f.lock:
             pos = f.pos if offset < 0 else offset
             if isinstance(f, _ControlFile):
