@@ -75,6 +75,11 @@ IQ_UNMAPPED = 0x7000_0000
 TSM_ATTRS = ("inblob", "outblob", "generation", "provider", "auxblob", "privlevel", "privlevel_floor", "")
 EPISODES = ("episode", "tsm_episode", "iq_episode")
 NEIGHBOUR_FROM = 2048
+
+
+def spec_fault(spec) -> Optional[str]:
+    """The fault name of a host-fault spec (a dict with "fault", or the bare name)."""
+    return spec.get("fault") if isinstance(spec, dict) else spec
 #: Every generation's ioctl commands (tdxmodel.profiles): each driver also gets the others'.
 COMMANDS = tuple(sorted({c.value for prof in profiles.PROFILES for c in prof.commands}))
 
@@ -521,7 +526,7 @@ class _Run:
     def _note_fault(self, specs) -> None:
         """Before 7.0 out_len is read twice (quote.md §2.3 P9): with ``out_len_changes`` the tsm core
         serves more than kvmemdup copied, from the slab objects beside it."""
-        names = [s.get("fault") if isinstance(s, dict) else s for s in specs]
+        names = [spec_fault(s) for s in specs]
         quote = _profile(self.k.driver).quote
         if quote.out_len_once:
             return
@@ -533,13 +538,21 @@ class _Run:
             # placement is the page allocator's (docs/CONTRACT.md): mask from the buffer's end
             self.neighbours_served = True
             self.neighbour_from = min(self.neighbour_from, quote.max_out_len)
+            # a small out_len read first (the fault's value) and a larger one read second (a watch
+            # another request's out_len_changes left armed): kvmemdup copied only the first, so the
+            # outblob's bytes past it are the objects beside that small allocation
+            for spec in specs:
+                v = spec.get("out_len") if isinstance(spec, dict) else None
+                if spec_fault(spec) == "oversize_out_len" and isinstance(v, int) and v > 0:
+                    self.neighbour_from = min(self.neighbour_from, v)
 
     def _mask_neighbours(self, addr: int, ret, pos: int = 0) -> None:
         """Which slab object lies beside another is the allocator's placement, which the backends may
         choose differently (docs/CONTRACT.md: addresses may differ; the core keeps per-process caches):
         bytes an outblob read served past the first 2048 (the size class of the 1088-byte quote
-        kvmemdup copied), or past the shared buffer's data when out_len overstates it, are overwritten
-        alike on both before memory is compared."""
+        kvmemdup copied), past the shared buffer's data when out_len overstates it, or past a smaller
+        first out_len that kvmemdup copied before the second read grew it, are overwritten alike on
+        both before memory is compared."""
         if not self.neighbours_served or not isinstance(ret, int) or pos + ret <= self.neighbour_from:
             return
         start = addr + max(0, self.neighbour_from - pos)
