@@ -54,6 +54,24 @@ def _value(v: z3.ExprRef) -> object:
     return str(v)
 
 
+def solve_in(s: z3.Solver, constraints, terms: Dict[str, z3.ExprRef],
+             outside: str = "the case is outside the encoding's domain") -> Dict[str, object]:
+    """The values of ``terms`` in a model of ``s`` with ``constraints`` added for this one check (the
+    solver is left as it was): SolverUnknown on ``unknown``, ValueError(``outside``) on unsat."""
+    s.push()
+    try:
+        s.add(*constraints)
+        res = s.check()
+        if res == z3.unknown:
+            raise SolverUnknown(s.reason_unknown())
+        if res == z3.unsat:
+            raise ValueError(outside)
+        m = s.model()
+        return {k: _value(m.eval(t, model_completion=True)) for k, t in terms.items()}
+    finally:
+        s.pop()
+
+
 def _solver(logic: str, timeout_ms: int) -> z3.Solver:
     s = z3.SolverFor(logic)
     s.set("timeout", timeout_ms)

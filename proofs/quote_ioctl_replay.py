@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import z3
 
-from proofs.engine import SolverUnknown, _value
+from proofs.engine import _value, solve_in
 from proofs.outcome import signed
 from proofs.quote_ioctl import IoctlEnv, request
 from proofs.quote_path import FAULT_NAMES, TEST_QUOTE_LEN
@@ -50,18 +50,7 @@ def _encoding(driver: str):
 
 
 def _solve_in(s: z3.Solver, constraints, terms: Dict[str, z3.ExprRef]) -> Dict[str, object]:
-    s.push()
-    try:
-        s.add(*constraints)
-        res = s.check()
-        if res == z3.unknown:
-            raise SolverUnknown(s.reason_unknown())
-        if res == z3.unsat:
-            raise ValueError("the case is outside the encoding's domain (a wait nothing ends?)")
-        m = s.model()
-        return {k: _value(m.eval(t, model_completion=True)) for k, t in terms.items()}
-    finally:
-        s.pop()
+    return solve_in(s, constraints, terms, "the case is outside the encoding's domain (a wait nothing ends?)")
 
 
 def _pin(v):

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import z3
 
-from proofs.engine import COUNTEREXAMPLE, SolverUnknown, _value
+from proofs.engine import COUNTEREXAMPLE, SolverUnknown, _value, solve_in as _solve_in
 from proofs.outcome import signed
 from proofs.quote_path import FAULT_NAMES, HOSTS, TEST_QUOTE_LEN, QuoteEnv, next_request_issues, request
 from proofs.quote_runner import QuoteResult, prove_quote
@@ -147,21 +147,6 @@ def _encoding(driver: str):
     s = z3.SolverFor("QF_BV")
     s.set("timeout", _TIMEOUT_MS)
     return env, r, terms, s
-
-
-def _solve_in(s: z3.Solver, constraints, terms: Dict[str, z3.ExprRef]) -> Dict[str, object]:
-    s.push()
-    try:
-        s.add(*constraints)
-        r = s.check()
-        if r == z3.unknown:
-            raise SolverUnknown(s.reason_unknown())
-        if r == z3.unsat:
-            raise ValueError("the case is outside the encoding's domain")
-        m = s.model()
-        return {k: _value(m.eval(t, model_completion=True)) for k, t in terms.items()}
-    finally:
-        s.pop()
 
 
 def predict(driver: str, spec: Dict[str, object], theorem: Optional[str] = None,
