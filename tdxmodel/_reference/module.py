@@ -65,6 +65,11 @@ class _RtmrLock:
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
+        # A host-side waiter (set_rtmr, set_tee_tcb_info) holds new shared takers back until it has had
+        # its turn, as the core's readers wait while its writer word says TRYING: without that, GIL
+        # switches that land inside a Python report keep the lock shared and the waiter starves.
+        self._turn = threading.Condition(self._guard)
+        self._host_waiting = 0
         self.holders = 0
         self.counts = {"rtmr_shared_acquired": 0, "rtmr_shared_released": 0,
                        "rtmr_exclusive_acquired": 0, "rtmr_exclusive_released": 0, "rtmr_busy": 0}
@@ -78,6 +83,8 @@ class _RtmrLock:
                 self.holders = -1
                 self.counts["rtmr_exclusive_acquired"] += 1
             else:
+                while self._host_waiting and self.holders >= 0:
+                    self._turn.wait()
                 if self.holders < 0:
                     self.counts["rtmr_busy"] += 1
                     return OPERAND_BUSY_RTMR
@@ -86,10 +93,15 @@ class _RtmrLock:
             return abi.TDX_SUCCESS
 
     def wait_exclusive(self) -> bool:
-        """One attempt of a host-side waiter (set_rtmr): not a TDX answer, so never counted busy."""
+        """A host-side waiter (set_rtmr): blocks until the lock is free, then holds it exclusively
+        (True). Not a TDX answer, so never counted busy."""
         with self._guard:
-            if self.holders != 0:
-                return False
+            self._host_waiting += 1
+            try:
+                while self.holders != 0:
+                    self._turn.wait()
+            finally:
+                self._host_waiting -= 1
             self.holders = -1
             self.counts["rtmr_exclusive_acquired"] += 1
             return True
@@ -101,11 +113,14 @@ class _RtmrLock:
                     raise ValueError("the RTMR lock is not held exclusively")
                 self.holders = 0
                 self.counts["rtmr_exclusive_released"] += 1
+                self._turn.notify_all()
             else:
                 if self.holders <= 0:
                     raise ValueError("the RTMR lock is not held shared")
                 self.holders -= 1
                 self.counts["rtmr_shared_released"] += 1
+                if self.holders == 0 and self._host_waiting:
+                    self._turn.notify_all()
 
 
 class Module:
