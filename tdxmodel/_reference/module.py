@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-import time
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -92,9 +91,9 @@ class _RtmrLock:
                 self.counts["rtmr_shared_acquired"] += 1
             return abi.TDX_SUCCESS
 
-    def wait_exclusive(self) -> bool:
-        """A host-side waiter (set_rtmr): blocks until the lock is free, then holds it exclusively
-        (True). Not a TDX answer, so never counted busy."""
+    def wait_exclusive(self) -> None:
+        """A host-side waiter (set_rtmr): blocks until the lock is free, then holds it exclusively.
+        Not a TDX answer, so never counted busy."""
         with self._guard:
             self._host_waiting += 1
             try:
@@ -104,7 +103,6 @@ class _RtmrLock:
                 self._host_waiting -= 1
             self.holders = -1
             self.counts["rtmr_exclusive_acquired"] += 1
-            return True
 
     def release(self, exclusive: bool) -> None:
         with self._guard:
@@ -534,8 +532,7 @@ class Module:
         value = _bytes("value", value)
         if len(value) != abi.TDX_TEE_TCB_INFO_LEN:
             raise ValueError(f"value must be {abi.TDX_TEE_TCB_INFO_LEN} bytes, got {len(value)}")
-        while not self._lock.wait_exclusive():
-            time.sleep(0)
+        self._lock.wait_exclusive()
         try:
             with self._state_guard:
                 self._tee_tcb_info = value
@@ -550,8 +547,7 @@ class Module:
         value = _bytes("value", value)
         if len(value) != abi.TDX_SHA384_LEN:
             raise ValueError(f"an RTMR value is {abi.TDX_SHA384_LEN} bytes, got {len(value)}")
-        while not self._lock.wait_exclusive():
-            time.sleep(0)
+        self._lock.wait_exclusive()
         try:
             off = abi.TDR_OFF_RTMR0 - abi.TDR_OFF_TDINFO + 48 * index
             with self._state_guard:
