@@ -718,6 +718,9 @@ class _Run:
         h.clock.advance_ns(200 * 10 ** 9)
         h.clock.poll()
         p.mprotect(BASE, WINDOW_PAGES * PAGE, "rw")
+        fresh = p.open(self.k.device_path)  # the stream may have closed fds[0]: the clean quote needs a live fd
+        if fresh >= 0:
+            self.fds.insert(0, fresh)
         try:
             out = [self._iq_quote("tdreport", 0, 1, None, self.iq.buf_len, BASE + PAGE, None, BASE, False)]
         except errors.KernelError as e:  # v4: quote_lock kept by an earlier early return (TaskHung)

@@ -35,3 +35,27 @@ def test_backends_agree_on_the_fixed_seed_stream():
 @pytest.mark.timeout(LONG_TIMEOUT)
 def test_backends_agree_on_this_runs_seed(fuzz_seed):
     _check(fuzz_seed)
+
+
+#: Found by seed 3336314532 (shrunk): a downstream request that got no interrupt is orphaned by the
+#: signal (quote.md §2.6 step 6) until a later interrupt runs quote_work; the stream closed fds[0],
+#: so the teardown's clean quote, whose interrupt frees it, needs a descriptor of its own.
+ORPHAN_THEN_CLOSED_FD = [
+    ("iq_episode", {"version": "1.5", "seed": 6736708801931156910}, 496, "intel-downstream", 7, 2, True),
+    ("iq_quote", "qgs", 130438639, 1, None, 16384, 266240, None, 262144, False),
+    ("hfault", "no_interrupt"),
+    ("iq_quote", "random", 1426501137, 1, None, 1, 266240, None, 262144, False),
+    ("close", 0),
+    ("iq_teardown",),
+]
+
+
+def test_an_orphaned_downstream_request_is_freed_by_the_teardown_after_its_fd_was_closed():
+    logs = {name: engine.run(name, ORPHAN_THEN_CLOSED_FD) for name in engine.backends()}
+    for name, log in logs.items():
+        assert log[3][0] == -4, name                      # the stuck caller's signal: -EINTR, entry orphaned
+        held = dict(log[4][1][3])
+        assert held["outstanding"] > held["resident"], name  # the orphan's buffers, before the teardown
+        assert log[-1][0][0] == 0, name                   # the clean quote went through a fresh fd
+        assert engine.balanced(log[-1][1]), name          # and its interrupt freed the orphan
+    assert engine.first_difference(ORPHAN_THEN_CLOSED_FD) is None
