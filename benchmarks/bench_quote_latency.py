@@ -20,8 +20,9 @@ from tdxmodel.client import TdxGuest
 LABELS = ql.labels(ql.DEFAULT_POLL_MS)
 
 
-def guest(backend_name, label, clock):
-    return ql._guest(backend_name, ql.DEFAULT_DRIVER, ql.completion_for(label), clock, ql.DEFAULT_SERVICE_MS)
+def guest(backend_name, label, clock, spin_us=0):
+    return ql._guest(backend_name, ql.DEFAULT_DRIVER, ql.completion_for(label), clock, ql.DEFAULT_SERVICE_MS,
+                     spin_us)
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -42,10 +43,12 @@ def test_quote_virtual_clock_cost(benchmark, backend_name, label):
 
 @pytest.mark.parametrize("label", LABELS)
 def test_quote_real_clock_latency(benchmark, label):
-    """One quote with real sleeps: the round times are the latencies of the published table (core)."""
-    td, host = guest("core", label, "real")
+    """One quote with real sleeps: the round times are the latencies of the published table (core). The
+    sleeps spin their end as ``tdxmodel bench --quote-latency --clock real`` does (DEFAULT_REAL_SPIN_US)."""
+    td, host = guest("core", label, "real", ql.DEFAULT_REAL_SPIN_US)
     benchmark.group = "quote latency: one quote on the real clock (the published table)"
     benchmark.extra_info["published"] = ql.PUBLISHED.get(label, {"service_ms": ql.DEFAULT_SERVICE_MS})
+    benchmark.extra_info["spin_us"] = ql.DEFAULT_REAL_SPIN_US
     try:
         rounds = 3 if label == "poll-1000" else 100
         quote = benchmark.pedantic(td.get_quote, args=(b"bench",), rounds=rounds, iterations=1, warmup_rounds=1)

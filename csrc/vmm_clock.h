@@ -16,9 +16,15 @@ typedef struct vmm_clock vmm_clock;
 /* Called with the current time after every sleep and every poll: the host completes what is due. */
 typedef void (*vmm_clock_listener)(void *ctx, uint64_t now_ns);
 
-vmm_clock *vmm_clock_create(int real);
+/* spin_ns (real only, at most VMM_CLOCK_MAX_SPIN_NS): every sleep ends awake, spinning its last
+ * spin_ns on CLOCK_MONOTONIC, so it ends on time even where an idle CPU wakes late (a VM's vCPU can
+ * take a millisecond and more); it costs a busy CPU for that long per sleeper. 0: plain sleeps.
+ * NULL on a bad spin_ns (nonzero on a virtual clock, or over the limit) or no memory. */
+#define VMM_CLOCK_MAX_SPIN_NS 1000000000ULL
+vmm_clock *vmm_clock_create(int real, uint64_t spin_ns);
 void vmm_clock_destroy(vmm_clock *c);
 int vmm_clock_is_real(const vmm_clock *c);
+uint64_t vmm_clock_spin_ns(const vmm_clock *c);
 uint64_t vmm_clock_now_ns(vmm_clock *c);
 
 /* Virtual time stops at 2^64-2 ns (UINT64_MAX is the due time of no completion): t + ns, saturated

@@ -62,6 +62,22 @@ def parse(spec: Any = None, **params) -> Tuple[int, int, int]:
     return kind, service_ns, out_len
 
 
+#: The longest spinning end of a real-clock sleep (csrc/vmm_clock.h VMM_CLOCK_MAX_SPIN_NS).
+CLOCK_MAX_SPIN_US = 1_000_000
+
+
+def clock_spin_ns(kind: str, spin_us: Any) -> int:
+    """The spinning end of every sleep of a ``kind`` clock, in ns, from ``spin_us`` (a number of
+    microseconds, 0 to CLOCK_MAX_SPIN_US; real clocks only). TypeError/ValueError on bad input."""
+    if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)):
+        raise TypeError(f"spin_us must be a number, not {type(spin_us).__name__}")
+    if not math.isfinite(spin_us) or not 0 <= spin_us <= CLOCK_MAX_SPIN_US:
+        raise ValueError(f"spin_us must be between 0 and {CLOCK_MAX_SPIN_US:,}, got {spin_us}")
+    if spin_us and kind != "real":
+        raise ValueError("spin_us needs a real clock: a virtual clock's sleeps take no time")
+    return int(round(spin_us * 1000))
+
+
 class TestQuoteProducer:
     """TestQuoteProducer(): a TEST quote producer. Its bytes are NOT a DCAP quote.
 

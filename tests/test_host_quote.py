@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import time
+
 import pytest
 
 from tdxmodel import abi, errors
@@ -497,6 +499,35 @@ def test_real_clock(backend):
         c.advance_ns(1)
     with pytest.raises(ValueError):
         backend.Clock("sundial")
+
+
+def test_a_spinning_real_clock_ends_its_sleeps_awake(backend):
+    """spin_us: the sleep's last part is spent on a CPU (its thread's CPU time shows it), so it ends on
+    time where an idle vCPU would wake late; without it the thread sleeps and uses next to no CPU."""
+    spinning, plain = backend.Clock("real", spin_us=20_000), backend.Clock("real")
+    assert (spinning.spin_us, plain.spin_us) == (20_000, 0)
+    for clock, busy in ((spinning, True), (plain, False)):
+        t0, cpu0 = clock.now_ns(), time.thread_time_ns()
+        clock.sleep_ns(25_000_000)
+        waited, cpu = clock.now_ns() - t0, time.thread_time_ns() - cpu0
+        assert waited >= 25_000_000
+        assert (cpu >= 5_000_000) if busy else (cpu < 5_000_000), (clock, cpu)
+    t0 = spinning.now_ns()
+    spinning.sleep_ns(1_000_000)  # shorter than the spin: all of it spins, still at least that long
+    assert spinning.now_ns() - t0 >= 1_000_000
+
+
+@pytest.mark.parametrize("kind, spin_us, exc", [
+    ("virtual", 1, ValueError),           # a virtual sleep takes no time to spin through
+    ("real", -1, ValueError), ("real", float("nan"), ValueError), ("real", 1_000_001, ValueError),
+    ("real", "2", TypeError), ("real", True, TypeError), ("real", None, TypeError),
+])
+def test_clock_spin_is_checked(backend, kind, spin_us, exc):
+    with pytest.raises(exc):
+        backend.Clock(kind, spin_us=spin_us)
+    assert backend.Clock("real", spin_us=1_000_000).spin_us == 1_000_000
+    assert backend.Clock("real", spin_us=2.5).spin_us == 2.5
+    assert backend.Clock("virtual", spin_us=0).spin_us == 0
 
 
 def test_host_on_a_shared_real_clock_completes_after_a_real_sleep(backend, make_module):

@@ -64,6 +64,9 @@ def test_table_names_the_published_figures(capsys):
     (["--quote-latency", "--service-ms", "-1"], "--service-ms"),
     (["--quote-latency", "--service-ms", "nan"], "--service-ms"),
     (["--quote-latency", "--clock", "sundial"], "--clock"),
+    (["--quote-latency", "--clock", "real", "--spin-us", "-1"], "--spin-us"),
+    (["--quote-latency", "--clock", "real", "--spin-us", "nan"], "--spin-us"),
+    (["--quote-latency", "--clock", "real", "--spin-us", "1e7"], "--spin-us"),
 ])
 def test_bad_flags_exit_2_with_one_line(capsys, argv, fragment):
     with pytest.raises(SystemExit) as exc:
@@ -76,6 +79,9 @@ def test_bad_flags_exit_2_with_one_line(capsys, argv, fragment):
 @pytest.mark.parametrize("argv, fragment", [
     (["--poll-ms", "5"], "--poll-ms needs --quote-latency"),
     (["--clock", "real"], "--clock needs --quote-latency"),
+    (["--spin-us", "100"], "--spin-us needs --quote-latency"),
+    (["--quote-latency", "--spin-us", "100"], "--spin-us needs --clock real"),
+    (["--shared-host", "--spin-us", "0"], "--spin-us does not apply"),
     (["--quote-latency", "--quote"], "--quote-latency"),
 ])
 def test_flags_that_belong_to_quote_latency(capsys, argv, fragment):
@@ -136,3 +142,17 @@ def test_n_callers_in_one_td_are_served_one_at_a_time(backend, mode, per_quote_n
         g.host = None
         g.close()
     td.close()
+
+
+def test_the_real_clock_table_spins_the_end_of_its_sleeps_by_default():
+    """On the real clock every latency mode's sleeps end awake (DEFAULT_REAL_SPIN_US) unless told 0;
+    the run says which it did, and a quote still takes at least the service time."""
+    spun = ql.run((5,), clock="real", seconds=0.02)
+    assert spun["spin_us"] == ql.DEFAULT_REAL_SPIN_US > 0
+    assert f"sleeps spin their last {ql.DEFAULT_REAL_SPIN_US} us" in ql.format_table(spun)
+    plain = ql.run((5,), clock="real", seconds=0.02, spin_us=0)
+    assert plain["spin_us"] == 0 and "spin" not in ql.format_table(plain)
+    for result in (spun, plain):
+        assert result["quote_latency"]["interrupt"]["min_ms"] >= 4.6
+        assert result["quote_latency"]["poll-5"]["min_ms"] >= 6.0   # msleep(5) at HZ=1000: 6-7 ms
+    assert ql.run((5,), seconds=0.02)["spin_us"] == 0                # the virtual clock never spins

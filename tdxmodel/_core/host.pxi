@@ -11,10 +11,12 @@ _CLOCK_KINDS = ("virtual", "real")
 
 
 cdef class Clock:
-    """Clock(kind: str = "virtual")
+    """Clock(kind: str = "virtual", *, spin_us: float = 0)
 
     The one platform clock: the guest kernel's sleeps and the host's completions. "virtual" moves only
     when someone sleeps or advances it (a 30 s timeout takes no wall time); "real" is CLOCK_MONOTONIC.
+    spin_us (real only): every sleep spends its last spin_us awake, spinning, so it ends on time where
+    an idle CPU wakes late (a VM's vCPU can take a millisecond); a busy CPU per sleeper for that long.
     """
 
     cdef vmm_clock *ptr
@@ -22,12 +24,13 @@ cdef class Clock:
     def __cinit__(self, *args, **kwargs):
         self.ptr = NULL
 
-    def __init__(self, kind="virtual"):
+    def __init__(self, kind="virtual", *, spin_us=0):
         if kind not in _CLOCK_KINDS:
             raise ValueError(f"clock kind must be one of {', '.join(_CLOCK_KINDS)}, not {kind!r}")
+        cdef uint64_t spin_ns = _host_faults.clock_spin_ns(kind, spin_us)
         if self.ptr != NULL:
             raise RuntimeError("Clock is already initialised")
-        self.ptr = vmm_clock_create(1 if kind == "real" else 0)
+        self.ptr = vmm_clock_create(1 if kind == "real" else 0, spin_ns)
         if self.ptr == NULL:
             raise MemoryError("cannot allocate a clock")
 
@@ -40,6 +43,11 @@ cdef class Clock:
     def kind(self):
         """kind -> str: "virtual" or "real"."""
         return "real" if vmm_clock_is_real(self.ptr) else "virtual"
+
+    @property
+    def spin_us(self):
+        """spin_us -> float: the spinning end of every sleep, in microseconds (0: plain sleeps)."""
+        return vmm_clock_spin_ns(self.ptr) / 1000.0
 
     def now_ns(self):
         """now_ns() -> int: nanoseconds since the clock was made."""

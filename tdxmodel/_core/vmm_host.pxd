@@ -6,9 +6,10 @@ from tdxmodel._core.tdx_module cimport tdxm_module
 cdef extern from "vmm_clock.h" nogil:
     ctypedef struct vmm_clock:
         pass
-    vmm_clock *vmm_clock_create(int real)
+    vmm_clock *vmm_clock_create(int real, uint64_t spin_ns)
     void vmm_clock_destroy(vmm_clock *c)
     int vmm_clock_is_real(const vmm_clock *c)
+    uint64_t vmm_clock_spin_ns(const vmm_clock *c)
     uint64_t vmm_clock_now_ns(vmm_clock *c)
     void vmm_clock_sleep_ns(vmm_clock *c, uint64_t ns)
     int vmm_clock_advance_ns(vmm_clock *c, uint64_t ns)

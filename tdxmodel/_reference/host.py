@@ -32,11 +32,13 @@ HDR = abi.QUOTE_HDR_LEN
 
 
 class Clock:
-    """Clock(kind: str = "virtual"): the guest kernel's sleeps and the host's completions."""
+    """Clock(kind: str = "virtual", *, spin_us=0): the guest kernel's sleeps and the host's completions
+    (spin_us: every real sleep spins its last spin_us, as csrc/vmm_clock.c does)."""
 
-    def __init__(self, kind: str = "virtual") -> None:
+    def __init__(self, kind: str = "virtual", *, spin_us: float = 0) -> None:
         if kind not in CLOCK_KINDS:
             raise ValueError(f"clock kind must be one of {', '.join(CLOCK_KINDS)}, not {kind!r}")
+        self._spin_ns = host_faults.clock_spin_ns(kind, spin_us)
         self._real = kind == "real"
         self._virtual_ns = 0
         self._epoch = time.monotonic_ns()
@@ -46,6 +48,10 @@ class Clock:
     @property
     def kind(self) -> str:
         return "real" if self._real else "virtual"
+
+    @property
+    def spin_us(self) -> float:
+        return self._spin_ns / 1000
 
     def now_ns(self) -> int:
         if self._real:
@@ -62,7 +68,11 @@ class Clock:
     def sleep_ns(self, ns: int) -> None:
         ns = _u64("ns", ns)
         if self._real:
-            time.sleep(ns / 1e9)
+            deadline = time.monotonic_ns() + ns
+            if ns > self._spin_ns:
+                time.sleep((ns - self._spin_ns) / 1e9)
+            while self._spin_ns and time.monotonic_ns() < deadline:
+                pass
         else:
             with self._guard:
                 start = self._virtual_ns

@@ -26,9 +26,12 @@ Flags and JSON keys are a contract: ``--callers N --seconds S --extend-ratio R -
   ``median_ms``, ``max_ms`` of quotes through configfs-tsm on the virtual clock (``tdxmodel.quote_latency``);
 * ``ratios`` (the speed targets of benchmarks/RESULTS.md, from this run), ``machine``, and the options used.
 
-``--quote-latency [--poll-ms LIST] [--service-ms MS] [--clock virtual|real] [--json] [--plot FILE]``
-runs only the quote latency table (``quote_latency``, beside the published figures, quote.md §2.5)
-and the concurrency section (``quote_concurrency``: N callers in one TD asking at once, on the same clock).
+``--quote-latency [--poll-ms LIST] [--service-ms MS] [--clock virtual|real] [--spin-us US] [--json]
+[--plot FILE]`` runs only the quote latency table (``quote_latency``, beside the published figures,
+quote.md §2.5) and the concurrency section (``quote_concurrency``: N callers in one TD asking at once,
+on the same clock). On the real clock the table's sleeps spin their last ``--spin-us`` (default
+``quote_latency.DEFAULT_REAL_SPIN_US``; ``spin_us`` in the JSON) so a late wake-up of this machine's
+idle CPU does not count as the kernel's latency; the concurrency section sleeps plainly.
 
 ``--shared-host [--tds LIST] [--service-ms MS] [--json]`` runs N TDs on one ``SharedHost`` (its 16
 in-flight slots shared; ``shared_host``: N -> quotes_per_s, median_ms, max_ms, quotes, retries,
@@ -48,6 +51,8 @@ from typing import Callable, Dict, Optional
 from tdxmodel import _backend, abi
 from tdxmodel import bench as _wl
 from tdxmodel.cli import CliError
+from tdxmodel.host_faults import CLOCK_MAX_SPIN_US
+from tdxmodel.quote_latency import DEFAULT_REAL_SPIN_US
 
 DEFAULT_SECONDS = 0.5
 #: Upstream's long-lived generation (ref §2.4): no driver lock, so caller scaling is meaningful.
@@ -92,6 +97,16 @@ def _poll_list(text: str):
     if not values or not all(1 <= v <= 60_000 for v in values):
         raise argparse.ArgumentTypeError(f"each poll interval must be in 1..60000 ms, got {text!r}")
     return values
+
+
+def _spin_us(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected microseconds, got {text!r}") from None
+    if not 0 <= value <= CLOCK_MAX_SPIN_US:  # rejects nan
+        raise argparse.ArgumentTypeError(f"must be in [0, {CLOCK_MAX_SPIN_US}] us, got {text}")
+    return value
 
 
 def _service_ms(text: str) -> float:
@@ -143,6 +158,10 @@ def register(subparsers) -> None:
                    help="with --quote-latency: the host's service time per quote (default 4.6)")
     p.add_argument("--clock", choices=("virtual", "real"), default=None,
                    help="with --quote-latency: the platform clock (default virtual: no wall time)")
+    p.add_argument("--spin-us", type=_spin_us, default=None, metavar="US",
+                   help="with --quote-latency --clock real: every emulated sleep spins its last US "
+                        f"microseconds so it ends on time on a VM whose idle CPUs wake late (default "
+                        f"{DEFAULT_REAL_SPIN_US}; 0: plain sleeps; costs one busy core while it spins)")
     p.add_argument("--shared-host", action="store_true",
                    help="measure N TDs sharing one host's 16 in-flight GetQuote slots instead (quotes/s and "
                         "RETRY counts; real clock), and the downstream driver's parallel requests")
@@ -370,6 +389,8 @@ def run_quote_latency(args) -> int:
     if args.plot:
         _check_plot_possible(args.plot)
     clock = args.clock or "virtual"
+    if args.spin_us is not None and clock != "real":
+        raise CliError("--spin-us needs --clock real (a virtual clock's sleeps take no time)")
     poll = args.poll_ms or list(ql.DEFAULT_POLL_MS)
     service = ql.DEFAULT_SERVICE_MS if args.service_ms is None else args.service_ms
 
@@ -377,7 +398,7 @@ def run_quote_latency(args) -> int:
         if clock == "real":
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
-    result = ql.run(poll, service_ms=service, clock=clock, progress=progress)
+    result = ql.run(poll, service_ms=service, clock=clock, progress=progress, spin_us=args.spin_us)
     progress(f"concurrency: 1, 2, 4, 8 callers in one TD ({clock} clock)")
     result["quote_concurrency"] = {"mode": "poll-5", "clock": clock,
                                    "callers": ql.measure_concurrency(service_ms=service, quotes_per_caller=3,
@@ -421,7 +442,8 @@ def run_shared_host(args) -> int:
 def run(args) -> int:
     if args.shared_host:
         given = [f for f, v in (("--quote", args.quote), ("--quote-latency", args.quote_latency),
-                                ("--poll-ms", args.poll_ms), ("--clock", args.clock), ("--plot", args.plot))
+                                ("--poll-ms", args.poll_ms), ("--clock", args.clock), ("--plot", args.plot),
+                                ("--spin-us", args.spin_us is not None))
                  if v]
         if given:
             raise CliError(f"--shared-host is its own run: {given[0]} does not apply")
@@ -429,7 +451,7 @@ def run(args) -> int:
     if args.tds is not None:
         raise CliError("--tds needs --shared-host")
     latency_only = [f for f, v in (("--poll-ms", args.poll_ms), ("--service-ms", args.service_ms),
-                                   ("--clock", args.clock)) if v is not None]
+                                   ("--clock", args.clock), ("--spin-us", args.spin_us)) if v is not None]
     if latency_only and not args.quote_latency:
         raise CliError(f"{latency_only[0]} needs --quote-latency")
     if args.quote_latency:
