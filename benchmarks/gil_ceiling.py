@@ -7,7 +7,8 @@ through ``Process.ioctl`` on v6.2, extends making up R of the calls, as ``tdxmod
 one and two threads calling an empty Python function in the same harness. The empty function is the
 ceiling of anything that holds the GIL: only one thread runs Python at a time, and CPython hands the
 GIL over every ``sys.getswitchinterval()``, each hand-over waiting for the other thread to wake.
-Interleaved pairs, so a neighbour's load hits both sides of a ratio alike; the medians are printed last.
+Interleaved pairs in ABBA order, so a neighbour's load or a drifting machine hits both sides of a ratio
+alike; the medians are printed last.
 ``--switch-interval`` sets ``sys.setswitchinterval`` for the run (a knob the calling program owns;
 tdxmodel never changes it).
 """
@@ -59,10 +60,16 @@ def main(argv=None) -> int:
     print(f"switch interval {sys.getswitchinterval() * 1000:g} ms, extend ratio {a.extend_ratio}, "
           f"{a.seconds:g} s windows, driver {a.driver}", flush=True)
     ioctl_ratios, empty_ratios = [], []
-    for _ in range(a.pairs):
-        one = workloads.measure_ioctl_scaling("core", a.driver, 1, a.seconds, a.extend_ratio)["calls_per_s"]
-        two = workloads.measure_ioctl_scaling("core", a.driver, 2, a.seconds, a.extend_ratio)["calls_per_s"]
-        e1, e2 = empty_calls_per_s(1, a.seconds), empty_calls_per_s(2, a.seconds)
+    def ioctl_calls_per_s(callers: int) -> float:
+        return workloads.measure_ioctl_scaling("core", a.driver, callers, a.seconds, a.extend_ratio)["calls_per_s"]
+
+    for pair in range(a.pairs):
+        # ABBA: odd pairs run two threads first, so a machine drifting faster or slower over the run
+        # (seen here: +-5 % between consecutive one-thread windows) favours neither side
+        order = (1, 2) if pair % 2 == 0 else (2, 1)
+        ioctl = {n: ioctl_calls_per_s(n) for n in order}
+        empty = {n: empty_calls_per_s(n, a.seconds) for n in order}
+        one, two, e1, e2 = ioctl[1], ioctl[2], empty[1], empty[2]
         ioctl_ratios.append(two / one)
         empty_ratios.append(e2 / e1)
         print(f"ioctl {one / 1e6:.2f} -> {two / 1e6:.2f} M calls/s ({two / one:.2f}x); "
