@@ -69,64 +69,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value <= 3600:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be in (0, 3600], got {text}")
-    return value
+def _number_in(what: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
+               unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a number in [lo, hi], either end open where asked (nan is never inside)."""
+    def plain(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{v:g}"
+    shown = f"{'(' if lo_open else '['}{plain(lo)}, {plain(hi)}{')' if hi_open else ']'}{unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        above = lo < value if lo_open else lo <= value
+        below = value < hi if hi_open else value <= hi
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be in {shown}, got {text}")
+        return value
+    return parse
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
-    if not 0 <= value < 1:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+def _int_list(what: str, each: str, lo: int, hi: int, unit: str = "") -> Callable[[str], list]:
+    """An argparse type: comma-separated integers, each in lo..hi."""
+    def parse(text: str) -> list:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values or not all(lo <= v <= hi for v in values):
+            raise argparse.ArgumentTypeError(f"each {each} must be in {lo}..{hi}{unit}, got {text!r}")
+        return values
+    return parse
 
 
-def _poll_list(text: str):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated milliseconds, got {text!r}") from None
-    if not values or not all(1 <= v <= 60_000 for v in values):
-        raise argparse.ArgumentTypeError(f"each poll interval must be in 1..60000 ms, got {text!r}")
-    return values
-
-
-def _spin_us(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected microseconds, got {text!r}") from None
-    if not 0 <= value <= CLOCK_MAX_SPIN_US:  # rejects nan
-        raise argparse.ArgumentTypeError(f"must be in [0, {CLOCK_MAX_SPIN_US}] us, got {text}")
-    return value
-
-
-def _service_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not 0 <= value <= 25_000:  # below QEMU's 30 s transaction timer (quote.md §4.1); rejects nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 25000] ms, got {text}")
-    return value
-
-
-def _tds_list(text: str):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of TDs, got {text!r}") from None
-    if not values or not all(1 <= v <= 64 for v in values):
-        raise argparse.ArgumentTypeError(f"each number of TDs must be in 1..64, got {text!r}")
-    return values
+_seconds = _number_in("a number of seconds", 0, 3600, lo_open=True)
+_ratio = _number_in("a fraction", 0, 1, hi_open=True)
+_poll_list = _int_list("milliseconds", "poll interval", 1, 60_000, " ms")
+_spin_us = _number_in("microseconds", 0, CLOCK_MAX_SPIN_US, unit=" us")
+#: below QEMU's 30 s transaction timer (quote.md §4.1)
+_service_ms = _number_in("milliseconds", 0, 25_000, unit=" ms")
+_tds_list = _int_list("numbers of TDs", "number of TDs", 1, 64)
 
 
 def register(subparsers) -> None:
